@@ -1,0 +1,38 @@
+"""Exceptions and warnings of the backend.
+
+Every error a user can cause is a :class:`MedSegError` whose message is one line that names the problem and
+the fix ("<what is wrong>: <what to do>"). The CLI prints ``str(error)`` and exits non-zero; the Slicer
+effects show it in a message box. Nothing is written when one is raised.
+"""
+
+
+class MedSegError(Exception):
+    """Base class: a problem the user can fix. ``str(err)`` is the one-line message."""
+
+
+class InputError(MedSegError, ValueError):
+    """Bad image, box, label or option."""
+
+
+class WeightsError(MedSegError):
+    """Missing, wrong or damaged model weights."""
+
+
+class DownloadError(WeightsError):
+    """A download failed; no partial file was left behind."""
+
+
+class OfflineError(DownloadError):
+    """The weights server cannot be reached."""
+
+
+class LicenceError(WeightsError):
+    """Weights under a restrictive licence that the user has not accepted yet."""
+
+
+class CancelledError(MedSegError):
+    """The run was cancelled by the user; nothing was written."""
+
+
+class MedSegWarning(UserWarning):
+    """Something was adjusted (box clipped, few examples, ...) and the run went on."""
