@@ -1,0 +1,57 @@
+"""Device selection and CPU thread settings."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import InputError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def pick_device(name="auto") -> torch.device:
+    """``auto`` -> CUDA, else Apple MPS, else CPU. Asking for a device that is absent is an error."""
+    if isinstance(name, torch.device):
+        return name
+    text = (name or "auto").strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"Device '{name}' was requested but this torch ({torch.__version__}) sees no CUDA GPU: "
+                             "use --device cpu or auto, or install a CUDA build of torch.")
+        return torch.device(text)
+    if text == "mps":
+        if not mps_available():
+            raise InputError("Device 'mps' was requested but Apple Metal is not available here: use --device cpu "
+                             "or auto.")
+        return torch.device("mps")
+    if text == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"Unknown device '{name}': use one of {', '.join(DEVICE_CHOICES)}.")
+
+
+def configure_cpu_threads() -> int:
+    """Use the physical cores available to this process (torch's default can oversubscribe in containers).
+    Respects an explicit OMP_NUM_THREADS / MEDSEG_NUM_THREADS."""
+    explicit = os.environ.get("MEDSEG_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if explicit:
+        n = max(1, int(explicit))
+    else:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS / Windows
+            n = os.cpu_count() or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n

@@ -1,0 +1,345 @@
+"""UniverSeg v1 (Butoi et al., ICCV 2023), written for this project from the published architecture facts.
+
+Parameter names and shapes match the official checkpoint ``universeg_v1_nf64_ss64_STA.pt`` exactly, so it loads
+with ``load_state_dict(strict=True)``.
+
+Architecture (as in the released code): 4 encoder and 3 decoder *CrossBlocks* of 64 channels. A CrossBlock
+applies one shared 3x3 convolution (the *CrossConv*) to ``[query features ; support_j features]`` for every
+support item ``j`` (no activation), averages the S results into the new query features, then runs a 3x3 conv +
+LeakyReLU(0.01) on the query path and, separately, on every support item. 2x2 max-pooling after encoder
+blocks 0-2 (skips taken before pooling), bilinear x2 upsampling with ``align_corners=True`` in the decoder,
+whose input is ``[upsampled ; skip]`` on each path; a final 1x1 conv (64 -> 1) on the query path gives logits.
+
+Two execution paths share the same parameters:
+
+* :meth:`UniverSeg.forward_reference` (``fast=False``): the plain formulation above, tensor for tensor. Used
+  as the numerical reference and as the benchmark baseline.
+* :meth:`UniverSeg.forward_fast` (default): the same function, computed with far fewer operations:
+
+  - the CrossConv is linear in its concatenated input, ``conv(W, [u; v]) = conv(W_u, u) + conv(W_v, v) + b``,
+    so the query part is computed once instead of S times;
+  - the new query is a *mean* of linear functions of the support items, so
+    ``mean_j conv(W_v, v_j) = conv(W_v, mean_j v_j)``; the query path therefore only needs the mean of the
+    support features. The last decoder block's support outputs are never used, so that block needs no
+    per-item work at all, and the full-resolution encoder skip is only needed as a mean (it feeds that block
+    only). This removes ~45 % of the per-item arithmetic on top of the split;
+  - the query-independent part of block 0 (``conv(W_v, [support image; support label])``) is computed once
+    per support set (:meth:`UniverSeg.prepare_support`) and reused for every query slice;
+  - the support items are processed in chunks (``chunk_size``) so memory stays bounded for any S;
+  - ``compute_dtype`` (``torch.bfloat16`` on CPUs with bf16 units, ``torch.float16`` / ``bfloat16`` on CUDA)
+    runs the per-item convolutions in reduced precision; means and the query path stay in float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+UNIVERSEG_V1_PARAMS = 1182785
+NF = 64
+NEG_SLOPE = 0.01
+
+
+class _ConvOp(nn.Module):
+    """Conv2d (+ optional LeakyReLU); parameters under ``.conv`` as in the official layout."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, activation: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size=kernel_size, padding=kernel_size // 2, bias=True)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return F.leaky_relu(x, NEG_SLOPE) if self.activation else x
+
+
+class _PerItem(nn.Module):
+    """Applies ``vmapped`` to each item of a (B, S, C, H, W) tensor (key prefix ``.vmapped``)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.vmapped = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s = x.shape[:2]
+        y = self.vmapped(x.reshape(b * s, *x.shape[2:]))
+        return y.reshape(b, s, *y.shape[1:])
+
+
+class _CrossOp(nn.Module):
+    """The shared CrossConv (no activation). Parameters: ``cross_conv.weight`` / ``cross_conv.bias``."""
+
+    def __init__(self, query_ch: int, support_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.query_ch = query_ch
+        self.support_ch = support_ch
+        self.cross_conv = nn.Conv2d(query_ch + support_ch, out_ch, kernel_size=3, padding=1, bias=True)
+
+    def forward(self, query: torch.Tensor, support: torch.Tensor):
+        """query (B, 1, Cq, H, W), support (B, S, Cs, H, W) -> interaction (B, S, C, H, W)."""
+        b, s = support.shape[:2]
+        pairs = torch.cat([query.expand(b, s, *query.shape[2:]), support], dim=2)
+        out = self.cross_conv(pairs.reshape(b * s, *pairs.shape[2:]))
+        return out.reshape(b, s, *out.shape[1:])
+
+
+class _CrossBlock(nn.Module):
+    def __init__(self, query_ch: int, support_ch: int, features: int = NF) -> None:
+        super().__init__()
+        self.cross = _CrossOp(query_ch, support_ch, features)
+        self.target = _PerItem(_ConvOp(features, features))
+        self.support = _PerItem(_ConvOp(features, features))
+
+    def forward(self, query: torch.Tensor, support: torch.Tensor):
+        interaction = self.cross(query, support)
+        query = interaction.mean(dim=1, keepdim=True)
+        return self.target(query), self.support(interaction)
+
+
+@dataclass
+class SupportCache:
+    """Query-independent work on one support set, reused for every query slice.
+
+    Block 0 of the support path is ``lrelu(conv_s(conv_v([image; label]) + conv_q(query) + b) + b_s)``. Both
+    convolutions are linear, so ``conv_s(conv_v([image; label]))`` does not depend on the query: it is stored
+    per item in ``level0`` (S, 64, H, W; compute dtype, channels-last) and only a per-query (1, 64, H, W) term is
+    added later. ``cross0_mean`` is the mean over items of ``conv_v([image; label])`` (1, 64, H, W; float32),
+    which is all the query path of block 0 needs.
+    """
+
+    level0: torch.Tensor
+    cross0_mean: torch.Tensor
+    size: int
+    shape: tuple
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.level0.numel() * self.level0.element_size() + self.cross0_mean.numel() * 4
+
+
+class UniverSeg(nn.Module):
+    """UniverSeg v1. ``forward(target_image (B,1,H,W), support_images (B,S,1,H,W), support_labels (B,S,1,H,W))``
+    returns logits (B,1,H,W); H = W, a multiple of 8 (trained at 128)."""
+
+    def __init__(self, features: int = NF, fast: bool = True, chunk_size: int = 16,
+                 compute_dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        f = features
+        self.enc_blocks = nn.ModuleList([
+            _CrossBlock(1, 2, f),
+            _CrossBlock(f, f, f),
+            _CrossBlock(f, f, f),
+            _CrossBlock(f, f, f),
+        ])
+        self.dec_blocks = nn.ModuleList([_CrossBlock(2 * f, 2 * f, f) for _ in range(3)])
+        self.out_conv = _ConvOp(f, 1, kernel_size=1, activation=False)
+        self.fast = fast
+        self.chunk_size = int(chunk_size)
+        self.compute_dtype = compute_dtype
+
+    # ------------------------------------------------------------------ common
+    @staticmethod
+    def _check_inputs(target: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if target.dim() != 4 or target.shape[1] != 1:
+            raise ValueError(f"target_image must be (B,1,H,W), got {tuple(target.shape)}")
+        if images.dim() != 5 or images.shape[2] != 1 or labels.shape != images.shape:
+            raise ValueError(f"support images/labels must both be (B,S,1,H,W), got {tuple(images.shape)} and "
+                             f"{tuple(labels.shape)}")
+        if images.shape[0] != target.shape[0] or images.shape[-2:] != target.shape[-2:]:
+            raise ValueError(f"support {tuple(images.shape)} does not match target {tuple(target.shape)}")
+        h, w = target.shape[-2:]
+        if h % 8 or w % 8:
+            raise ValueError(f"UniverSeg needs H and W divisible by 8, got {h}x{w}")
+
+    def forward(self, target_image: torch.Tensor, support_images: torch.Tensor,
+                support_labels: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return self.forward_fast(target_image, support_images, support_labels)
+        return self.forward_reference(target_image, support_images, support_labels)
+
+    # --------------------------------------------------------------- reference
+    def forward_reference(self, target_image: torch.Tensor, support_images: torch.Tensor,
+                          support_labels: torch.Tensor) -> torch.Tensor:
+        """Plain formulation, equal to the released implementation (float32, every pair materialised)."""
+        self._check_inputs(target_image, support_images, support_labels)
+        query = target_image.unsqueeze(1)  # (B, 1, 1, H, W)
+        support = torch.cat([support_images, support_labels], dim=2)
+        skips = []
+        n_enc = len(self.enc_blocks)
+        for i, block in enumerate(self.enc_blocks):
+            query, support = block(query, support)
+            if i == n_enc - 1:
+                break
+            skips.append((query, support))
+            query = _per_item(lambda t: F.max_pool2d(t, 2), query)
+            support = _per_item(lambda t: F.max_pool2d(t, 2), support)
+        for block in self.dec_blocks:
+            q_skip, s_skip = skips.pop()
+            query = torch.cat([_per_item(_up2, query), q_skip], dim=2)
+            support = torch.cat([_per_item(_up2, support), s_skip], dim=2)
+            query, support = block(query, support)
+        return self.out_conv(query[:, 0])
+
+    # -------------------------------------------------------------------- fast
+    def _dtype(self) -> torch.dtype:
+        return self.compute_dtype or torch.float32
+
+    @torch.no_grad()
+    def prepare_support(self, support_images: torch.Tensor, support_labels: torch.Tensor) -> SupportCache:
+        """Precompute the query-independent work for one support set: (S,1,H,W) or (1,S,1,H,W) tensors."""
+        if support_images.dim() == 5:
+            if support_images.shape[0] != 1 or support_labels.dim() != 5:
+                raise ValueError("prepare_support takes one support set: (S,1,H,W) or (1,S,1,H,W)")
+            support_images, support_labels = support_images[0], support_labels[0]
+        if (support_images.dim() != 4 or support_images.shape[1] != 1
+                or support_labels.shape != support_images.shape or support_images.shape[0] < 1):
+            raise ValueError(f"support must be (S,1,H,W) with S >= 1, got {tuple(support_images.shape)} / "
+                             f"{tuple(support_labels.shape)}")
+        h, w = support_images.shape[-2:]
+        if h % 8 or w % 8:
+            raise ValueError(f"UniverSeg needs H and W divisible by 8, got {h}x{w}")
+        blk = self.enc_blocks[0]
+        wc = blk.cross.cross_conv.weight
+        dev, dtype = wc.device, self._dtype()
+        w_v = wc[:, 1:]
+        w_s = blk.support.vmapped.conv.weight.to(dtype)
+        n = support_images.shape[0]
+        level0 = torch.empty((n, wc.shape[0], h, w), device=dev, dtype=dtype).contiguous(
+            memory_format=torch.channels_last)
+        total = torch.zeros((1, wc.shape[0], h, w), device=dev, dtype=torch.float32)
+        for a in range(0, n, self.chunk_size):
+            e = min(a + self.chunk_size, n)
+            x = torch.cat([support_images[a:e], support_labels[a:e]], dim=1).to(dev, torch.float32)
+            v = F.conv2d(x, w_v, None, padding=1)                              # CrossConv, support half
+            total += v.sum(0, keepdim=True)
+            v = v.to(dtype).contiguous(memory_format=torch.channels_last)
+            level0[a:e] = F.conv2d(v, w_s, None, padding=1)                    # support conv, linear part
+        return SupportCache(level0=level0, cross0_mean=total / n, size=n, shape=(h, w), dtype=dtype)
+
+    def forward_fast(self, target_image: torch.Tensor, support_images: torch.Tensor,
+                     support_labels: torch.Tensor) -> torch.Tensor:
+        """Same function as :meth:`forward_reference`, computed with the savings in the module docstring."""
+        self._check_inputs(target_image, support_images, support_labels)
+        outs = []
+        for b in range(target_image.shape[0]):
+            cache = self.prepare_support(support_images[b], support_labels[b])
+            outs.append(self.predict_with_support(target_image[b:b + 1], cache))
+        return torch.cat(outs, 0)
+
+    @torch.no_grad()
+    def predict_with_support(self, target_image: torch.Tensor, cache: SupportCache) -> torch.Tensor:
+        """Logits (B,1,H,W) float32 for queries (B,1,H,W) that share the support set in ``cache``."""
+        if target_image.dim() != 4 or target_image.shape[1] != 1:
+            raise ValueError(f"target_image must be (B,1,H,W), got {tuple(target_image.shape)}")
+        if tuple(target_image.shape[-2:]) != cache.shape:
+            raise ValueError(f"query size {tuple(target_image.shape[-2:])} does not match the support {cache.shape}")
+        if cache.dtype != self._dtype():
+            raise ValueError("support cache was prepared with another compute dtype: call prepare_support again")
+        return torch.cat([self._predict_one(target_image[b:b + 1], cache)
+                          for b in range(target_image.shape[0])], 0)
+
+    def _predict_one(self, target: torch.Tensor, cache: SupportCache) -> torch.Tensor:
+        dev = self.out_conv.conv.weight.device
+        dtype = self._dtype()
+        cl = torch.channels_last
+        target = target.to(dev, torch.float32)
+        n, chunk = cache.size, max(1, self.chunk_size)
+
+        # ---- encoder block 0: per item only an add, LeakyReLU, pooling and a running sum remain
+        blk = self.enc_blocks[0]
+        wc, bc = blk.cross.cross_conv.weight, blk.cross.cross_conv.bias
+        q_part = F.conv2d(target, wc[:, :1], bc, padding=1)                  # query half of the CrossConv + b
+        query = _lrelu(blk.target.vmapped.conv(q_part + cache.cross0_mean))
+        q_term = blk.support.vmapped.conv(q_part).to(dtype)                  # conv_s(query half) + b_s
+        h, w = cache.shape
+        support = torch.empty((n, q_term.shape[1], h // 2, w // 2), device=dev, dtype=dtype).contiguous(
+            memory_format=cl)
+        skip_sum = torch.zeros((1, q_term.shape[1], h, w), device=dev, dtype=torch.float32)
+        for a in range(0, n, chunk):
+            e = min(a + chunk, n)
+            sup = F.leaky_relu_(cache.level0[a:e] + q_term, NEG_SLOPE)
+            skip_sum += sup.sum(0, keepdim=True, dtype=torch.float32)
+            support[a:e] = F.max_pool2d(sup, 2)
+        skip0_q, skip0_s_mean = query, skip_sum / n   # the level-0 support skip is only ever used as a mean
+        query = F.max_pool2d(query, 2)
+
+        # ---- encoder blocks 1..3
+        skips = []
+        for i in range(1, len(self.enc_blocks)):
+            query, support = self._block_fast(self.enc_blocks[i], query, support, None, dtype, chunk)
+            if i < len(self.enc_blocks) - 1:
+                skips.append((query, support))
+                query = F.max_pool2d(query, 2)
+                support = F.max_pool2d(support, 2)
+
+        # ---- decoder blocks 0..1 (their per-item support outputs feed the next block)
+        for blk in self.dec_blocks[:-1]:
+            q_skip, s_skip = skips.pop()
+            query = torch.cat([_up2(query), q_skip], dim=1)
+            query, support = self._block_fast(blk, query, support, s_skip, dtype, chunk)
+
+        # ---- last decoder block: only its query output is used, so the support side is just a mean
+        blk = self.dec_blocks[-1]
+        query = torch.cat([_up2(query), skip0_q], dim=1)
+        s_mean = torch.cat([_up2(support.sum(0, keepdim=True, dtype=torch.float32) / n), skip0_s_mean], dim=1)
+        wc, bc = blk.cross.cross_conv.weight, blk.cross.cross_conv.bias
+        cq = query.shape[1]
+        inter = F.conv2d(query, wc[:, :cq], bc, padding=1) + F.conv2d(s_mean, wc[:, cq:], None, padding=1)
+        query = _lrelu(blk.target.vmapped.conv(inter))
+        return self.out_conv(query).contiguous()
+
+    def _block_fast(self, blk: _CrossBlock, query: torch.Tensor, support: torch.Tensor,
+                    skip: Optional[torch.Tensor], dtype: torch.dtype, chunk: int):
+        """One CrossBlock with the split CrossConv. ``query`` (1,Cq,h,w) float32; ``support`` (S,C,h',w') in
+        ``dtype``; with ``skip`` (decoder) the support input is ``[upsample(support); skip]``."""
+        wc, bc = blk.cross.cross_conv.weight, blk.cross.cross_conv.bias
+        cq = query.shape[1]
+        q_part = F.conv2d(query, wc[:, :cq], bc, padding=1)                  # query half + bias, once
+        w_v = wc[:, cq:].to(dtype)
+        conv_s = blk.support.vmapped.conv
+        w_s, b_s = conv_s.weight.to(dtype), conv_s.bias.to(dtype)
+        q_term = q_part.to(dtype)
+        n = support.shape[0]
+        h, w = q_part.shape[-2:]
+        out = torch.empty((n, conv_s.out_channels, h, w), device=support.device, dtype=dtype).contiguous(
+            memory_format=torch.channels_last)
+        v_sum = torch.zeros((1, wc.shape[0], h, w), device=support.device, dtype=torch.float32)
+        for a in range(0, n, chunk):
+            e = min(a + chunk, n)
+            x = support[a:e]
+            if skip is not None:
+                x = torch.cat([_up2(x), skip[a:e]], dim=1)
+            v = F.conv2d(x, w_v, None, padding=1)                            # support half, per item
+            v_sum += v.sum(0, keepdim=True, dtype=torch.float32)
+            v += q_term
+            out[a:e] = F.leaky_relu_(F.conv2d(v, w_s, b_s, padding=1), NEG_SLOPE)
+        new_query = _lrelu(blk.target.vmapped.conv(q_part + v_sum / n))
+        return new_query, out
+
+
+def _conv_params(conv: nn.Conv2d, dtype: torch.dtype):
+    return conv.weight.to(dtype), conv.bias.to(dtype)
+
+
+def _lrelu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, NEG_SLOPE)
+
+
+def _up2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+def _per_item(fn, x: torch.Tensor) -> torch.Tensor:
+    b, s = x.shape[:2]
+    y = fn(x.reshape(b * s, *x.shape[2:]))
+    return y.reshape(b, s, *y.shape[1:])
+
+
+def build_universeg_v1(**kwargs) -> UniverSeg:
+    """UniverSeg v1 (64 features, 1,182,785 parameters), official parameter names; eval mode, random weights."""
+    model = UniverSeg(features=NF, **kwargs)
+    return model.eval()
