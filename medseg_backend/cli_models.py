@@ -1,0 +1,225 @@
+"""`medseg models ...`: list, fetch, import, verify, locate and delete weights; accept licences.
+
+``register(subparsers)`` adds the ``models`` command to the main parser of :mod:`medseg_backend.cli`; every
+sub-command stores its handler in ``args.func`` and the handler returns an exit code (0 success, 1 a verify
+found a bad file). Errors are raised as :class:`~medseg_backend.errors.MedSegError`; ``cli.main`` prints
+``error: <message>`` and exits 2 (the small :func:`main` here does the same when this module runs alone).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import List, Optional
+
+from . import catalogue
+from .errors import MedSegError, MedSegWarning
+from .progress import CancelToken
+
+__all__ = ["register", "main"]
+
+
+def _yes_no(flag: Optional[bool]) -> str:
+    return "yes" if flag else "no"
+
+
+def _cmd_list(args) -> int:
+    rows = []
+    for entry in catalogue.entries():
+        st = catalogue.status(entry.name)
+        accepted = _yes_no(st["licence_accepted"]) if entry.requires_acceptance else "-"
+        rows.append((entry.name, _yes_no(st["installed"]), accepted, entry.licence, entry.title,
+                     st["path"] or "(not installed)"))
+    header = ("NAME", "INSTALLED", "ACCEPTED", "LICENCE", "TITLE")
+    widths = [max(len(r[i]) for r in rows + [header + ("",)]) for i in range(len(header))]
+    out = sys.stdout
+    out.write("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip() + "\n")
+    for r in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)).rstrip() + "\n")
+        out.write(" " * 4 + r[5] + "\n")
+    out.write(f"cache folder: {catalogue.cache_dir()}\n")
+    return 0
+
+
+class _StderrProgress:
+    """Progress on stderr: one rewritten line on a terminal, a line per 10 % otherwise."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last_decile = -1
+        self.last_message = ""
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.tty:
+            self.stream.write(f"\r{message} ({fraction * 100:3.0f} %)".ljust(79))
+            self.stream.flush()
+            return
+        decile = int(fraction * 10)
+        if decile != self.last_decile or not message.startswith("Downloading"):
+            if message != self.last_message:
+                self.stream.write(f"{message} ({fraction * 100:.0f} %)\n")
+                self.last_message = message
+            self.last_decile = decile
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _show_warnings(caught) -> None:
+    for w in caught:
+        if issubclass(w.category, MedSegWarning):
+            sys.stderr.write(f"warning: {w.message}\n")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _report_installed(name: str, path) -> None:
+    st = catalogue.status(name)
+    sys.stdout.write(f"{name}: {path}\n")
+    if st["recorded_sha256"]:
+        sys.stdout.write(f"sha256 {st['recorded_sha256']} (recorded {st['recorded_at']})\n")
+
+
+def _cmd_fetch(args) -> int:
+    progress = _StderrProgress()
+    cancel = CancelToken()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MedSegWarning)
+        try:
+            path = catalogue.fetch(args.name, accept_licence=args.accept_licence, progress=progress, cancel=cancel)
+        except KeyboardInterrupt:
+            cancel.cancel()
+            sys.stderr.write("\ncancelled: nothing was installed\n")
+            return 130
+        finally:
+            progress.close()
+            _show_warnings(caught)
+    _report_installed(catalogue.get_entry(args.name).name, path)
+    return 0
+
+
+def _cmd_import(args) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MedSegWarning)
+        try:
+            path = catalogue.import_weights(args.name, args.file, accept_licence=args.accept_licence)
+        finally:
+            _show_warnings(caught)
+    _report_installed(catalogue.get_entry(args.name).name, path)
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    results = catalogue.verify(args.name)
+    failed = 0
+    for r in results:
+        if r["ok"] is None:
+            sys.stdout.write(f"{r['name']}: not installed\n")
+            continue
+        state = "ok" if r["ok"] else "FAILED"
+        failed += 0 if r["ok"] else 1
+        hash_info = f"sha256 {r['sha256']}"
+        if r["hash_source"]:
+            hash_info += f" ({'matches' if r['hash_ok'] else 'differs from'} {r['hash_source']})"
+        sys.stdout.write(f"{r['name']}: {state}  {r['path']}  {r['size']} bytes  {hash_info}  "
+                         f"layout {'ok' if r['layout_ok'] else 'WRONG'}\n")
+        for p in r["problems"]:
+            sys.stdout.write(f"    {p}\n")
+    return 1 if failed else 0
+
+
+def _cmd_path(args) -> int:
+    if args.name is None:
+        sys.stdout.write(f"{catalogue.cache_dir()}\n")
+        return 0
+    entry = catalogue.get_entry(args.name)
+    path = catalogue.installed_path(entry.name)
+    if path is None:
+        raise catalogue._not_installed(entry)
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def _cmd_delete(args) -> int:
+    entry = catalogue.get_entry(args.name)
+    removed = catalogue.delete(entry.name)
+    for p in removed:
+        sys.stdout.write(f"removed {p}\n")
+    remaining = catalogue.installed_path(entry.name)
+    if remaining is not None:
+        sys.stdout.write(f"{entry.name}: the copy at {remaining} belongs to an installed pip package and was kept\n")
+    elif not removed:
+        sys.stdout.write(f"{entry.name}: nothing to delete\n")
+    return 0
+
+
+def _cmd_accept(args) -> int:
+    entry = catalogue.get_entry(args.name)
+    if not entry.requires_acceptance:
+        sys.stdout.write(f"{entry.name} ({entry.licence}) needs no acceptance\n")
+        return 0
+    rec = catalogue.accept_licence(entry.name)
+    sys.stdout.write(f"{entry.name}: accepted {entry.licence} ({entry.licence_url}) on {rec['accepted_at']}\n")
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``models`` and its sub-commands to ``subparsers`` (from ``parser.add_subparsers()``)."""
+    names = ", ".join(catalogue.ENTRIES)
+    p = subparsers.add_parser("models", help="list, fetch, import, verify or delete model weights",
+                              description="Model weights catalogue and cache (shared by the CLI and Slicer). "
+                                          f"Models: {names}.")
+    p.set_defaults(func=_cmd_list)
+    sub = p.add_subparsers(dest="models_command", metavar="COMMAND")
+
+    s = sub.add_parser("list", help="models, installed files and licences")
+    s.set_defaults(func=_cmd_list)
+
+    s = sub.add_parser("fetch", help="download a model's weights into the cache (progress on stderr)")
+    s.add_argument("name", metavar="NAME", help=names)
+    s.add_argument("--accept-licence", "--accept-license", dest="accept_licence", action="store_true",
+                   help="accept the weights' licence (required once for universeg-v1: OpenRAIL++-M, research only)")
+    s.set_defaults(func=_cmd_fetch)
+
+    s = sub.add_parser("import", help="install a weights file obtained by other means (offline)")
+    s.add_argument("name", metavar="NAME", help=names)
+    s.add_argument("file", metavar="FILE", help="the downloaded checkpoint")
+    s.add_argument("--accept-licence", "--accept-license", dest="accept_licence", action="store_true",
+                   help="accept the weights' licence")
+    s.set_defaults(func=_cmd_import)
+
+    s = sub.add_parser("verify", help="check size, sha256 and layout of installed weights (exit 1 if bad)")
+    s.add_argument("name", metavar="NAME", nargs="?", default=None, help="one model (default: all)")
+    s.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("path", help="print the cache folder, or the weights file of NAME")
+    s.add_argument("name", metavar="NAME", nargs="?", default=None)
+    s.set_defaults(func=_cmd_path)
+
+    s = sub.add_parser("delete", help="remove NAME's cached weights, partial download and recorded hash")
+    s.add_argument("name", metavar="NAME")
+    s.set_defaults(func=_cmd_delete)
+
+    s = sub.add_parser("accept-licence", aliases=["accept-license"], help="accept NAME's licence")
+    s.add_argument("name", metavar="NAME")
+    s.set_defaults(func=_cmd_accept)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Stand-alone entry (``python -m medseg_backend.cli_models list``); the real CLI is ``medseg models``."""
+    parser = argparse.ArgumentParser(prog="medseg")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MedSegError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
