@@ -459,6 +459,8 @@ def test_cli_fetch_verify_delete(server, monkeypatch, capsys, random_universeg_b
     assert _cli(["models", "verify", UNIVERSEG]) == 0
     out = capsys.readouterr().out
     assert "universeg-v1: ok" in out and "matches recorded" in out
+    assert _cli(["models", "list"]) == 0
+    assert f"sha256 {digest}" in capsys.readouterr().out  # the recorded hash is shown
     # damage the file: verify reports it with exit code 1
     path = catalogue.installed_path(UNIVERSEG)
     with open(path, "r+b") as f:

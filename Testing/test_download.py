@@ -211,7 +211,10 @@ def test_dns_failure_is_offline_error(tmp_path):
             try:
                 raise socket.gaierror(-2, "Name or service not known")
             except socket.gaierror as g:
-                reason = u3.NameResolutionError("weights.example.invalid", None, g)
+                if hasattr(u3, "NameResolutionError"):  # urllib3 >= 2
+                    reason = u3.NameResolutionError("weights.example.invalid", None, g)
+                else:
+                    reason = u3.NewConnectionError(None, f"Failed to resolve: {g}")
             raise requests.exceptions.ConnectionError(u3.MaxRetryError(None, url, reason))
 
     with pytest.raises(OfflineError, match="weights.example.invalid"):

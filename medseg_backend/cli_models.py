@@ -28,8 +28,10 @@ def _cmd_list(args) -> int:
     for entry in catalogue.entries():
         st = catalogue.status(entry.name)
         accepted = _yes_no(st["licence_accepted"]) if entry.requires_acceptance else "-"
-        rows.append((entry.name, _yes_no(st["installed"]), accepted, entry.licence, entry.title,
-                     st["path"] or "(not installed)"))
+        where = st["path"] or "(not installed)"
+        if st["recorded_sha256"]:
+            where += f"  sha256 {st['recorded_sha256']}"
+        rows.append((entry.name, _yes_no(st["installed"]), accepted, entry.licence, entry.title, where))
     header = ("NAME", "INSTALLED", "ACCEPTED", "LICENCE", "TITLE")
     widths = [max(len(r[i]) for r in rows + [header + ("",)]) for i in range(len(header))]
     out = sys.stdout
