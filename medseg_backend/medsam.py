@@ -158,6 +158,7 @@ class Result2D:
 @dataclass
 class MedSAMResult:
     labels: np.ndarray                   # (K, J, I) uint8, 0 background, 1..N per box
+    probabilities: Optional[np.ndarray] = None  # (K, J, I) float32, max over boxes of the slice probability
     messages: List[str] = field(default_factory=list)
     slices_run: int = 0
     slices_encoded: int = 0
@@ -348,6 +349,7 @@ class MedSAMEngine:
         perm = {0: (0, 1, 2), 1: (1, 0, 2), 2: (2, 0, 1)}[ax]
         work = np.transpose(vol_u8, perm)
         labels_work = np.zeros(work.shape, dtype=np.uint8)
+        probs_work = np.zeros(work.shape, dtype=np.float32)
         enc_before = self.cache.misses
         total_slices = sum(b[5] - b[2] + 1 if ax == 0 else (b[4] - b[1] + 1 if ax == 1 else b[3] - b[0] + 1)
                            for b in checked)
@@ -368,16 +370,17 @@ class MedSAMEngine:
                 s0, s1, b2d = y0, y1, (x0, z0, x1, z1)
             else:
                 s0, s1, b2d = x0, x1, (y0, z0, y1, z1)
-            info = self._propagate(work, labels_work, obj, s0, s1, b2d, propagation, stop_after, cancel,
+            info = self._propagate(work, labels_work, probs_work, obj, s0, s1, b2d, propagation, stop_after, cancel,
                                    lambda k, o=obj: tick(f"box {o}: slice {k}"))
             per_box.append(info)
         labels = np.ascontiguousarray(np.transpose(labels_work, np.argsort(perm)))
+        probs = np.ascontiguousarray(np.transpose(probs_work, np.argsort(perm)))
         report(progress, 1.0, "done")
-        return MedSAMResult(labels=labels, messages=msgs, slices_run=sum(p["slices_run"] for p in per_box),
+        return MedSAMResult(labels=labels, probabilities=probs, messages=msgs, slices_run=sum(p["slices_run"] for p in per_box),
                             slices_encoded=self.cache.misses - enc_before, seconds=time.perf_counter() - t0,
                             per_box=per_box)
 
-    def _propagate(self, work: np.ndarray, labels: np.ndarray, obj: int, s0: int, s1: int,
+    def _propagate(self, work: np.ndarray, labels: np.ndarray, probs: np.ndarray, obj: int, s0: int, s1: int,
                    box2d: Tuple[int, int, int, int], mode: str, stop_after: int,
                    cancel: Optional[CancelToken], tick) -> Dict:
         """Run one object through its slice range; writes ``obj`` into ``labels`` (later objects overwrite)."""
@@ -412,6 +415,7 @@ class MedSAMEngine:
                     _, prob = self._upsample(self._decode(emb, mbox), geom)
                     mask = prob > 0.5
                     labels[k][mask] = obj
+                    np.maximum(probs[k], prob, out=probs[k])
                     masks[k] = mask
                     tick(k)
                     if mode == "stop":

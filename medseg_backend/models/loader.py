@@ -154,10 +154,13 @@ def load_model(name_or_path, weights=None, device="auto", *, random_init: bool =
     dev = pick_device(device)
     model = build_arch(arch)
     if not random_init:
-        if wpath is None:
+        if arch in ARCH_MODEL:
+            # The catalogue finds installed weights and enforces licences (also for explicit files).
             from ..catalogue import resolve_weights
 
-            wpath = str(resolve_weights(ARCH_MODEL.get(arch, arch)))
+            wpath = str(resolve_weights(ARCH_MODEL[arch], wpath))
+        elif wpath is None:
+            raise WeightsError(f"No weights for {ARCH_TITLES.get(arch, arch)}: give a checkpoint file.")
         state = load_state_dict_checked(wpath, arch)
         model.load_state_dict(state, strict=True)
         model.weights_path = str(wpath)

@@ -1,0 +1,254 @@
+"""Command line: ``medseg medsam``, ``medseg universeg``, ``medseg library``, ``medseg models``, ``medseg demo``.
+
+Every user error is a :class:`~medseg_backend.errors.MedSegError`: it is printed as one ``error: ...`` line
+and the command exits with status 2, having written nothing. Warnings (box clipped, few examples, ...) are
+printed as ``warning: ...`` lines.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from .errors import MedSegError, MedSegWarning
+
+INTENSITY_HELP = ("intensity preset: auto (default), raw (8-bit as is), ct-abdomen (40/400), ct-lung, ct-brain, "
+                  "ct-mediastinum, mr (0.5/99.5 percentiles of voxels > 0) or window:L,W")
+
+
+def _progress_printer(stream=None):
+    stream = stream or sys.stderr
+    state = {"last": -1}
+
+    def cb(fraction: float, message: str) -> None:
+        pct = int(fraction * 100)
+        if pct // 10 != state["last"] // 10 or fraction >= 1.0:
+            state["last"] = pct
+            stream.write(f"[{pct:3d}%] {message}\n")
+            stream.flush()
+
+    return cb
+
+
+# --------------------------------------------------------------------------------------------------------
+# medseg medsam
+# --------------------------------------------------------------------------------------------------------
+def _add_medsam(sub) -> None:
+    p = sub.add_parser("medsam", help="segment from box prompts with LiteMedSAM / MedSAM ViT-B",
+                       description="Segment a 2-D image or a 3-D volume from box prompts. Boxes are voxel "
+                                   "indices, x = column, y = row, z = slice of the SimpleITK array, inclusive.")
+    p.add_argument("image", help="2-D image (PNG, JPEG, TIFF) or volume (NRRD, NIfTI, MHA, DICOM folder)")
+    p.add_argument("--box", action="append", required=True,
+                   help="X0,Y0,X1,Y1 (2-D or with --slice) or X0,Y0,Z0,X1,Y1,Z1 (3-D); repeat for several "
+                        "objects (labels 1..N)")
+    p.add_argument("-o", "--output", required=True, help="label map to write (.nrrd, .nii.gz, .mha, .png, .tif)")
+    p.add_argument("--model", default="lite-medsam", choices=["lite-medsam", "medsam-vit-b"])
+    p.add_argument("--weights", help="checkpoint file (default: the installed weights, see `medseg models list`)")
+    p.add_argument("--intensity", default="auto", help=INTENSITY_HELP)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--slice", type=int, help="segment only this slice (index along --axis) of a volume with a 2-D box")
+    p.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"],
+                   help="slicing axis in voxel space (axial = along K)")
+    p.add_argument("--propagation", default="official", choices=["official", "roi", "stop"],
+                   help="official: carry the previous slice's mask box (LiteMedSAM 3-D procedure); roi: the "
+                        "ROI's box on every slice; stop: official, but stop after --stop-after empty slices")
+    p.add_argument("--stop-after", type=int, default=2)
+    p.add_argument("--probabilities", help="also write the probability map (float32; .nrrd, .nii.gz, .mha, .tif)")
+    p.add_argument("--overlay", help="also write a PNG picture of the result (middle slice of the first box in 3-D)")
+    p.set_defaults(func=cmd_medsam)
+
+
+def cmd_medsam(args) -> int:
+    from .intensity import apply_intensity, resolve_preset
+    from .io import check_output_path, read_image, write_float_image, write_label, write_rgb_png
+    from .medsam import AXES, MedSAMEngine, parse_box
+    from .overlay import overlay_rgb
+
+    check_output_path(args.output)
+    if args.probabilities:
+        check_output_path(args.probabilities, allowed=(".nrrd", ".nii", ".nii.gz", ".mha", ".tif", ".tiff"),
+                          what="probability")
+    if args.overlay:
+        check_output_path(args.overlay, allowed=(".png",), what="overlay")
+    img = read_image(args.image)
+    arr = img.array
+    volume = arr.ndim == 3 and not img.is_rgb
+    t0 = time.perf_counter()
+    engine = MedSAMEngine(args.model, weights=args.weights, device=args.device, precision=args.precision)
+    if not volume or args.slice is not None:
+        boxes = [parse_box(b, 2) for b in args.box]
+        if len(boxes) != 1:
+            raise MedSegError("Several --box given for a 2-D image: give one box per run in 2-D.")
+        if volume:
+            ax = AXES[args.axis]
+            if not 0 <= args.slice < arr.shape[ax]:
+                raise MedSegError(f"--slice {args.slice} is outside the volume (0..{arr.shape[ax] - 1} along "
+                                  f"{args.axis}): pick an existing slice.")
+            rule, why = resolve_preset(args.intensity, arr)  # window the whole volume, as the 3-D path does
+            plane = np.take(apply_intensity(arr, rule), args.slice, axis=ax)
+            res = engine.segment_image(plane, boxes[0], intensity=rule)
+            labels = np.zeros(arr.shape, dtype=np.uint8)
+            prob = np.zeros(arr.shape, dtype=np.float32)
+            idx = [slice(None)] * 3
+            idx[ax] = args.slice
+            labels[tuple(idx)] = res.mask
+            prob[tuple(idx)] = res.probabilities
+            messages = [why]
+            shown, shown_labels, shown_box = plane, res.mask, [res.box]
+        else:
+            res = engine.segment_image(arr, boxes[0], intensity=args.intensity)
+            labels, prob, messages = res.mask, res.probabilities, res.messages
+            shown, shown_labels, shown_box = None, res.mask, [res.box]
+            rule, _ = resolve_preset(args.intensity, arr)
+            shown = apply_intensity(arr, rule)
+        n_run = 1
+    else:
+        boxes = [parse_box(b, 3) for b in args.box]
+        res3 = engine.segment_volume(arr, boxes, intensity=args.intensity, propagation=args.propagation,
+                                     stop_after=args.stop_after, axis=args.axis, progress=_progress_printer())
+        labels, prob, messages = res3.labels, res3.probabilities, res3.messages
+        n_run = res3.slices_run
+        rule, _ = resolve_preset(args.intensity, arr)
+        b = boxes[0]
+        ax = AXES[args.axis]
+        lo, hi = b[2 - ax], b[5 - ax]  # box range along the slicing axis (z, y or x)
+        mid = int((hi - lo) / 2 + lo)
+        mid = min(max(mid, 0), arr.shape[ax] - 1)
+        shown = np.take(apply_intensity(arr, rule), mid, axis=ax)
+        shown_labels = np.take(labels, mid, axis=ax)
+        shown_box = [[(b[0], b[1], b[3], b[4]), (b[0], b[2], b[3], b[5]), (b[1], b[2], b[4], b[5])][ax]]
+    dt = time.perf_counter() - t0
+    for m in messages:
+        print(m, file=sys.stderr)
+    write_label(args.output, labels, img.geometry)
+    if args.probabilities:
+        write_float_image(args.probabilities, prob, img.geometry)
+    if args.overlay:
+        write_rgb_png(args.overlay, overlay_rgb(shown, shown_labels, shown_box))
+    voxels = int(np.count_nonzero(labels))
+    print(f"wrote {args.output}: {voxels} voxels labelled, {n_run} slice(s), {dt:.1f} s "
+          f"({engine.model_name}, {engine.device.type}, {engine.precision})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# medseg demo
+# --------------------------------------------------------------------------------------------------------
+DEMO_ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="segment the bundled abdominal CT sample with the embedded LiteMedSAM")
+    p.add_argument("--data", help="folder with ct.nii.gz and labels.nii.gz (default: Testing/Data/totalseg_ct_sm)")
+    p.add_argument("--output", default="demo-output", help="folder for the label map and the overlay PNG")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(func=cmd_demo)
+
+
+def bbox3d(mask: np.ndarray):
+    """Tight inclusive voxel box (x0, y0, z0, x1, y1, z1) of a (K, J, I) mask."""
+    ks, js, is_ = np.nonzero(mask)
+    return (int(is_.min()), int(js.min()), int(ks.min()), int(is_.max()), int(js.max()), int(ks.max()))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    s = a.sum() + b.sum()
+    return float(2.0 * (a & b).sum() / s) if s else 1.0
+
+
+def cmd_demo(args) -> int:
+    from .intensity import apply_intensity, resolve_preset
+    from .io import read_image, write_label, write_rgb_png
+    from .medsam import MedSAMEngine
+    from .overlay import overlay_rgb, upscale_nearest
+
+    data = Path(args.data) if args.data else Path(__file__).resolve().parents[1] / "Testing" / "Data" / "totalseg_ct_sm"
+    ct = read_image(str(data / "ct.nii.gz"))
+    gt = read_image(str(data / "labels.nii.gz")).array
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [k for k in DEMO_ORGANS if (gt == k).any()]
+    boxes = [bbox3d(gt == k) for k in ids]
+    print(f"Demo: LiteMedSAM (embedded weights) on {data / 'ct.nii.gz'} {ct.array.shape[::-1]} voxels, "
+          f"{len(boxes)} boxes from the bundled label map ({', '.join(DEMO_ORGANS[k] for k in ids)})")
+    t0 = time.perf_counter()
+    engine = MedSAMEngine("lite-medsam", device=args.device)
+    t_load = time.perf_counter() - t0
+    res = engine.segment_volume(ct.array, boxes, intensity="auto", progress=_progress_printer())
+    t_run = time.perf_counter() - t0 - t_load
+    for m in res.messages:
+        print(m)
+    # Compare each organ where its own run put it (later boxes overwrite earlier ones in the label map).
+    print(f"{'organ':14s} {'Dice':>6s}  voxels (pred / label)")
+    scores = []
+    for obj, k in enumerate(ids, start=1):
+        d = dice(res.labels == obj, gt == k)
+        scores.append(d)
+        print(f"{DEMO_ORGANS[k]:14s} {d:6.3f}  {int((res.labels == obj).sum())} / {int((gt == k).sum())}")
+    print(f"mean Dice {np.mean(scores):.3f}; {res.slices_run} slices in {t_run:.1f} s "
+          f"({t_run / max(res.slices_run, 1):.2f} s/slice, {res.slices_encoded} encoded, model load {t_load:.1f} s, "
+          f"{engine.device.type}, {engine.precision})")
+    label_path = out / "ct_sm_litemedsam.nii.gz"
+    write_label(str(label_path), res.labels, ct.geometry)
+    rule, _ = resolve_preset("auto", ct.array)
+    k = int(np.argmax([(res.labels[z] > 0).sum() for z in range(res.labels.shape[0])]))
+    pic = overlay_rgb(apply_intensity(ct.array[k], rule), res.labels[k],
+                      [(b[0], b[1], b[3], b[4]) for b in boxes if b[2] <= k <= b[5]])
+    pic_path = out / "ct_sm_litemedsam_overlay.png"
+    write_rgb_png(str(pic_path), upscale_nearest(pic[::-1], 3))  # flip rows: anterior up for this LPS volume
+    print(f"wrote {label_path} and {pic_path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="medseg", description="MedSAM / LiteMedSAM / UniverSeg segmentation "
+                                     "of medical images (backend of the MedSegSlicer 3D Slicer extension)")
+    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_medsam(sub)
+    try:
+        from . import cli_universeg
+    except ImportError:  # pragma: no cover - the UniverSeg half is optional while it is being built
+        cli_universeg = None
+    if cli_universeg is not None:
+        cli_universeg.register(sub)
+    from . import cli_models
+
+    cli_models.register(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", MedSegWarning)
+        warnings.showwarning = show
+        try:
+            return int(args.func(args) or 0)
+        except MedSegError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted: nothing was written.", file=sys.stderr)
+            return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
