@@ -167,7 +167,7 @@ def cmd_demo(args) -> int:
     from .intensity import apply_intensity, resolve_preset
     from .io import read_image, write_label, write_rgb_png
     from .medsam import MedSAMEngine
-    from .overlay import overlay_rgb, upscale_nearest
+    from .overlay import overlay_rgb, radiological_axial, upscale_nearest
 
     data = Path(args.data) if args.data else Path(__file__).resolve().parents[1] / "Testing" / "Data" / "totalseg_ct_sm"
     ct = read_image(str(data / "ct.nii.gz"))
@@ -202,7 +202,7 @@ def cmd_demo(args) -> int:
     pic = overlay_rgb(apply_intensity(ct.array[k], rule), res.labels[k],
                       [(b[0], b[1], b[3], b[4]) for b in boxes if b[2] <= k <= b[5]])
     pic_path = out / "ct_sm_litemedsam_overlay.png"
-    write_rgb_png(str(pic_path), upscale_nearest(pic[::-1], 3))  # flip rows: anterior up for this LPS volume
+    write_rgb_png(str(pic_path), upscale_nearest(radiological_axial(pic, ct.geometry.direction), 3))
     print(f"wrote {label_path} and {pic_path}")
     return 0
 

@@ -42,3 +42,15 @@ def overlay_rgb(image: np.ndarray, labels: np.ndarray, boxes: Optional[Sequence[
 
 def upscale_nearest(rgb: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1) if factor > 1 else rgb
+
+
+def radiological_axial(rgb: np.ndarray, direction: Sequence[float]) -> np.ndarray:
+    """Orient an axial slice (rows j, columns i) of a near-axis-aligned LPS volume for display: patient right
+    on the left of the picture, anterior at the top."""
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    out = rgb
+    if d[0, 0] < 0:  # i runs towards the patient's right: flip so that right is on the left
+        out = out[:, ::-1]
+    if d[1, 1] < 0:  # j runs anterior: flip so that anterior is up
+        out = out[::-1]
+    return np.ascontiguousarray(out)
