@@ -1,0 +1,307 @@
+"""Engines and run functions shared by the Segment Editor effects (non-blocking) and the scripted Logic (batch).
+
+A run is prepared on the GUI thread (:meth:`MedSegCore.prepare_medsam` / :meth:`MedSegCore.prepare_universeg`):
+node -> numpy array + voxel boxes, plus a :class:`~.jobs.NodeGuard`. The returned :class:`PreparedRun` holds a
+``work(progress, cancel)`` function that only touches numpy and the backend, so it can run in a worker thread
+(:meth:`MedSegCore.start`) or on the calling thread (:meth:`MedSegCore.run`). Writing the result into the scene
+is the caller's job, on the GUI thread, after success.
+
+Engines are kept per (model, weights, device, precision): MedSAM's engine caches image embeddings, so running
+again with a moved box re-encodes nothing.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import examples as ex
+from . import geometry, segments
+from .errors import InputError, MedSegWarning
+from .jobs import JobOutcome, JobRunner, NodeGuard, run_blocking
+
+DEFAULT_MODEL = "lite-medsam"
+MEDSAM_MODELS = ("lite-medsam", "medsam-vit-b")
+PROPAGATIONS = ("official", "roi", "stop")
+AXES = ("axial", "coronal", "sagittal")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@contextmanager
+def collect_warnings(messages: List[str]):
+    """Record MedSegWarnings raised on this (GUI) thread into ``messages`` instead of printing them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MedSegWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, MedSegWarning):
+            messages.append(str(w.message))
+        else:  # pragma: no cover - other warnings keep their normal route
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def display_window_preset(volume_node) -> Optional[str]:
+    """The volume's current window/level as a backend preset ``window:L,W`` (None without a display node)."""
+    display = volume_node.GetDisplayNode() if volume_node is not None else None
+    if display is None or not display.IsA("vtkMRMLScalarVolumeDisplayNode"):
+        return None
+    width, level = float(display.GetWindow()), float(display.GetLevel())
+    if not np.isfinite(width) or not np.isfinite(level) or width <= 0:
+        return None
+    return f"window:{level:g},{width:g}"
+
+
+def resolve_intensity(volume_node, intensity: Optional[str]) -> str:
+    """``None`` / ``"display"`` -> the volume's window/level (else ``auto``); any other preset unchanged."""
+    if intensity in (None, "", "display"):
+        return display_window_preset(volume_node) or "auto"
+    return intensity
+
+
+@dataclass
+class PreparedRun:
+    label: str
+    work: Callable
+    guard: NodeGuard
+    messages: List[str] = field(default_factory=list)
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+class EngineCache:
+    """Keeps loaded engines alive between runs (thread-safe: engines may be built in the worker thread)."""
+
+    def __init__(self) -> None:
+        self._engines: Dict[Tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def medsam(self, model: str, weights: Optional[str], device: str, precision: str):
+        key = ("medsam", model, str(weights or ""), device, precision)
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                from medseg_backend.medsam import MedSAMEngine
+
+                engine = MedSAMEngine(model=model, weights=weights, device=device, precision=precision)
+                self._engines[key] = engine
+            return engine
+
+    def universeg(self, weights: Optional[str], device: str, precision: str, module=None):
+        key = ("universeg", str(weights or ""), device, precision, id(module) if module is not None else None)
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                from medseg_backend.universeg import UniverSegEngine
+
+                kwargs = dict(weights=weights, device=device, model=module)
+                try:
+                    engine = UniverSegEngine(precision=precision, **kwargs)
+                except TypeError:  # an engine without the precision option
+                    engine = UniverSegEngine(**kwargs)
+                self._engines[key] = engine
+            return engine
+
+    def clear(self) -> None:
+        with self._lock:
+            self._engines.clear()
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+
+class MedSegCore:
+    """The Qt-free heart of the module: one per scene (the scripted Logic and the effects share it)."""
+
+    def __init__(self, ctx, device: str = "auto", precision: str = "auto") -> None:
+        self.ctx = ctx
+        self.device = device
+        self.precision = precision
+        self.runner = JobRunner()
+        self.engines = EngineCache()
+
+    @property
+    def scene(self):
+        return self.ctx.scene
+
+    def set_device(self, device: str) -> None:
+        if device not in DEVICES:
+            raise InputError(f"Unknown device '{device}': use {', '.join(DEVICES)}.")
+        if device != self.device:
+            self.device = device
+            self.engines.clear()
+
+    # ------------------------------------------------------------------------------------------------------
+    # MedSAM
+    # ------------------------------------------------------------------------------------------------------
+    def boxes_from(self, volume_node, rois: Sequence, messages: List[str]) -> List[Tuple[int, ...]]:
+        boxes = []
+        with collect_warnings(messages):
+            for roi in rois:
+                if isinstance(roi, (tuple, list, np.ndarray)):
+                    boxes.append(geometry.clip_box([int(v) for v in roi], geometry.volume_shape(volume_node)))
+                else:
+                    boxes.append(geometry.roi_to_voxel_box(roi, volume_node))
+        return boxes
+
+    def prepare_medsam(self, volume_node, rois, *, model: str = DEFAULT_MODEL, weights: Optional[str] = None,
+                       intensity: Optional[str] = None, propagation: str = "official", axis: str = "axial",
+                       slice_range: Optional[Tuple[Optional[int], Optional[int]]] = None,
+                       segmentation_node=None) -> PreparedRun:
+        """Inputs for MedSAM from a volume and ROI node(s) (or voxel boxes). Raises InputError on bad input."""
+        geometry.check_scalar_volume(volume_node)
+        if model not in MEDSAM_MODELS:
+            raise InputError(f"Unknown MedSAM model '{model}': use {' or '.join(MEDSAM_MODELS)}.")
+        if propagation not in PROPAGATIONS:
+            raise InputError(f"Unknown propagation '{propagation}': use {', '.join(PROPAGATIONS)}.")
+        if axis not in AXES:
+            raise InputError(f"Unknown axis '{axis}': use {', '.join(AXES)}.")
+        if rois is None or (not isinstance(rois, (list, tuple)) and not hasattr(rois, "__len__")):
+            rois = [rois]
+        if isinstance(rois, tuple) and len(rois) == 6 and all(isinstance(v, (int, np.integer)) for v in rois):
+            rois = [rois]
+        if len(rois) == 0 or any(r is None for r in rois):
+            raise InputError("No ROI selected: create or pick an ROI (box) around the structure and run again.")
+        messages: List[str] = []
+        boxes = self.boxes_from(volume_node, list(rois), messages)
+        if slice_range is not None:
+            boxes = [geometry.restrict_box(b, axis, slice_range[0], slice_range[1]) for b in boxes]
+        data = geometry.volume_to_array(volume_node)
+        preset = resolve_intensity(volume_node, intensity)
+        device, precision, engines = self.device, self.precision, self.engines
+
+        def work(progress, cancel):
+            progress(0.0, f"Loading {model} on {device}")
+            engine = engines.medsam(model, weights, device, precision)
+            return engine.segment_volume(data.array, boxes, intensity=preset, propagation=propagation, axis=axis,
+                                         progress=progress, cancel=cancel)
+
+        guard = NodeGuard(self.scene, volume_node, [segmentation_node] if segmentation_node is not None else [])
+        names = [r.GetName() if hasattr(r, "GetName") else f"box {i + 1}" for i, r in enumerate(rois)]
+        return PreparedRun(label=f"MedSAM ({model})", work=work, guard=guard, messages=messages,
+                           info=dict(boxes=boxes, intensity=preset, names=names, volume=volume_node.GetName(),
+                                     axis=axis, model=model))
+
+    # ------------------------------------------------------------------------------------------------------
+    # UniverSeg
+    # ------------------------------------------------------------------------------------------------------
+    def prepare_universeg(self, volume_node, examples: Sequence, *, roi=None, support_size: int = 64,
+                          ensemble: int = 1, seed: int = 0, tta: bool = False, intensity: Optional[str] = "auto",
+                          axis: str = "axial", weights: Optional[str] = None, module=None,
+                          keep_labelled: Optional[ex.ExampleArrays] = None, segmentation_node=None,
+                          max_slices_per_volume: Optional[int] = None) -> PreparedRun:
+        """Inputs for UniverSeg. ``examples``: backend ``Example`` objects and/or :class:`ExampleArrays`;
+        ``roi``: ROI node, voxel box or None; ``module``: a stand-in network (tests); ``keep_labelled``: the
+        target segment's own labelled slices, kept exactly in the result (few-shot completion)."""
+        geometry.check_scalar_volume(volume_node)
+        if axis not in AXES:
+            raise InputError(f"Unknown axis '{axis}': use {', '.join(AXES)}.")
+        if int(support_size) < 1 or int(ensemble) < 1:
+            raise InputError(f"Support size {support_size} / ensemble {ensemble}: both must be at least 1.")
+        ex.require_examples(examples)
+        messages: List[str] = []
+        box = None
+        if roi is not None:
+            box = self.boxes_from(volume_node, [roi], messages)[0]
+        arrays = [e for e in examples if isinstance(e, ex.ExampleArrays)]
+        backend_examples = [e for e in examples if not isinstance(e, ex.ExampleArrays)]
+        if arrays:
+            with collect_warnings(messages):
+                backend_examples += ex.to_backend_examples(arrays, axis, max_slices_per_volume)
+        ex.require_examples(backend_examples)
+        data = geometry.volume_to_array(volume_node)
+        preset = resolve_intensity(volume_node, intensity)
+        device, precision, engines = self.device, self.precision, self.engines
+        keep = keep_labelled.label.copy() if keep_labelled is not None else None
+
+        def work(progress, cancel):
+            progress(0.0, f"Loading UniverSeg on {device} ({len(backend_examples)} examples)")
+            engine = engines.universeg(weights, device, precision, module)
+            res = engine.segment_volume(data.array, backend_examples, roi=box, axis=axis, label=1,
+                                        intensity=preset, support_size=int(support_size), ensemble=int(ensemble),
+                                        seed=int(seed), tta=bool(tta), progress=progress, cancel=cancel)
+            if keep is not None:
+                res.mask = ex.keep_labelled_slices(res.mask, keep, axis)
+            return res
+
+        guard = NodeGuard(self.scene, volume_node, [segmentation_node] if segmentation_node is not None else [])
+        return PreparedRun(label="UniverSeg", work=work, guard=guard, messages=messages,
+                           info=dict(box=box, intensity=preset, n_examples=len(backend_examples), axis=axis,
+                                     volume=volume_node.GetName()))
+
+    # ------------------------------------------------------------------------------------------------------
+    # Running
+    # ------------------------------------------------------------------------------------------------------
+    def start(self, prepared: PreparedRun):
+        """Non-blocking: run in the worker thread; poll ``self.runner`` for the outcome."""
+        return self.runner.start(prepared.work, label=prepared.label, guard=prepared.guard)
+
+    def run(self, prepared: PreparedRun, progress=None, cancel=None) -> JobOutcome:
+        """Blocking run on the calling thread (scripted Logic, self-test)."""
+        if self.runner.running:
+            from .errors import JobBusyError
+
+            raise JobBusyError(f"'{self.runner.label}' is still running: wait for it to finish or cancel it first.")
+        return run_blocking(prepared.work, label=prepared.label, guard=prepared.guard, progress=progress,
+                            cancel=cancel)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Batch helpers: run + write segments
+    # ------------------------------------------------------------------------------------------------------
+    def _segmentation_for(self, segmentation_node, volume_node, name: str):
+        if segmentation_node is None:
+            segmentation_node = self.ctx.add_segmentation(name, volume_node)
+        segments.check_segmentation(segmentation_node)
+        return segmentation_node
+
+    def segment_with_medsam(self, volume_node, rois, segmentation_node=None, *, names: Optional[Sequence[str]] = None,
+                            segment_ids: Optional[Sequence[Optional[str]]] = None, mode: str = "replace",
+                            progress=None, cancel=None, **options):
+        """Run MedSAM and write one segment per ROI. Returns ``(segmentation_node, segment_ids, outcome)``;
+        raises the run's error (nothing written) when it did not succeed."""
+        prepared = self.prepare_medsam(volume_node, rois, segmentation_node=segmentation_node, **options)
+        outcome = self.run(prepared, progress=progress, cancel=cancel)
+        raise_unless_ok(outcome)
+        segmentation_node = self._segmentation_for(segmentation_node, volume_node, f"{volume_node.GetName()} MedSAM")
+        labels = outcome.result.labels
+        n = len(prepared.info["boxes"])
+        names = list(names) if names else list(prepared.info["names"])
+        targets = list(segment_ids) if segment_ids else [None] * n
+        if len(names) != n or len(targets) != n:
+            raise InputError(f"{n} boxes but {len(names)} names / {len(targets)} segment IDs: give one per ROI.")
+        written = []
+        for obj in range(1, n + 1):
+            written.append(segments.write_mask(segmentation_node, labels == obj, volume_node,
+                                               segment_id=targets[obj - 1], name=names[obj - 1], mode=mode))
+        outcome.result.messages = prepared.messages + list(outcome.result.messages)
+        return segmentation_node, written, outcome
+
+    def segment_with_universeg(self, volume_node, examples, segmentation_node=None, *, name: str = "UniverSeg",
+                               segment_id: Optional[str] = None, mode: str = "replace", progress=None,
+                               cancel=None, **options):
+        """Run UniverSeg and write the mask into a new (or the given) segment.
+        Returns ``(segmentation_node, segment_id, outcome)``."""
+        prepared = self.prepare_universeg(volume_node, examples, segmentation_node=segmentation_node, **options)
+        outcome = self.run(prepared, progress=progress, cancel=cancel)
+        raise_unless_ok(outcome)
+        segmentation_node = self._segmentation_for(segmentation_node, volume_node,
+                                                   f"{volume_node.GetName()} UniverSeg")
+        sid = segments.write_mask(segmentation_node, outcome.result.mask, volume_node, segment_id=segment_id,
+                                  name=None if segment_id else name, mode=mode)
+        outcome.result.messages = prepared.messages + list(outcome.result.messages)
+        return segmentation_node, sid, outcome
+
+
+def raise_unless_ok(outcome: JobOutcome) -> None:
+    """Re-raise the error of a failed/cancelled/discarded run (batch use)."""
+    if outcome.ok:
+        return
+    if outcome.error is not None:
+        raise outcome.error
+    from .errors import CancelledError
+
+    if outcome.status == "cancelled":
+        raise CancelledError(outcome.message)
+    raise InputError(outcome.message)

@@ -1,0 +1,7 @@
+"""Errors of the Slicer layer: the backend's classes (one-line "problem: fix" messages) plus the job runner's."""
+from medseg_backend.errors import (CancelledError, DownloadError, InputError, LicenceError, MedSegError,  # noqa: F401
+                                   MedSegWarning, OfflineError, WeightsError)
+
+
+class JobBusyError(InputError):
+    """A second run was started while one is still running."""

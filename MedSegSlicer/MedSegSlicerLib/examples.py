@@ -1,0 +1,161 @@
+"""Collect UniverSeg examples (image + label) from the scene.
+
+Three sources, as in the effect's panel:
+
+* **labelled slices of this segment** - the target segment's slices that already contain voxels, on the target
+  volume (few-shot completion: label a few slices, get the rest);
+* **other segments / segmentation nodes** - each with the volume it was drawn on (explicit, else the
+  segmentation's reference-geometry volume), resampled onto that volume's grid;
+* **an example library folder** - through ``medseg_backend.universeg.library``.
+
+The collectors return :class:`ExampleArrays` (plain numpy, no backend import), so they are testable without the
+model code; :func:`to_backend_examples` turns them into ``medseg_backend.universeg.Example`` objects.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from . import geometry, segments
+from .errors import InputError, MedSegWarning
+
+
+@dataclass
+class ExampleArrays:
+    image: np.ndarray              # (K, J, I) raw intensities of the example's volume
+    label: np.ndarray              # (K, J, I) uint8 0/1
+    name: str
+    source: str                    # "labelled-slices" | "segment"
+    volume_name: str = ""
+    slices: List[int] = field(default_factory=list)   # indices (along the axis) that contain the label
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.slices)
+
+
+def labelled_slice_indices(label: np.ndarray, axis: str) -> List[int]:
+    if axis not in geometry.AXIS_ARRAY_INDEX:
+        raise InputError(f"Unknown axis '{axis}': use axial, coronal or sagittal.")
+    a = geometry.AXIS_ARRAY_INDEX[axis]
+    other = tuple(i for i in range(3) if i != a)
+    return [int(i) for i in np.nonzero(np.any(label > 0, axis=other))[0]]
+
+
+def source_volume_for(segmentation_node, volume_node=None):
+    """The volume an example segmentation was drawn on: ``volume_node`` if given, else its reference volume."""
+    if volume_node is not None:
+        geometry.check_scalar_volume(volume_node)
+        return volume_node
+    import slicer
+
+    ref = segmentation_node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+    if ref is None or not ref.IsA("vtkMRMLScalarVolumeNode") or ref.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"Segmentation '{segmentation_node.GetName()}' has no source volume: choose the volume its "
+                         "segments were drawn on next to it in the examples list.")
+    return ref
+
+
+def from_labelled_slices(volume_node, segmentation_node, segment_id: str, axis: str = "axial") -> ExampleArrays:
+    """Source (a): the target segment's labelled slices on the target volume."""
+    label = segments.segment_to_array(segmentation_node, segment_id, volume_node)
+    slices = labelled_slice_indices(label, axis)
+    name = segments.get_segment(segmentation_node, segment_id).GetName()
+    if not slices:
+        raise InputError(f"Segment '{name}' has no labelled slices yet: paint the structure on a few {axis} slices "
+                         "first (or choose other examples).")
+    return ExampleArrays(image=geometry.volume_to_array(volume_node).array, label=label, name=name,
+                         source="labelled-slices", volume_name=volume_node.GetName(), slices=slices)
+
+
+def from_segments(segmentation_node, segment_ids: Sequence[str], volume_node=None, axis: str = "axial",
+                  exclude=None) -> List[ExampleArrays]:
+    """Source (b): segments of a segmentation node, each on the grid of the volume it was drawn on.
+
+    ``exclude`` = (segmentation node, segment id) of the target: it is skipped (its labelled slices are source
+    (a)). Empty segments are skipped with a :class:`MedSegWarning`.
+    """
+    segments.check_segmentation(segmentation_node)
+    volume = source_volume_for(segmentation_node, volume_node)
+    image = None
+    out = []
+    for sid in segment_ids:
+        if exclude is not None and exclude[0] is segmentation_node and exclude[1] == sid:
+            continue
+        seg = segments.get_segment(segmentation_node, sid)
+        label = segments.segment_to_array(segmentation_node, sid, volume)
+        slices = labelled_slice_indices(label, axis)
+        if not slices:
+            warnings.warn(f"Example segment '{seg.GetName()}' of '{segmentation_node.GetName()}' is empty on volume "
+                          f"'{volume.GetName()}': skipped.", MedSegWarning, stacklevel=2)
+            continue
+        if image is None:
+            image = geometry.volume_to_array(volume).array
+        out.append(ExampleArrays(image=image, label=label, name=f"{segmentation_node.GetName()}/{seg.GetName()}",
+                                 source="segment", volume_name=volume.GetName(), slices=slices))
+    return out
+
+
+def require_examples(examples: Sequence) -> None:
+    if not examples:
+        raise InputError("No examples: label a few slices of the segment, tick other segments or segmentations "
+                         "that show the same structure, or choose an example library folder.")
+
+
+def to_backend_examples(arrays: Sequence[ExampleArrays], axis: str = "axial",
+                        max_slices_per_volume: Optional[int] = None) -> list:
+    """:class:`ExampleArrays` -> list of ``medseg_backend.universeg.Example`` (2-D slices that hold the label)."""
+    from medseg_backend.universeg import examples_from_labelled_slices, examples_from_volume
+
+    require_examples(arrays)
+    out = []
+    for ex in arrays:
+        if ex.source == "labelled-slices":
+            got = examples_from_labelled_slices(ex.image, ex.label, label=1, axis=axis)
+        else:
+            got = examples_from_volume(ex.image, ex.label, label=1, axis=axis, empty_policy="skip",
+                                       max_slices=max_slices_per_volume)
+        for e in got:
+            if not getattr(e, "name", ""):
+                try:
+                    e.name = ex.name
+                except AttributeError:
+                    pass
+        out.extend(got)
+    require_examples(out)
+    return out
+
+
+def from_library(folder: str):
+    """Source (c): ``(examples, manifest)`` from an example library folder."""
+    from medseg_backend.universeg.library import load_library
+
+    examples, manifest = load_library(folder)
+    require_examples(examples)
+    return examples, manifest
+
+
+def export(folder: str, backend_examples: Sequence, *, structure: str, modality: str = "CT",
+           intensity: str = "auto"):
+    """Write examples to an example library folder (images + labels + manifest); returns the folder path."""
+    from medseg_backend.universeg.library import export_library
+
+    require_examples(backend_examples)
+    if not structure:
+        raise InputError("No structure name for the library: type what the examples show (e.g. liver).")
+    return export_library(folder, list(backend_examples), structure=structure, modality=modality,
+                          intensity=intensity, label=1)
+
+
+def keep_labelled_slices(prediction: np.ndarray, user_label: np.ndarray, axis: str) -> np.ndarray:
+    """Few-shot completion result: the user's own labelled slices stay exactly as drawn, the rest is predicted."""
+    out = (np.asarray(prediction) > 0).astype(np.uint8)
+    a = geometry.AXIS_ARRAY_INDEX[axis]
+    for s in labelled_slice_indices(user_label, axis):
+        idx = [slice(None)] * 3
+        idx[a] = s
+        out[tuple(idx)] = (user_label[tuple(idx)] > 0)
+    return out

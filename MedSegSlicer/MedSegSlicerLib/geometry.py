@@ -1,0 +1,389 @@
+"""All IJK <-> RAS math of the extension lives here, and nowhere else.
+
+Conventions
+-----------
+* A volume node's voxels come out as a numpy array ``(K, J, I)`` (slice, row, column), the same order as
+  SimpleITK's ``GetArrayFromImage`` and the backend.
+* ``ijk_to_world`` is the 4x4 matrix that maps a voxel index ``(i, j, k, 1)`` (voxel centres at integer
+  indices) to world RAS millimetres, **including** every linear parent transform of the node. Non-linear
+  parent transforms are refused with an :class:`InputError` that says to harden the transform.
+* Voxel boxes are ``(x0, y0, z0, x1, y1, z1)`` with x = I (column), y = J (row), z = K (slice), all inclusive,
+  exactly what the backend expects.
+* A voxel ``n`` covers the continuous index interval ``[n - 0.5, n + 0.5]``; a voxel belongs to an ROI when
+  its centre lies inside the ROI (ties count as inside).
+
+Slicer stores everything in RAS; SimpleITK / ITK files use LPS. :func:`sitk_geometry` and
+:func:`ijk_to_ras_from_sitk` convert between the two (flip of the first two axes).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import InputError, MedSegWarning
+
+Box = Tuple[int, int, int, int, int, int]
+
+#: voxel-space slicing axes of the backend -> index in the (K, J, I) array / in (x, y, z) box order
+AXIS_ARRAY_INDEX = {"axial": 0, "coronal": 1, "sagittal": 2}
+AXIS_BOX_INDEX = {"axial": 2, "coronal": 1, "sagittal": 0}
+
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+_EPS = 1e-4  # voxel units: tolerance for "centre exactly on the ROI face"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# vtkMatrix4x4 <-> numpy
+# ----------------------------------------------------------------------------------------------------------
+def matrix_to_numpy(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=float)
+
+
+def numpy_to_matrix(array: np.ndarray):
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    a = np.asarray(array, dtype=float)
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(a[r, c]))
+    return m
+
+
+def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 homogeneous matrix to an (N, 3) array of points."""
+    pts = np.atleast_2d(np.asarray(points, dtype=float))
+    homo = np.c_[pts, np.ones(len(pts))]
+    return (homo @ np.asarray(matrix, dtype=float).T)[:, :3]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transforms
+# ----------------------------------------------------------------------------------------------------------
+def _node_label(node) -> str:
+    try:
+        return f"'{node.GetName()}'"
+    except Exception:  # pragma: no cover - defensive
+        return "the node"
+
+
+def node_to_world(node) -> np.ndarray:
+    """4x4 matrix from ``node``'s own coordinates to world, through all its parent transforms (linear only)."""
+    if node is None:
+        return np.eye(4)
+    tnode = node.GetParentTransformNode() if hasattr(node, "GetParentTransformNode") else None
+    if tnode is None:
+        return np.eye(4)
+    if not tnode.IsTransformToWorldLinear():
+        raise InputError(
+            f"{_node_label(node)} is under the non-linear transform '{tnode.GetName()}': harden the transform "
+            "(Data module, right-click > Harden transform) or remove it, then run again.")
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    tnode.GetMatrixTransformToWorld(m)
+    return matrix_to_numpy(m)
+
+
+def node_frame_to_frame(source_node, target_node) -> np.ndarray:
+    """Matrix from the coordinates of ``source_node`` to those of ``target_node`` (both may be transformed)."""
+    return np.linalg.inv(node_to_world(target_node)) @ node_to_world(source_node)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Volumes
+# ----------------------------------------------------------------------------------------------------------
+def check_scalar_volume(volume_node) -> None:
+    """Raise :class:`InputError` unless ``volume_node`` is a scalar volume with voxels."""
+    if volume_node is None:
+        raise InputError("No volume selected: choose the source volume in the Segment Editor (or pass a volume "
+                         "node) and run again.")
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLVectorVolumeNode") or \
+            volume_node.IsA("vtkMRMLDiffusionWeightedVolumeNode"):
+        raise InputError(f"{_node_label(volume_node)} is a {volume_node.GetClassName()}, not a scalar volume: "
+                         "select a grey-level volume (convert vector/RGB volumes to scalar first).")
+    image = volume_node.GetImageData()
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        raise InputError(f"Volume {_node_label(volume_node)} holds no voxels: load the image data first.")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"Volume {_node_label(volume_node)} has {image.GetNumberOfScalarComponents()} components "
+                         "per voxel: convert it to a scalar volume (e.g. Vector to Scalar Volume module).")
+    dims = image.GetDimensions()
+    if min(dims) < 1 or dims[0] * dims[1] * dims[2] == 0:
+        raise InputError(f"Volume {_node_label(volume_node)} is empty (dimensions {dims}): load a volume with voxels.")
+
+
+def volume_ijk_to_node(volume_node) -> np.ndarray:
+    """IJK-to-RAS of the volume in its own node coordinates (no parent transforms)."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    return matrix_to_numpy(m)
+
+
+def volume_ijk_to_world(volume_node) -> np.ndarray:
+    """IJK -> world RAS of the volume, including its linear parent transforms."""
+    return node_to_world(volume_node) @ volume_ijk_to_node(volume_node)
+
+
+def volume_shape(volume_node) -> Tuple[int, int, int]:
+    """Array shape ``(K, J, I)`` of a volume node."""
+    dims = volume_node.GetImageData().GetDimensions()
+    return int(dims[2]), int(dims[1]), int(dims[0])
+
+
+def image_to_array(image, copy: bool = True) -> np.ndarray:
+    """vtkImageData scalars -> numpy ``(K, J, I)`` (a copy unless ``copy=False``)."""
+    from vtk.util import numpy_support
+
+    dims = image.GetDimensions()
+    arr = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    arr = arr.reshape(dims[2], dims[1], dims[0])
+    return arr.copy() if copy else arr
+
+
+@dataclass
+class VolumeData:
+    """What the backend needs from a volume node: voxels + where they are."""
+
+    array: np.ndarray            # (K, J, I), a copy: safe to hand to a worker thread
+    ijk_to_world: np.ndarray     # 4x4, includes parent transforms
+    node_id: str
+    name: str
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)
+
+    @property
+    def spacing(self) -> Tuple[float, float, float]:
+        """Voxel size (x, y, z) in mm, in world space."""
+        return tuple(float(v) for v in np.linalg.norm(self.ijk_to_world[:3, :3], axis=0))
+
+
+def volume_to_array(volume_node) -> VolumeData:
+    """Volume node -> :class:`VolumeData` (array copy + IJK-to-world including parent transforms)."""
+    check_scalar_volume(volume_node)
+    return VolumeData(array=image_to_array(volume_node.GetImageData(), copy=True),
+                      ijk_to_world=volume_ijk_to_world(volume_node),
+                      node_id=volume_node.GetID() or "", name=volume_node.GetName() or "")
+
+
+def sitk_geometry(ijk_to_ras: np.ndarray):
+    """IJK-to-RAS 4x4 -> ``medseg_backend.io.Geometry`` (spacing, origin, direction in LPS, as SimpleITK)."""
+    from medseg_backend.io import Geometry
+
+    spacing, origin, direction = _spacing_origin_direction(LPS_FROM_RAS @ np.asarray(ijk_to_ras, dtype=float))
+    return Geometry(tuple(spacing.tolist()), tuple(origin.tolist()), tuple(direction.ravel().tolist()))
+
+
+def _spacing_origin_direction(ijk_to_x: np.ndarray):
+    lin = ijk_to_x[:3, :3]
+    spacing = np.linalg.norm(lin, axis=0)
+    if np.any(spacing <= 0):
+        raise InputError("The volume has a zero voxel size: fix its spacing (Volumes module) and run again.")
+    return spacing, ijk_to_x[:3, 3].copy(), lin / spacing
+
+
+def ijk_to_ras_from_sitk(spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]) -> np.ndarray:
+    """SimpleITK geometry (LPS) -> IJK-to-RAS 4x4."""
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(direction, dtype=float).reshape(3, 3) * np.asarray(spacing, dtype=float)[None, :]
+    m[:3, 3] = np.asarray(origin, dtype=float)
+    return LPS_FROM_RAS @ m
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Boxes
+# ----------------------------------------------------------------------------------------------------------
+def box_shape_xyz(shape_kji: Sequence[int]) -> Tuple[int, int, int]:
+    return int(shape_kji[2]), int(shape_kji[1]), int(shape_kji[0])
+
+
+def clip_box(box: Sequence[int], shape_kji: Sequence[int], *, what: str = "box") -> Box:
+    """Clip an inclusive voxel box to the grid; warn when clipped, :class:`InputError` when fully outside."""
+    lo = np.asarray(box[:3], dtype=int)
+    hi = np.asarray(box[3:], dtype=int)
+    size = np.asarray(box_shape_xyz(shape_kji))
+    if np.any(lo > hi):
+        raise InputError(f"The {what} {tuple(int(v) for v in box)} is inverted (a minimum is above its maximum): "
+                         "give (x0, y0, z0, x1, y1, z1) with x0 <= x1, y0 <= y1, z0 <= z1.")
+    if np.any(hi < 0) or np.any(lo > size - 1):
+        raise InputError(f"The {what} {tuple(int(v) for v in box)} lies outside the volume (voxels 0..{size[0] - 1}, "
+                         f"0..{size[1] - 1}, 0..{size[2] - 1}): move it onto the volume, and check that it is "
+                         "not in another coordinate frame (parent transform).")
+    clo = np.maximum(lo, 0)
+    chi = np.minimum(hi, size - 1)
+    if np.any(clo != lo) or np.any(chi != hi):
+        warnings.warn(f"The {what} extends beyond the volume: clipped to voxels "
+                      f"{tuple(int(v) for v in clo)}-{tuple(int(v) for v in chi)}.", MedSegWarning, stacklevel=2)
+    return tuple(int(v) for v in (*clo, *chi))
+
+
+def restrict_box(box: Sequence[int], axis: str, first: Optional[int], last: Optional[int]) -> Box:
+    """Limit the box along the slicing ``axis`` to slices ``first..last`` (inclusive; ``None`` = no limit)."""
+    if axis not in AXIS_BOX_INDEX:
+        raise InputError(f"Unknown axis '{axis}': use axial, coronal or sagittal.")
+    b = list(int(v) for v in box)
+    a = AXIS_BOX_INDEX[axis]
+    if first is not None:
+        b[a] = max(b[a], int(first))
+    if last is not None:
+        b[a + 3] = min(b[a + 3], int(last))
+    if b[a] > b[a + 3]:
+        raise InputError(f"The slice range {first}-{last} does not overlap the box ({box[a]}-{box[a + 3]} along "
+                         f"the {axis} axis): widen the slice range or move the ROI.")
+    return tuple(b)
+
+
+def mask_bounding_box(mask: np.ndarray, margin: int = 0) -> Optional[Box]:
+    """Inclusive (x0, y0, z0, x1, y1, z1) box of the non-zero voxels of a (K, J, I) mask, or None if empty."""
+    nz = np.nonzero(mask)
+    if len(nz[0]) == 0:
+        return None
+    k0, j0, i0 = (int(a.min()) - margin for a in nz)
+    k1, j1, i1 = (int(a.max()) + margin for a in nz)
+    K, J, I = mask.shape
+    return (max(i0, 0), max(j0, 0), max(k0, 0), min(i1, I - 1), min(j1, J - 1), min(k1, K - 1))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ROI markups
+# ----------------------------------------------------------------------------------------------------------
+def roi_object_to_world(roi_node) -> np.ndarray:
+    """ROI box frame (centre at origin, axes along the box edges) -> world, including parent transforms."""
+    object_to_node = matrix_to_numpy(roi_node.GetObjectToNodeMatrix())
+    return node_to_world(roi_node) @ object_to_node
+
+
+def roi_corners_world(roi_node) -> np.ndarray:
+    """The 8 corners of an ROI markup in world RAS, (8, 3)."""
+    half = np.asarray(roi_node.GetSize(), dtype=float) / 2.0
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
+    return apply(roi_object_to_world(roi_node), signs * half)
+
+
+def _axis_misalignment_degrees(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest angle between the box axes of two frames (direction matrices, columns = axes), in degrees."""
+    an = a / np.linalg.norm(a, axis=0)
+    bn = b / np.linalg.norm(b, axis=0)
+    cos = np.abs(an.T @ bn)  # 3x3; aligned frames have one 1 per row (any axis permutation)
+    return float(np.degrees(np.arccos(np.clip(cos.max(axis=1).min(), -1.0, 1.0))))
+
+
+def continuous_bounds_to_box(lo: np.ndarray, hi: np.ndarray) -> Box:
+    """Continuous index bounds -> inclusive voxel box of the voxels whose centres are inside.
+
+    When the region is thinner than a voxel between two centres, the nearest voxel is used (a flat ROI placed on a
+    slice selects that slice).
+    """
+    ilo = np.ceil(lo - _EPS).astype(int)
+    ihi = np.floor(hi + _EPS).astype(int)
+    thin = ilo > ihi
+    mid = np.floor((lo + hi) / 2.0 + 0.5).astype(int)
+    ilo[thin] = mid[thin]
+    ihi[thin] = mid[thin]
+    return tuple(int(v) for v in (*ilo, *ihi))
+
+
+def roi_to_voxel_box(roi_node, volume_node) -> Box:
+    """ROI markup node -> inclusive voxel box on ``volume_node``'s grid.
+
+    Both nodes may sit under (different) linear transforms; a rotated ROI gives the voxel-axis-aligned box around
+    its corners (with a :class:`MedSegWarning`). Partly outside -> clipped with a warning; fully outside ->
+    :class:`InputError`.
+    """
+    if roi_node is None:
+        raise InputError("No ROI selected: create or pick an ROI (box) around the structure and run again.")
+    check_scalar_volume(volume_node)
+    if not roi_node.IsA("vtkMRMLMarkupsROINode"):
+        raise InputError(f"{_node_label(roi_node)} is a {roi_node.GetClassName()}, not an ROI: pick an ROI markup.")
+    size = np.asarray(roi_node.GetSize(), dtype=float)
+    if np.any(size < 0) or not np.all(np.isfinite(size)):
+        raise InputError(f"ROI {_node_label(roi_node)} has an invalid size {tuple(size)}: reset the ROI and place it again.")
+    ijk_to_world = volume_ijk_to_world(volume_node)
+    world_to_ijk = np.linalg.inv(ijk_to_world)
+    corners = apply(world_to_ijk, roi_corners_world(roi_node))
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    angle = _axis_misalignment_degrees(roi_object_to_world(roi_node)[:3, :3], ijk_to_world[:3, :3])
+    if angle > 1.0:
+        warnings.warn(f"ROI {_node_label(roi_node)} is rotated {angle:.0f} degrees relative to the voxel grid of "
+                      f"{_node_label(volume_node)}: using the voxel-aligned box that encloses it.",
+                      MedSegWarning, stacklevel=2)
+    box = continuous_bounds_to_box(lo, hi)
+    return clip_box(box, volume_shape(volume_node), what=f"ROI {_node_label(roi_node)}")
+
+
+def voxel_box_to_roi(roi_node, volume_node, box: Sequence[int]) -> None:
+    """Place ``roi_node`` so that it encloses exactly the voxels of ``box`` (faces on voxel boundaries).
+
+    The ROI is aligned with the volume's voxel axes and expressed in the ROI's own (possibly transformed) frame, so
+    :func:`roi_to_voxel_box` returns ``box`` again.
+    """
+    check_scalar_volume(volume_node)
+    b = np.asarray(box, dtype=float)
+    centre_ijk = (b[:3] + b[3:]) / 2.0
+    extent_vox = b[3:] - b[:3] + 1.0
+    ijk_to_world = volume_ijk_to_world(volume_node)
+    lin = ijk_to_world[:3, :3]
+    spacing = np.linalg.norm(lin, axis=0)
+    axes_world = lin / spacing
+    world_to_roi_node = np.linalg.inv(node_to_world(roi_node))
+    axes_node = world_to_roi_node[:3, :3] @ axes_world
+    scale = np.linalg.norm(axes_node, axis=0)
+    axes_node = axes_node / scale
+    if abs(abs(np.linalg.det(axes_node)) - 1.0) > 1e-3 or not np.allclose(axes_node.T @ axes_node, np.eye(3), atol=1e-3):
+        raise InputError("The volume and ROI transforms include shear: harden the transforms, then fit the ROI again.")
+    if np.linalg.det(axes_node) < 0:  # ROI frames must be right-handed: flip one axis (the box is symmetric)
+        axes_node[:, 2] = -axes_node[:, 2]
+    centre_node = apply(world_to_roi_node, apply(ijk_to_world, centre_ijk[None, :]))[0]
+    object_to_node = np.eye(4)
+    object_to_node[:3, :3] = axes_node
+    object_to_node[:3, 3] = centre_node
+    roi_node.SetAndObserveObjectToNodeMatrix(numpy_to_matrix(object_to_node))
+    roi_node.SetSize(*(extent_vox * spacing * scale).tolist())
+
+
+def default_box(shape_kji: Sequence[int], fraction: float = 0.33) -> Box:
+    """A centred box covering ``fraction`` of each axis (starting point for a new ROI)."""
+    size = np.asarray(box_shape_xyz(shape_kji))
+    half = np.maximum((size * fraction / 2.0).astype(int), 0)
+    centre = (size - 1) // 2
+    lo = np.maximum(centre - half, 0)
+    hi = np.minimum(centre + half, size - 1)
+    return tuple(int(v) for v in (*lo, *hi))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Grids of images (segmentation labelmaps)
+# ----------------------------------------------------------------------------------------------------------
+def oriented_image_to_world(image, frame_node) -> np.ndarray:
+    """IJK -> world of a vtkOrientedImageData stored in ``frame_node``'s coordinates (e.g. a segmentation)."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(m)
+    return node_to_world(frame_node) @ matrix_to_numpy(m)
+
+
+def volume_ijk_to_frame(volume_node, frame_node) -> np.ndarray:
+    """Volume IJK -> coordinates of ``frame_node`` (e.g. a segmentation node under another transform)."""
+    return np.linalg.inv(node_to_world(frame_node)) @ volume_ijk_to_world(volume_node)
+
+
+def grids_match(a: np.ndarray, b: np.ndarray, tol: float = 1e-4) -> bool:
+    return bool(np.allclose(np.asarray(a), np.asarray(b), atol=tol, rtol=0))
+
+
+def rotation_degrees(matrix: np.ndarray) -> float:
+    """Angle of the rotation part of a rigid 4x4/3x3 matrix (after removing scale), degrees."""
+    lin = np.asarray(matrix, dtype=float)[:3, :3]
+    lin = lin / np.linalg.norm(lin, axis=0)
+    c = (np.trace(lin) - 1.0) / 2.0
+    return float(math.degrees(math.acos(max(-1.0, min(1.0, c)))))

@@ -1,0 +1,259 @@
+"""End-to-end scenarios shared by the headless pytest suite and the module's Slicer self-test.
+
+Each scenario takes a :class:`~.scene.SceneContext` (headless scene or the running application's) and the folder of
+the bundled sample (``Testing/Data/totalseg_ct_sm``: ``ct.nii.gz`` + ``labels.nii.gz``; 1 spleen, 2 kidney_right,
+3 kidney_left, 5 liver), runs the same code the effects and the scripted Logic run, checks the outcome and
+returns the measured numbers. A failed check raises ``AssertionError`` with the numbers in the message.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import numpy as np
+
+from . import examples as ex
+from . import geometry, segments
+from .core import MedSegCore
+from .jobs import JobRunner, NodeGuard
+
+SAMPLE_LABELS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
+
+#: LiteMedSAM on the bundled CT, kidney_left, 7 axial slices around the middle of the organ, official
+#: propagation, window 40/400: measured Dice to the (TotalSegmentator) label 0.95 headless on CPU fp32. The
+#: bound leaves room for CPU/GPU numeric differences.
+MEDSAM_MIN_DICE = 0.85
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a) > 0
+    b = np.asarray(b) > 0
+    denom = a.sum() + b.sum()
+    return 1.0 if denom == 0 else float(2.0 * np.logical_and(a, b).sum() / denom)
+
+
+def find_sample_dir(start: Optional[str] = None) -> Optional[str]:
+    """The bundled sample folder: next to the installed module (``MedSegSlicerSample/...``) or in the source tree."""
+    here = os.path.dirname(os.path.abspath(start or __file__))
+    candidates = []
+    d = here
+    for _ in range(5):
+        candidates.append(os.path.join(d, "MedSegSlicerSample", "Testing", "Data", "totalseg_ct_sm"))
+        candidates.append(os.path.join(d, "Testing", "Data", "totalseg_ct_sm"))
+        d = os.path.dirname(d)
+    for c in candidates:
+        if os.path.isfile(os.path.join(c, "ct.nii.gz")) and os.path.isfile(os.path.join(c, "labels.nii.gz")):
+            return c
+    return None
+
+
+@dataclass
+class Sample:
+    volume: object
+    truth: object               # segmentation node with one segment per label in SAMPLE_LABELS
+    labels: np.ndarray          # (K, J, I) label map as loaded
+    segment_ids: Dict[str, str]
+
+    def mask(self, name: str) -> np.ndarray:
+        value = {v: k for k, v in SAMPLE_LABELS.items()}[name]
+        return (self.labels == value).astype(np.uint8)
+
+
+def load_sample(ctx, sample_dir: str) -> Sample:
+    """The bundled CT as a volume node + its labels as a 'truth' segmentation (written with our own writer)."""
+    volume = ctx.load_volume(os.path.join(sample_dir, "ct.nii.gz"), "ct")
+    label_node = ctx.load_volume(os.path.join(sample_dir, "labels.nii.gz"), "labels", labelmap=True)
+    labels = geometry.volume_to_array(label_node).array
+    assert labels.shape == geometry.volume_shape(volume), "label map and CT grids differ"
+    ctx.scene.RemoveNode(label_node)
+    truth = ctx.add_segmentation("truth", volume)
+    ids = {}
+    for value, name in SAMPLE_LABELS.items():
+        ids[name] = segments.write_mask(truth, labels == value, volume, name=name)
+    return Sample(volume, truth, labels, ids)
+
+
+def slab_box(mask: np.ndarray, slices: int, axis: str = "axial"):
+    """Bounding box of ``mask`` limited to ``slices`` slices around the middle of the object along ``axis``."""
+    box = list(geometry.mask_bounding_box(mask))
+    a = geometry.AXIS_BOX_INDEX[axis]
+    mid = (box[a] + box[a + 3]) // 2
+    half = slices // 2
+    box[a], box[a + 3] = max(box[a], mid - half), min(box[a + 3], mid - half + slices - 1)
+    return tuple(box)
+
+
+def box_mask(shape, box) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    x0, y0, z0, x1, y1, z1 = box
+    m[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1] = True
+    return m
+
+
+# ----------------------------------------------------------------------------------------------------------
+def scenario_medsam_box(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None, structure: str = "kidney_left",
+                        slices: int = 7, model: str = "lite-medsam", min_dice: float = MEDSAM_MIN_DICE) -> dict:
+    """LiteMedSAM from an ROI: ROI node -> voxel box -> model -> new segment; Dice to the label on the box's
+    slices; the written segment equals the model's mask voxel for voxel; a moved box re-encodes nothing."""
+    core = core or MedSegCore(ctx, device="auto")
+    sample = load_sample(ctx, sample_dir)
+    truth = sample.mask(structure)
+    box = slab_box(truth, slices)
+    roi = ctx.add_roi(f"{structure} ROI")
+    geometry.voxel_box_to_roi(roi, sample.volume, box)
+    assert geometry.roi_to_voxel_box(roi, sample.volume) == box, "ROI placed from a box does not map back to it"
+    seg_node = ctx.add_segmentation("MedSAM result", sample.volume)
+    t0 = time.perf_counter()
+    seg_node, ids, outcome = core.segment_with_medsam(sample.volume, [roi], seg_node, names=[structure],
+                                                      model=model, intensity="window:40,400")
+    seconds = time.perf_counter() - t0
+    result = outcome.result
+    written = segments.segment_to_array(seg_node, ids[0], sample.volume)
+    model_mask = (result.labels == 1).astype(np.uint8)
+    assert np.array_equal(written, model_mask), "segment written into the scene differs from the model's mask"
+    within = box_mask(truth.shape, box)
+    d = dice(model_mask, truth & within)
+    assert d >= min_dice, f"MedSAM Dice {d:.3f} to the {structure} label is below {min_dice}"
+    # move the box one voxel: embeddings of the same slices are reused
+    moved = (box[0] + 1, box[1], box[2], box[3] + 1, box[4], box[5])
+    geometry.voxel_box_to_roi(roi, sample.volume, moved)
+    prepared = core.prepare_medsam(sample.volume, [roi], model=model, intensity="window:40,400")
+    again = core.run(prepared)
+    assert again.ok, again.message
+    reencoded = int(getattr(again.result, "slices_encoded", 0))
+    assert reencoded == 0, f"moving the box re-encoded {reencoded} slices (embedding cache not reused)"
+    return dict(dice=d, seconds=seconds, slices=int(box[5] - box[2] + 1), box=box, reencoded=reencoded,
+                rerun_seconds=again.seconds)
+
+
+def standin_universeg_module():
+    """Deterministic stand-in for the UniverSeg network: logit = 20 * (mean support label - 0.5), so the
+    prediction is the majority vote of the (cropped, resized) example labels - a wrong transform shows."""
+    import torch
+
+    class MeanSupportLabel(torch.nn.Module):
+        def forward(self, target_image, support_images, support_labels):  # noqa: D401
+            return 20.0 * (support_labels.float().mean(dim=1) - 0.5)
+
+    return MeanSupportLabel()
+
+
+def scenario_universeg_plumbing(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None, module=None,
+                                structure: str = "liver", every: int = 4) -> dict:
+    """Few-shot completion with a stand-in network: label every ``every``-th slice of the structure, collect the
+    labelled slices as examples, run, show the preview, apply through the Segment Editor logic; checks that the
+    user's slices stay exact, slices outside the ROI stay empty and the segment equals the result."""
+    core = core or MedSegCore(ctx, device="cpu")
+    module = module or standin_universeg_module()
+    sample = load_sample(ctx, sample_dir)
+    truth = sample.mask(structure)
+    z = [int(i) for i in np.nonzero(truth.any(axis=(1, 2)))[0]]
+    labelled = np.zeros_like(truth)
+    for k in z[::every]:
+        labelled[k] = truth[k]
+    work_seg = ctx.add_segmentation("work", sample.volume)
+    sid = segments.write_mask(work_seg, labelled, sample.volume, name=structure)
+    roi_box = geometry.mask_bounding_box(truth, margin=2)
+    arrays = ex.from_labelled_slices(sample.volume, work_seg, sid, "axial")
+    assert arrays.slices == z[::every], "labelled slices collected wrongly"
+    prepared = core.prepare_universeg(sample.volume, [arrays], roi=roi_box, support_size=8, module=module,
+                                      keep_labelled=arrays, intensity="window:40,400", segmentation_node=work_seg)
+    outcome = core.run(prepared)
+    assert outcome.ok, outcome.message
+    mask = outcome.result.mask.astype(np.uint8)
+    for k in z[::every]:
+        assert np.array_equal(mask[k], labelled[k]), f"labelled slice {k} was changed"
+    outside = ~box_mask(mask.shape, roi_box)
+    assert not mask[outside].any(), "voxels predicted outside the ROI"
+    unlabelled = [k for k in z if k not in z[::every]]
+    predicted = int(mask[unlabelled].sum())
+    assert predicted > 0, "nothing predicted on the unlabelled slices"
+    # preview leaves the segment untouched; Apply writes through the Segment Editor's modify path
+    before = segments.segment_to_array(work_seg, sid, sample.volume)
+    preview = segments.show_preview(ctx.scene, work_seg, mask, sample.volume, name=structure)
+    assert np.array_equal(segments.segment_to_array(work_seg, sid, sample.volume), before), "preview modified segment"
+    assert np.array_equal(segments.preview_mask(ctx.scene, work_seg, sample.volume), mask), "preview differs"
+    editor = ctx.segment_editor(work_seg, sample.volume, sid)
+    segments.apply_with_editor_logic(editor, mask, sample.volume, mode="set")
+    segments.remove_preview(ctx.scene, work_seg)
+    assert segments.find_preview(ctx.scene, work_seg) is None and preview is not None
+    applied = segments.segment_to_array(work_seg, sid, sample.volume)
+    assert np.array_equal(applied, mask), "applied segment differs from the result"
+    return dict(examples=len(arrays.slices), dice_to_label=dice(mask, truth),
+                predicted_voxels=predicted, seconds=outcome.seconds)
+
+
+def scenario_undo_restores(ctx, sample_dir: str) -> dict:
+    """Apply through the Segment Editor logic (which saves an undo state), then Undo: the segment is back."""
+    sample = load_sample(ctx, sample_dir)
+    sid = sample.segment_ids["liver"]
+    before = segments.segment_to_array(sample.truth, sid, sample.volume)
+    editor = ctx.segment_editor(sample.truth, sample.volume, sid)
+    new = box_mask(before.shape, (30, 30, 5, 60, 60, 20)).astype(np.uint8)
+    segments.apply_with_editor_logic(editor, new, sample.volume, mode="set")
+    after = segments.segment_to_array(sample.truth, sid, sample.volume)
+    assert np.array_equal(after, new), "Apply did not write the mask"
+    assert editor.CanUndo(), "Apply left no undo state"
+    editor.Undo()
+    restored = segments.segment_to_array(sample.truth, sid, sample.volume)
+    assert np.array_equal(restored, before), "Undo did not restore the segment"
+    return dict(changed_voxels=int((after != before).sum()), restored=True)
+
+
+def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None,
+                                     real_model: bool = False, timeout: float = 600.0) -> dict:
+    """Start a run in the worker thread, cancel it: the outcome is 'cancelled' and the segment is unchanged.
+
+    With ``real_model`` the run is LiteMedSAM on the whole liver box, cancelled from the GUI side as soon as the
+    model reports its first finished slice (the backend then stops between batches); otherwise a stand-in job that
+    only waits for the cancel token.
+    """
+    core = core or MedSegCore(ctx, device="auto")
+    sample = load_sample(ctx, sample_dir)
+    sid = sample.segment_ids["liver"]
+    before = segments.segment_to_array(sample.truth, sid, sample.volume)
+    started = []
+    if real_model:
+        prepared = core.prepare_medsam(sample.volume, [geometry.mask_bounding_box(sample.mask("liver"))],
+                                       segmentation_node=sample.truth)
+        inner = prepared.work
+
+        def work(progress, cancel):
+            def report(f, m):
+                if f > 0:  # a slice is done: the model is running
+                    started.append(m)
+                progress(f, m)
+            return inner(report, cancel)
+    else:
+        def work(progress, cancel):
+            for i in range(100000):
+                progress(i / 100000.0, f"step {i}")
+                started.append(i)
+                cancel.check()
+                time.sleep(0.001)
+            return "finished"
+        prepared = None
+    runner: JobRunner = core.runner
+    runner.start(work, label="cancel test", guard=NodeGuard(ctx.scene, sample.volume, [sample.truth]))
+    t0 = time.monotonic()
+    while not started and time.monotonic() - t0 < timeout:
+        time.sleep(0.01)
+    runner.cancel()
+    outcome = runner.wait(timeout)
+    assert outcome is not None, "cancelled run did not end"
+    assert outcome.status == "cancelled", f"expected cancelled, got {outcome.status}: {outcome.message}"
+    after = segments.segment_to_array(sample.truth, sid, sample.volume)
+    assert np.array_equal(after, before), "segment changed by a cancelled run"
+    assert not runner.running
+    return dict(status=outcome.status, message=outcome.message, seconds=outcome.seconds,
+                progress_before_cancel=started[0] if started else None)
+
+
+ALL = {
+    "medsam_box": scenario_medsam_box,
+    "universeg_plumbing": scenario_universeg_plumbing,
+    "undo_restores": scenario_undo_restores,
+    "cancel_leaves_untouched": scenario_cancel_leaves_untouched,
+}

@@ -1,0 +1,420 @@
+"""Segments <-> numpy arrays on a volume's voxel grid, and writing masks back.
+
+Reading: a segment (any segmentation geometry, any linear transform) is resampled (nearest neighbour) onto the
+voxel grid of a volume node, giving a ``(K, J, I)`` uint8 array.
+
+Writing, three ways:
+
+* :func:`write_mask` - straight into a new or existing segment (``replace`` or ``add``); used by the scripted
+  Logic for batch work;
+* :func:`show_preview` - into a separate *preview* segmentation node, so the user's segment is untouched
+  until Apply; :func:`remove_preview` drops it (Cancel);
+* :func:`modifier_labelmap` + :func:`apply_with_editor_logic` - the Segment Editor's own modify-segment path
+  (``vtkSlicerSegmentEditorLogic.ModifySegmentByLabelmap``, the C++ code behind
+  ``scriptedEffect.modifySelectedSegmentByLabelmap``), so editable area, intensity masking and overwrite
+  settings apply, after ``SaveStateForUndo``.
+
+All matrix work is delegated to :mod:`.geometry`.
+
+"Locked" segments: Slicer's core has no per-segment lock, so a segment counts as locked when its status is
+*Completed* (Segments table, status column) or when it carries the tag ``Locked`` = ``1``/``true``.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import geometry
+from .errors import InputError
+
+PREVIEW_OF_ATTRIBUTE = "MedSegSlicer.PreviewOf"
+LOCKED_TAG = "Locked"
+
+# A colour-blind-friendly palette for new segments (RGB 0..1) when no colour is given.
+PALETTE = [(0.90, 0.62, 0.0), (0.34, 0.71, 0.91), (0.0, 0.62, 0.45), (0.94, 0.89, 0.26), (0.0, 0.45, 0.70),
+           (0.84, 0.37, 0.0), (0.80, 0.47, 0.65)]
+
+
+def _slicer():
+    import slicer  # slicer-core (headless) or the Slicer application: both provide the classes used here
+
+    return slicer
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checks
+# ----------------------------------------------------------------------------------------------------------
+def check_segmentation(segmentation_node) -> None:
+    if segmentation_node is None:
+        raise InputError("No segmentation selected: choose or create a segmentation in the Segment Editor "
+                         "(or pass a segmentation node) and run again.")
+    if not segmentation_node.IsA("vtkMRMLSegmentationNode"):
+        raise InputError(f"'{segmentation_node.GetName()}' is not a segmentation node: pick a segmentation.")
+
+
+def get_segment(segmentation_node, segment_id: str):
+    check_segmentation(segmentation_node)
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id) if segment_id else None
+    if segment is None:
+        raise InputError(f"Segment '{segment_id}' is not in segmentation '{segmentation_node.GetName()}': "
+                         "select an existing segment or add one.")
+    return segment
+
+
+def is_segment_locked(segmentation_node, segment_id: str) -> bool:
+    slicer = _slicer()
+    segment = get_segment(segmentation_node, segment_id)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if logic.GetSegmentStatus(segment) == logic.Completed:
+        return True
+    if not segment.HasTag(LOCKED_TAG):
+        return False
+    import vtk
+
+    value = vtk.reference("")
+    segment.GetTag(LOCKED_TAG, value)
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_segment_visible(segmentation_node, segment_id: str) -> bool:
+    display = segmentation_node.GetDisplayNode()
+    if display is None:
+        return True
+    return bool(display.GetVisibility()) and bool(display.GetSegmentVisibility(segment_id))
+
+
+def check_segment_writable(segmentation_node, segment_id: str, *, allow_hidden: bool = False,
+                           allow_locked: bool = False) -> None:
+    """Refuse to write into a locked or hidden segment (the effects ask the user first, then pass allow_*)."""
+    segment = get_segment(segmentation_node, segment_id)
+    if not allow_locked and is_segment_locked(segmentation_node, segment_id):
+        raise InputError(f"Segment '{segment.GetName()}' is locked (status Completed): set its status back to "
+                         "In progress in the Segments table, or choose another segment.")
+    if not allow_hidden and not is_segment_visible(segmentation_node, segment_id):
+        raise InputError(f"Segment '{segment.GetName()}' is hidden: show it (eye icon in the Segments table) so "
+                         "that you can see what is written, or choose another segment.")
+
+
+def check_mask(mask: np.ndarray, volume_node) -> np.ndarray:
+    shape = geometry.volume_shape(volume_node)
+    m = np.asarray(mask)
+    if m.shape != shape:
+        raise InputError(f"The mask has shape {m.shape} but volume '{volume_node.GetName()}' has {shape}: "
+                         "masks must be on the volume's voxel grid (K, J, I).")
+    return (m > 0).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Oriented images
+# ----------------------------------------------------------------------------------------------------------
+def image_from_block(block: np.ndarray, ijk_to_frame: np.ndarray, extent: Sequence[int]):
+    """A (K, J, I) block covering ``extent`` = (i0, i1, j0, j1, k0, k1) -> vtkOrientedImageData (index -> frame
+    coordinates through ``ijk_to_frame``)."""
+    slicer = _slicer()
+    from vtk.util import numpy_support
+
+    i0, i1, j0, j1, k0, k1 = (int(v) for v in extent)
+    block = np.ascontiguousarray(block)
+    if block.shape != (k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1):
+        raise ValueError(f"block shape {block.shape} does not match extent {tuple(extent)}")
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(i0, i1, j0, j1, k0, k1)
+    image.SetImageToWorldMatrix(geometry.numpy_to_matrix(ijk_to_frame))
+    vtk_array = numpy_support.numpy_to_vtk(block.ravel(), deep=True,
+                                           array_type=numpy_support.get_vtk_array_type(block.dtype))
+    image.GetPointData().SetScalars(vtk_array)
+    return image
+
+
+def oriented_image_from_array(array: np.ndarray, ijk_to_frame: np.ndarray, extent: Optional[Sequence[int]] = None):
+    """numpy (K, J, I) -> vtkOrientedImageData whose index (0,0,0) maps through ``ijk_to_frame``.
+
+    With ``extent`` = (i0, i1, j0, j1, k0, k1) only that part of the array is copied (indices stay the grid's).
+    """
+    K, J, I = array.shape
+    if extent is None:
+        extent = (0, I - 1, 0, J - 1, 0, K - 1)
+    i0, i1, j0, j1, k0, k1 = (int(v) for v in extent)
+    return image_from_block(array[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1], ijk_to_frame, extent)
+
+
+def reference_grid_image(volume_node, frame_node):
+    """A geometry-only vtkOrientedImageData: the volume's voxel grid expressed in ``frame_node``'s coordinates."""
+    slicer = _slicer()
+    K, J, I = geometry.volume_shape(volume_node)
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(0, I - 1, 0, J - 1, 0, K - 1)
+    image.SetImageToWorldMatrix(geometry.numpy_to_matrix(geometry.volume_ijk_to_frame(volume_node, frame_node)))
+    return image
+
+
+def _array_in_extent(image, full_extent: Sequence[int]) -> np.ndarray:
+    """Scalars of ``image`` placed into a zero array covering ``full_extent`` (extents on the same grid)."""
+    fi0, fi1, fj0, fj1, fk0, fk1 = full_extent
+    out = np.zeros((fk1 - fk0 + 1, fj1 - fj0 + 1, fi1 - fi0 + 1), dtype=np.uint8)
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        return out
+    e = image.GetExtent()
+    if e[0] > e[1] or e[2] > e[3] or e[4] > e[5]:
+        return out
+    data = geometry.image_to_array(image, copy=False)
+    lo = [max(e[0], fi0), max(e[2], fj0), max(e[4], fk0)]
+    hi = [min(e[1], fi1), min(e[3], fj1), min(e[5], fk1)]
+    if any(l > h for l, h in zip(lo, hi)):
+        return out
+    src = data[lo[2] - e[4]:hi[2] - e[4] + 1, lo[1] - e[2]:hi[1] - e[2] + 1, lo[0] - e[0]:hi[0] - e[0] + 1]
+    out[lo[2] - fk0:hi[2] - fk0 + 1, lo[1] - fj0:hi[1] - fj0 + 1, lo[0] - fi0:hi[0] - fi0 + 1] = (src > 0)
+    return out
+
+
+def resample_to_reference(image, reference):
+    """Nearest-neighbour resampling of ``image`` onto ``reference``'s grid; returns uint8 (K, J, I) of the
+    reference extent. Both images must be in the same coordinate frame."""
+    slicer = _slicer()
+    ref_extent = reference.GetExtent()
+    e = image.GetExtent()
+    if e[0] > e[1] or e[2] > e[3] or e[4] > e[5]:
+        return _array_in_extent(None, ref_extent)
+    if slicer.vtkOrientedImageDataResample.DoGeometriesMatch(image, reference):
+        return _array_in_extent(image, ref_extent)
+    out = slicer.vtkOrientedImageData()
+    ok = slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+        image, reference, out, False, False)
+    if not ok:
+        raise InputError("Could not resample the segmentation onto the volume grid: check that the segmentation "
+                         "and the volume overlap and are not under a non-linear transform.")
+    return _array_in_extent(out, ref_extent)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading segments
+# ----------------------------------------------------------------------------------------------------------
+def segment_to_array(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
+    """One segment as a uint8 0/1 array on ``volume_node``'s voxel grid (resampled and transformed as needed)."""
+    slicer = _slicer()
+    segment = get_segment(segmentation_node, segment_id)
+    geometry.check_scalar_volume(volume_node)
+    labelmap = slicer.vtkOrientedImageData()
+    name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    if not segmentation_node.GetSegmentation().ContainsRepresentation(name):
+        segmentation_node.GetSegmentation().CreateRepresentation(name)
+    if not segmentation_node.GetBinaryLabelmapRepresentation(segment_id, labelmap):
+        raise InputError(f"Segment '{segment.GetName()}' has no labelmap representation: convert the segmentation "
+                         "to binary labelmap (Segmentations module) and run again.")
+    # both grids expressed in the segmentation node's own coordinates
+    reference = reference_grid_image(volume_node, segmentation_node)
+    return resample_to_reference(labelmap, reference)
+
+
+def segments_to_labelmap(segmentation_node, segment_ids: Sequence[str], volume_node) -> Tuple[np.ndarray, Dict[int, str]]:
+    """Several segments as one label array (1..N in the given order; later segments win on overlap)."""
+    n = len(segment_ids)
+    labels = np.zeros(geometry.volume_shape(volume_node), dtype=np.uint8 if n < 256 else np.uint16)
+    mapping = {}
+    for value, sid in enumerate(segment_ids, start=1):
+        labels[segment_to_array(segmentation_node, sid, volume_node) > 0] = value
+        mapping[value] = sid
+    return labels, mapping
+
+
+def segment_ids(segmentation_node, *, visible_only: bool = False) -> List[str]:
+    check_segmentation(segmentation_node)
+    seg = segmentation_node.GetSegmentation()
+    ids = [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
+    if visible_only:
+        ids = [s for s in ids if is_segment_visible(segmentation_node, s)]
+    return ids
+
+
+def segment_id_by_name(segmentation_node, name: str) -> Optional[str]:
+    check_segmentation(segmentation_node)
+    sid = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
+    return sid or None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing segments
+# ----------------------------------------------------------------------------------------------------------
+def ensure_reference_geometry(segmentation_node, volume_node) -> None:
+    """Give an empty segmentation the volume's grid (in the segmentation's frame), so writes are voxel-exact."""
+    slicer = _slicer()
+    seg = segmentation_node.GetSegmentation()
+    param = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    current = seg.GetConversionParameter(param)
+    if seg.GetNumberOfSegments() == 0 or not current:
+        if geometry.grids_match(geometry.node_to_world(segmentation_node), geometry.node_to_world(volume_node)):
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        else:
+            ref = reference_grid_image(volume_node, segmentation_node)
+            seg.SetConversionParameter(param, slicer.vtkSegmentationConverter.SerializeImageGeometry(ref))
+    if segmentation_node.GetDisplayNode() is None:
+        segmentation_node.CreateDefaultDisplayNodes()
+
+
+def add_segment(segmentation_node, name: str, color: Optional[Sequence[float]] = None) -> str:
+    """Add an empty segment called ``name`` (colour from :data:`PALETTE` unless given); returns its ID."""
+    check_segmentation(segmentation_node)
+    seg = segmentation_node.GetSegmentation()
+    if color is None:
+        color = PALETTE[seg.GetNumberOfSegments() % len(PALETTE)]
+    return seg.AddEmptySegment("", name or "Segment", list(float(c) for c in color[:3]))
+
+
+def write_mask(segmentation_node, mask: np.ndarray, volume_node, *, segment_id: Optional[str] = None,
+               name: Optional[str] = None, color: Optional[Sequence[float]] = None, mode: str = "replace",
+               allow_hidden: bool = True, allow_locked: bool = False) -> str:
+    """Write a (K, J, I) mask on ``volume_node``'s grid into a segment; returns the segment ID.
+
+    ``segment_id=None`` adds a new segment (``name``, ``color``). ``mode``: ``replace`` (the segment becomes the
+    mask) or ``add`` (union with what is there). Other segments are not modified. Nothing is written when a
+    check fails.
+    """
+    slicer = _slicer()
+    check_segmentation(segmentation_node)
+    geometry.check_scalar_volume(volume_node)
+    if mode not in ("replace", "add"):
+        raise InputError(f"Unknown write mode '{mode}': use replace or add.")
+    binary = check_mask(mask, volume_node)
+    ijk_to_frame = geometry.volume_ijk_to_frame(volume_node, segmentation_node)  # may raise: before any change
+    if segment_id is not None:
+        check_segment_writable(segmentation_node, segment_id, allow_hidden=allow_hidden, allow_locked=allow_locked)
+    ensure_reference_geometry(segmentation_node, volume_node)
+    if segment_id is None:
+        segment_id = add_segment(segmentation_node, name or "Segment", color)
+    else:
+        segment = get_segment(segmentation_node, segment_id)
+        if name:
+            segment.SetName(name)
+        if color is not None:
+            segment.SetColor(*[float(c) for c in color[:3]])
+    K, J, I = binary.shape
+    image = oriented_image_from_array(binary, ijk_to_frame, (0, I - 1, 0, J - 1, 0, K - 1))
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    merge = logic.MODE_REPLACE if mode == "replace" else logic.MODE_MERGE_MAX
+    if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, merge, None):
+        raise InputError(f"Could not write the mask into segment '{segment_id}': check that the segmentation uses "
+                         "binary labelmap as source representation.")
+    return segment_id
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Preview
+# ----------------------------------------------------------------------------------------------------------
+def find_preview(scene, segmentation_node):
+    """The preview segmentation node of ``segmentation_node``, or None."""
+    if segmentation_node is None:
+        return None
+    target = segmentation_node.GetID()
+    nodes = scene.GetNodesByClass("vtkMRMLSegmentationNode")
+    found = None
+    for i in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(i)
+        if node.GetAttribute(PREVIEW_OF_ATTRIBUTE) == target:
+            found = node
+            break
+    return found
+
+
+def show_preview(scene, segmentation_node, mask: np.ndarray, volume_node, *, name: str = "preview",
+                 color: Optional[Sequence[float]] = None, opacity: float = 0.6):
+    """Show ``mask`` in a separate preview segmentation node (replacing an older preview); the user's
+    segmentation is not modified. Returns the preview node."""
+    check_segmentation(segmentation_node)
+    geometry.check_scalar_volume(volume_node)
+    binary = check_mask(mask, volume_node)
+    geometry.volume_ijk_to_frame(volume_node, segmentation_node)  # transform checks before touching the scene
+    preview = find_preview(scene, segmentation_node)
+    if preview is None:
+        preview = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{segmentation_node.GetName()} preview")
+        preview.SetAttribute(PREVIEW_OF_ATTRIBUTE, segmentation_node.GetID())
+        preview.SetHideFromEditors(False)
+        preview.CreateDefaultDisplayNodes()
+    preview.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
+    preview.GetSegmentation().RemoveAllSegments()
+    ensure_reference_geometry(preview, volume_node)
+    sid = write_mask(preview, binary, volume_node, name=name, color=color or (1.0, 0.85, 0.0))
+    display = preview.GetDisplayNode()
+    if display is not None:
+        display.SetOpacity(opacity)
+        display.SetSegmentVisibility(sid, True)
+    return preview
+
+
+def preview_mask(scene, segmentation_node, volume_node) -> Optional[np.ndarray]:
+    preview = find_preview(scene, segmentation_node)
+    if preview is None or preview.GetSegmentation().GetNumberOfSegments() == 0:
+        return None
+    return segment_to_array(preview, preview.GetSegmentation().GetNthSegmentID(0), volume_node)
+
+
+def remove_preview(scene, segmentation_node) -> bool:
+    preview = find_preview(scene, segmentation_node)
+    if preview is None:
+        return False
+    scene.RemoveNode(preview)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Segment Editor path
+# ----------------------------------------------------------------------------------------------------------
+def modifier_labelmap(mask: np.ndarray, volume_node, segmentation_node, reference=None):
+    """The mask as a modifier labelmap for ``modifySelectedSegmentByLabelmap`` / ``ModifySegmentByLabelmap``.
+
+    It is expressed in the segmentation's coordinates; with ``reference`` (the editor's default modifier labelmap)
+    it is resampled onto that grid, which intensity masking requires.
+    """
+    check_segmentation(segmentation_node)
+    binary = check_mask(mask, volume_node)
+    image = oriented_image_from_array(binary, geometry.volume_ijk_to_frame(volume_node, segmentation_node))
+    if reference is None:
+        return image
+    slicer = _slicer()
+    if slicer.vtkOrientedImageDataResample.DoGeometriesMatch(image, reference) and \
+            tuple(image.GetExtent()) == tuple(reference.GetExtent()):
+        return image
+    resampled = resample_to_reference(image, reference)
+    m = geometry.numpy_to_matrix(np.eye(4))
+    reference.GetImageToWorldMatrix(m)
+    return image_from_block(resampled, geometry.matrix_to_numpy(m), reference.GetExtent())
+
+
+EDITOR_MODES = {"set": "ModificationModeSet", "add": "ModificationModeAdd", "remove": "ModificationModeRemove"}
+
+
+def configure_editor_logic(editor_logic, segment_editor_node, segmentation_node, volume_node, segment_id: str):
+    """Point a ``vtkSlicerSegmentEditorLogic`` at a segmentation, source volume and selected segment."""
+    segment_editor_node.SetAndObserveSegmentationNode(segmentation_node)
+    editor_logic.SetSegmentEditorNode(segment_editor_node)
+    editor_logic.SetSourceVolumeNode(volume_node)
+    editor_logic.SetCurrentSegmentID(segment_id)
+    editor_logic.ResetModifierLabelmapToDefault()
+    return editor_logic
+
+
+def apply_with_editor_logic(editor_logic, mask: np.ndarray, volume_node, *, mode: str = "set",
+                            allow_hidden: bool = False, allow_locked: bool = False) -> None:
+    """Apply ``mask`` to the editor's selected segment through the Segment Editor logic (undoable).
+
+    Same C++ path as the effects' Apply: ``SaveStateForUndo`` then ``ModifySegmentByLabelmap`` with masking
+    (editable area, editable intensity range) and overwrite settings of the segment editor node.
+    """
+    slicer = _slicer()
+    segmentation_node = editor_logic.GetSegmentationNode()
+    check_segmentation(segmentation_node)
+    segment_id = editor_logic.GetCurrentSegmentID()
+    check_segment_writable(segmentation_node, segment_id, allow_hidden=allow_hidden, allow_locked=allow_locked)
+    if mode not in EDITOR_MODES:
+        raise InputError(f"Unknown modification mode '{mode}': use set, add or remove.")
+    editor_logic.ResetModifierLabelmapToDefault()
+    modifier = modifier_labelmap(mask, volume_node, segmentation_node, editor_logic.GetModifierLabelmap())
+    editor_logic.SaveStateForUndo()
+    cls = slicer.vtkSlicerSegmentEditorLogic
+    editor_logic.ModifySegmentByLabelmap(segmentation_node, segment_id, modifier, getattr(cls, EDITOR_MODES[mode]),
+                                         True, False)
+
+
+def segment_names(segmentation_node, ids: Iterable[str]) -> List[str]:
+    seg = segmentation_node.GetSegmentation()
+    return [seg.GetSegment(s).GetName() if seg.GetSegment(s) else s for s in ids]

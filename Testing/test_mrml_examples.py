@@ -1,0 +1,118 @@
+"""UniverSeg examples collected from the scene (real MRML): labelled slices of the target segment, segments of the
+same and of another segmentation node with their own volume, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+SimpleITK = pytest.importorskip("SimpleITK")
+from MedSegSlicerLib import examples as ex  # noqa: E402
+from MedSegSlicerLib import geometry, segments  # noqa: E402
+from MedSegSlicerLib.errors import InputError, MedSegWarning  # noqa: E402
+
+
+@pytest.fixture
+def two_volumes(slicer_scene, data_dir, shared_dir):
+    """Target: the bundled ct_sm; other: the 112-slice CT of the same subject with its own label map."""
+    d = data_dir / "totalseg_ct_sm"
+    target = slicer_scene.load_volume(str(d / "ct.nii.gz"), "target")
+    tlabels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
+    o = shared_dir / "data" / "totalseg_examples" / "ct"
+    other = slicer_scene.load_volume(str(o / "image.nii.gz"), "atlas")
+    olabel_node = slicer_scene.load_volume(str(o / "label_total_fast.nii.gz"), "atlas labels", labelmap=True)
+    olabels = geometry.volume_to_array(olabel_node).array   # in the node's own index order
+    return slicer_scene, target, tlabels, other, olabels
+
+
+def test_labelled_slices_of_target_segment(two_volumes):
+    ctx, target, tlabels, other, olabels = two_volumes
+    liver = (tlabels == 5).astype(np.uint8)
+    partial = np.zeros_like(liver)
+    partial[[4, 9, 14]] = liver[[4, 9, 14]]
+    seg = ctx.add_segmentation("work", target)
+    sid = segments.write_mask(seg, partial, target, name="liver")
+    got = ex.from_labelled_slices(target, seg, sid, "axial")
+    assert got.slices == [4, 9, 14] and got.source == "labelled-slices" and got.name == "liver"
+    np.testing.assert_array_equal(got.label, partial)
+    np.testing.assert_array_equal(got.image, SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(
+        target.GetStorageNode().GetFileName())))
+    # other axes count the slices along that axis
+    assert ex.from_labelled_slices(target, seg, sid, "coronal").slices == \
+        [int(j) for j in np.nonzero(partial.any(axis=(0, 2)))[0]]
+    empty = segments.write_mask(seg, np.zeros_like(liver), target, name="empty")
+    with pytest.raises(InputError, match="'empty' has no labelled slices yet: paint"):
+        ex.from_labelled_slices(target, seg, empty, "axial")
+
+
+def test_segments_of_another_segmentation_with_its_volume(two_volumes):
+    ctx, target, tlabels, other, olabels = two_volumes
+    atlas = ctx.add_segmentation("atlas seg", other)        # reference volume = the atlas CT
+    ids = [segments.write_mask(atlas, olabels == v, other, name=n) for v, n in ((5, "liver"), (1, "spleen"))]
+    got = ex.from_segments(atlas, ids)                        # volume found through the reference geometry
+    assert [g.name for g in got] == ["atlas seg/liver", "atlas seg/spleen"]
+    assert all(g.volume_name == "atlas" and g.source == "segment" for g in got)
+    np.testing.assert_array_equal(got[0].label, olabels == 5)
+    np.testing.assert_array_equal(got[0].image, geometry.volume_to_array(other).array)
+    assert got[0].slices == [int(k) for k in np.nonzero((olabels == 5).any(axis=(1, 2)))[0]]
+    assert got[0].image is got[1].image                        # one copy of the volume per segmentation
+
+
+def test_segmentation_drawn_on_other_grid_is_resampled_to_its_volume(two_volumes):
+    """Example segments stored on the target's grid but meant for the atlas volume: resampled onto the atlas grid."""
+    ctx, target, tlabels, other, olabels = two_volumes
+    seg = ctx.add_segmentation("drawn on target", target)
+    sid = segments.write_mask(seg, tlabels == 5, target, name="liver")
+    got = ex.from_segments(seg, [sid], other)[0]
+    assert got.label.shape == geometry.volume_shape(other)
+    np.testing.assert_array_equal(got.label, segments.segment_to_array(seg, sid, other))
+    # ct_sm covers 30 of the 112 slices of the same subject at the same spacing: the liver lands inside
+    assert 0 < got.label.sum() and abs(int(got.label.sum()) - int((tlabels == 5).sum())) < 0.02 * (tlabels == 5).sum()
+
+
+def test_missing_volume_empty_segment_target_exclusion_and_no_examples(two_volumes):
+    ctx, target, tlabels, other, olabels = two_volumes
+    bare = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "no volume")
+    sid = segments.write_mask(bare, tlabels == 5, target, name="liver")
+    bare.RemoveNodeReferenceIDs(bare.GetReferenceImageGeometryReferenceRole())
+    with pytest.raises(InputError, match="'no volume' has no source volume: choose the volume"):
+        ex.from_segments(bare, [sid])
+    seg = ctx.add_segmentation("seg", target)
+    full = segments.write_mask(seg, tlabels == 5, target, name="liver")
+    empty = segments.write_mask(seg, np.zeros_like(tlabels), target, name="nothing")
+    with pytest.warns(MedSegWarning, match="'nothing' of 'seg' is empty.*skipped"):
+        got = ex.from_segments(seg, [full, empty])
+    assert [g.name for g in got] == ["seg/liver"]
+    assert ex.from_segments(seg, [full], exclude=(seg, full)) == []
+    with pytest.raises(InputError, match="No examples: label a few slices"):
+        ex.require_examples([])
+
+
+def test_keep_labelled_slices():
+    pred = np.zeros((4, 5, 6), np.uint8)
+    pred[:, 1:3, 1:3] = 1
+    user = np.zeros_like(pred)
+    user[2, 3:5, 3:6] = 1
+    out = ex.keep_labelled_slices(pred, user, "axial")
+    np.testing.assert_array_equal(out[2], user[2])
+    np.testing.assert_array_equal(out[[0, 1, 3]], pred[[0, 1, 3]])
+    out = ex.keep_labelled_slices(pred, user, "sagittal")
+    for i in (3, 4, 5):
+        np.testing.assert_array_equal(out[:, :, i], user[:, :, i])
+
+
+def test_conversion_to_backend_examples(two_volumes):
+    universeg = pytest.importorskip("medseg_backend.universeg", reason="UniverSeg backend not available yet")
+    ctx, target, tlabels, other, olabels = two_volumes
+    seg = ctx.add_segmentation("work", target)
+    partial = np.zeros_like(tlabels, np.uint8)
+    partial[[5, 10]] = (tlabels == 5)[[5, 10]]
+    sid = segments.write_mask(seg, partial, target, name="liver")
+    atlas = ctx.add_segmentation("atlas seg", other)
+    aid = segments.write_mask(atlas, olabels == 5, other, name="liver")
+    arrays = [ex.from_labelled_slices(target, seg, sid, "axial")] + ex.from_segments(atlas, [aid])
+    out = ex.to_backend_examples(arrays, "axial", max_slices_per_volume=6)
+    assert all(isinstance(e, universeg.Example) for e in out)
+    assert 2 < len(out) <= 2 + 6
+    first = [e for e in out[:2]]
+    np.testing.assert_array_equal(np.asarray(first[0].label) > 0, partial[5] > 0)
+    np.testing.assert_array_equal(np.asarray(first[0].image), geometry.volume_to_array(target).array[5])

@@ -1,0 +1,170 @@
+"""The job runner against a real MRML scene: results come back on the calling thread, cancel leaves the segment as it
+was, errors become one readable message, a second run is refused, and a volume deleted or replaced during the run
+discards the result."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+SimpleITK = pytest.importorskip("SimpleITK")
+from MedSegSlicerLib import geometry, segments  # noqa: E402
+from MedSegSlicerLib.core import MedSegCore  # noqa: E402
+from MedSegSlicerLib.errors import InputError, JobBusyError  # noqa: E402
+from MedSegSlicerLib.jobs import JobRunner, NodeGuard  # noqa: E402
+
+TIMEOUT = 60.0
+
+
+@pytest.fixture
+def scene_with_segment(slicer_scene, data_dir):
+    d = data_dir / "totalseg_ct_sm"
+    vol = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
+    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
+    seg = slicer_scene.add_segmentation("seg", vol)
+    sid = segments.write_mask(seg, labels == 5, vol, name="liver")
+    return slicer_scene, vol, seg, sid, labels
+
+
+def gated_work(gate: threading.Event, result="done", error=None):
+    """A job that reports progress, waits for ``gate`` (or a cancel), then returns / raises."""
+    def work(progress, cancel):
+        progress(0.25, "quarter")
+        while not gate.wait(0.005):
+            cancel.check()
+        cancel.check()
+        if error is not None:
+            raise error
+        progress(1.0, "finished")
+        return result
+    return work
+
+
+def poll_until_done(runner: JobRunner):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < TIMEOUT:
+        outcome = runner.poll()
+        if outcome is not None:
+            return outcome
+        time.sleep(0.005)
+    raise AssertionError("job did not finish")
+
+
+def test_success_result_and_progress_on_the_polling_thread(scene_with_segment):
+    ctx, vol, seg, sid, labels = scene_with_segment
+    runner = JobRunner()
+    gate = threading.Event()
+    seen_thread = []
+
+    def work(progress, cancel):
+        seen_thread.append(threading.current_thread())
+        return gated_work(gate, result=np.ones(3))(progress, cancel)
+
+    runner.start(work, label="unit", guard=NodeGuard(ctx.scene, vol, [seg]))
+    assert runner.running and runner.poll() is None
+    t0 = time.monotonic()
+    while runner.progress()[1] != "quarter" and time.monotonic() - t0 < TIMEOUT:
+        time.sleep(0.005)
+    assert runner.progress() == (0.25, "quarter")
+    gate.set()
+    outcome = poll_until_done(runner)
+    assert outcome.ok and outcome.status == "succeeded" and outcome.label == "unit"
+    np.testing.assert_array_equal(outcome.result, np.ones(3))
+    assert seen_thread[0] is not threading.current_thread()
+    assert not runner.running and runner.poll() is None   # the outcome is delivered once
+
+
+def test_cancel_leaves_segment_untouched(scene_with_segment):
+    ctx, vol, seg, sid, labels = scene_with_segment
+    before = segments.segment_to_array(seg, sid, vol)
+    core = MedSegCore(ctx)
+    written = []
+
+    def work(progress, cancel):
+        gated_work(threading.Event())(progress, cancel)   # never released: only a cancel ends it
+        written.append(True)
+
+    core.runner.start(work, label="long run", guard=NodeGuard(ctx.scene, vol, [seg]))
+    assert core.runner.cancel()
+    outcome = poll_until_done(core.runner)
+    assert outcome.status == "cancelled" and "nothing was written" in outcome.message
+    assert outcome.result is None and not written
+    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
+    assert not core.runner.cancel()   # nothing running any more
+
+
+def test_errors_become_readable_messages(scene_with_segment, caplog):
+    ctx, vol, seg, sid, labels = scene_with_segment
+    runner = JobRunner()
+    gate = threading.Event()
+    gate.set()
+    runner.start(gated_work(gate, error=InputError("Box 1 is outside the volume: move the ROI.")), label="MedSAM")
+    outcome = poll_until_done(runner)
+    assert outcome.status == "failed"
+    assert outcome.message == "Box 1 is outside the volume: move the ROI."
+    assert isinstance(outcome.error, InputError)
+    runner.start(gated_work(gate, error=ZeroDivisionError("division by zero\nsecond line")), label="UniverSeg")
+    outcome = poll_until_done(runner)
+    assert outcome.status == "failed"
+    assert outcome.message.startswith("UniverSeg failed with ZeroDivisionError: division by zero:")
+    assert "\n" not in outcome.message
+    assert "Traceback" in caplog.text   # the full traceback goes to the log, not the message box
+
+
+def test_second_run_is_refused_while_one_runs(scene_with_segment):
+    ctx, vol, seg, sid, labels = scene_with_segment
+    core = MedSegCore(ctx)
+    gate = threading.Event()
+    core.runner.start(gated_work(gate), label="MedSAM (lite-medsam)")
+    with pytest.raises(JobBusyError, match=r"'MedSAM \(lite-medsam\)' is still running.*Cancel"):
+        core.runner.start(gated_work(gate), label="second")
+    prepared = core.prepare_medsam(vol, [(40, 30, 10, 60, 50, 12)])
+    with pytest.raises(JobBusyError, match="still running"):
+        core.run(prepared)
+    gate.set()
+    assert poll_until_done(core.runner).ok
+    core.runner.start(gated_work(gate), label="third")   # free again
+    assert poll_until_done(core.runner).ok
+
+
+@pytest.mark.parametrize("change", ["delete volume", "replace voxels", "move volume", "delete segmentation"])
+def test_inputs_changed_during_run_discard_result(scene_with_segment, change):
+    import vtk
+
+    ctx, vol, seg, sid, labels = scene_with_segment
+    before = segments.segment_to_array(seg, sid, vol)
+    runner = JobRunner()
+    gate = threading.Event()
+    runner.start(gated_work(gate, result="mask"), label="run", guard=NodeGuard(ctx.scene, vol, [seg]))
+    if change == "delete volume":
+        ctx.scene.RemoveNode(vol)
+    elif change == "replace voxels":            # e.g. another series loaded into the same node
+        image = vtk.vtkImageData()
+        image.DeepCopy(vol.GetImageData())
+        vol.SetAndObserveImageData(image)
+    elif change == "move volume":
+        t = ctx.add_linear_transform(np.array([[1, 0, 0, 5.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+        vol.SetAndObserveTransformNodeID(t.GetID())
+    else:
+        ctx.scene.RemoveNode(seg)
+    gate.set()
+    outcome = poll_until_done(runner)
+    assert outcome.status == "discarded" and outcome.result is None
+    assert "result discarded" in outcome.message and "\n" not in outcome.message
+    if change in ("replace voxels", "move volume"):
+        vol.SetAndObserveTransformNodeID(None)
+        np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
+
+
+def test_guard_ignores_display_changes(scene_with_segment):
+    ctx, vol, seg, sid, labels = scene_with_segment
+    guard = NodeGuard(ctx.scene, vol, [seg])
+    display = vol.GetDisplayNode()
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevel(350, 50)          # the user changes window/level while the model runs
+    vol.SetName("renamed")
+    seg.GetDisplayNode().SetOpacity(0.3)
+    assert guard.problem() is None
+    assert geometry.volume_to_array(vol).array.shape == labels.shape

@@ -1,0 +1,268 @@
+"""Segments <-> arrays against slicer-core's real MRML: voxel-exact writes (new / replace / add / preview), reading on
+another grid (resampled) and under transforms, locked / hidden segments, and the Segment Editor's modify path
+(editable area, intensity masking, overwrite, undo)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+SimpleITK = pytest.importorskip("SimpleITK")
+import slicer  # noqa: E402  (slicer-core; the fixture skips when missing)
+from MedSegSlicerLib import geometry, segments  # noqa: E402
+from MedSegSlicerLib.errors import InputError  # noqa: E402
+
+
+@pytest.fixture
+def sample(slicer_scene, data_dir):
+    d = data_dir / "totalseg_ct_sm"
+    vol = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
+    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
+    return slicer_scene, vol, labels
+
+
+def test_new_segment_is_voxel_exact_with_name_and_colour(sample):
+    ctx, vol, labels = sample
+    seg = ctx.add_segmentation("seg", vol)
+    liver = (labels == 5).astype(np.uint8)
+    sid = segments.write_mask(seg, liver, vol, name="liver", color=(0.1, 0.2, 0.3))
+    segment = seg.GetSegmentation().GetSegment(sid)
+    assert segment.GetName() == "liver"
+    np.testing.assert_allclose(segment.GetColor(), (0.1, 0.2, 0.3))
+    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), liver)
+    # independent read-back through Slicer's own export (slicer.util -> ExportSegmentsToLabelmapNode)
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, sid, vol), liver)
+    # a second segment with a default palette colour leaves the first untouched
+    sid2 = segments.write_mask(seg, labels == 1, vol, name="spleen")
+    assert seg.GetSegmentation().GetSegment(sid2).GetColor() != segment.GetColor()
+    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), liver)
+    np.testing.assert_array_equal(segments.segment_to_array(seg, sid2, vol), labels == 1)
+    assert segments.segment_id_by_name(seg, "spleen") == sid2
+
+
+def test_replace_add_and_empty_segmentation_without_geometry(sample):
+    ctx, vol, labels = sample
+    seg = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "bare")  # no reference geometry, no display
+    a = (labels == 2).astype(np.uint8)
+    b = (labels == 3).astype(np.uint8)
+    sid = segments.write_mask(seg, a, vol, name="kidneys")
+    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), a)
+    segments.write_mask(seg, b, vol, segment_id=sid, mode="add")
+    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), a | b)
+    small = np.zeros_like(a)
+    small[10:12, 40:45, 50:60] = 1
+    segments.write_mask(seg, small, vol, segment_id=sid, mode="replace")
+    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), small)
+    segments.write_mask(seg, np.zeros_like(a), vol, segment_id=sid, mode="replace")
+    assert segments.segment_to_array(seg, sid, vol).sum() == 0
+
+
+def test_segmentation_on_another_grid_is_resampled(sample):
+    ctx, vol, labels = sample
+    ct = geometry.volume_to_array(vol)
+    # a coarser grid (2x spacing), offset by half a fine voxel so that nearest-neighbour has no ties
+    coarse_m = ct.ijk_to_world.copy()
+    coarse_m[:3, :3] *= 2.0
+    coarse_m[:3, 3] += ct.ijk_to_world[:3, :3] @ np.array([0.5, 0.5, 0.5])
+    coarse_shape = (15, 51, 61)
+    coarse_vol = ctx.add_volume_from_array(np.zeros(coarse_shape, np.int16), coarse_m, "coarse")
+    seg = ctx.add_segmentation("coarse seg", coarse_vol)
+    liver_fine = labels == 5
+    liver_coarse = liver_fine[::2, ::2, ::2][:15, :51, :61].astype(np.uint8)  # any mask on the coarse grid
+    sid = segments.write_mask(seg, liver_coarse, coarse_vol, name="liver")
+    got = segments.segment_to_array(seg, sid, vol)
+    # oracle 1: SimpleITK nearest-neighbour resampling of the coarse mask onto the CT grid
+    def sitk_image(arr, m):
+        g = geometry.sitk_geometry(m)
+        img = SimpleITK.GetImageFromArray(arr)
+        g.apply_to(img)
+        return img
+    ref = SimpleITK.GetArrayFromImage(SimpleITK.Resample(sitk_image(liver_coarse, coarse_m),
+                                                         sitk_image(ct.array, ct.ijk_to_world),
+                                                         SimpleITK.Transform(), SimpleITK.sitkNearestNeighbor, 0))
+    np.testing.assert_array_equal(got, ref)
+    # oracle 2: Slicer's own export path
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, sid, vol), ref)
+    assert got.sum() > 0.8 * liver_fine.sum()
+
+
+def test_segmentation_under_transform_and_rotated_grid(sample):
+    ctx, vol, labels = sample
+    seg = ctx.add_segmentation("moved", vol)
+    spleen = (labels == 1).astype(np.uint8)
+    sid = segments.write_mask(seg, spleen, vol, name="spleen")
+    t = ctx.add_linear_transform(np.array([[1, 0, 0, 6.0], [0, 1, 0, 0], [0, 0, 1, 3.0], [0, 0, 0, 1]]))
+    seg.SetAndObserveTransformNodeID(t.GetID())   # +2 voxels in x (column), +1 slice
+    got = segments.segment_to_array(seg, sid, vol)
+    expected = np.zeros_like(spleen)
+    expected[1:, :, 2:] = spleen[:-1, :, :-2]
+    np.testing.assert_array_equal(got, expected)
+    # writing while the segmentation is transformed lands on the right voxels of the volume
+    seg2 = ctx.add_segmentation("rotated frame")
+    rt = ctx.add_linear_transform(np.array([[0.8, -0.6, 0, 5], [0.6, 0.8, 0, -3], [0, 0, 1, 2], [0, 0, 0, 1.0]]))
+    seg2.SetAndObserveTransformNodeID(rt.GetID())
+    kid = (labels == 3).astype(np.uint8)
+    sid2 = segments.write_mask(seg2, kid, vol, name="kidney")
+    np.testing.assert_array_equal(segments.segment_to_array(seg2, sid2, vol), kid)
+
+
+def test_preview_leaves_segment_untouched_and_is_removed(sample):
+    ctx, vol, labels = sample
+    seg = ctx.add_segmentation("seg", vol)
+    sid = segments.write_mask(seg, labels == 5, vol, name="liver")
+    before = segments.segment_to_array(seg, sid, vol)
+    n_nodes = ctx.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    mask = (labels == 1).astype(np.uint8)
+    preview = segments.show_preview(ctx.scene, seg, mask, vol, name="liver")
+    assert preview.GetAttribute(segments.PREVIEW_OF_ATTRIBUTE) == seg.GetID()
+    np.testing.assert_array_equal(segments.preview_mask(ctx.scene, seg, vol), mask)
+    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
+    # a second preview replaces the first (one preview node per segmentation)
+    segments.show_preview(ctx.scene, seg, labels == 2, vol)
+    assert ctx.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == n_nodes + 1
+    np.testing.assert_array_equal(segments.preview_mask(ctx.scene, seg, vol), labels == 2)
+    assert segments.remove_preview(ctx.scene, seg)
+    assert segments.find_preview(ctx.scene, seg) is None
+    assert not segments.remove_preview(ctx.scene, seg)
+    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
+
+
+def test_locked_hidden_missing_inputs_and_bad_mask(sample):
+    ctx, vol, labels = sample
+    seg = ctx.add_segmentation("seg", vol)
+    sid = segments.write_mask(seg, labels == 5, vol, name="liver")
+    before = segments.segment_to_array(seg, sid, vol)
+    segment = seg.GetSegmentation().GetSegment(sid)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    logic.SetSegmentStatus(segment, logic.Completed)
+    with pytest.raises(InputError, match="locked.*In progress"):
+        segments.write_mask(seg, labels == 1, vol, segment_id=sid)
+    segments.write_mask(seg, labels == 1, vol, segment_id=sid, allow_locked=True)
+    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), labels == 1)
+    logic.SetSegmentStatus(segment, logic.InProgress)
+    segment.SetTag("Locked", "true")
+    assert segments.is_segment_locked(seg, sid)
+    segment.SetTag("Locked", "0")
+    assert not segments.is_segment_locked(seg, sid)
+    seg.GetDisplayNode().SetSegmentVisibility(sid, False)
+    with pytest.raises(InputError, match="hidden.*eye icon"):
+        segments.check_segment_writable(seg, sid)
+    segments.check_segment_writable(seg, sid, allow_hidden=True)
+    with pytest.raises(InputError, match="No segmentation selected"):
+        segments.write_mask(None, labels == 1, vol)
+    with pytest.raises(InputError, match="No volume selected"):
+        segments.write_mask(seg, labels == 1, None)
+    with pytest.raises(InputError, match="not in segmentation"):
+        segments.write_mask(seg, labels == 1, vol, segment_id="nope")
+    with pytest.raises(InputError, match=r"shape \(3, 3, 3\).*\(30, 101, 122\)"):
+        segments.write_mask(seg, np.ones((3, 3, 3)), vol, segment_id=sid, allow_hidden=True)
+    with pytest.raises(InputError, match="Unknown write mode"):
+        segments.write_mask(seg, labels == 1, vol, mode="merge")
+    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), labels == 1)  # failures wrote nothing
+    assert (before != (labels == 1)).any()
+
+
+def test_segments_to_labelmap(sample):
+    ctx, vol, labels = sample
+    seg = ctx.add_segmentation("seg", vol)
+    ids = [segments.write_mask(seg, labels == v, vol, name=str(v)) for v in (1, 2, 3, 5)]
+    lab, mapping = segments.segments_to_labelmap(seg, ids, vol)
+    expected = np.zeros_like(labels, np.uint8)
+    for n, v in enumerate((1, 2, 3, 5), start=1):
+        expected[labels == v] = n
+    np.testing.assert_array_equal(lab, expected)
+    assert mapping == {1: ids[0], 2: ids[1], 3: ids[2], 4: ids[3]}
+
+
+# ---- Segment Editor modify path ---------------------------------------------------------------------------------
+def editor_setup(ctx, vol, labels):
+    seg = ctx.add_segmentation("seg", vol)
+    target = segments.write_mask(seg, np.zeros_like(labels), vol, name="target")
+    other = segments.write_mask(seg, labels == 5, vol, name="liver")
+    editor = ctx.segment_editor(seg, vol, target)
+    return seg, target, other, editor
+
+
+def test_editor_apply_set_add_and_undo(sample):
+    ctx, vol, labels = sample
+    seg, target, other, editor = editor_setup(ctx, vol, labels)
+    mask = (labels == 1).astype(np.uint8)
+    segments.apply_with_editor_logic(editor, mask, vol, mode="set")
+    np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), mask)
+    segments.apply_with_editor_logic(editor, labels == 2, vol, mode="add")
+    np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), mask | (labels == 2))
+    editor.Undo()
+    np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), mask)
+    editor.Undo()
+    assert segments.segment_to_array(seg, target, vol).sum() == 0
+    np.testing.assert_array_equal(segments.segment_to_array(seg, other, vol), labels == 5)
+
+
+def test_editor_respects_editable_area_intensity_and_overwrite(sample):
+    ctx, vol, labels = sample
+    seg, target, other, editor = editor_setup(ctx, vol, labels)
+    node = ctx.segment_editor_node
+    ct = geometry.volume_to_array(vol).array
+    box = np.zeros_like(labels, np.uint8)
+    box[5:25, 20:80, 30:110] = 1
+    liver = labels == 5
+    # editable area: inside the liver segment only
+    node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    node.SetMaskSegmentID(other)
+    segments.apply_with_editor_logic(editor, box, vol, mode="set")
+    np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), box & liver)
+    editor.Undo()
+    # editable intensity range
+    node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
+    node.SetSourceVolumeIntensityMask(True)
+    node.SetSourceVolumeIntensityMaskRange(0.0, 200.0)
+    segments.apply_with_editor_logic(editor, box, vol, mode="set")
+    np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), box & (ct >= 0) & (ct <= 200))
+    editor.Undo()
+    node.SetSourceVolumeIntensityMask(False)
+    # overwrite other segments: all -> the liver loses the box; none -> it keeps it
+    node.SetOverwriteMode(node.OverwriteAllSegments)
+    segments.apply_with_editor_logic(editor, box, vol, mode="set")
+    np.testing.assert_array_equal(segments.segment_to_array(seg, other, vol), liver & ~box.astype(bool))
+    editor.Undo()
+    np.testing.assert_array_equal(segments.segment_to_array(seg, other, vol), liver)
+    node.SetOverwriteMode(node.OverwriteNone)
+    segments.apply_with_editor_logic(editor, box, vol, mode="set")
+    np.testing.assert_array_equal(segments.segment_to_array(seg, other, vol), liver)
+    np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), box)
+
+
+def test_editor_refuses_locked_and_hidden_segment(sample):
+    ctx, vol, labels = sample
+    seg, target, other, editor = editor_setup(ctx, vol, labels)
+    seg.GetDisplayNode().SetSegmentVisibility(target, False)
+    with pytest.raises(InputError, match="hidden"):
+        segments.apply_with_editor_logic(editor, labels == 1, vol)
+    assert segments.segment_to_array(seg, target, vol).sum() == 0
+    segments.apply_with_editor_logic(editor, labels == 1, vol, allow_hidden=True)
+    np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), labels == 1)
+    seg.GetDisplayNode().SetSegmentVisibility(target, True)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    logic.SetSegmentStatus(seg.GetSegmentation().GetSegment(target), logic.Completed)
+    with pytest.raises(InputError, match="locked"):
+        segments.apply_with_editor_logic(editor, labels == 2, vol)
+    np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), labels == 1)
+
+
+def test_modifier_matches_editor_geometry_when_segmentation_grid_differs(sample):
+    """Segmentation drawn on a coarser grid: the modifier is resampled onto the editor's grid, as intensity
+    masking requires, and the result equals the mask resampled onto that grid."""
+    ctx, vol, labels = sample
+    ct = geometry.volume_to_array(vol)
+    coarse_m = ct.ijk_to_world.copy()
+    coarse_m[:3, :3] *= 2.0
+    coarse_m[:3, 3] += ct.ijk_to_world[:3, :3] @ np.array([0.25, 0.25, 0.25])  # no nearest-neighbour ties
+    coarse = ctx.add_volume_from_array(np.zeros((15, 51, 61), np.int16), coarse_m, "coarse")
+    seg = ctx.add_segmentation("coarse seg", coarse)
+    sid = segments.write_mask(seg, np.zeros((15, 51, 61), np.uint8), coarse, name="t")
+    editor = ctx.segment_editor(seg, vol, sid)
+    mask = (labels == 5).astype(np.uint8)
+    modifier = segments.modifier_labelmap(mask, vol, seg, editor.GetModifierLabelmap())
+    assert slicer.vtkOrientedImageDataResample.DoGeometriesMatch(modifier, editor.GetModifierLabelmap())
+    segments.apply_with_editor_logic(editor, mask, vol)
+    on_coarse = segments.segment_to_array(seg, sid, coarse)
+    np.testing.assert_array_equal(on_coarse, mask[::2, ::2, ::2][:15, :51, :61])

@@ -1,0 +1,167 @@
+"""Static checks of the Slicer extension files: every script compiles, every .ui is well-formed Qt Designer XML,
+the module's CMakeLists lists exactly the scripts and resources that exist, the extension metadata is complete, and
+the Qt-free package imports without Qt or a Slicer application."""
+from __future__ import annotations
+
+import json
+import py_compile
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE = REPO / "MedSegSlicer"
+RESOURCE_SUFFIXES = {".png", ".ui", ".txt", ".json", ".svg"}
+
+
+def cmake_list(text: str, variable: str):
+    m = re.search(r"set\(\s*" + variable + r"\s+(.*?)\)", text, re.S)
+    assert m, f"{variable} not set in MedSegSlicer/CMakeLists.txt"
+    items = [line.split("#")[0].strip() for line in m.group(1).splitlines()]
+    return sorted(i.replace("${MODULE_NAME}", "MedSegSlicer") for i in items if i)
+
+
+def module_files(suffixes=None, python=False):
+    out = []
+    for p in MODULE.rglob("*"):
+        if not p.is_file() or "__pycache__" in p.parts:
+            continue
+        if python and p.suffix == ".py":
+            out.append(p.relative_to(MODULE).as_posix())
+        elif suffixes and p.suffix in suffixes and p.name != "CMakeLists.txt":
+            out.append(p.relative_to(MODULE).as_posix())
+    return sorted(out)
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in MODULE.rglob("*.py")
+                                        if "__pycache__" not in p.parts) + ["Resources/make_images.py"])
+def test_every_script_compiles(path, tmp_path):
+    py_compile.compile(str(REPO / path), cfile=str(tmp_path / "x.pyc"), doraise=True)
+
+
+def test_ui_files_are_well_formed_designer_xml():
+    uis = list(MODULE.rglob("*.ui"))
+    assert uis, "the module panel .ui is missing"
+    for ui in uis:
+        root = ET.parse(ui).getroot()
+        assert root.tag == "ui" and root.get("version") == "4.0"
+        top = root.find("widget")
+        assert top is not None and top.get("class") == "qMRMLWidget"
+        names = [w.get("name") for w in root.iter("widget")]
+        assert len(names) == len(set(names)), f"duplicate widget names in {ui.name}"
+        declared = {c.findtext("class") for c in root.iter("customwidget")}
+        used = {w.get("class") for w in root.iter("widget")}
+        custom = {c for c in used if c.startswith(("qMRML", "ctk", "qSlicer"))}
+        assert custom <= declared, f"custom widgets not declared in {ui.name}: {custom - declared}"
+
+
+def test_panel_code_uses_only_widgets_that_exist_in_the_ui():
+    root = ET.parse(MODULE / "Resources" / "UI" / "MedSegSlicer.ui").getroot()
+    names = {w.get("name") for w in root.iter("widget")}
+    code = (MODULE / "MedSegSlicer.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", code))
+    assert used and used <= names, f"widgets used in MedSegSlicer.py but missing in the .ui: {used - names}"
+
+
+def test_cmake_lists_every_script_and_resource_and_nothing_missing():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    scripts = cmake_list(text, "MODULE_PYTHON_SCRIPTS")
+    resources = cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    assert scripts == module_files(python=True)
+    assert resources == module_files(RESOURCE_SUFFIXES)
+    for rel in scripts + resources:
+        assert (MODULE / rel).is_file(), f"listed but missing: {rel}"
+    assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
+    assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT \$\{MODULE_NAME\}\.py", text)
+    # the bundled backend: copied from the top-level package with its relative paths kept
+    assert "ctkMacroCompilePythonScript(" in text
+    assert re.search(r"GLOB_RECURSE MEDSEG_BACKEND_SCRIPTS RELATIVE \$\{PROJECT_SOURCE_DIR\}", text)
+    assert "${PROJECT_SOURCE_DIR}/medseg_backend/*.py" in text and "SOURCE_DIR ${PROJECT_SOURCE_DIR}" in text
+    assert (REPO / "medseg_backend" / "__init__.py").is_file()
+    # the self-test's sample data
+    for name in re.search(r"set\(MEDSEG_SAMPLE_FILES (.*?)\)", text).group(1).split():
+        assert (REPO / "Testing" / "Data" / "totalseg_ct_sm" / name).is_file(), name
+
+
+def test_extension_metadata():
+    text = (REPO / "CMakeLists.txt").read_text()
+    assert re.search(r"^project\(MedSegSlicer\)", text, re.M)
+    for var in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert re.search(r"set\(" + var + r" \"[^\"]+\"\)", text), var
+    assert 'set(EXTENSION_CATEGORY "Segmentation")' in text
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
+    for needed in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(MedSegSlicer)",
+                   "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert needed in text, needed
+    desc = json.loads((REPO / "MedSegSlicer.json").read_text())
+    assert desc["category"] == "Segmentation" and desc["build_dependencies"] == ["PyTorch"]
+    assert desc["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/")
+    assert set(desc) <= {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                         "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
+    icon = REPO / "Resources" / "MedSegSlicer.png"
+    SimpleITK = pytest.importorskip("SimpleITK")
+    img = SimpleITK.ReadImage(str(icon))
+    assert img.GetSize() == (128, 128)
+
+
+def test_requirements_file_matches_dependency_table():
+    from MedSegSlicerLib import deps
+
+    listed = [l.strip() for l in (MODULE / "Resources" / "requirements.txt").read_text().splitlines()
+              if l.strip() and not l.startswith("#")]
+    assert listed == [r for m, r in deps.REQUIREMENTS.items() if m != "torch"]
+    plan = deps.install_plan(lambda name: None if name in ("torch", "nrrd") else object())
+    assert plan.torch and plan.pip == ["pynrrd>=1.0"]
+    assert "PyTorch" in plan.question() and "pynrrd" in plan.question()
+    assert deps.install_plan(lambda name: object()).empty
+
+
+def test_qt_free_package_imports_without_qt_or_slicer_app():
+    code = (
+        "import sys, builtins\n"
+        "real = builtins.__import__\n"
+        "def guard(name, *a, **k):\n"
+        "    if name.split('.')[0] in ('qt', 'ctk', 'PythonQt', 'slicer.ScriptedLoadableModule') or "
+        "name.startswith('qSlicer'):\n"
+        "        raise ImportError('Qt import attempted: ' + name)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guard\n"
+        f"sys.path.insert(0, {str(MODULE)!r})\n"
+        "import MedSegSlicerLib\n"
+        "from MedSegSlicerLib import geometry, segments, examples, jobs, core, scene, scenarios, deps, errors\n"
+        "import slicer\n"
+        "assert not hasattr(slicer, 'app'), 'slicer.app must not exist headless'\n"
+        "ctx = scene.SceneContext.headless()\n"
+        "assert ctx.scene.GetNumberOfNodes() > 0\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(REPO))
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+def test_effects_and_module_follow_slicer_conventions():
+    mod = (MODULE / "MedSegSlicer.py").read_text()
+    assert 'slicer.app.connect("startupCompleted()", registerEffects)' in mod
+    assert "qSlicerSegmentEditorScriptedEffect" in mod
+    assert "class MedSegSlicerTest(ScriptedLoadableModuleTest)" in mod
+    assert "PyTorchUtils" in mod and "pip_ensure" in mod and "pip_install" in mod
+    for effect, cls in (("SegmentEditorMedSAMBoxEffect.py", "SegmentEditorMedSAMBoxEffect"),
+                        ("SegmentEditorUniverSegEffect.py", "SegmentEditorUniverSegEffect")):
+        assert effect in mod
+        src = (MODULE / "MedSegSlicerEffects" / effect).read_text()
+        # setPythonSource: module = folder name, class = file name
+        assert f"class {cls}(" in src and "def clone(self)" in src
+        assert f"from .{cls} import {cls}" in (MODULE / "MedSegSlicerEffects" / "__init__.py").read_text()
+    base = (MODULE / "MedSegSlicerEffects" / "EffectBase.py").read_text()
+    # Apply: undo state first, then the editor's own modify path
+    assert base.index("saveStateForUndo()") < base.index("modifySelectedSegmentByLabelmap(")
+    assert "defaultModifierLabelmap()" in base
+    # no package is installed at import time: only inside functions
+    for path in [MODULE / "MedSegSlicer.py", *MODULE.rglob("*.py")]:
+        top_level = [l for l in path.read_text().splitlines() if l and not l.startswith((" ", "\t", "#"))]
+        assert not any("pip_install(" in l or "pip_ensure(" in l or "installTorch(" in l for l in top_level), path
