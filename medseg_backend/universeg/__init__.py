@@ -1,0 +1,18 @@
+"""In-context segmentation with UniverSeg v1: segment a new image from a few example segmentations.
+
+Public API (used by the CLI and the Slicer effect)::
+
+    from medseg_backend.universeg import Example, UniverSegEngine, UniverSegResult
+    from medseg_backend.universeg import examples_from_labelled_slices, examples_from_volume
+    from medseg_backend.universeg.library import load_library, export_library
+
+    examples = examples_from_labelled_slices(volume, labelmap, label=1, axis="axial")
+    engine = UniverSegEngine(weights=None, device="auto")          # licence must be accepted
+    result = engine.segment_volume(volume, examples, roi=(x0, y0, z0, x1, y1, z1), label=1)
+    result.mask, result.probabilities, result.messages
+"""
+from .pipeline import UniverSegEngine, UniverSegResult
+from .support import Example, examples_from_labelled_slices, examples_from_volume
+
+__all__ = ["Example", "UniverSegEngine", "UniverSegResult", "examples_from_labelled_slices",
+           "examples_from_volume"]

@@ -1,0 +1,392 @@
+"""From example segmentations to UniverSeg support tensors, and the crop geometry shared with the queries.
+
+Every 2-D slice the network sees (example or query) goes through the same steps:
+
+1. **Intensity**: the run's intensity rule (:mod:`medseg_backend.intensity` presets, resolved once on the target)
+   is applied to the 2-D slice -> uint8, then the slice is min-max normalised to [0, 1]. Doing both per slice
+   makes examples from the target, from other volumes and from 2-D library images comparable.
+2. **Crop**: a square around the structure. Examples: the bounding box of the label, enlarged by a context
+   margin (``margin`` x the box side on each side, at least ``min_pad`` pixels) and made square around its
+   centre. Queries: the same rule applied to the ROI's in-plane box (or to a box derived from the examples).
+   The square may extend past the image; the outside reads as 0 (the normalised minimum). Voxel space is
+   used (no resampling to isotropic pixels): examples and queries cut the same way stay comparable.
+3. **Resize** to ``size`` x ``size`` (128 for UniverSeg v1): images bilinear (``align_corners=False``, with
+   anti-aliasing when shrinking); labels the same filter on the binary mask followed by a 0.5 threshold
+   (an area-style resampling that keeps thin structures better than nearest neighbour).
+
+Predictions go back through the exact inverse: bilinear resize of the probabilities from ``size`` to the
+square's side (same pixel-centre convention), the part of the square inside the slice pasted at its place,
+and the 0.5 threshold applied at the original resolution.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError, MedSegWarning
+from ..intensity import IntensityRule, apply_intensity
+from ..io import to_grey
+
+AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+MODEL_SIZE = 128
+DEFAULT_MARGIN = 0.25
+DEFAULT_MIN_PAD = 4
+EMPTY_POLICIES = ("skip", "warn", "error")
+FEW_EXAMPLES = 8
+
+
+# ------------------------------------------------------------------------------------------------ examples --
+@dataclass
+class Example:
+    """One example segmentation: a 2-D slice (H, W) or a 3-D volume (K, J, I) of raw intensities and a label
+    of the same shape (binary mask or label map; the run's ``label`` value selects the structure).
+    An RGB 2-D image (H, W, 3|4) with a (H, W) label is converted to grey (ITU-R 601) with a warning."""
+
+    image: np.ndarray
+    label: np.ndarray
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        image = np.asarray(self.image)
+        label = np.asarray(self.label)
+        who = f"Example '{self.name}'" if self.name else "Example"
+        if (image.ndim == 3 and label.ndim == 2 and image.shape[-1] in (3, 4)
+                and image.shape[:2] == label.shape):
+            was_u8 = image.dtype == np.uint8
+            grey = to_grey(image[..., :3])
+            image = np.clip(np.rint(grey), 0, 255).astype(np.uint8) if was_u8 else grey.astype(np.float32)
+            warnings.warn(f"{who} is an RGB image: converted to grey levels (0.299 R + 0.587 G + 0.114 B).",
+                          MedSegWarning, stacklevel=3)
+        if image.ndim not in (2, 3):
+            raise InputError(f"{who} has a {image.ndim}-D image {tuple(image.shape)}: give a 2-D slice or a 3-D "
+                             "volume (grey levels).")
+        if label.shape != image.shape:
+            raise InputError(f"{who}: image {tuple(image.shape)} and label {tuple(label.shape)} differ in shape: "
+                             "give a label drawn on the same grid as its image.")
+        if 0 in image.shape:
+            raise InputError(f"{who} is empty (shape {tuple(image.shape)}): give an image with voxels.")
+        if image.dtype.kind not in "biuf" or label.dtype.kind not in "biuf":
+            raise InputError(f"{who} has pixel types {image.dtype}/{label.dtype}: give numeric images and labels.")
+        if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+            raise InputError(f"{who} has NaN/Inf voxels: replace them before using it as an example.")
+        if label.dtype.kind == "f":
+            if not np.all(np.isfinite(label)) or np.any(np.mod(label, 1) != 0):
+                raise InputError(f"{who} has a non-integer label: give a binary mask or an integer label map.")
+            label = label.astype(np.int64)
+        if label.dtype.kind == "b":
+            label = label.astype(np.uint8)
+        self.image, self.label = image, label
+
+    @property
+    def ndim(self) -> int:
+        return self.image.ndim
+
+
+def axis_index(axis: str) -> int:
+    key = str(axis or "axial").strip().lower()
+    if key not in AXES:
+        raise InputError(f"Unknown axis '{axis}': use axial (along K), coronal (along J) or sagittal (along I).")
+    return AXES[key]
+
+
+def label_values(label: np.ndarray) -> List[int]:
+    return [int(v) for v in np.unique(label)]
+
+
+def _values_text(values: Iterable[int]) -> str:
+    vals = sorted(set(int(v) for v in values))
+    nz = [v for v in vals if v != 0]
+    if not nz:
+        return "only 0 (the label is empty)"
+    shown = ", ".join(str(v) for v in nz[:20]) + (", ..." if len(nz) > 20 else "")
+    return f"{shown} (besides 0)"
+
+
+def _check_label_value(label: int) -> int:
+    try:
+        value = int(label)
+    except (TypeError, ValueError):
+        raise InputError(f"Label value '{label}' is not an integer: give the label map value of the structure, "
+                         "e.g. --label 1.") from None
+    if value == 0:
+        raise InputError("Label value 0 is the background: give the value of the structure, e.g. --label 1.")
+    return value
+
+
+def _volume_and_labelmap(volume, labelmap, what: str) -> Tuple[np.ndarray, np.ndarray]:
+    vol = np.asarray(volume)
+    lab = np.asarray(labelmap)
+    if vol.ndim != 3:
+        raise InputError(f"{what}: the image has {vol.ndim} dimensions {tuple(vol.shape)}: give a 3-D volume "
+                         "(K, J, I).")
+    if lab.shape != vol.shape:
+        raise InputError(f"{what}: label map {tuple(lab.shape)} and volume {tuple(vol.shape)} differ in shape: "
+                         "give a label map on the volume's grid.")
+    return vol, lab
+
+
+def _labelled_slices(lab: np.ndarray, value: int, ax: int) -> np.ndarray:
+    other = tuple(a for a in range(3) if a != ax)
+    return np.flatnonzero(np.any(lab == value, axis=other))
+
+
+def _slice_examples(vol, lab, value, ax, indices, axis_name, prefix) -> List[Example]:
+    out = []
+    for n in indices:
+        img = np.take(vol, int(n), axis=ax)
+        sl = np.take(lab, int(n), axis=ax)
+        mask = np.where(sl == value, value, 0).astype(lab.dtype if lab.dtype.kind in "iu" else np.int64)
+        out.append(Example(np.ascontiguousarray(img), np.ascontiguousarray(mask),
+                           f"{prefix}{axis_name} slice {int(n)}"))
+    return out
+
+
+def examples_from_labelled_slices(volume, labelmap, label: int = 1, axis: str = "axial") -> List[Example]:
+    """Few-shot completion: the slices of the *target* volume (along ``axis``) whose label map contains
+    ``label``, as 2-D examples (label value kept, other structures removed)."""
+    value = _check_label_value(label)
+    ax = axis_index(axis)
+    vol, lab = _volume_and_labelmap(volume, labelmap, "Labelled slices")
+    idx = _labelled_slices(lab, value, ax)
+    if idx.size == 0:
+        raise InputError(f"Labelled slices: label {value} is not in the label map (values {_values_text(label_values(lab))}): "
+                         "label a few slices of the structure with that value, or pass --label with one of those.")
+    return _slice_examples(vol, lab, value, ax, idx, axis.strip().lower(), "")
+
+
+def examples_from_volume(volume, labelmap, label: int = 1, axis: str = "axial", empty_policy: str = "skip",
+                         max_slices: Optional[int] = None, name: str = "") -> List[Example]:
+    """Examples from another volume with a label map: its slices along ``axis`` that contain ``label``.
+
+    ``empty_policy`` says what happens to slices without the structure: ``skip`` drops them silently, ``warn``
+    drops them and says how many gaps lie between the first and last labelled slice, ``error`` refuses a label
+    with such gaps (for carefully complete annotations). ``max_slices`` keeps that many evenly spaced labelled
+    slices (always including the first and last).
+    """
+    value = _check_label_value(label)
+    ax = axis_index(axis)
+    if empty_policy not in EMPTY_POLICIES:
+        raise InputError(f"Unknown empty-slice policy '{empty_policy}': use one of {', '.join(EMPTY_POLICIES)}.")
+    who = f"Example volume '{name}'" if name else "Example volume"
+    vol, lab = _volume_and_labelmap(volume, labelmap, who)
+    idx = _labelled_slices(lab, value, ax)
+    if idx.size == 0:
+        raise InputError(f"{who}: label {value} is not in its label map (values {_values_text(label_values(lab))}): "
+                         "pass --label with the structure's value.")
+    gaps = int(idx[-1] - idx[0] + 1 - idx.size)
+    if gaps and empty_policy == "error":
+        raise InputError(f"{who}: {gaps} slice(s) between the first ({idx[0]}) and last ({idx[-1]}) labelled slice "
+                         f"have no label {value}: complete the annotation or use empty_policy='skip'.")
+    if gaps and empty_policy == "warn":
+        warnings.warn(f"{who}: {gaps} slice(s) inside the structure's range have no label {value}; they are not "
+                      "used as examples.", MedSegWarning, stacklevel=2)
+    if max_slices is not None:
+        k = int(max_slices)
+        if k < 1:
+            raise InputError(f"max_slices must be >= 1 (got {max_slices}).")
+        if idx.size > k:
+            pick = np.unique(np.rint(np.linspace(0, idx.size - 1, k)).astype(int))
+            idx = idx[pick]
+    prefix = f"{name} " if name else ""
+    return _slice_examples(vol, lab, value, ax, idx, axis.strip().lower(), prefix)
+
+
+# --------------------------------------------------------------------------------------------- intensity --
+def normalise_slice(slice2d: np.ndarray, rule: IntensityRule) -> np.ndarray:
+    """Intensity rule on one 2-D slice -> uint8, then min-max to [0, 1] (float32). Constant slices -> zeros."""
+    arr = np.asarray(slice2d)
+    if arr.size == 0 or np.min(arr) == np.max(arr):
+        return np.zeros(arr.shape, np.float32)
+    if rule.kind == "mr" and not np.any(arr > 0):
+        return np.zeros(arr.shape, np.float32)
+    u8 = apply_intensity(arr, rule)
+    lo, hi = int(u8.min()), int(u8.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.float32)
+    return ((u8.astype(np.float32) - lo) / float(hi - lo)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- geometry --
+@dataclass(frozen=True)
+class Square:
+    """A square crop window in slice pixels: rows ``top .. top+side-1``, columns ``left .. left+side-1``
+    (may extend past the slice)."""
+
+    top: int
+    left: int
+    side: int
+
+
+def bbox2d(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
+    """(r0, c0, r1, c1) inclusive bounding box of a 2-D boolean mask, or None when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+
+
+def square_around(box: Tuple[int, int, int, int], margin: float = DEFAULT_MARGIN,
+                  min_pad: int = DEFAULT_MIN_PAD) -> Square:
+    """The square crop for an inclusive box (r0, c0, r1, c1): side = longest box side + 2 x max(margin x side,
+    min_pad), centred on the box centre (rounded to whole pixels)."""
+    r0, c0, r1, c1 = box
+    h, w = r1 - r0 + 1, c1 - c0 + 1
+    longest = max(h, w)
+    pad = max(int(math.ceil(margin * longest)), int(min_pad))
+    side = longest + 2 * pad
+    top = int(math.floor((r0 + r1 + 1) / 2.0 - side / 2.0))
+    left = int(math.floor((c0 + c1 + 1) / 2.0 - side / 2.0))
+    return Square(top, left, side)
+
+
+def extract(slice2d: np.ndarray, sq: Square) -> np.ndarray:
+    """The square window of a 2-D array (float32); outside the slice reads 0."""
+    h, w = slice2d.shape
+    out = np.zeros((sq.side, sq.side), np.float32)
+    r0, c0 = max(sq.top, 0), max(sq.left, 0)
+    r1, c1 = min(sq.top + sq.side, h), min(sq.left + sq.side, w)
+    if r1 > r0 and c1 > c0:
+        out[r0 - sq.top:r1 - sq.top, c0 - sq.left:c1 - sq.left] = slice2d[r0:r1, c0:c1]
+    return out
+
+
+def resize(arr: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a square 2-D float array to size x size (align_corners=False, anti-aliased when
+    shrinking)."""
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    if t.shape[-1] == size and t.shape[-2] == size:
+        return t[0, 0].numpy().copy()
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=bool(t.shape[-1] > size))
+    return out[0, 0].numpy()
+
+
+def to_model_image(slice01: np.ndarray, sq: Square, size: int = MODEL_SIZE) -> np.ndarray:
+    return np.clip(resize(extract(slice01, sq), size), 0.0, 1.0)
+
+
+def to_model_label(mask: np.ndarray, sq: Square, size: int = MODEL_SIZE) -> np.ndarray:
+    return (resize(extract(mask.astype(np.float32), sq), size) > 0.5).astype(np.float32)
+
+
+def paste_back(prob: np.ndarray, sq: Square, shape: Tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`to_model_image`: probabilities (size, size) -> a (H, W) float32 slice, 0 outside."""
+    back = resize(prob, sq.side) if prob.shape[-1] != sq.side else np.asarray(prob, np.float32)
+    h, w = shape
+    out = np.zeros((h, w), np.float32)
+    r0, c0 = max(sq.top, 0), max(sq.left, 0)
+    r1, c1 = min(sq.top + sq.side, h), min(sq.left + sq.side, w)
+    if r1 > r0 and c1 > c0:
+        out[r0:r1, c0:c1] = back[r0 - sq.top:r1 - sq.top, c0 - sq.left:c1 - sq.left]
+    return np.clip(out, 0.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------- support set --
+@dataclass
+class SupportItems:
+    """Support tensors ready for the network: ``images`` and ``labels`` (N, 1, size, size) float32 in [0, 1]
+    / {0, 1}; ``boxes`` the labels' bounding boxes relative to their slice size (r0, c0, r1, c1 in 0..1);
+    ``names`` one per item; ``skipped`` the names of examples dropped for an empty label."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    boxes: np.ndarray
+    names: List[str]
+    skipped: List[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def _example_slices(examples: Sequence[Example], value: int, ax: int, target_ndim: int):
+    """Yield (image2d, mask2d bool, name) for every example slice; checks dimensionality and label values."""
+    if not examples:
+        raise InputError("No examples were given: pass example images with labels (--examples IMG:LABEL, "
+                         "--library DIR or --labelled-slices LABELMAP).")
+    seen_values = set()
+    found = False
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, Example):
+            raise InputError(f"Example {i} is a {type(ex).__name__}, not an Example(image, label, name).")
+        if target_ndim == 2 and ex.ndim == 3:
+            raise InputError(f"Example '{ex.name or i}' is a 3-D volume {tuple(ex.image.shape)} but the target is a "
+                             "2-D image: give 2-D example images (or slice the volume first).")
+        vals = np.unique(ex.label)
+        seen_values.update(int(v) for v in vals)
+        found = found or bool(np.any(vals == value))
+    if not found:
+        raise InputError(f"Label {value} is in none of the {len(examples)} example label(s) (values present: "
+                         f"{_values_text(seen_values)}): pass --label with the structure's value.")
+    for i, ex in enumerate(examples):
+        name = ex.name or f"example {i}"
+        if ex.ndim == 2:
+            yield ex.image, ex.label == value, name
+            continue
+        idx = _labelled_slices(ex.label, value, ax)
+        if idx.size == 0:
+            yield None, None, name  # a volume without the structure: reported as empty below
+            continue
+        for n in idx:
+            yield (np.take(ex.image, int(n), axis=ax), np.take(ex.label, int(n), axis=ax) == value,
+                   f"{name} slice {int(n)}")
+
+
+def build_support(examples: Sequence[Example], rule: IntensityRule, *, label: int = 1, axis: str = "axial",
+                  target_ndim: int = 3, size: int = MODEL_SIZE, margin: float = DEFAULT_MARGIN,
+                  min_pad: int = DEFAULT_MIN_PAD) -> SupportItems:
+    """All usable example slices -> support tensors. Examples whose label lacks the structure are skipped
+    with a :class:`MedSegWarning`; :class:`InputError` when none remain."""
+    value = _check_label_value(label)
+    ax = axis_index(axis)
+    images, labels, boxes, names, skipped = [], [], [], [], []
+    for img, mask, name in _example_slices(examples, value, ax, target_ndim):
+        box = bbox2d(mask) if mask is not None else None
+        if box is None:
+            skipped.append(name)
+            continue
+        sq = square_around(box, margin, min_pad)
+        images.append(to_model_image(normalise_slice(img, rule), sq, size))
+        labels.append(to_model_label(mask, sq, size))
+        h, w = mask.shape
+        boxes.append((box[0] / h, box[1] / w, (box[2] + 1) / h, (box[3] + 1) / w))
+        names.append(name)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        if not images:
+            raise InputError(f"All {len(skipped)} example(s) have an empty label for value {value} ({shown}): "
+                             "give examples in which the structure is labelled.")
+        warnings.warn(f"{len(skipped)} example(s) with an empty label for value {value} were skipped: {shown}.",
+                      MedSegWarning, stacklevel=2)
+    return SupportItems(torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.stack(labels)[:, None]),
+                        np.asarray(boxes, np.float64), names, skipped)
+
+
+def choose_subsets(n: int, support_size: int, ensemble: int, seed: int) -> List[np.ndarray]:
+    """Index sets for the passes: everything in one pass when ``n <= support_size``; otherwise ``ensemble``
+    seeded random subsets of ``support_size`` items (without replacement inside a subset, sorted)."""
+    if support_size < 1:
+        raise InputError(f"Support size must be >= 1 (got {support_size}); UniverSeg was trained with 64.")
+    if ensemble < 1:
+        raise InputError(f"Ensemble size must be >= 1 (got {ensemble}).")
+    if n <= support_size:
+        return [np.arange(n)]
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(n, size=support_size, replace=False)) for _ in range(ensemble)]
+
+
+def derived_box(boxes: np.ndarray, shape: Tuple[int, int]) -> Tuple[int, int, int, int]:
+    """In-plane query box when no ROI is given: the union of the examples' label boxes (relative to their own
+    slice size) scaled to the query slice ``shape``; inclusive pixel box (r0, c0, r1, c1)."""
+    h, w = shape
+    r0 = int(math.floor(boxes[:, 0].min() * h))
+    c0 = int(math.floor(boxes[:, 1].min() * w))
+    r1 = int(math.ceil(boxes[:, 2].max() * h)) - 1
+    c1 = int(math.ceil(boxes[:, 3].max() * w)) - 1
+    return max(r0, 0), max(c0, 0), min(max(r1, r0), h - 1), min(max(c1, c0), w - 1)
