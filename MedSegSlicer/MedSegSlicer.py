@@ -9,10 +9,11 @@ use, after one confirmation.
 import logging
 import os
 import time
+import unittest
 
+import ctk
 import qt
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
@@ -80,19 +81,19 @@ class MedSegSlicerWidget(ScriptedLoadableModuleWidget):
         for device in ("auto", "cpu", "cuda", "mps"):
             self.ui.deviceComboBox.addItem(device)
         self.ui.deviceComboBox.currentText = self.logic.device
-        self.ui.cacheFolderPathLineEdit.filters = 0x1  # ctkPathLineEdit.Dirs
+        self.ui.cacheFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self.ui.cacheFolderPathLineEdit.currentPath = self.logic.cacheFolder()
 
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.cacheFolderPathLineEdit.connect("currentPathChanged(QString)", self.onCacheFolderChanged)
-        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
-        self.ui.downloadButton.connect("clicked(bool)", lambda: self.onModelAction("download"))
-        self.ui.importButton.connect("clicked(bool)", lambda: self.onModelAction("import"))
-        self.ui.verifyButton.connect("clicked(bool)", lambda: self.onModelAction("verify"))
-        self.ui.deleteButton.connect("clicked(bool)", lambda: self.onModelAction("delete"))
-        self.ui.acceptLicenceButton.connect("clicked(bool)", lambda: self.onModelAction("licence"))
-        self.ui.refreshButton.connect("clicked(bool)", self.refresh)
-        self.ui.openSegmentEditorButton.connect("clicked(bool)", self.onOpenSegmentEditor)
+        self.ui.installDependenciesButton.connect("clicked()", self.onInstallDependencies)
+        self.ui.downloadButton.connect("clicked()", lambda: self.onModelAction("download"))
+        self.ui.importButton.connect("clicked()", lambda: self.onModelAction("import"))
+        self.ui.verifyButton.connect("clicked()", lambda: self.onModelAction("verify"))
+        self.ui.deleteButton.connect("clicked()", lambda: self.onModelAction("delete"))
+        self.ui.acceptLicenceButton.connect("clicked()", lambda: self.onModelAction("licence"))
+        self.ui.refreshButton.connect("clicked()", self.refresh)
+        self.ui.openSegmentEditorButton.connect("clicked()", self.onOpenSegmentEditor)
         self.refresh()
 
     def refresh(self):
@@ -246,8 +247,8 @@ class MedSegSlicerLogic(ScriptedLoadableModuleLogic):
         except MedSegError as e:
             return str(e)
         if device.type == "cpu":
-            return ("Running on the CPU: LiteMedSAM takes about 1 s per slice, MedSAM ViT-B about 10 s and UniverSeg "
-                    "about 1 s per slice. A CUDA GPU is 10-50x faster.")
+            return ("Running on the CPU: LiteMedSAM takes about 1 s per slice (2-core laptop CPU), MedSAM ViT-B about "
+                    "10 s. A CUDA GPU is far faster (LiteMedSAM about 0.01 s per slice measured on an H200).")
         return ""
 
     def ensureDependencies(self, ask=True):
@@ -264,8 +265,11 @@ class MedSegSlicerLogic(ScriptedLoadableModuleLogic):
             except ImportError:
                 raise MedSegError("PyTorch is not installed and the PyTorch extension is missing: install the "
                                   "'PyTorch' extension from the Extensions Manager, restart Slicer and try again.")
-            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                                  torchVersionRequirement=">=2.1")
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            try:
+                torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=">=2.1")
+            except TypeError:  # older PyTorchUtils without version requirements
+                torch = torchLogic.installTorch(askConfirmation=False)
             if torch is None:
                 raise MedSegError("PyTorch was not installed: install it from the PyTorch Utils module, then try "
                                   "again.")
@@ -455,14 +459,13 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear(0)
 
     def runTest(self):
-        self.setUp()
-        self.test_UndoRestores()
-        self.setUp()
-        self.test_CancelLeavesUntouched()
-        self.setUp()
-        self.test_UniverSegPlumbing()
-        self.setUp()
-        self.test_MedSAMBox()
+        for test in (self.test_UndoRestores, self.test_CancelLeavesUntouched, self.test_UniverSegPlumbing,
+                     self.test_MedSAMBox):
+            self.setUp()
+            try:
+                test()
+            except unittest.SkipTest as skipped:
+                self.delayDisplay(f"{test.__name__} skipped: {skipped}")
 
     def _context(self):
         from MedSegSlicerLib import scenarios

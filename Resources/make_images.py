@@ -7,8 +7,8 @@ Icons: ``Resources/MedSegSlicer.png`` (128x128, extension), ``MedSegSlicer/Resou
 (module), ``MedSegSlicer/MedSegSlicerEffects/{MedSAMBox,UniverSeg}.png`` (effects). Screenshots are rendered from
 the bundled CT (``Testing/Data/totalseg_ct_sm``) with the real model output written through the Qt-free MRML layer
 into a segment and read back from the scene: ``Resources/Screenshots/medsam_box.png`` and
-``Resources/Screenshots/universeg_examples.png`` (the latter with the stand-in network when the UniverSeg
-weights are not installed, which the caption says).
+``Resources/Screenshots/universeg_examples.png`` (only when the official UniverSeg weights are installed and
+their licence accepted).
 """
 from __future__ import annotations
 
@@ -84,7 +84,9 @@ def overlay(grey: np.ndarray, masks, box=None, scale: int = 4) -> np.ndarray:
     if box is not None:
         x0, y0, x1, y1 = box
         draw_rect(big, x0 * scale, y0 * scale, (x1 + 1) * scale - 1, (y1 + 1) * scale - 1, (255, 220, 0), 2)
-    big = big[::-1]  # display with anterior up (RAS array rows run posterior->anterior here)
+    # radiological display: anterior up, patient's right on the viewer's left (this volume's IJK axes run along
+    # +R, +A, +S, so both in-plane axes are flipped)
+    big = big[::-1, ::-1]
     return np.concatenate([big, np.full(big.shape[:2] + (1,), 255, np.uint8)], axis=2)
 
 
@@ -113,9 +115,29 @@ def screenshots() -> None:
                       (box[0], box[1], box[3], box[4])))
     print(f"medsam_box.png: slice {k}, LiteMedSAM (orange) vs label (blue), Dice {d:.3f} on {box[5] - box[2] + 1} "
           f"slices, {outcome.seconds:.1f} s")
-    # UniverSeg: liver from every 4th labelled slice (stand-in network unless official weights are installed)
-    res = scenarios.scenario_universeg_plumbing(SceneContext.headless(), sample_dir)
-    print("universeg plumbing:", res)
+    # UniverSeg: liver completed from every 4th labelled slice - only with the official weights (a picture made
+    # with the test stand-in network would not show what the model does)
+    from medseg_backend import catalogue
+
+    if not (catalogue.status("universeg-v1")["installed"] and catalogue.licence_accepted("universeg-v1")):
+        print("universeg_examples.png skipped: UniverSeg weights not installed / licence not accepted")
+        return
+    from MedSegSlicerLib import examples as ex
+
+    liver = sample.mask("liver")
+    z = [int(i) for i in np.nonzero(liver.any(axis=(1, 2)))[0]]
+    labelled = np.zeros_like(liver)
+    labelled[z[::4]] = liver[z[::4]]
+    work = ctx.add_segmentation("work", sample.volume)
+    sid = segments.write_mask(work, labelled, sample.volume, name="liver")
+    arrays = ex.from_labelled_slices(sample.volume, work, sid, "axial")
+    seg2, sid2, out = core.segment_with_universeg(sample.volume, [arrays], work, segment_id=sid,
+                                                  keep_labelled=arrays, intensity="window:40,400")
+    result = segments.segment_to_array(seg2, sid2, sample.volume)
+    k = [i for i in z if i not in z[::4]][len(z) // 2 - 1]
+    write_png(os.path.join(ROOT, "Resources", "Screenshots", "universeg_examples.png"),
+              overlay(window(ct[k]), [(liver[k], (80, 200, 255)), (result[k], (120, 230, 140))]))
+    print(f"universeg_examples.png: slice {k} (not labelled), Dice {scenarios.dice(result, liver):.3f}")
 
 
 def main(argv=None) -> int:
