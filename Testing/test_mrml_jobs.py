@@ -168,3 +168,44 @@ def test_guard_ignores_display_changes(scene_with_segment):
     seg.GetDisplayNode().SetOpacity(0.3)
     assert guard.problem() is None
     assert geometry.volume_to_array(vol).array.shape == labels.shape
+
+
+def test_intensity_defaults_to_the_volume_window_level(scene_with_segment):
+    ctx, vol, seg, sid, labels = scene_with_segment
+    display = vol.GetDisplayNode()
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevel(350, 50)
+    core = MedSegCore(ctx)
+    prepared = core.prepare_medsam(vol, [(40, 30, 10, 60, 50, 12)])
+    assert prepared.info["intensity"] == "window:50,350"
+    assert core.prepare_medsam(vol, [(40, 30, 10, 60, 50, 12)], intensity="mr").info["intensity"] == "mr"
+    roi = ctx.add_roi("box")
+    geometry.voxel_box_to_roi(roi, vol, (40, 30, 10, 60, 50, 12))
+    prepared = core.prepare_medsam(vol, [roi], slice_range=(11, 20))
+    assert prepared.info["boxes"] == [(40, 30, 11, 60, 50, 12)] and prepared.info["names"] == ["box"]
+    with pytest.raises(InputError, match="No ROI selected"):
+        core.prepare_medsam(vol, [None])
+    with pytest.raises(InputError, match="No volume selected"):
+        core.prepare_medsam(None, [roi])
+    with pytest.raises(InputError, match="Unknown MedSAM model"):
+        core.prepare_medsam(vol, [roi], model="sam2")
+
+
+def test_missing_weights_and_unaccepted_licence_fail_readably(scene_with_segment):
+    """Offline with no weights in the (empty, per-test) cache: the run fails with the catalogue's one-line message
+    and nothing is written."""
+    pytest.importorskip("torch")
+    ctx, vol, seg, sid, labels = scene_with_segment
+    before = segments.segment_to_array(seg, sid, vol)
+    core = MedSegCore(ctx, device="cpu")
+    outcome = core.run(core.prepare_medsam(vol, [(40, 30, 10, 60, 50, 12)], model="medsam-vit-b",
+                                           segmentation_node=seg))
+    assert outcome.status == "failed"
+    assert "medsam-vit-b weights are not installed" in outcome.message and "import" in outcome.message
+    pytest.importorskip("medseg_backend.universeg", reason="UniverSeg backend not available yet")
+    from MedSegSlicerLib import examples as ex
+
+    arrays = ex.from_segments(seg, [sid], vol)
+    outcome = core.run(core.prepare_universeg(vol, arrays, support_size=4, segmentation_node=seg))
+    assert outcome.status == "failed" and "licence" in outcome.message.lower()
+    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
