@@ -140,6 +140,14 @@ class SupportCache:
     shape: tuple
     dtype: torch.dtype
     weights: list  # per block: _SplitWeights, prepared once per support set
+    _scratch: Optional[torch.Tensor] = None
+
+    def scratch(self, n: int) -> torch.Tensor:
+        """A reusable (n, C, H, W) work buffer like ``level0`` (allocated once per support set)."""
+        if self._scratch is None or self._scratch.shape[0] < n:
+            self._scratch = torch.empty((n,) + tuple(self.level0.shape[1:]), device=self.level0.device,
+                                        dtype=self.level0.dtype, memory_format=torch.channels_last)
+        return self._scratch
 
     @property
     def nbytes(self) -> int:
@@ -232,7 +240,7 @@ class UniverSeg(nn.Module):
         sw = weights[0]
         dev = sw.w_q.device
         n, c = support_images.shape[0], sw.w_q.shape[0]
-        level0 = torch.empty((n, c, h, w), device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        level0 = torch.empty((n, c, h, w), device=dev, dtype=dtype, memory_format=torch.channels_last)
         total = torch.zeros((1, c, h, w), device=dev, dtype=torch.float32)
         w_v32 = sw.w_v.float()
         for a in range(0, n, self.chunk_size):
@@ -280,60 +288,59 @@ class UniverSeg(nn.Module):
         q_term = F.conv2d(q_part.to(dtype), sw.w_s, sw.b_s, padding=1).contiguous(memory_format=cl)
         h, w = cache.shape
         c = q_term.shape[1]
-        support = torch.empty((n, c, h // 2, w // 2), device=dev, dtype=dtype).contiguous(memory_format=cl)
         skip_sum = torch.zeros((1, c, h, w), device=dev, dtype=torch.float32)
+        scratch = cache.scratch(min(chunk, n))       # reused across chunks and queries (no page faults)
+        support = []                                 # the support side stays a list of chunks: no copies
         for a in range(0, n, chunk):
             e = min(a + chunk, n)
-            sup = F.leaky_relu_(cache.level0[a:e] + q_term, NEG_SLOPE)
+            sup = torch.add(cache.level0[a:e], q_term, out=scratch[:e - a])
+            F.leaky_relu_(sup, NEG_SLOPE)
             skip_sum += _item_sum(sup)
-            support[a:e] = F.max_pool2d(sup, 2)
+            support.append(F.max_pool2d(sup, 2))
         skip0_q, skip0_s_mean = query, skip_sum / n   # the level-0 support skip is only ever used as a mean
         query = F.max_pool2d(query, 2)
 
         # ---- encoder blocks 1..3
         skips = []
         for i in range(1, n_enc):
-            query, support = _block_fast(ws[i], query, support, None, dtype, chunk)
+            query, support = _block_fast(ws[i], query, support, None, dtype, n)
             if i < n_enc - 1:
                 skips.append((query, support))
                 query = F.max_pool2d(query, 2)
-                support = F.max_pool2d(support, 2)
+                support = [F.max_pool2d(x, 2) for x in support]
 
         # ---- decoder blocks 0..1 (their per-item support outputs feed the next block)
         for sw in ws[n_enc:-1]:
             q_skip, s_skip = skips.pop()
             query = torch.cat([_up2(query), q_skip], dim=1)
-            query, support = _block_fast(sw, query, support, s_skip, dtype, chunk)
+            query, support = _block_fast(sw, query, support, s_skip, dtype, n)
 
         # ---- last decoder block: only its query output is used, so the support side is just a mean
         sw = ws[-1]
         query = torch.cat([_up2(query), skip0_q], dim=1)
-        s_mean = torch.cat([_up2(_item_sum(support) / n), skip0_s_mean], dim=1)
+        s_mean = torch.cat([_up2(sum(_item_sum(x) for x in support) / n), skip0_s_mean], dim=1)
         inter = F.conv2d(query, sw.w_q, sw.b, padding=1) + F.conv2d(s_mean, sw.w_v.float(), None, padding=1)
         query = _lrelu(F.conv2d(inter, sw.w_t, sw.b_t, padding=1))
         return self.out_conv(query).contiguous()
 
 
-def _block_fast(sw: _SplitWeights, query: torch.Tensor, support: torch.Tensor, skip: Optional[torch.Tensor],
-                dtype: torch.dtype, chunk: int):
-    """One CrossBlock with the split CrossConv. ``query`` (1,Cq,h,w) float32; ``support`` (S,C,h',w') in
-    ``dtype``, channels-last; with ``skip`` (decoder) the support input is ``[upsample(support); skip]``."""
+def _block_fast(sw: _SplitWeights, query: torch.Tensor, support: List[torch.Tensor],
+                skip: Optional[List[torch.Tensor]], dtype: torch.dtype, n: int):
+    """One CrossBlock with the split CrossConv. ``query`` (1,Cq,h,w) float32; ``support`` chunks (s,C,h',w') in
+    ``dtype``, channels-last, ``n`` items in all; with ``skip`` (decoder) the support input is
+    ``[upsample(support); skip]``. Returns the new query and the support output chunks."""
     q_part = F.conv2d(query, sw.w_q, sw.b, padding=1)                       # query half + bias, once
     q_term = q_part.to(dtype).contiguous(memory_format=torch.channels_last)
-    n = support.shape[0]
-    c, (h, w) = sw.w_s.shape[0], q_part.shape[-2:]
-    out = torch.empty((n, c, h, w), device=support.device, dtype=dtype).contiguous(
-        memory_format=torch.channels_last)
-    v_sum = torch.zeros((1, sw.w_v.shape[0], h, w), device=support.device, dtype=torch.float32)
-    for a in range(0, n, chunk):
-        e = min(a + chunk, n)
-        x = support[a:e]
+    h, w = q_part.shape[-2:]
+    v_sum = torch.zeros((1, sw.w_v.shape[0], h, w), device=q_part.device, dtype=torch.float32)
+    out = []
+    for i, x in enumerate(support):
         if skip is not None:
-            x = torch.cat([_up2(x), skip[a:e]], dim=1)
+            x = torch.cat([_up2(x), skip[i]], dim=1)
         v = F.conv2d(x, sw.w_v, None, padding=1)                            # support half, per item
         v_sum += _item_sum(v)
         v += q_term
-        out[a:e] = F.leaky_relu_(F.conv2d(v, sw.w_s, sw.b_s, padding=1), NEG_SLOPE)
+        out.append(F.leaky_relu_(F.conv2d(v, sw.w_s, sw.b_s, padding=1), NEG_SLOPE))
     new_query = _lrelu(F.conv2d(q_part + v_sum / n, sw.w_t, sw.b_t, padding=1))
     return new_query, out
 
