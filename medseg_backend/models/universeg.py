@@ -31,6 +31,7 @@ Two execution paths share the same parameters:
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -194,11 +195,18 @@ class UniverSeg(nn.Module):
             return self.forward_fast(target_image, support_images, support_labels)
         return self.forward_reference(target_image, support_images, support_labels)
 
+    def _device(self) -> torch.device:
+        return self.out_conv.conv.weight.device
+
     # --------------------------------------------------------------- reference
     def forward_reference(self, target_image: torch.Tensor, support_images: torch.Tensor,
                           support_labels: torch.Tensor) -> torch.Tensor:
         """Plain formulation, equal to the released implementation (float32, every pair materialised)."""
         self._check_inputs(target_image, support_images, support_labels)
+        with strict_fp32(self._device()):
+            return self._forward_reference(target_image, support_images, support_labels)
+
+    def _forward_reference(self, target_image, support_images, support_labels) -> torch.Tensor:
         query = target_image.unsqueeze(1)  # (B, 1, 1, H, W)
         support = torch.cat([support_images, support_labels], dim=2)
         skips = []
@@ -236,6 +244,11 @@ class UniverSeg(nn.Module):
         if h % 8 or w % 8:
             raise ValueError(f"UniverSeg needs H and W divisible by 8, got {h}x{w}")
         dtype = self._dtype()
+        with strict_fp32(self._device(), dtype == torch.float32):
+            return self._prepare_support(support_images, support_labels, dtype)
+
+    def _prepare_support(self, support_images, support_labels, dtype) -> SupportCache:
+        h, w = support_images.shape[-2:]
         weights = [_SplitWeights.of(b, dtype) for b in (*self.enc_blocks, *self.dec_blocks)]
         sw = weights[0]
         dev = sw.w_q.device
@@ -269,8 +282,9 @@ class UniverSeg(nn.Module):
             raise ValueError(f"target_image must be (B,1,H,W), got {tuple(target_image.shape)}")
         if tuple(target_image.shape[-2:]) != cache.shape:
             raise ValueError(f"query size {tuple(target_image.shape[-2:])} does not match the support {cache.shape}")
-        return torch.cat([self._predict_one(target_image[b:b + 1], cache)
-                          for b in range(target_image.shape[0])], 0)
+        with strict_fp32(cache.level0.device, cache.dtype == torch.float32):
+            return torch.cat([self._predict_one(target_image[b:b + 1], cache)
+                              for b in range(target_image.shape[0])], 0)
 
     def _predict_one(self, target: torch.Tensor, cache: SupportCache) -> torch.Tensor:
         ws = cache.weights
@@ -343,6 +357,22 @@ def _block_fast(sw: _SplitWeights, query: torch.Tensor, support: List[torch.Tens
         out.append(F.leaky_relu_(F.conv2d(v, sw.w_s, sw.b_s, padding=1), NEG_SLOPE))
     new_query = _lrelu(F.conv2d(q_part + v_sum / n, sw.w_t, sw.b_t, padding=1))
     return new_query, out
+
+
+@contextlib.contextmanager
+def strict_fp32(device: torch.device, enable: bool = True):
+    """On CUDA, run float32 convolutions / matrix products in true fp32 (torch lets cuDNN use TF32 for
+    convolutions by default, a 10-bit mantissa). The flags are global; they are restored afterwards."""
+    if not enable or torch.device(device).type != "cuda":
+        yield
+        return
+    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def _item_sum(x: torch.Tensor) -> torch.Tensor:

@@ -78,8 +78,9 @@ class UniverSegEngine:
         self.dtype = self._resolve_precision(precision)
         if self.fast:
             self.net.compute_dtype = None if self.dtype == torch.float32 else self.dtype
-            if chunk_size is not None:
-                self.net.chunk_size = max(1, int(chunk_size))
+            if chunk_size is None:
+                chunk_size = 64 if self.device.type == "cuda" else 16
+            self.net.chunk_size = max(1, int(chunk_size))
 
     # ------------------------------------------------------------------------------------------ precision --
     def _resolve_precision(self, precision: str) -> torch.dtype:
