@@ -1,0 +1,248 @@
+"""MedSAM 3-D benchmark: the plain official-style loop against the product path, same volume and box.
+
+Run: ``.venv-test/bin/python benchmarks/bench_medsam3d.py [--models lite,vit_b] [--slices N]``.
+
+Each measurement runs in its own subprocess (so peak RSS is its own) with the same thread count:
+
+* **plain**: a per-slice fp32 loop written here after the official scripts: ``np.repeat`` to 3 channels,
+  OpenCV INTER_AREA (LiteMedSAM) / skimage anti-aliased bicubic (ViT-B) resizing, min-max, one encoder call per
+  slice, batch 1, no cache, attention computed explicitly as the official model code does (Meta's
+  ``segment_anything`` ViT-B; LiteMedSAM's TinyViT attention as matmul + bias + softmax);
+* **product**: :class:`medseg_backend.medsam.MedSAMEngine` (own resamplers, batched encoding ahead of the
+  propagation front, fused attention, default precision), then a second box on the same volume
+  ("re-prompt", embeddings from the cache).
+
+ViT-B uses random weights in the official layout (the real checkpoint is not available offline): timings
+do not depend on the values; the parity column compares the product masks with the plain loop's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "Testing"))
+DATA = REPO / "Testing" / "Data" / "totalseg_ct_sm"
+
+
+def _volume_and_box(n_slices: int):
+    import SimpleITK as sitk
+
+    from medseg_backend.cli import bbox3d
+    from medseg_backend.intensity import apply_intensity, parse_preset
+
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "ct.nii.gz")))
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "labels.nii.gz")))
+    vol = apply_intensity(ct, parse_preset("ct-abdomen"))
+    box = list(bbox3d(lab == 5))  # liver
+    mid = (box[2] + box[5]) // 2
+    box[2] = max(box[2], mid - n_slices // 2)
+    box[5] = min(box[5], box[2] + n_slices - 1)
+    box2 = list(bbox3d(lab == 1))  # spleen, re-prompt on the same slices
+    box2[2], box2[5] = box[2], box[5]
+    return vol, tuple(box), tuple(box2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _plain_lite_attention(model):
+    """Replace fused attention by the official explicit formula (matmul, + bias, softmax, matmul)."""
+    import torch
+
+    from medseg_backend.models.tiny_vit import WindowAttention
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        x = self.norm(x)
+        q, k, v = self.qkv(x).view(b, n, self.num_heads, 3 * self.key_dim).split(self.key_dim, dim=3)
+        q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
+        attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_biases[:, self.bias_index]
+        attn = attn.softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, self.num_heads * self.key_dim))
+
+    for m in model.modules():
+        if isinstance(m, WindowAttention):
+            m.forward = forward.__get__(m)
+    return model
+
+
+def plain_loop(kind: str, vol: np.ndarray, box):
+    """Official-style per-slice loop (LiteMedSAM 3-D procedure), fp32, batch 1, no cache."""
+    import cv2
+    import torch
+    import torch.nn.functional as F
+    from skimage import transform
+
+    torch.set_grad_enabled(False)
+    if kind == "lite":
+        from medseg_backend.models.loader import load_model
+
+        model = _plain_lite_attention(load_model("lite-medsam", device="cpu"))
+        size = 256
+    else:
+        from medseg_backend.models.sam import CONFIGS
+        from sam_reference import build_meta_sam, randomize_
+
+        model = build_meta_sam(CONFIGS["vit_b"])
+        randomize_(model)
+        size = 1024
+    x0, y0, z0, x1, y1, z1 = box
+    depth, h, w = vol.shape
+    seg = np.zeros_like(vol, dtype=np.uint8)
+    mid = int((z1 - z0) / 2 + z0)
+
+    def encode_decode(img2d, box2d):
+        img3 = np.repeat(img2d[:, :, None], 3, axis=-1)
+        if kind == "lite":
+            s = size / max(h, w)
+            nh, nw = int(h * s + 0.5), int(w * s + 0.5)
+            r = cv2.resize(img3, (nw, nh), interpolation=cv2.INTER_AREA)
+            r = (r - r.min()) / np.clip(r.max() - r.min(), 1e-8, None)
+            r = np.pad(r, ((0, size - nh), (0, size - nw), (0, 0)))
+            t = torch.tensor(r).float().permute(2, 0, 1)[None]
+            emb = model.image_encoder(t)
+            b = torch.tensor([box2d], dtype=torch.float32)[:, None, :]
+            sp, de = model.prompt_encoder(points=None, boxes=b, masks=None)
+            low, _ = model.mask_decoder(emb, model.prompt_encoder.get_dense_pe(), sp, de, multimask_output=False)
+            up = F.interpolate(low[..., :nh, :nw], size=(h, w), mode="bilinear", align_corners=False)
+            return (torch.sigmoid(up)[0, 0] > 0.5).numpy().astype(np.uint8)
+        r = transform.resize(img3, (size, size), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
+        r = (r - r.min()) / np.clip(r.max() - r.min(), 1e-8, None)
+        t = torch.tensor(r).float().permute(2, 0, 1)[None]
+        emb = model.image_encoder(t)
+        b = torch.tensor([box2d], dtype=torch.float32)[:, None, :]
+        sp, de = model.prompt_encoder(points=None, boxes=b, masks=None)
+        low, _ = model.mask_decoder(emb, model.prompt_encoder.get_dense_pe(), sp, de, multimask_output=False)
+        up = F.interpolate(torch.sigmoid(low), size=(h, w), mode="bilinear", align_corners=False)
+        return (up[0, 0] > 0.5).numpy().astype(np.uint8)
+
+    def to_model(b):
+        if kind == "lite":
+            ratio = size / max(h, w)
+            return [int(v * ratio) for v in b]
+        return list(np.asarray(b, dtype=float) / np.array([w, h, w, h]) * size)
+
+    mid_box = to_model([x0, y0, x1, y1])
+    n = 0
+    for order, step in ((range(mid, min(z1 + 1, depth)), -1), (range(mid - 1, max(-1, z0 - 1), -1), 1)):
+        for z in order:
+            b = mid_box
+            if z != mid and seg[z + step].any():
+                prev = seg[z + step]
+                if kind == "lite":
+                    s = size / max(h, w)
+                    pm = cv2.resize(prev, (int(w * s + 0.5), int(h * s + 0.5)), interpolation=cv2.INTER_AREA)
+                    ys, xs = np.nonzero(pm)
+                    if ys.size:
+                        b = [max(0, xs.min() - 3), max(0, ys.min() - 3), min(size, xs.max() + 3),
+                             min(size, ys.max() + 3)]
+                else:
+                    ys, xs = np.nonzero(prev)
+                    m = 3.0 * max(h, w) / 256
+                    bb = np.clip([xs.min() - m, ys.min() - m, xs.max() + m, ys.max() + m], 0,
+                                 [w - 1, h - 1, w - 1, h - 1])
+                    b = to_model(bb)
+            seg[z] = encode_decode(vol[z], b)
+            n += 1
+    return seg, n
+
+
+def product(kind: str, vol: np.ndarray, box, box2, precision: str):
+    import torch
+
+    from medseg_backend.medsam import MedSAMEngine
+
+    if kind == "lite":
+        engine = MedSAMEngine("lite-medsam", device="cpu", precision=precision)
+    else:
+        from medseg_backend.models.sam import CONFIGS
+        from sam_reference import build_meta_sam, randomize_
+
+        ref = build_meta_sam(CONFIGS["vit_b"])
+        randomize_(ref)
+        from medseg_backend.models.sam import build_sam
+
+        net = build_sam("vit_b").eval()
+        net.load_state_dict(ref.state_dict(), strict=True)
+        del ref
+        engine = MedSAMEngine("medsam-vit-b", module=net, device="cpu", precision=precision)
+    t = time.perf_counter()
+    res = engine.segment_volume(vol, [box], intensity="raw")
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    res2 = engine.segment_volume(vol, [box2], intensity="raw")
+    second = time.perf_counter() - t
+    return res.labels, res.slices_run, first, second, res2.slices_run, res2.slices_encoded, engine.precision
+
+
+def worker(args) -> None:
+    import torch
+
+    from medseg_backend.devices import configure_cpu_threads
+
+    configure_cpu_threads()
+    vol, box, box2 = _volume_and_box(args.slices)
+    out = {"threads": torch.get_num_threads()}
+    if args.worker == "plain":
+        t = time.perf_counter()
+        seg, n = plain_loop(args.kind, vol, box)
+        out.update(seconds=time.perf_counter() - t, slices=n)
+    else:
+        seg, n, first, second, n2, enc2, prec = product(args.kind, vol, box, box2, args.precision)
+        out.update(seconds=first, slices=n, reprompt_seconds=second, reprompt_slices=n2, reprompt_encoded=enc2,
+                   precision=prec)
+    np.save(args.mask_out, seg)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="lite,vit_b")
+    ap.add_argument("--slices", type=int, default=8, help="slices in the box's z-range (liver, middle of the volume)")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--worker", choices=["plain", "product"])
+    ap.add_argument("--kind")
+    ap.add_argument("--mask-out")
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    import tempfile
+
+    from medseg_backend.cli import dice
+
+    rows = []
+    for kind in args.models.split(","):
+        res = {}
+        for mode in ("plain", "product"):
+            with tempfile.NamedTemporaryFile(suffix=".npy", delete=False) as fh:
+                mask_path = fh.name
+            cmd = [sys.executable, __file__, "--worker", mode, "--kind", kind, "--slices", str(args.slices),
+                   "--precision", args.precision, "--mask-out", mask_path]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            res[mode]["mask"] = np.load(mask_path)
+            os.unlink(mask_path)
+        p, q = res["plain"], res["product"]
+        sp = p["seconds"] / p["slices"]
+        sq = q["seconds"] / q["slices"]
+        rows.append((kind, p["threads"], p["slices"], sp, sq, sp / sq, q["reprompt_seconds"] / q["reprompt_slices"] * 1000,
+                     q["reprompt_encoded"], p["peak_rss_mb"], q["peak_rss_mb"], dice(p["mask"], q["mask"]), q["precision"]))
+    print("| model | threads | slices | plain s/slice | product s/slice | speed-up | re-prompt ms/slice | "
+          "re-encoded | plain peak RSS MB | product peak RSS MB | Dice product vs plain | precision |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| %s | %d | %d | %.3f | %.3f | %.2fx | %.1f | %d | %.0f | %.0f | %.4f | %s |" % r)
+
+
+if __name__ == "__main__":
+    main()
