@@ -550,3 +550,15 @@ def test_export_refuses_and_leaves_nothing(tmp_path, ct):
     with pytest.raises(InputError, match="Unknown intensity"):
         export_library(tmp_path / "lib", ex, structure="liver", modality="CT", intensity="bone", label=LIVER)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stuff"]
+
+
+def test_intensity_rule_mismatch_names_the_example(ct):
+    """An 8-bit target resolves `auto` to `raw`; a Hounsfield example cannot follow that rule."""
+    vol, lab = ct
+    target = np.clip((vol[15].astype(np.float64) + 160) / 400 * 255, 0, 255).astype(np.uint8)
+    ex = [Example(vol[k], lab[k], f"hu slice {k}") for k in (14, 16)]
+    eng = UniverSegEngine(model=MeanLabel(), device="cpu")
+    with pytest.raises(InputError, match=r"Example 'hu slice 14'.*raw"):
+        quiet(eng.segment_volume, target, ex, label=LIVER)
+    res = quiet(eng.segment_volume, target, ex, label=LIVER, intensity="window:40,400")
+    assert res.mask.any()

@@ -39,15 +39,6 @@ class UniverSegResult:
     slices_run: int = 0
 
 
-def _cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-        return "amx_bf16" in flags or "avx512_bf16" in flags
-    except OSError:
-        return False
-
-
 class UniverSegEngine:
     """UniverSeg v1 on one device.
 
@@ -93,7 +84,9 @@ class UniverSegEngine:
             if self.device.type != "cuda":
                 raise InputError("fp16 needs a CUDA GPU: use --precision bf16 or fp32 on this device.")
             return torch.float16
-        if self.device.type == "cpu" and not _cpu_has_native_bf16():
+        from ..medsam import cpu_has_native_bf16
+
+        if self.device.type == "cpu" and not cpu_has_native_bf16():
             warnings.warn("This CPU has no bf16 units (AMX/AVX512-BF16): bf16 will be slower than fp32.",
                           MedSegWarning, stacklevel=3)
         return torch.bfloat16

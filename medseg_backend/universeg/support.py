@@ -352,7 +352,11 @@ def build_support(examples: Sequence[Example], rule: IntensityRule, *, label: in
             skipped.append(name)
             continue
         sq = square_around(box, margin, min_pad)
-        images.append(to_model_image(normalise_slice(img, rule), sq, size))
+        try:
+            norm = normalise_slice(img, rule)
+        except InputError as exc:
+            raise InputError(f"Example '{name}': {exc}") from None
+        images.append(to_model_image(norm, sq, size))
         labels.append(to_model_label(mask, sq, size))
         h, w = mask.shape
         boxes.append((box[0] / h, box[1] / w, (box[2] + 1) / h, (box[3] + 1) / w))
