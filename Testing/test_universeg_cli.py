@@ -5,7 +5,6 @@ path runs the real network with the random reference weights in the official lay
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

@@ -9,7 +9,7 @@ import os
 import sys
 import time
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 

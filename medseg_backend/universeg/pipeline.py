@@ -22,7 +22,7 @@ from ..errors import InputError, MedSegWarning
 from ..intensity import IntensityRule, resolve_preset
 from ..progress import CancelToken, ProgressCallback, check, report
 from . import support as sp
-from .support import Example, Square
+from .support import Example
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

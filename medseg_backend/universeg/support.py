@@ -155,8 +155,9 @@ def examples_from_labelled_slices(volume, labelmap, label: int = 1, axis: str = 
     vol, lab = _volume_and_labelmap(volume, labelmap, "Labelled slices")
     idx = _labelled_slices(lab, value, ax)
     if idx.size == 0:
-        raise InputError(f"Labelled slices: label {value} is not in the label map (values {_values_text(label_values(lab))}): "
-                         "label a few slices of the structure with that value, or pass --label with one of those.")
+        present = _values_text(label_values(lab))
+        raise InputError(f"Labelled slices: label {value} is not in the label map (values {present}): label a few "
+                         "slices of the structure with that value, or pass --label with one of those.")
     return _slice_examples(vol, lab, value, ax, idx, axis.strip().lower(), "")
 
 
