@@ -196,6 +196,13 @@ class MedSAMEngine:
         self.net = module.to(self.device).eval()
         self.img_size = int(self.net.img_size)
         self.kind = "lite" if self.img_size == pp.LITE_SIZE else "vit"
+        if self.kind == "lite":
+            # TinyViT: BatchNorms folded into the convolutions, channels-last on the CPU (same numbers within
+            # float rounding: embeddings differ by ~4e-6). The engine owns the module from here on.
+            from .models.optimize import optimize_for_inference_
+
+            optimize_for_inference_(self.net, self.device)
+        self.channels_last = bool(getattr(self.net, "channels_last", False))
         self.half_dtype = self._resolve_precision(precision)
         if cache_mb is None:
             cache_mb = float(os.environ.get("MEDSEG_CACHE_MB", "1024"))
@@ -240,6 +247,8 @@ class MedSAMEngine:
     @torch.inference_mode()
     def _encode_batch(self, inputs: List[np.ndarray]) -> torch.Tensor:
         x = torch.from_numpy(np.stack(inputs)).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.half_dtype is not None:
             with torch.autocast(device_type=self.device.type, dtype=self.half_dtype):
                 emb = self.net.encode(x)
