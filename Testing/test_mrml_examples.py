@@ -116,3 +116,22 @@ def test_conversion_to_backend_examples(two_volumes):
     first = [e for e in out[:2]]
     np.testing.assert_array_equal(np.asarray(first[0].label) > 0, partial[5] > 0)
     np.testing.assert_array_equal(np.asarray(first[0].image), geometry.volume_to_array(target).array[5])
+
+
+def test_library_with_any_label_value_becomes_binary_examples(tmp_path):
+    """A library whose structure has label value 5 feeds the effect (which runs with label 1) correctly."""
+    from medseg_backend.universeg import Example
+    from medseg_backend.universeg.library import export_library
+
+    from MedSegSlicerLib import examples as ex
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(32, 32)).astype(np.float32)
+    lab = np.zeros((32, 32), np.uint8)
+    lab[8:20, 10:22] = 5
+    lab[0:3, 0:3] = 2  # another structure: must not leak into the examples
+    export_library(tmp_path / "lib", [Example(img, lab, "a")], structure="liver", modality="CT", label=5)
+    got, manifest = ex.from_library(str(tmp_path / "lib"))
+    assert manifest["label"] == 5 and len(got) == 1
+    assert set(np.unique(got[0].label)) == {0, 1}
+    assert got[0].label.sum() == 12 * 12

@@ -133,8 +133,15 @@ def from_library(folder: str):
     """Source (c): ``(examples, manifest)`` from an example library folder."""
     from medseg_backend.universeg.library import load_library
 
+    from medseg_backend.universeg import Example
+
     examples, manifest = load_library(folder)
     require_examples(examples)
+    # The effect runs every example source with label value 1: keep the library's structure (manifest label,
+    # any value) as a binary mask so that a library labelled e.g. 5 works like the other sources.
+    value = int(manifest.get("label", 1))
+    examples = [Example(e.image, (np.asarray(e.label) == value).astype(np.uint8), getattr(e, "name", ""))
+                for e in examples]
     return examples, manifest
 
 
