@@ -69,11 +69,12 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
             n = x.shape[0]
-            x = x.transpose(1, 2).reshape(n, -1, self.resolution, self.resolution)
+            # tokens (B, H*W, C) seen as an (B, C, H, W) tensor in channels-last layout: a view, no copy
+            x = x.reshape(n, self.resolution, self.resolution, -1).permute(0, 3, 1, 2)
         x = self.act(self.conv1(x))
         x = self.act(self.conv2(x))
         x = self.conv3(x)
-        return x.flatten(2).transpose(1, 2)
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
 def _offset_index(window: int) -> torch.Tensor:
@@ -148,7 +149,8 @@ class TinyViTBlock(nn.Module):
             y = y.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, hp, wp, c)
             y = y[:, :h, :w].reshape(b, n, c)
         x = x + y
-        x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w)).reshape(b, c, n).transpose(1, 2)
+        # tokens <-> (B, C, H, W) as channels-last views (no copies around the depthwise conv)
+        x = self.local_conv(x.reshape(b, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, n, c)
         return x + self.mlp(x)
 
 
