@@ -306,6 +306,11 @@ class MedSAMEngine:
             logits = np.log(p) - np.log1p(-p)
         return logits.astype(np.float32), p
 
+    def _geometry(self, h: int, w: int) -> pp.Prepared:
+        """Sizes needed to map low-res logits back to an (h, w) slice (no pixels)."""
+        resized = pp.lite_resized_size(h, w) if self.kind == "lite" else (pp.VIT_SIZE, pp.VIT_SIZE)
+        return pp.Prepared(None, (h, w), resized)
+
     def box_to_model(self, box: Sequence[float], h: int, w: int) -> np.ndarray:
         return pp.lite_box(box, h, w) if self.kind == "lite" else pp.vit_box(box, h, w)
 
@@ -321,10 +326,9 @@ class MedSAMEngine:
         img = apply_intensity(image, rule)
         box = check_box(box, img.shape[:2])
         h, w = img.shape[:2]
-        prep = self._prepare(img)
-        emb = self.embeddings([img])[0]
+        emb = self.embeddings([img])[0]  # preprocesses and encodes only on a cache miss
         low = self._decode(emb, self.box_to_model(box, h, w))
-        logits, prob = self._upsample(low, prep)
+        logits, prob = self._upsample(low, self._geometry(h, w))
         mask = (prob > 0.5).astype(np.uint8)
         return Result2D(mask, logits, prob.astype(np.float32), tuple(box), msgs)
 
@@ -404,8 +408,7 @@ class MedSAMEngine:
         up = list(range(mid, min(s1 + 1, depth)))
         down = list(range(mid - 1, max(-1, s0 - 1), -1))
         mid_box = self.box_to_model(box2d, h, w)
-        resized = pp.lite_resized_size(h, w) if self.kind == "lite" else (pp.VIT_SIZE, pp.VIT_SIZE)
-        geom = pp.Prepared(None, (h, w), resized)
+        geom = self._geometry(h, w)
         sources = {"middle": 0, "previous": 0, "fallback": 0}
         masks: Dict[int, np.ndarray] = {}
         for order, step in ((up, -1), (down, +1)):
