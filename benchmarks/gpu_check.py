@@ -22,12 +22,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "Testing"))
 
 from medseg_backend.medsam import MedSAMEngine  # noqa: E402
-
-
-def dice(a, b):
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else 1.0
+from medseg_backend.metrics import dice  # noqa: E402
 
 
 def timed(fn):

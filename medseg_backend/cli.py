@@ -16,6 +16,7 @@ from typing import List, Optional
 import numpy as np
 
 from .errors import MedSegError, MedSegWarning
+from .metrics import bbox3d, dice  # noqa: F401  (re-exported for scripts and tests)
 
 INTENSITY_HELP = ("intensity preset: auto (default), raw (8-bit as is), ct-abdomen (40/400), ct-lung, ct-brain, "
                   "ct-mediastinum, mr (0.5/99.5 percentiles of voxels > 0) or window:L,W")
@@ -149,18 +150,6 @@ def _add_demo(sub) -> None:
     p.add_argument("--output", default="demo-output", help="folder for the label map and the overlay PNG")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.set_defaults(func=cmd_demo)
-
-
-def bbox3d(mask: np.ndarray):
-    """Tight inclusive voxel box (x0, y0, z0, x1, y1, z1) of a (K, J, I) mask."""
-    ks, js, is_ = np.nonzero(mask)
-    return (int(is_.min()), int(js.min()), int(ks.min()), int(is_.max()), int(js.max()), int(ks.max()))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    s = a.sum() + b.sum()
-    return float(2.0 * (a & b).sum() / s) if s else 1.0
 
 
 def cmd_demo(args) -> int:

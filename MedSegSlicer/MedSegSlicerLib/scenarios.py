@@ -14,6 +14,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from medseg_backend.metrics import dice  # noqa: F401  (used by the scenarios and the self-test)
+
 from . import examples as ex
 from . import geometry, segments
 from .core import MedSegCore
@@ -25,13 +27,6 @@ SAMPLE_LABELS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
 #: propagation, window 40/400: measured Dice to the (TotalSegmentator) label 0.95 headless on CPU fp32. The
 #: bound leaves room for CPU/GPU numeric differences.
 MEDSAM_MIN_DICE = 0.85
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a) > 0
-    b = np.asarray(b) > 0
-    denom = a.sum() + b.sum()
-    return 1.0 if denom == 0 else float(2.0 * np.logical_and(a, b).sum() / denom)
 
 
 def find_sample_dir(start: Optional[str] = None) -> Optional[str]:
