@@ -156,3 +156,20 @@ def test_missing_weights_offline(capsys, tmp_path, monkeypatch):
     line = _error_line(err)
     assert "medsam-vit-b" in line and "fetch" in line and "import" in line
     assert not (tmp_path / "o.nrrd").exists()
+
+
+@pytest.mark.parametrize("ext", [".tif", ".jpg"])
+def test_2d_tiff_and_jpeg_inputs(capsys, tmp_path, shared_dir, ext):
+    """Same slice as PNG, TIFF (lossless) and JPEG (lossy): the masks agree."""
+    src = sitk.ReadImage(str(shared_dir / "data" / "sam_med2d_demo" / "images" / "amos_0006_90.png"))
+    path = tmp_path / f"img{ext}"
+    sitk.WriteImage(src, str(path))
+    outs = {}
+    for name, p in (("png", shared_dir / "data" / "sam_med2d_demo" / "images" / "amos_0006_90.png"), (ext, path)):
+        out = tmp_path / f"{name.strip('.')}_mask.nrrd"
+        code, _, err = _run(capsys, ["medsam", str(p), "--box", "97,188,269,355", "-o", str(out), "--device", "cpu"])
+        assert code == 0, err
+        outs[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
+    a, b = outs["png"], outs[ext]
+    d = 2 * (a & b).sum() / (a.sum() + b.sum())
+    assert d == 1.0 if ext == ".tif" else d > 0.95, d
