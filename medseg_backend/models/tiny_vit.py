@@ -45,13 +45,14 @@ class MBConv(nn.Module):
         self.conv1 = ConvBN(dim, hidden, 1)
         self.conv2 = ConvBN(hidden, hidden, 3, 1, 1, groups=hidden)
         self.conv3 = ConvBN(hidden, dim, 1)
-        self.act = nn.GELU()
+        # one activation module per use (no parameters): inference rewrites can fuse act1/act2 into the convs
+        self.act1, self.act2, self.act3 = nn.GELU(), nn.GELU(), nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.conv1(x))
-        y = self.act(self.conv2(y))
+        y = self.act1(self.conv1(x))
+        y = self.act2(self.conv2(y))
         y = self.conv3(y)
-        return self.act(x + y)
+        return self.act3(x + y)
 
 
 class PatchMerging(nn.Module):
@@ -64,15 +65,15 @@ class PatchMerging(nn.Module):
         self.conv1 = ConvBN(dim, out_dim, 1)
         self.conv2 = ConvBN(out_dim, out_dim, 3, stride, 1, groups=out_dim)
         self.conv3 = ConvBN(out_dim, out_dim, 1)
-        self.act = nn.GELU()
+        self.act1, self.act2 = nn.GELU(), nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
             n = x.shape[0]
             # tokens (B, H*W, C) seen as an (B, C, H, W) tensor in channels-last layout: a view, no copy
             x = x.reshape(n, self.resolution, self.resolution, -1).permute(0, 3, 1, 2)
-        x = self.act(self.conv1(x))
-        x = self.act(self.conv2(x))
+        x = self.act1(self.conv1(x))
+        x = self.act2(self.conv2(x))
         x = self.conv3(x)
         return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
