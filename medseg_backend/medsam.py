@@ -195,13 +195,15 @@ class MedSAMEngine:
             module = load_model(model, weights=weights, device=self.device)
         self.net = module.to(self.device).eval()
         self.img_size = int(self.net.img_size)
-        self.kind = "lite" if self.img_size == pp.LITE_SIZE else "vit"
-        if self.kind == "lite":
-            # TinyViT: BatchNorms folded into the convolutions, channels-last on the CPU (same numbers within
-            # float rounding: embeddings differ by ~4e-6). The engine owns the module from here on.
-            from .models.optimize import optimize_for_inference_
+        config = getattr(self.net, "config", None)
+        self.kind = "lite" if getattr(config, "encoder", None) == "tiny_vit" or (
+            config is None and self.img_size == pp.LITE_SIZE) else "vit"
+        # BatchNorms folded into convolutions, GELUs fused into the preceding conv / linear and channels-last
+        # TinyViT on the CPU (same numbers within float rounding, see test_inference_rewrites). The engine owns
+        # the module from here on.
+        from .models.optimize import optimize_for_inference_
 
-            optimize_for_inference_(self.net, self.device)
+        optimize_for_inference_(self.net, self.device)
         self.channels_last = bool(getattr(self.net, "channels_last", False))
         self.half_dtype = self._resolve_precision(precision)
         if cache_mb is None:

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .common import MLPBlock
 from .tiny_vit import ConvBN, MBConv, PatchMerging, TokenMLP
 
 
@@ -80,16 +81,22 @@ def fuse_gelu_(model: nn.Module) -> int:
         elif isinstance(m, TokenMLP):
             m.fc1, m.act = LinearGELU(m.fc1), nn.Identity()
             n += 1
+        elif isinstance(m, MLPBlock) and isinstance(m.act, nn.GELU) and isinstance(m.lin1, nn.Linear):
+            m.lin1, m.act = LinearGELU(m.lin1), nn.Identity()  # ViT blocks (the decoder's MLPs use ReLU)
+            n += 1
     return n
 
 
 def optimize_for_inference_(model: nn.Module, device: torch.device) -> nn.Module:
-    """Fold BatchNorms into convolutions; on the CPU, use channels-last tensors for the conv stages and fuse
-    GELUs into the preceding conv / linear (oneDNN post-ops) where this torch build has them."""
+    """Fold BatchNorms into convolutions; on the CPU, use channels-last tensors for depthwise-conv models
+    (TinyViT) and fuse GELUs into the preceding conv / linear (oneDNN post-ops) where this torch build has them.
+    Rewrites the module in place: it can no longer load official state dicts afterwards."""
     fuse_conv_bn_(model)
-    if device.type == "cpu" and any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules()):
+    if device.type != "cpu":
+        return model
+    if any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules()):
         model.to(memory_format=torch.channels_last)
         model.channels_last = True
-        if _pointwise_ops_work():
-            model.fused_gelu = fuse_gelu_(model)
+    if _pointwise_ops_work():
+        model.fused_gelu = fuse_gelu_(model)
     return model
