@@ -294,8 +294,10 @@ class MedSAMEngine:
         logits, _ = self.net.decode_boxes(emb.float(), boxes)
         return logits
 
-    def _upsample(self, low: torch.Tensor, prep: pp.Prepared) -> Tuple[np.ndarray, np.ndarray]:
-        """(logits, probabilities) at the original size, as each official pipeline does it."""
+    def _upsample(self, low: torch.Tensor, prep: pp.Prepared,
+                  want_logits: bool = True) -> Tuple[Optional[np.ndarray], np.ndarray]:
+        """(logits, probabilities) at the original size, as each official pipeline does it (ViT-B upsamples
+        probabilities; its logits are only derived when ``want_logits``)."""
         h, w = prep.original_size
         if self.kind == "lite":
             nh, nw = prep.resized_size
@@ -304,6 +306,8 @@ class MedSAMEngine:
             return logits, 1.0 / (1.0 + np.exp(-logits))
         prob = F.interpolate(torch.sigmoid(low), size=(h, w), mode="bilinear", align_corners=False)
         p = prob[0, 0].float().cpu().numpy()
+        if not want_logits:
+            return None, p
         with np.errstate(divide="ignore"):
             logits = np.log(p) - np.log1p(-p)
         return logits.astype(np.float32), p
@@ -432,7 +436,7 @@ class MedSAMEngine:
                     else:
                         sources["middle" if (k == mid or mode == "roi") else "fallback"] += 1
                         mbox = mid_box
-                    _, prob = self._upsample(self._decode(emb, mbox), geom)
+                    _, prob = self._upsample(self._decode(emb, mbox), geom, want_logits=False)
                     mask = prob > 0.5
                     labels[k][mask] = obj
                     np.maximum(probs[k], prob, out=probs[k])
