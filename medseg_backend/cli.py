@@ -101,13 +101,12 @@ def cmd_medsam(args) -> int:
             labels[tuple(idx)] = res.mask
             prob[tuple(idx)] = res.probabilities
             messages = [why]
-            shown, shown_labels, shown_box = plane, res.mask, [res.box]
+            picture = lambda: overlay_rgb(plane, res.mask, [res.box])  # noqa: E731
         else:
             res = engine.segment_image(arr, boxes[0], intensity=args.intensity)
             labels, prob, messages = res.mask, res.probabilities, res.messages
-            shown, shown_labels, shown_box = None, res.mask, [res.box]
-            rule, _ = resolve_preset(args.intensity, arr)
-            shown = apply_intensity(arr, rule)
+            picture = lambda: overlay_rgb(apply_intensity(arr, resolve_preset(args.intensity, arr)[0]),  # noqa: E731
+                                          res.mask, [res.box])
         n_run = 1
     else:
         boxes = [parse_box(b, 3) for b in args.box]
@@ -115,15 +114,17 @@ def cmd_medsam(args) -> int:
                                      stop_after=args.stop_after, axis=args.axis, progress=_progress_printer())
         labels, prob, messages = res3.labels, res3.probabilities, res3.messages
         n_run = res3.slices_run
-        rule, _ = resolve_preset(args.intensity, arr)
-        b = boxes[0]
-        ax = AXES[args.axis]
-        lo, hi = b[2 - ax], b[5 - ax]  # box range along the slicing axis (z, y or x)
-        mid = int((hi - lo) / 2 + lo)
-        mid = min(max(mid, 0), arr.shape[ax] - 1)
-        shown = np.take(apply_intensity(arr, rule), mid, axis=ax)
-        shown_labels = np.take(labels, mid, axis=ax)
-        shown_box = [[(b[0], b[1], b[3], b[4]), (b[0], b[2], b[3], b[5]), (b[1], b[2], b[4], b[5])][ax]]
+
+        def picture():
+            """Middle slice of the first box along the slicing axis, windowed as the run was."""
+            b = boxes[0]
+            ax = AXES[args.axis]
+            lo, hi = b[2 - ax], b[5 - ax]  # box range along the slicing axis (z, y or x)
+            mid = min(max(int((hi - lo) / 2 + lo), 0), arr.shape[ax] - 1)
+            rule, _ = resolve_preset(args.intensity, arr)
+            shown = np.take(apply_intensity(arr, rule), mid, axis=ax)
+            box2d = [(b[0], b[1], b[3], b[4]), (b[0], b[2], b[3], b[5]), (b[1], b[2], b[4], b[5])][ax]
+            return overlay_rgb(shown, np.take(labels, mid, axis=ax), [box2d])
     dt = time.perf_counter() - t0
     for m in messages:
         print(m, file=sys.stderr)
@@ -131,7 +132,7 @@ def cmd_medsam(args) -> int:
     if args.probabilities:
         write_float_image(args.probabilities, prob, img.geometry)
     if args.overlay:
-        write_rgb_png(args.overlay, overlay_rgb(shown, shown_labels, shown_box))
+        write_rgb_png(args.overlay, picture())
     voxels = int(np.count_nonzero(labels))
     print(f"wrote {args.output}: {voxels} voxels labelled, {n_run} slice(s), {dt:.1f} s "
           f"({engine.model_name}, {engine.device.type}, {engine.precision})")
