@@ -55,8 +55,6 @@ def _volume_and_box(n_slices: int):
 # ---------------------------------------------------------------------------------------------------------
 def _plain_lite_attention(model):
     """Replace fused attention by the official explicit formula (matmul, + bias, softmax, matmul)."""
-    import torch
-
     from medseg_backend.models.tiny_vit import WindowAttention
 
     def forward(self, x):
@@ -158,8 +156,6 @@ def plain_loop(kind: str, vol: np.ndarray, box, timer):
 
 
 def product(kind: str, vol: np.ndarray, box, box2, precision: str):
-    import torch
-
     from medseg_backend.medsam import MedSAMEngine
 
     if kind == "lite":

@@ -124,9 +124,7 @@ def resize_area_u8(img: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
                 return ((blocks + 2) >> 2).astype(np.uint8)
             return np.clip(np.rint(blocks.astype(np.float32) * np.float32(1.0 / (ix * iy))), 0, 255).astype(np.uint8)
         return _area_downscale(img, dh, dw)
-    if sx < 1 and sy < 1 or (sx <= 1 and sy <= 1):
-        return _area_upscale(img, dh, dw)
-    # Mixed (one axis grows, one shrinks): OpenCV uses the enlarging weights on both axes.
+    # Enlarging (or mixed: one axis grows, one shrinks): OpenCV uses its "area" linear weights on both axes.
     return _area_upscale(img, dh, dw)
 
 
