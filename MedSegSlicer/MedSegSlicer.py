@@ -460,7 +460,7 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         for test in (self.test_UndoRestores, self.test_CancelLeavesUntouched, self.test_UniverSegPlumbing,
-                     self.test_MedSAMBox):
+                     self.test_MedSAMBox, self.test_SubrangeRerunKeepsRest):
             self.setUp()
             try:
                 test()
@@ -512,3 +512,14 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
         result = scenarios.scenario_medsam_box(ctx, sampleDir, core=MedSegSlicerLogic.shared().core)
         self.delayDisplay(f"LiteMedSAM box: Dice {result['dice']:.3f} on {result['slices']} slices, "
                           f"{result['seconds']:.1f} s")
+
+    def test_SubrangeRerunKeepsRest(self):
+        self._needsBackend()
+        from medseg_backend import catalogue
+        from MedSegSlicerLib import scenarios
+
+        if not catalogue.status("lite-medsam")["installed"]:
+            self.skipTest("LiteMedSAM weights are not installed (MedSeg panel > download lite-medsam)")
+        ctx, sampleDir = self._context()
+        result = scenarios.scenario_subrange_rerun_keeps_rest(ctx, sampleDir, core=MedSegSlicerLogic.shared().core)
+        self.delayDisplay(f"Re-run on slices {result['slab']}: {result['voxels_kept_outside']} voxels outside kept")

@@ -68,3 +68,11 @@ def test_universeg_plumbing_scenario(slicer_scene, sample_dir, engines):
     # neighbouring slices of the same liver it overlaps the truth well
     assert res["predicted_voxels"] > 0
     assert res["dice_to_label"] > 0.7
+
+
+def test_subrange_rerun_keeps_the_rest_scenario(slicer_scene, sample_dir, engines):
+    res = scenarios.scenario_subrange_rerun_keeps_rest(slicer_scene, sample_dir,
+                                                       core=core_for(slicer_scene, engines), slices=3)
+    # the scenario asserts voxel identity outside the slab itself; the slab is a real LiteMedSAM result
+    assert res["voxels_kept_outside"] > 1000 and res["voxels_in_slab"] > 100
+    assert res["dice_in_slab"] > 0.8

@@ -8,7 +8,7 @@ import pytest
 
 SimpleITK = pytest.importorskip("SimpleITK")
 import slicer  # noqa: E402  (slicer-core; the fixture skips when missing)
-from MedSegSlicerLib import geometry, segments  # noqa: E402
+from MedSegSlicerLib import editing, geometry, segments  # noqa: E402
 from MedSegSlicerLib.errors import InputError  # noqa: E402
 
 
@@ -173,7 +173,11 @@ def test_segments_to_labelmap(sample):
     assert mapping == {1: ids[0], 2: ids[1], 3: ids[2], 4: ids[3]}
 
 
-# ---- Segment Editor modify path ---------------------------------------------------------------------------------
+# ---- Segment Editor modify path (the effects' Apply: editing.apply_result) ---------------------------------------
+def _apply(editor_logic, mask, vol, **kwargs):
+    return editing.apply_result(editing.EditorLogicTarget(editor_logic), mask, vol, **kwargs)
+
+
 def editor_setup(ctx, vol, labels):
     seg = ctx.add_segmentation("seg", vol)
     target = segments.write_mask(seg, np.zeros_like(labels), vol, name="target")
@@ -186,9 +190,9 @@ def test_editor_apply_set_add_and_undo(sample):
     ctx, vol, labels = sample
     seg, target, other, editor = editor_setup(ctx, vol, labels)
     mask = (labels == 1).astype(np.uint8)
-    segments.apply_with_editor_logic(editor, mask, vol, mode="set")
+    _apply(editor, mask, vol, mode="set")
     np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), mask)
-    segments.apply_with_editor_logic(editor, labels == 2, vol, mode="add")
+    _apply(editor, labels == 2, vol, mode="add")
     np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), mask | (labels == 2))
     editor.Undo()
     np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), mask)
@@ -208,25 +212,25 @@ def test_editor_respects_editable_area_intensity_and_overwrite(sample):
     # editable area: inside the liver segment only
     node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
     node.SetMaskSegmentID(other)
-    segments.apply_with_editor_logic(editor, box, vol, mode="set")
+    _apply(editor, box, vol, mode="set")
     np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), box & liver)
     editor.Undo()
     # editable intensity range
     node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
     node.SetSourceVolumeIntensityMask(True)
     node.SetSourceVolumeIntensityMaskRange(0.0, 200.0)
-    segments.apply_with_editor_logic(editor, box, vol, mode="set")
+    _apply(editor, box, vol, mode="set")
     np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), box & (ct >= 0) & (ct <= 200))
     editor.Undo()
     node.SetSourceVolumeIntensityMask(False)
     # overwrite other segments: all -> the liver loses the box; none -> it keeps it
     node.SetOverwriteMode(node.OverwriteAllSegments)
-    segments.apply_with_editor_logic(editor, box, vol, mode="set")
+    _apply(editor, box, vol, mode="set")
     np.testing.assert_array_equal(segments.segment_to_array(seg, other, vol), liver & ~box.astype(bool))
     editor.Undo()
     np.testing.assert_array_equal(segments.segment_to_array(seg, other, vol), liver)
     node.SetOverwriteMode(node.OverwriteNone)
-    segments.apply_with_editor_logic(editor, box, vol, mode="set")
+    _apply(editor, box, vol, mode="set")
     np.testing.assert_array_equal(segments.segment_to_array(seg, other, vol), liver)
     np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), box)
 
@@ -236,15 +240,15 @@ def test_editor_refuses_locked_and_hidden_segment(sample):
     seg, target, other, editor = editor_setup(ctx, vol, labels)
     seg.GetDisplayNode().SetSegmentVisibility(target, False)
     with pytest.raises(InputError, match="hidden"):
-        segments.apply_with_editor_logic(editor, labels == 1, vol)
+        _apply(editor, labels == 1, vol)
     assert segments.segment_to_array(seg, target, vol).sum() == 0
-    segments.apply_with_editor_logic(editor, labels == 1, vol, allow_hidden=True)
+    _apply(editor, labels == 1, vol, allow_hidden=True)
     np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), labels == 1)
     seg.GetDisplayNode().SetSegmentVisibility(target, True)
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     logic.SetSegmentStatus(seg.GetSegmentation().GetSegment(target), logic.Completed)
     with pytest.raises(InputError, match="locked"):
-        segments.apply_with_editor_logic(editor, labels == 2, vol)
+        _apply(editor, labels == 2, vol)
     np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), labels == 1)
 
 
@@ -263,6 +267,6 @@ def test_modifier_matches_editor_geometry_when_segmentation_grid_differs(sample)
     mask = (labels == 5).astype(np.uint8)
     modifier = segments.modifier_labelmap(mask, vol, seg, editor.GetModifierLabelmap())
     assert slicer.vtkOrientedImageDataResample.DoGeometriesMatch(modifier, editor.GetModifierLabelmap())
-    segments.apply_with_editor_logic(editor, mask, vol)
+    _apply(editor, mask, vol)
     on_coarse = segments.segment_to_array(seg, sid, coarse)
     np.testing.assert_array_equal(on_coarse, mask[::2, ::2, ::2][:15, :51, :61])

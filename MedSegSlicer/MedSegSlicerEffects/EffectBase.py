@@ -8,7 +8,7 @@ import slicer
 
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-from MedSegSlicerLib import segments
+from MedSegSlicerLib import editing, segments
 from MedSegSlicerLib.errors import MedSegError
 
 INTENSITY_CHOICES = ("volume window/level", "auto", "ct-abdomen", "ct-lung", "ct-brain", "ct-mediastinum", "mr",
@@ -164,7 +164,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             self.setStatus(f"Could not start: {e}", error=True)
             return
         self.running = dict(volumeID=volume.GetID(), segmentationID=segmentation.GetID(), segmentID=segment_id,
-                            messages=list(prepared.messages))
+                            messages=list(prepared.messages), slab=prepared.info.get("slab"))
         self.progressBar.value = 0
         self.setStatus("; ".join(prepared.messages + [f"{prepared.label}: running..."]))
         self.timer.start()
@@ -245,17 +245,15 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             if not segments.is_segment_visible(segmentation, segment_id):
                 if self.scriptedEffect.confirmCurrentSegmentVisible() == 0:  # NotConfirmed
                     return
-            segments.check_segment_writable(segmentation, segment_id, allow_hidden=True, allow_locked=allow_locked)
-            modifier = segments.modifier_labelmap(pending["mask"], volume, segmentation,
-                                                  self.scriptedEffect.defaultModifierLabelmap())
+            # the shipped Apply: checks, undo state, the editor's modify path limited to the run's slab
+            report = editing.apply_result(editing.ScriptedEffectTarget(self.scriptedEffect), pending["mask"], volume,
+                                          mode="add" if self.addToSegmentCheckBox.checked else "set",
+                                          slab=pending.get("slab"), allow_hidden=True, allow_locked=allow_locked)
         except MedSegError as e:
             self.setStatus(str(e), error=True)
             return
-        self.scriptedEffect.saveStateForUndo()
-        mode = (slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd if self.addToSegmentCheckBox.checked
-                else slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet)
-        self.scriptedEffect.modifySelectedSegmentByLabelmap(modifier, mode)
         segments.remove_preview(scene, segmentation)
         self.pending = None
-        self.setStatus("Applied (Undo in the Segment Editor restores the previous segment).")
+        self.setStatus(f"Applied: the segment has {report.voxels_after} voxels (was {report.voxels_before}); Undo in "
+                       "the Segment Editor restores it.")
         self.updateButtons()

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import examples as ex
-from . import geometry, segments
+from . import editing, geometry, segments
 from .errors import InputError, MedSegWarning
 from .jobs import JobOutcome, JobRunner, NodeGuard, run_blocking
 
@@ -168,6 +168,8 @@ class MedSegCore:
         boxes = self.boxes_from(volume_node, list(rois), messages)
         if slice_range is not None:
             boxes = [geometry.restrict_box(b, axis, slice_range[0], slice_range[1]) for b in boxes]
+        for box, roi in zip(boxes, rois):
+            geometry.check_prompt_box(box, axis, what=f"ROI '{roi.GetName()}'" if hasattr(roi, "GetName") else "box")
         data = geometry.volume_to_array(volume_node)
         preset = resolve_intensity(volume_node, intensity)
         device, precision, engines = self.device, self.precision, self.engines
@@ -182,7 +184,8 @@ class MedSegCore:
         names = [r.GetName() if hasattr(r, "GetName") else f"box {i + 1}" for i, r in enumerate(rois)]
         return PreparedRun(label=f"MedSAM ({model})", work=work, guard=guard, messages=messages,
                            info=dict(boxes=boxes, intensity=preset, names=names, volume=volume_node.GetName(),
-                                     axis=axis, model=model))
+                                     axis=axis, model=model,
+                                     slab=editing.run_slab(boxes, axis, data.array.shape)))
 
     # ------------------------------------------------------------------------------------------------------
     # UniverSeg
@@ -229,7 +232,8 @@ class MedSegCore:
         guard = NodeGuard(self.scene, volume_node, [segmentation_node] if segmentation_node is not None else [])
         return PreparedRun(label="UniverSeg", work=work, guard=guard, messages=messages,
                            info=dict(box=box, intensity=preset, n_examples=len(backend_examples), axis=axis,
-                                     volume=volume_node.GetName()))
+                                     volume=volume_node.GetName(),
+                                     slab=editing.run_slab([box], axis, data.array.shape) if box else None))
 
     # ------------------------------------------------------------------------------------------------------
     # Running
@@ -250,46 +254,65 @@ class MedSegCore:
     # ------------------------------------------------------------------------------------------------------
     # Batch helpers: run + write segments
     # ------------------------------------------------------------------------------------------------------
-    def _segmentation_for(self, segmentation_node, volume_node, name: str):
-        if segmentation_node is None:
-            segmentation_node = self.ctx.add_segmentation(name, volume_node)
-        segments.check_segmentation(segmentation_node)
-        return segmentation_node
+    def _write_results(self, segmentation_node, volume_node, default_name: str, items, mode: str):
+        """Write all result masks into ``segmentation_node`` (created here if None) - all or none: a failed write
+        leaves no new node and no segment changed."""
+        created = segmentation_node is None
+        if created:
+            segmentation_node = self.ctx.add_segmentation(default_name, volume_node)
+        try:
+            ids = segments.write_masks(segmentation_node, volume_node, items, mode=mode)
+        except Exception:
+            if created:
+                self.ctx.remove_node(segmentation_node)
+            raise
+        return segmentation_node, ids
 
     def segment_with_medsam(self, volume_node, rois, segmentation_node=None, *, names: Optional[Sequence[str]] = None,
                             segment_ids: Optional[Sequence[Optional[str]]] = None, mode: str = "replace",
                             progress=None, cancel=None, **options):
-        """Run MedSAM and write one segment per ROI. Returns ``(segmentation_node, segment_ids, outcome)``;
-        raises the run's error (nothing written) when it did not succeed."""
+        """Run MedSAM and write one segment per ROI. Returns ``(segmentation_node, segment_ids, outcome)``.
+
+        All-or-nothing: names / segment IDs / targets are checked before the run, and the scene changes only
+        when the run succeeded and every segment could be written (else the error is raised, nothing changed)."""
+        if mode not in ("replace", "add"):
+            raise InputError(f"Unknown write mode '{mode}': use replace or add.")
+        if segmentation_node is not None:
+            segments.check_write_targets(segmentation_node, list(segment_ids or []))
         prepared = self.prepare_medsam(volume_node, rois, segmentation_node=segmentation_node, **options)
-        outcome = self.run(prepared, progress=progress, cancel=cancel)
-        raise_unless_ok(outcome)
-        segmentation_node = self._segmentation_for(segmentation_node, volume_node, f"{volume_node.GetName()} MedSAM")
-        labels = outcome.result.labels
         n = len(prepared.info["boxes"])
         names = list(names) if names else list(prepared.info["names"])
         targets = list(segment_ids) if segment_ids else [None] * n
         if len(names) != n or len(targets) != n:
             raise InputError(f"{n} boxes but {len(names)} names / {len(targets)} segment IDs: give one per ROI.")
-        written = []
-        for obj in range(1, n + 1):
-            written.append(segments.write_mask(segmentation_node, labels == obj, volume_node,
-                                               segment_id=targets[obj - 1], name=names[obj - 1], mode=mode))
+        if any(t is not None for t in targets) and segmentation_node is None:
+            raise InputError("Segment IDs were given without their segmentation: pass segmentation_node too.")
+        outcome = self.run(prepared, progress=progress, cancel=cancel)
+        raise_unless_ok(outcome)
+        labels = outcome.result.labels
+        items = [(labels == obj, targets[obj - 1], names[obj - 1]) for obj in range(1, n + 1)]
+        segmentation_node, written = self._write_results(segmentation_node, volume_node,
+                                                         f"{volume_node.GetName()} MedSAM", items, mode)
         outcome.result.messages = prepared.messages + list(outcome.result.messages)
         return segmentation_node, written, outcome
 
     def segment_with_universeg(self, volume_node, examples, segmentation_node=None, *, name: str = "UniverSeg",
                                segment_id: Optional[str] = None, mode: str = "replace", progress=None,
                                cancel=None, **options):
-        """Run UniverSeg and write the mask into a new (or the given) segment.
-        Returns ``(segmentation_node, segment_id, outcome)``."""
+        """Run UniverSeg and write the mask into a new (or the given) segment - all or nothing, as
+        :meth:`segment_with_medsam`. Returns ``(segmentation_node, segment_id, outcome)``."""
+        if mode not in ("replace", "add"):
+            raise InputError(f"Unknown write mode '{mode}': use replace or add.")
+        if segment_id is not None and segmentation_node is None:
+            raise InputError("A segment ID was given without its segmentation: pass segmentation_node too.")
+        if segmentation_node is not None:
+            segments.check_write_targets(segmentation_node, [segment_id])
         prepared = self.prepare_universeg(volume_node, examples, segmentation_node=segmentation_node, **options)
         outcome = self.run(prepared, progress=progress, cancel=cancel)
         raise_unless_ok(outcome)
-        segmentation_node = self._segmentation_for(segmentation_node, volume_node,
-                                                   f"{volume_node.GetName()} UniverSeg")
-        sid = segments.write_mask(segmentation_node, outcome.result.mask, volume_node, segment_id=segment_id,
-                                  name=None if segment_id else name, mode=mode)
+        items = [(outcome.result.mask, segment_id, None if segment_id else name)]
+        segmentation_node, (sid,) = self._write_results(segmentation_node, volume_node,
+                                                        f"{volume_node.GetName()} UniverSeg", items, mode)
         outcome.result.messages = prepared.messages + list(outcome.result.messages)
         return segmentation_node, sid, outcome
 

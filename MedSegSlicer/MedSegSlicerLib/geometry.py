@@ -242,6 +242,23 @@ def restrict_box(box: Sequence[int], axis: str, first: Optional[int], last: Opti
     return tuple(b)
 
 
+def check_prompt_box(box: Sequence[int], axis: str, *, what: str = "box") -> None:
+    """A box prompt must enclose something in the slice plane: at least 2 voxels across in both in-plane
+    directions (a zero-size or one-voxel ROI would segment nothing and, written back, erase the segment)."""
+    if axis not in AXIS_BOX_INDEX:
+        raise InputError(f"Unknown axis '{axis}': use axial, coronal or sagittal.")
+    a = AXIS_BOX_INDEX[axis]
+    names = ("x (columns)", "y (rows)", "z (slices)")
+    for d in range(3):
+        if d == a:
+            continue
+        width = int(box[d + 3]) - int(box[d]) + 1
+        if width < 2:
+            raise InputError(f"The {what} is {width} voxel wide along {names[d]} (voxels {int(box[d])}-{int(box[d + 3])}): "
+                             "a box prompt must enclose the structure in the slice view - drag the ROI's handles "
+                             "to make it larger, or draw it again.")
+
+
 def mask_bounding_box(mask: np.ndarray, margin: int = 0) -> Optional[Box]:
     """Inclusive (x0, y0, z0, x1, y1, z1) box of the non-zero voxels of a (K, J, I) mask, or None if empty."""
     nz = np.nonzero(mask)

@@ -17,7 +17,7 @@ import numpy as np
 from medseg_backend.metrics import dice  # noqa: F401  (used by the scenarios and the self-test)
 
 from . import examples as ex
-from . import geometry, segments
+from . import editing, geometry, segments
 from .core import MedSegCore
 from .jobs import JobRunner, NodeGuard
 
@@ -170,8 +170,8 @@ def scenario_universeg_plumbing(ctx, sample_dir: str, *, core: Optional[MedSegCo
     preview = segments.show_preview(ctx.scene, work_seg, mask, sample.volume, name=structure)
     assert np.array_equal(segments.segment_to_array(work_seg, sid, sample.volume), before), "preview modified segment"
     assert np.array_equal(segments.preview_mask(ctx.scene, work_seg, sample.volume), mask), "preview differs"
-    editor = ctx.segment_editor(work_seg, sample.volume, sid)
-    segments.apply_with_editor_logic(editor, mask, sample.volume, mode="set")
+    target = ctx.editor_target(work_seg, sample.volume, sid, effect_name="UniverSeg examples")
+    editing.apply_result(target, mask, sample.volume, mode="set", slab=prepared.info["slab"])
     segments.remove_preview(ctx.scene, work_seg)
     assert segments.find_preview(ctx.scene, work_seg) is None and preview is not None
     applied = segments.segment_to_array(work_seg, sid, sample.volume)
@@ -185,16 +185,48 @@ def scenario_undo_restores(ctx, sample_dir: str) -> dict:
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids["liver"]
     before = segments.segment_to_array(sample.truth, sid, sample.volume)
-    editor = ctx.segment_editor(sample.truth, sample.volume, sid)
+    target = ctx.editor_target(sample.truth, sample.volume, sid)
     new = box_mask(before.shape, (30, 30, 5, 60, 60, 20)).astype(np.uint8)
-    segments.apply_with_editor_logic(editor, new, sample.volume, mode="set")
+    editing.apply_result(target, new, sample.volume, mode="set")
     after = segments.segment_to_array(sample.truth, sid, sample.volume)
     assert np.array_equal(after, new), "Apply did not write the mask"
-    assert editor.CanUndo(), "Apply left no undo state"
-    editor.Undo()
+    assert target.can_undo(), "Apply left no undo state"
+    target.undo()
     restored = segments.segment_to_array(sample.truth, sid, sample.volume)
     assert np.array_equal(restored, before), "Undo did not restore the segment"
     return dict(changed_voxels=int((after != before).sum()), restored=True)
+
+
+def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None,
+                                       structure: str = "kidney_left", slices: int = 3,
+                                       model: str = "lite-medsam") -> dict:
+    """Correct part of a finished segment: MedSAM re-run on a few slices of an ROI (``slice_range``), applied
+    with the effect's Apply in replace mode: the re-run slab changes, every voxel outside it stays as it was."""
+    core = core or MedSegCore(ctx, device="auto")
+    sample = load_sample(ctx, sample_dir)
+    sid = sample.segment_ids[structure]
+    before = segments.segment_to_array(sample.truth, sid, sample.volume)
+    box = geometry.mask_bounding_box(sample.mask(structure))
+    mid = (box[2] + box[5]) // 2
+    first, last = mid - slices // 2, mid - slices // 2 + slices - 1
+    roi = ctx.add_roi(f"{structure} ROI")
+    geometry.voxel_box_to_roi(roi, sample.volume, box)
+    prepared = core.prepare_medsam(sample.volume, [roi], model=model, intensity="window:40,400",
+                                   slice_range=(first, last), segmentation_node=sample.truth)
+    outcome = core.run(prepared)
+    assert outcome.ok, outcome.message
+    mask = (outcome.result.labels == 1).astype(np.uint8)
+    assert prepared.info["slab"][2] == first and prepared.info["slab"][5] == last, prepared.info["slab"]
+    target = ctx.editor_target(sample.truth, sample.volume, sid)
+    editing.apply_result(target, mask, sample.volume, mode="set", slab=prepared.info["slab"])
+    after = segments.segment_to_array(sample.truth, sid, sample.volume)
+    outside = np.ones(after.shape, bool)
+    outside[first:last + 1] = False
+    assert np.array_equal(after[outside], before[outside]), "voxels outside the re-run slab changed"
+    assert np.array_equal(after[first:last + 1], mask[first:last + 1]), "the slab is not the re-run's result"
+    kept = int(before[outside].sum())
+    return dict(slab=(first, last), voxels_kept_outside=kept, voxels_in_slab=int(after[first:last + 1].sum()),
+                dice_in_slab=dice(mask[first:last + 1], sample.mask(structure)[first:last + 1]))
 
 
 def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None,
@@ -250,5 +282,6 @@ ALL = {
     "medsam_box": scenario_medsam_box,
     "universeg_plumbing": scenario_universeg_plumbing,
     "undo_restores": scenario_undo_restores,
+    "subrange_rerun_keeps_rest": scenario_subrange_rerun_keeps_rest,
     "cancel_leaves_untouched": scenario_cancel_leaves_untouched,
 }

@@ -16,6 +16,13 @@ from . import geometry
 from .errors import InputError
 
 
+def has_editor_logic() -> bool:
+    """``vtkSlicerSegmentEditorLogic`` exists from Slicer 5.10 on (and in slicer-core)."""
+    import slicer
+
+    return hasattr(slicer, "vtkSlicerSegmentEditorLogic")
+
+
 @dataclass
 class SceneContext:
     scene: object
@@ -95,6 +102,18 @@ class SceneContext:
             node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         return node
 
+    def remove_node(self, node) -> None:
+        """Remove a node with its display and storage nodes (nothing left behind)."""
+        helpers = []
+        for get_n, get_i in (("GetNumberOfDisplayNodes", "GetNthDisplayNode"),
+                             ("GetNumberOfStorageNodes", "GetNthStorageNode")):
+            if hasattr(node, get_n):
+                helpers += [getattr(node, get_i)(i) for i in range(getattr(node, get_n)())]
+        self.scene.RemoveNode(node)
+        for h in helpers:
+            if h is not None and self.scene.IsNodePresent(h):
+                self.scene.RemoveNode(h)
+
     def add_roi(self, name: str = "ROI"):
         return self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
 
@@ -105,11 +124,14 @@ class SceneContext:
 
     def segment_editor(self, segmentation_node, volume_node, segment_id: str):
         """A ``vtkSlicerSegmentEditorLogic`` + ``vtkMRMLSegmentEditorNode`` on this scene, pointed at the inputs
-        (the logic behind the Segment Editor widget and its effects' modify-segment path)."""
+        (the C++ logic behind the Segment Editor's modify-segment path; Slicer >= 5.10 and slicer-core)."""
         import slicer
 
         from .segments import configure_editor_logic
 
+        if not has_editor_logic():
+            raise InputError("This Slicer has no vtkSlicerSegmentEditorLogic (it appeared in Slicer 5.10): use "
+                             "editor_target(), which goes through the Segment Editor widget on older releases.")
         logic = self._editor.get("logic")
         if logic is None:
             logic = slicer.vtkSlicerSegmentEditorLogic()
@@ -118,6 +140,36 @@ class SceneContext:
             node = self.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "MedSegSlicerSegmentEditor")
             self._editor.update(logic=logic, node=node)
         return configure_editor_logic(logic, self._editor["node"], segmentation_node, volume_node, segment_id)
+
+    def editor_target(self, segmentation_node, volume_node, segment_id: str, effect_name: str = "MedSAM box"):
+        """What the scenarios apply results through (:func:`.editing.apply_result`).
+
+        In the Slicer application (any release 5.6 - 5.12): the named MedSegSlicer effect, active in a Segment
+        Editor widget - the same object the user's Apply goes through. Headless (slicer-core): the editor logic."""
+        from . import editing
+
+        if self._owned:  # headless scene built by headless()
+            return editing.EditorLogicTarget(self.segment_editor(segmentation_node, volume_node, segment_id))
+        import slicer
+
+        widget = self._editor.get("widget")
+        if widget is None:
+            widget = slicer.qMRMLSegmentEditorWidget()
+            widget.setMRMLScene(self.scene)
+            node = self.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "MedSegSlicerSelfTestEditor")
+            set_node = getattr(widget, "setMRMLSegmentEditorNode", None) or widget.setSegmentEditorNode
+            set_node(node)
+            self._editor.update(widget=widget, node=node)
+        widget.setSegmentationNode(segmentation_node)
+        set_source = getattr(widget, "setSourceVolumeNode", None) or widget.setMasterVolumeNode
+        set_source(volume_node)
+        widget.setCurrentSegmentID(segment_id)
+        widget.setActiveEffectByName(effect_name)
+        effect = widget.activeEffect()
+        if effect is None:
+            raise InputError(f"The Segment Editor effect '{effect_name}' is not registered: restart Slicer after "
+                             "installing MedSegSlicer.")
+        return editing.ScriptedEffectTarget(effect, undo=widget.undo, can_undo=lambda: widget.undoEnabled)
 
     @property
     def segment_editor_node(self):

@@ -9,10 +9,10 @@ Writing, three ways:
   Logic for batch work;
 * :func:`show_preview` - into a separate *preview* segmentation node, so the user's segment is untouched
   until Apply; :func:`remove_preview` drops it (Cancel);
-* :func:`modifier_labelmap` + :func:`apply_with_editor_logic` - the Segment Editor's own modify-segment path
-  (``vtkSlicerSegmentEditorLogic.ModifySegmentByLabelmap``, the C++ code behind
-  ``scriptedEffect.modifySelectedSegmentByLabelmap``), so editable area, intensity masking and overwrite
-  settings apply, after ``SaveStateForUndo``.
+* :func:`modifier_labelmap` - a mask as the Segment Editor's modifier labelmap, for the effects' Apply
+  (:func:`.editing.apply_result`: the editor's own modify-segment path, so editable area, intensity masking and
+  overwrite settings apply, after an undo state is saved);
+* :func:`write_masks` - several masks, all or none (the scripted Logic's batch calls).
 
 All matrix work is delegated to :mod:`.geometry`.
 
@@ -298,6 +298,69 @@ def write_mask(segmentation_node, mask: np.ndarray, volume_node, *, segment_id: 
     return segment_id
 
 
+def check_write_targets(segmentation_node, segment_ids: Sequence[Optional[str]], *, allow_hidden: bool = True,
+                        allow_locked: bool = False) -> None:
+    """Every existing target segment (IDs that are not None) is in the segmentation and writable; raises before
+    anything is written."""
+    if segmentation_node is None:
+        return
+    check_segmentation(segmentation_node)
+    for sid in segment_ids:
+        if sid is not None:
+            check_segment_writable(segmentation_node, sid, allow_hidden=allow_hidden, allow_locked=allow_locked)
+
+
+def write_masks(segmentation_node, volume_node, items: Sequence[Tuple[np.ndarray, Optional[str], Optional[str]]], *,
+                mode: str = "replace", allow_hidden: bool = True, allow_locked: bool = False) -> List[str]:
+    """Write several masks - ``items`` = (mask, segment ID or None for a new segment, name) - all or none.
+
+    Everything is checked first (targets exist and are writable, masks on the volume grid, no empty mask in
+    replace mode, transforms usable); if a write still fails, segments added by this call are removed and
+    replaced segments are restored, so the segmentation is as before. Returns the segment IDs."""
+    slicer = _slicer()
+    check_segmentation(segmentation_node)
+    geometry.check_scalar_volume(volume_node)
+    if mode not in ("replace", "add"):
+        raise InputError(f"Unknown write mode '{mode}': use replace or add.")
+    check_write_targets(segmentation_node, [sid for _, sid, _ in items], allow_hidden=allow_hidden,
+                        allow_locked=allow_locked)
+    geometry.volume_ijk_to_frame(volume_node, segmentation_node)
+    binaries = []
+    for n, (mask, sid, name) in enumerate(items, start=1):
+        binary = check_mask(mask, volume_node)
+        if mode == "replace" and sid is not None and not binary.any():
+            label = name or get_segment(segmentation_node, sid).GetName()
+            raise InputError(f"The result for '{label}' is empty: nothing was written (replacing the segment with "
+                             "it would only erase it). Check the box and run again.")
+        binaries.append(binary)
+    seg = segmentation_node.GetSegmentation()
+    saved = {}
+    for _, sid, _ in items:
+        if sid is not None and sid not in saved:
+            copy = slicer.vtkSegment()
+            copy.DeepCopy(seg.GetSegment(sid))
+            saved[sid] = copy
+    added: List[str] = []
+    written: List[str] = []
+    try:
+        for binary, (_, sid, name) in zip(binaries, items):
+            new_id = write_mask(segmentation_node, binary, volume_node, segment_id=sid, name=name, mode=mode,
+                                allow_hidden=allow_hidden, allow_locked=allow_locked)
+            if sid is None:
+                added.append(new_id)
+            written.append(new_id)
+    except Exception:
+        for sid in added:
+            seg.RemoveSegment(sid)
+        for sid, copy in saved.items():
+            segment = seg.GetSegment(sid)
+            if segment is not None:
+                segment.DeepCopy(copy)
+        segmentation_node.Modified()
+        raise
+    return written
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Preview
 # ----------------------------------------------------------------------------------------------------------
@@ -380,9 +443,6 @@ def modifier_labelmap(mask: np.ndarray, volume_node, segmentation_node, referenc
     return image_from_block(resampled, geometry.matrix_to_numpy(m), reference.GetExtent())
 
 
-EDITOR_MODES = {"set": "ModificationModeSet", "add": "ModificationModeAdd", "remove": "ModificationModeRemove"}
-
-
 def configure_editor_logic(editor_logic, segment_editor_node, segmentation_node, volume_node, segment_id: str):
     """Point a ``vtkSlicerSegmentEditorLogic`` at a segmentation, source volume and selected segment."""
     segment_editor_node.SetAndObserveSegmentationNode(segmentation_node)
@@ -391,28 +451,6 @@ def configure_editor_logic(editor_logic, segment_editor_node, segmentation_node,
     editor_logic.SetCurrentSegmentID(segment_id)
     editor_logic.ResetModifierLabelmapToDefault()
     return editor_logic
-
-
-def apply_with_editor_logic(editor_logic, mask: np.ndarray, volume_node, *, mode: str = "set",
-                            allow_hidden: bool = False, allow_locked: bool = False) -> None:
-    """Apply ``mask`` to the editor's selected segment through the Segment Editor logic (undoable).
-
-    Same C++ path as the effects' Apply: ``SaveStateForUndo`` then ``ModifySegmentByLabelmap`` with masking
-    (editable area, editable intensity range) and overwrite settings of the segment editor node.
-    """
-    slicer = _slicer()
-    segmentation_node = editor_logic.GetSegmentationNode()
-    check_segmentation(segmentation_node)
-    segment_id = editor_logic.GetCurrentSegmentID()
-    check_segment_writable(segmentation_node, segment_id, allow_hidden=allow_hidden, allow_locked=allow_locked)
-    if mode not in EDITOR_MODES:
-        raise InputError(f"Unknown modification mode '{mode}': use set, add or remove.")
-    editor_logic.ResetModifierLabelmapToDefault()
-    modifier = modifier_labelmap(mask, volume_node, segmentation_node, editor_logic.GetModifierLabelmap())
-    editor_logic.SaveStateForUndo()
-    cls = slicer.vtkSlicerSegmentEditorLogic
-    editor_logic.ModifySegmentByLabelmap(segmentation_node, segment_id, modifier, getattr(cls, EDITOR_MODES[mode]),
-                                         True, False)
 
 
 def segment_names(segmentation_node, ids: Iterable[str]) -> List[str]:

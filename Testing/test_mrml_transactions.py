@@ -1,0 +1,155 @@
+"""The scripted Logic's batch calls are transactional (issue 13, item 3 and defect 4): a call that fails changes
+nothing in the scene - no segment touched, no node left behind - and several ROIs are written all or none."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import SimpleITK
+
+from MedSegSlicerLib import geometry, segments
+from MedSegSlicerLib.core import MedSegCore
+from MedSegSlicerLib.errors import InputError
+from MedSegSlicerLib.jobs import JobOutcome
+
+
+@pytest.fixture
+def sample(slicer_scene, data_dir):
+    d = data_dir / "totalseg_ct_sm"
+    vol = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
+    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
+    seg = slicer_scene.add_segmentation("seg", vol)
+    a = segments.write_mask(seg, labels == 3, vol, name="kidney_left")
+    b = segments.write_mask(seg, labels == 2, vol, name="kidney_right")
+    core = MedSegCore(slicer_scene, device="cpu")
+    return slicer_scene, vol, labels, seg, (a, b), core
+
+
+def _roi(ctx, vol, box, name="R"):
+    roi = ctx.add_roi(name)
+    geometry.voxel_box_to_roi(roi, vol, box)
+    return roi
+
+
+def _snapshot(ctx, seg, vol):
+    ids = segments.segment_ids(seg)
+    return (ctx.scene.GetNumberOfNodes(), ids, [segments.segment_to_array(seg, s, vol).tobytes() for s in ids])
+
+
+def _no_run(core):
+    def refuse(*a, **k):
+        raise AssertionError("the model ran although the inputs were invalid")
+    core.run = refuse
+
+
+def _fake_result(core, labels):
+    """Skip the model (tested elsewhere): the run 'returns' this label map, to test what is written."""
+    def run(prepared, progress=None, cancel=None):
+        return JobOutcome("succeeded", result=types.SimpleNamespace(labels=labels, messages=[]))
+    core.run = run
+
+
+def test_invalid_second_segment_id_changes_nothing_and_runs_nothing(sample):
+    ctx, vol, labels, seg, (a, b), core = sample
+    before = _snapshot(ctx, seg, vol)
+    _no_run(core)
+    rois = [_roi(ctx, vol, geometry.mask_bounding_box(labels == 3), "A"),
+            _roi(ctx, vol, geometry.mask_bounding_box(labels == 2), "B")]
+    before = _snapshot(ctx, seg, vol)
+    with pytest.raises(InputError, match="not in segmentation"):
+        core.segment_with_medsam(vol, rois, seg, segment_ids=[a, "no-such-id"])
+    assert _snapshot(ctx, seg, vol) == before
+
+
+def test_count_mismatch_leaves_no_new_node(sample):
+    ctx, vol, labels, seg, _, core = sample
+    _no_run(core)
+    rois = [_roi(ctx, vol, geometry.mask_bounding_box(labels == 3), "A")]
+    n = ctx.scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match="1 boxes but 2 names"):
+        core.segment_with_medsam(vol, rois, None, names=["x", "y"])
+    assert ctx.scene.GetNumberOfNodes() == n
+
+
+def test_segment_ids_without_segmentation_refused(sample):
+    ctx, vol, labels, seg, (a, _), core = sample
+    _no_run(core)
+    rois = [_roi(ctx, vol, geometry.mask_bounding_box(labels == 3), "A")]
+    n = ctx.scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match="without their segmentation"):
+        core.segment_with_medsam(vol, rois, None, segment_ids=[a])
+    assert ctx.scene.GetNumberOfNodes() == n
+
+
+@pytest.mark.parametrize("box, match", [
+    ((40, 30, 5, 40, 30, 5), "1 voxel wide"),          # single voxel
+    ((40, 30, 5, 40, 60, 20), "1 voxel wide along x"),  # zero width in x
+    ((40, 30, 5, 70, 30, 20), "1 voxel wide along y"),  # zero height in y
+])
+def test_degenerate_rois_are_refused_before_the_run(sample, box, match):
+    ctx, vol, labels, seg, (a, _), core = sample
+    _no_run(core)
+    roi = _roi(ctx, vol, box, "tiny")
+    before = _snapshot(ctx, seg, vol)
+    with pytest.raises(InputError, match=match):
+        core.segment_with_medsam(vol, [roi], seg, segment_ids=[a])
+    assert _snapshot(ctx, seg, vol) == before
+
+
+def test_zero_size_roi_node_is_refused(sample):
+    ctx, vol, labels, seg, (a, _), core = sample
+    _no_run(core)
+    roi = ctx.add_roi("flat")
+    roi.SetCenter(*geometry.apply(geometry.volume_ijk_to_world(vol), np.array([[50.0, 40.0, 10.0]]))[0])
+    roi.SetSize(0.0, 0.0, 0.0)
+    before = _snapshot(ctx, seg, vol)
+    with pytest.raises(InputError, match="voxel wide"):
+        core.segment_with_medsam(vol, [roi], seg, segment_ids=[a])
+    assert _snapshot(ctx, seg, vol) == before
+
+
+def test_empty_result_in_replace_mode_does_not_wipe_the_segment(sample):
+    ctx, vol, labels, seg, (a, b), core = sample
+    _fake_result(core, np.zeros(labels.shape, np.uint8))
+    roi = _roi(ctx, vol, geometry.mask_bounding_box(labels == 3), "A")
+    before = _snapshot(ctx, seg, vol)
+    assert int((labels == 3).sum()) > 2000
+    with pytest.raises(InputError, match="is empty"):
+        core.segment_with_medsam(vol, [roi], seg, segment_ids=[a])
+    assert _snapshot(ctx, seg, vol) == before
+
+
+def test_several_rois_are_written_all_or_none(sample, monkeypatch):
+    ctx, vol, labels, seg, (a, b), core = sample
+    result = np.zeros(labels.shape, np.uint8)
+    result[labels == 3] = 2        # box 1 -> right kidney's segment gets the left kidney, and vice versa
+    result[labels == 2] = 1
+    _fake_result(core, result)
+    rois = [_roi(ctx, vol, geometry.mask_bounding_box(labels == 3), "A"),
+            _roi(ctx, vol, geometry.mask_bounding_box(labels == 2), "B")]
+    before = _snapshot(ctx, seg, vol)
+    real = segments.write_mask
+    calls = []
+
+    def failing_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full while writing")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(segments, "write_mask", failing_second)
+    with pytest.raises(RuntimeError, match="disk full"):
+        core.segment_with_medsam(vol, rois, seg, segment_ids=[a, None], names=["A", "new one"])
+    assert _snapshot(ctx, seg, vol) == before          # A restored, the new segment removed
+    # and a new segmentation node created by the call is removed again
+    calls.clear()
+    n = ctx.scene.GetNumberOfNodes()
+    with pytest.raises(RuntimeError, match="disk full"):
+        core.segment_with_medsam(vol, rois, None)
+    assert ctx.scene.GetNumberOfNodes() == n
+    # without the fault both are written
+    monkeypatch.setattr(segments, "write_mask", real)
+    seg2, ids, _ = core.segment_with_medsam(vol, rois, seg, segment_ids=[a, b])
+    np.testing.assert_array_equal(segments.segment_to_array(seg, a, vol), result == 1)
+    np.testing.assert_array_equal(segments.segment_to_array(seg, b, vol), result == 2)
