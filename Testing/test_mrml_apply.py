@@ -214,3 +214,38 @@ def test_set_within_slab_respects_the_editors_masking(sample, masking):
     node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
     node.SetSourceVolumeIntensityMask(False)
     node.SetOverwriteMode(node.OverwriteAllSegments)
+
+
+class _Recording:
+    """Wraps a real target and records the order of the editor calls (the editor logic does the work)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+        self.segmentation_node, self.segment_id = inner.segmentation_node, inner.segment_id
+
+    def reference_labelmap(self):
+        self.calls.append("reference")
+        return self.inner.reference_labelmap()
+
+    def save_state_for_undo(self):
+        self.calls.append("undo-state")
+        self.inner.save_state_for_undo()
+
+    def modify(self, modifier, mode, extent):
+        self.calls.append(f"modify:{mode}")
+        self.inner.modify(modifier, mode, extent)
+
+
+@pytest.mark.parametrize("slab", [None, (0, 0, 10, 121, 100, 12)])
+def test_undo_state_is_saved_once_before_any_modification(sample, slab):
+    ctx, vol, labels, = sample
+    seg, sid, _, target = _setup(ctx, vol, labels)
+    rec = _Recording(target)
+    result = np.zeros(labels.shape, np.uint8)
+    result[10:13, 30:60, 40:80] = 1
+    editing.apply_result(rec, result, vol, mode="set", slab=slab)
+    assert rec.calls[0] == "reference" and rec.calls[1] == "undo-state"
+    assert rec.calls.count("undo-state") == 1 and all(c.startswith("modify") for c in rec.calls[2:])
+    # one Undo restores the state before the whole Apply (Remove + Add count as one step)
+    target.undo()
+    np.testing.assert_array_equal(_read(seg, sid, vol), labels == 5)
