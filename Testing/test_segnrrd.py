@@ -1,0 +1,129 @@
+"""Slicer's segmentation file (.seg.nrrd) written and read by medseg_backend.segnrrd, checked against Slicer's own
+reader and writer (slicer-core's vtkMRMLSegmentationStorageNode): names, colours, voxels and geometry."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medseg_backend import segnrrd
+from medseg_backend.errors import InputError
+from MedSegSlicerLib import segments
+
+
+@pytest.fixture
+def sample(slicer_scene, data_dir):
+    d = data_dir / "totalseg_ct_sm"
+    vol = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
+    img = sitk.ReadImage(str(d / "labels.nii.gz"))
+    return slicer_scene, vol, sitk.GetArrayFromImage(img), img
+
+
+def _geometry(img):
+    return dict(spacing=img.GetSpacing(), origin=img.GetOrigin(), direction=img.GetDirection())
+
+
+def _slicer_read(ctx, path):
+    node = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "loaded")
+    storage = node.CreateDefaultStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node) == 1
+    return node
+
+
+def test_file_written_here_opens_in_slicer_with_names_colours_and_voxels(sample, tmp_path):
+    ctx, vol, labels, img = sample
+    masks = {"liver": labels == 5, "spleen": labels == 1}
+    layers, segs = segnrrd.from_masks(masks, colors={"liver": (0.8, 0.3, 0.2), "spleen": (0.1, 0.5, 0.9)})
+    assert layers.shape[0] == 1                       # no overlap: one layer
+    path = tmp_path / "liver.seg.nrrd"
+    segnrrd.write(str(path), layers, segs, **_geometry(img))
+    node = _slicer_read(ctx, path)
+    seg = node.GetSegmentation()
+    assert [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())] == ["liver", "spleen"]
+    np.testing.assert_allclose(seg.GetSegment(segments.segment_id_by_name(node, "liver")).GetColor(),
+                               (0.8, 0.3, 0.2), atol=1e-6)
+    for name, m in masks.items():
+        np.testing.assert_array_equal(segments.segment_to_array(node, segments.segment_id_by_name(node, name), vol),
+                                      m.astype(np.uint8))
+
+
+def test_overlapping_segments_go_to_layers_and_read_back_in_slicer(sample, tmp_path):
+    ctx, vol, labels, img = sample
+    box = np.zeros(labels.shape, bool)
+    box[5:20, 20:70, 30:100] = True
+    masks = {"liver": labels == 5, "region": box}        # overlap
+    layers, segs = segnrrd.from_masks(masks)
+    assert layers.shape[0] == 2 and [s.layer for s in segs] == [0, 1]
+    path = tmp_path / "two.seg.nrrd"
+    segnrrd.write(str(path), layers, segs, **_geometry(img))
+    node = _slicer_read(ctx, path)
+    for name, m in masks.items():
+        np.testing.assert_array_equal(segments.segment_to_array(node, segments.segment_id_by_name(node, name), vol),
+                                      m.astype(np.uint8))
+    back = segnrrd.read(str(path))
+    for name, m in masks.items():
+        np.testing.assert_array_equal(back.mask(name), m)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_file_saved_by_slicer_reads_here(sample, tmp_path, overlap):
+    ctx, vol, labels, img = sample
+    node = ctx.add_segmentation("saved", vol)
+    masks = {"kidney_left": labels == 3, "kidney_right": labels == 2}
+    if overlap:
+        big = np.zeros(labels.shape, bool)
+        big[3:25, 10:90, 10:110] = True
+        masks["abdomen"] = big
+    for name, m in masks.items():
+        segments.write_mask(node, m, vol, name=name, color=(0.2, 0.4, 0.6))
+    path = tmp_path / "saved.seg.nrrd"
+    storage = node.CreateDefaultStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.WriteData(node) == 1
+    f = segnrrd.read(str(path))
+    assert f.names == list(masks)
+    assert all(np.allclose(s.color, (0.2, 0.4, 0.6)) for s in f.segments)
+    np.testing.assert_allclose(f.spacing, img.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(f.origin, img.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(f.direction, img.GetDirection(), atol=1e-6)
+    for name, m in masks.items():
+        got = f.mask(name)
+        assert got.shape == labels.shape, "Slicer wrote the reference grid (no cropping expected here)"
+        np.testing.assert_array_equal(got, m)
+
+
+def test_write_is_all_or_nothing_and_respects_umask(sample, tmp_path):
+    ctx, vol, labels, img = sample
+    layers, segs = segnrrd.from_masks({"liver": labels == 5})
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "a.seg.nrrd"
+        segnrrd.write(str(path), layers, segs, **_geometry(img))
+        assert (path.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
+    with pytest.raises(InputError, match="layer 3"):
+        segnrrd.write(str(tmp_path / "b.seg.nrrd"), layers, [segnrrd.Segment("x", layer=3)], **_geometry(img))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.seg.nrrd"]     # no partial or temp file
+
+
+def test_bad_files_are_named_with_a_fix(tmp_path, data_dir):
+    with pytest.raises(InputError, match="not found"):
+        segnrrd.read(str(tmp_path / "missing.seg.nrrd"))
+    junk = tmp_path / "junk.seg.nrrd"
+    junk.write_bytes(b"this is not nrrd")
+    with pytest.raises(InputError, match="Cannot read .* as NRRD"):
+        segnrrd.read(str(junk))
+    plain = tmp_path / "plain.nrrd"
+    import nrrd
+    nrrd.write(str(plain), np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(InputError, match="not a Slicer segmentation"):
+        segnrrd.read(str(plain))
+    layers, segs = segnrrd.from_masks({"a": np.ones((2, 3, 4), bool)})
+    ok = tmp_path / "ok.seg.nrrd"
+    segnrrd.write(str(ok), layers, segs, spacing=(1, 1, 1), origin=(0, 0, 0), direction=np.eye(3).ravel())
+    with pytest.raises(InputError, match="No segment 'b'.*segments: a"):
+        segnrrd.read(str(ok)).mask("b")
