@@ -111,7 +111,6 @@ def test_slab_along_other_axes(sample, axis):
     ("wrong_shape", "shape"),
     ("bad_mode", "Unknown modification mode"),
     ("hidden", "hidden"),
-    ("locked", "locked"),
     ("no_segment", "not in segmentation"),
 ])
 def test_refusals_change_nothing(sample, case, match):
@@ -130,9 +129,6 @@ def test_refusals_change_nothing(sample, case, match):
         kwargs["mode"] = "replace-all"
     elif case == "hidden":
         seg.GetDisplayNode().SetSegmentVisibility(sid, False)
-    elif case == "locked":
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
-        logic.SetSegmentStatus(seg.GetSegmentation().GetSegment(sid), logic.Completed)
     elif case == "no_segment":
         target.logic.SetCurrentSegmentID("no-such-segment")
     with pytest.raises(InputError, match=match):

@@ -1,5 +1,5 @@
 """Segments <-> arrays against slicer-core's real MRML: voxel-exact writes (new / replace / add / preview), reading on
-another grid (resampled) and under transforms, locked / hidden segments, and the Segment Editor's modify path
+another grid (resampled) and under transforms, hidden segments and segment status, and the Segment Editor's modify path
 (editable area, intensity masking, overwrite, undo)."""
 from __future__ import annotations
 
@@ -126,23 +126,16 @@ def test_preview_leaves_segment_untouched_and_is_removed(sample):
     np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
 
 
-def test_locked_hidden_missing_inputs_and_bad_mask(sample):
+def test_completed_status_hidden_missing_inputs_and_bad_mask(sample):
     ctx, vol, labels = sample
     seg = ctx.add_segmentation("seg", vol)
     sid = segments.write_mask(seg, labels == 5, vol, name="liver")
     before = segments.segment_to_array(seg, sid, vol)
     segment = seg.GetSegmentation().GetSegment(sid)
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    logic.SetSegmentStatus(segment, logic.Completed)
-    with pytest.raises(InputError, match="locked.*In progress"):
-        segments.write_mask(seg, labels == 1, vol, segment_id=sid)
-    segments.write_mask(seg, labels == 1, vol, segment_id=sid, allow_locked=True)
+    logic.SetSegmentStatus(segment, logic.Completed)   # a status, not a lock (Segment Editor's rule)
+    segments.write_mask(seg, labels == 1, vol, segment_id=sid)
     np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), labels == 1)
-    logic.SetSegmentStatus(segment, logic.InProgress)
-    segment.SetTag("Locked", "true")
-    assert segments.is_segment_locked(seg, sid)
-    segment.SetTag("Locked", "0")
-    assert not segments.is_segment_locked(seg, sid)
     seg.GetDisplayNode().SetSegmentVisibility(sid, False)
     with pytest.raises(InputError, match="hidden.*eye icon"):
         segments.check_segment_writable(seg, sid)
@@ -235,7 +228,7 @@ def test_editor_respects_editable_area_intensity_and_overwrite(sample):
     np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), box)
 
 
-def test_editor_refuses_locked_and_hidden_segment(sample):
+def test_editor_refuses_hidden_segment_and_writes_completed_one(sample):
     ctx, vol, labels = sample
     seg, target, other, editor = editor_setup(ctx, vol, labels)
     seg.GetDisplayNode().SetSegmentVisibility(target, False)
@@ -247,9 +240,8 @@ def test_editor_refuses_locked_and_hidden_segment(sample):
     seg.GetDisplayNode().SetSegmentVisibility(target, True)
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     logic.SetSegmentStatus(seg.GetSegmentation().GetSegment(target), logic.Completed)
-    with pytest.raises(InputError, match="locked"):
-        _apply(editor, labels == 2, vol)
-    np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), labels == 1)
+    _apply(editor, labels == 2, vol)      # Completed is a review status: the Segment Editor edits it too
+    np.testing.assert_array_equal(segments.segment_to_array(seg, target, vol), labels == 2)
 
 
 def test_modifier_matches_editor_geometry_when_segmentation_grid_differs(sample):

@@ -236,19 +236,13 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             if segment_id != pending["segmentID"]:
                 raise MedSegError("Another segment is selected than the one previewed: select it again or press "
                                   "Preview for this segment.")
-            allow_locked = False
-            if segments.is_segment_locked(segmentation, segment_id):
-                allow_locked = slicer.util.confirmYesNoDisplay(
-                    "The selected segment is marked Completed (locked). Overwrite it anyway?")
-                if not allow_locked:
-                    return
             if not segments.is_segment_visible(segmentation, segment_id):
                 if self.scriptedEffect.confirmCurrentSegmentVisible() == 0:  # NotConfirmed
                     return
             # the shipped Apply: checks, undo state, the editor's modify path limited to the run's slab
             report = editing.apply_result(editing.ScriptedEffectTarget(self.scriptedEffect), pending["mask"], volume,
                                           mode="add" if self.addToSegmentCheckBox.checked else "set",
-                                          slab=pending.get("slab"), allow_hidden=True, allow_locked=allow_locked)
+                                          slab=pending.get("slab"), allow_hidden=True)
         except MedSegError as e:
             self.setStatus(str(e), error=True)
             return

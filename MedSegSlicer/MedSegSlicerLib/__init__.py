@@ -4,7 +4,7 @@ Data flows one way: node -> array + geometry -> backend -> mask -> node.
 
 * :mod:`.geometry` - every IJK <-> RAS computation (volumes, ROIs, transforms, voxel boxes);
 * :mod:`.segments` - segments <-> arrays on a volume grid, writing masks (new / replace / add / preview /
-  Segment Editor path), locked and hidden segment checks;
+  Segment Editor path), hidden segment checks;
 * :mod:`.examples` - UniverSeg examples from segments, other segmentation nodes and example libraries;
 * :mod:`.jobs` - the worker-thread job runner (cancel, progress, stale-input detection);
 * :mod:`.core` - engine cache and the run functions used by the effects and the scripted Logic;

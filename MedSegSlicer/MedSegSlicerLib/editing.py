@@ -129,7 +129,7 @@ class ScriptedEffectTarget:
 
 
 def apply_result(target, mask: np.ndarray, volume_node, *, mode: str = "set",
-                 slab: Optional[Sequence[int]] = None, allow_hidden: bool = False, allow_locked: bool = False,
+                 slab: Optional[Sequence[int]] = None, allow_hidden: bool = False,
                  allow_empty: bool = False) -> ApplyReport:
     """Write ``mask`` (K, J, I on ``volume_node``'s grid) into the target's selected segment; undoable.
 
@@ -144,8 +144,7 @@ def apply_result(target, mask: np.ndarray, volume_node, *, mode: str = "set",
     segments.check_segmentation(segmentation_node)
     if not segment_id:
         raise InputError("No segment selected: select the segment to write into in the segment list.")
-    segments.check_segment_writable(segmentation_node, segment_id, allow_hidden=allow_hidden,
-                                    allow_locked=allow_locked)
+    segments.check_segment_writable(segmentation_node, segment_id, allow_hidden=allow_hidden)
     binary = segments.check_mask(mask, volume_node)
     shape = geometry.volume_shape(volume_node)
     if slab is not None:

@@ -16,8 +16,10 @@ Writing, three ways:
 
 All matrix work is delegated to :mod:`.geometry`.
 
-"Locked" segments: Slicer's core has no per-segment lock, so a segment counts as locked when its status is
-*Completed* (Segments table, status column) or when it carries the tag ``Locked`` = ``1``/``true``.
+Editable segments follow the Segment Editor's own rule: every segment can be written (its status - Not started,
+In progress, Completed, Flagged - is a label for review, not a lock); a hidden segment is written only after the
+user confirmed (the editor's ``confirmCurrentSegmentVisible``), so the checks refuse hidden targets unless
+``allow_hidden``.
 """
 from __future__ import annotations
 
@@ -29,7 +31,6 @@ from . import geometry
 from .errors import InputError
 
 PREVIEW_OF_ATTRIBUTE = "MedSegSlicer.PreviewOf"
-LOCKED_TAG = "Locked"
 
 # A colour-blind-friendly palette for new segments (RGB 0..1) when no colour is given.
 PALETTE = [(0.90, 0.62, 0.0), (0.34, 0.71, 0.91), (0.0, 0.62, 0.45), (0.94, 0.89, 0.26), (0.0, 0.45, 0.70),
@@ -62,21 +63,6 @@ def get_segment(segmentation_node, segment_id: str):
     return segment
 
 
-def is_segment_locked(segmentation_node, segment_id: str) -> bool:
-    slicer = _slicer()
-    segment = get_segment(segmentation_node, segment_id)
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
-    if logic.GetSegmentStatus(segment) == logic.Completed:
-        return True
-    if not segment.HasTag(LOCKED_TAG):
-        return False
-    import vtk
-
-    value = vtk.reference("")
-    segment.GetTag(LOCKED_TAG, value)
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
 def is_segment_visible(segmentation_node, segment_id: str) -> bool:
     display = segmentation_node.GetDisplayNode()
     if display is None:
@@ -84,13 +70,9 @@ def is_segment_visible(segmentation_node, segment_id: str) -> bool:
     return bool(display.GetVisibility()) and bool(display.GetSegmentVisibility(segment_id))
 
 
-def check_segment_writable(segmentation_node, segment_id: str, *, allow_hidden: bool = False,
-                           allow_locked: bool = False) -> None:
-    """Refuse to write into a locked or hidden segment (the effects ask the user first, then pass allow_*)."""
+def check_segment_writable(segmentation_node, segment_id: str, *, allow_hidden: bool = False) -> None:
+    """The segment exists; refuse a hidden one unless ``allow_hidden`` (the effects ask the user first)."""
     segment = get_segment(segmentation_node, segment_id)
-    if not allow_locked and is_segment_locked(segmentation_node, segment_id):
-        raise InputError(f"Segment '{segment.GetName()}' is locked (status Completed): set its status back to "
-                         "In progress in the Segments table, or choose another segment.")
     if not allow_hidden and not is_segment_visible(segmentation_node, segment_id):
         raise InputError(f"Segment '{segment.GetName()}' is hidden: show it (eye icon in the Segments table) so "
                          "that you can see what is written, or choose another segment.")
@@ -263,7 +245,7 @@ def add_segment(segmentation_node, name: str, color: Optional[Sequence[float]] =
 
 def write_mask(segmentation_node, mask: np.ndarray, volume_node, *, segment_id: Optional[str] = None,
                name: Optional[str] = None, color: Optional[Sequence[float]] = None, mode: str = "replace",
-               allow_hidden: bool = True, allow_locked: bool = False) -> str:
+               allow_hidden: bool = True) -> str:
     """Write a (K, J, I) mask on ``volume_node``'s grid into a segment; returns the segment ID.
 
     ``segment_id=None`` adds a new segment (``name``, ``color``). ``mode``: ``replace`` (the segment becomes the
@@ -278,7 +260,7 @@ def write_mask(segmentation_node, mask: np.ndarray, volume_node, *, segment_id: 
     binary = check_mask(mask, volume_node)
     ijk_to_frame = geometry.volume_ijk_to_frame(volume_node, segmentation_node)  # may raise: before any change
     if segment_id is not None:
-        check_segment_writable(segmentation_node, segment_id, allow_hidden=allow_hidden, allow_locked=allow_locked)
+        check_segment_writable(segmentation_node, segment_id, allow_hidden=allow_hidden)
     ensure_reference_geometry(segmentation_node, volume_node)
     if segment_id is None:
         segment_id = add_segment(segmentation_node, name or "Segment", color)
@@ -298,8 +280,8 @@ def write_mask(segmentation_node, mask: np.ndarray, volume_node, *, segment_id: 
     return segment_id
 
 
-def check_write_targets(segmentation_node, segment_ids: Sequence[Optional[str]], *, allow_hidden: bool = True,
-                        allow_locked: bool = False) -> None:
+def check_write_targets(segmentation_node, segment_ids: Sequence[Optional[str]], *,
+                        allow_hidden: bool = True) -> None:
     """Every existing target segment (IDs that are not None) is in the segmentation and writable; raises before
     anything is written."""
     if segmentation_node is None:
@@ -307,11 +289,11 @@ def check_write_targets(segmentation_node, segment_ids: Sequence[Optional[str]],
     check_segmentation(segmentation_node)
     for sid in segment_ids:
         if sid is not None:
-            check_segment_writable(segmentation_node, sid, allow_hidden=allow_hidden, allow_locked=allow_locked)
+            check_segment_writable(segmentation_node, sid, allow_hidden=allow_hidden)
 
 
 def write_masks(segmentation_node, volume_node, items: Sequence[Tuple[np.ndarray, Optional[str], Optional[str]]], *,
-                mode: str = "replace", allow_hidden: bool = True, allow_locked: bool = False) -> List[str]:
+                mode: str = "replace", allow_hidden: bool = True) -> List[str]:
     """Write several masks - ``items`` = (mask, segment ID or None for a new segment, name) - all or none.
 
     Everything is checked first (targets exist and are writable, masks on the volume grid, no empty mask in
@@ -322,8 +304,7 @@ def write_masks(segmentation_node, volume_node, items: Sequence[Tuple[np.ndarray
     geometry.check_scalar_volume(volume_node)
     if mode not in ("replace", "add"):
         raise InputError(f"Unknown write mode '{mode}': use replace or add.")
-    check_write_targets(segmentation_node, [sid for _, sid, _ in items], allow_hidden=allow_hidden,
-                        allow_locked=allow_locked)
+    check_write_targets(segmentation_node, [sid for _, sid, _ in items], allow_hidden=allow_hidden)
     geometry.volume_ijk_to_frame(volume_node, segmentation_node)
     binaries = []
     for n, (mask, sid, name) in enumerate(items, start=1):
@@ -345,7 +326,7 @@ def write_masks(segmentation_node, volume_node, items: Sequence[Tuple[np.ndarray
     try:
         for binary, (_, sid, name) in zip(binaries, items):
             new_id = write_mask(segmentation_node, binary, volume_node, segment_id=sid, name=name, mode=mode,
-                                allow_hidden=allow_hidden, allow_locked=allow_locked)
+                                allow_hidden=allow_hidden)
             if sid is None:
                 added.append(new_id)
             written.append(new_id)
