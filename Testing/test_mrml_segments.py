@@ -1,4 +1,4 @@
-"""Segments <-> arrays against slicer-core's real MRML: voxel-exact writes (new / replace / add / preview), reading on
+"""Segments <-> arrays against slicer-core's real MRML: voxel-exact writes (new / replace / add), reading on
 another grid (resampled) and under transforms, hidden segments and segment status, and the Segment Editor's modify path
 (editable area, intensity masking, overwrite, undo)."""
 from __future__ import annotations
@@ -103,27 +103,6 @@ def test_segmentation_under_transform_and_rotated_grid(sample):
     kid = (labels == 3).astype(np.uint8)
     sid2 = segments.write_mask(seg2, kid, vol, name="kidney")
     np.testing.assert_array_equal(segments.segment_to_array(seg2, sid2, vol), kid)
-
-
-def test_preview_leaves_segment_untouched_and_is_removed(sample):
-    ctx, vol, labels = sample
-    seg = ctx.add_segmentation("seg", vol)
-    sid = segments.write_mask(seg, labels == 5, vol, name="liver")
-    before = segments.segment_to_array(seg, sid, vol)
-    n_nodes = ctx.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
-    mask = (labels == 1).astype(np.uint8)
-    preview = segments.show_preview(ctx.scene, seg, mask, vol, name="liver")
-    assert preview.GetAttribute(segments.PREVIEW_OF_ATTRIBUTE) == seg.GetID()
-    np.testing.assert_array_equal(segments.preview_mask(ctx.scene, seg, vol), mask)
-    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
-    # a second preview replaces the first (one preview node per segmentation)
-    segments.show_preview(ctx.scene, seg, labels == 2, vol)
-    assert ctx.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == n_nodes + 1
-    np.testing.assert_array_equal(segments.preview_mask(ctx.scene, seg, vol), labels == 2)
-    assert segments.remove_preview(ctx.scene, seg)
-    assert segments.find_preview(ctx.scene, seg) is None
-    assert not segments.remove_preview(ctx.scene, seg)
-    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
 
 
 def test_completed_status_hidden_missing_inputs_and_bad_mask(sample):

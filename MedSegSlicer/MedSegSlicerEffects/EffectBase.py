@@ -8,7 +8,7 @@ import slicer
 
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-from MedSegSlicerLib import editing, segments
+from MedSegSlicerLib import editing, preview, segments
 from MedSegSlicerLib.errors import MedSegError
 
 INTENSITY_CHOICES = ("volume window/level", "auto", "ct-abdomen", "ct-lung", "ct-brain", "ct-mediastinum", "mr",
@@ -30,7 +30,6 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.timer = qt.QTimer()
         self.timer.setInterval(100)
         self.timer.connect("timeout()", self.onPoll)
-        self.pending = None        # dict(mask, volumeID, segmentationID, segmentID, messages) of the preview
         self.running = None        # dict(volumeID, segmentationID, segmentID) of the run in flight
 
     # ---- Slicer effect hooks ----------------------------------------------------------------------------------
@@ -50,9 +49,9 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.timer.disconnect("timeout()", self.onPoll)
 
     def deactivate(self):
-        if self.logic.core.runner.running:
-            self.logic.core.runner.cancel()
-        self.dropPreview()
+        # Leaving the effect (or the Segment Editor) keeps a running job and the preview: the timer goes on
+        # polling, the preview lives in the scene, and both are there when the user comes back.
+        pass
 
     # ---- shared widgets ----------------------------------------------------------------------------------------
     @property
@@ -109,8 +108,9 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
     def updateButtons(self):
         running = self.logic.core.runner.running
         self.previewButton.enabled = not running
-        self.applyButton.enabled = (not running) and self.pending is not None
-        self.cancelButton.enabled = running or self.pending is not None
+        pending = self.pending()
+        self.applyButton.enabled = (not running) and pending is not None
+        self.cancelButton.enabled = running or pending is not None
         self.progressBar.visible = running
 
     def setStatus(self, text, error=False):
@@ -189,15 +189,12 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             segmentation = scene.GetNodeByID(run["segmentationID"])
             try:
                 mask = self.maskFromResult(outcome.result)
-                segment = segmentation.GetSegmentation().GetSegment(run["segmentID"])
-                segments.show_preview(scene, segmentation, mask, volume,
-                                      name=segment.GetName() if segment else "preview",
-                                      color=segment.GetColor() if segment else None)
+                messages = run["messages"] + list(getattr(outcome.result, "messages", []) or [])
+                preview.show(scene, self.scriptedEffect.parameterSetNode(), segmentation, run["segmentID"], mask,
+                             volume, slab=run.get("slab"), messages=messages, owner=self.effectName)
             except MedSegError as e:
                 self.setStatus(str(e), error=True)
             else:
-                messages = run["messages"] + list(getattr(outcome.result, "messages", []) or [])
-                self.pending = dict(run, mask=mask)
                 self.setStatus("; ".join(messages + [f"Preview ready ({int(mask.sum())} voxels, "
                                                      f"{outcome.seconds:.1f} s): Apply writes it into the segment."]))
         elif outcome.status == "cancelled":
@@ -216,38 +213,36 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.setStatus("Preview dropped: the segment is unchanged.")
         self.updateButtons()
 
+    def pending(self):
+        """The preview waiting for Apply (an MRML node referenced from the effect's parameter node), or None."""
+        return preview.current(slicer.mrmlScene, self.scriptedEffect.parameterSetNode(), owner=self.effectName)
+
     def dropPreview(self):
-        if self.pending is not None:
-            segmentation = slicer.mrmlScene.GetNodeByID(self.pending["segmentationID"])
-            if segmentation is not None:
-                segments.remove_preview(slicer.mrmlScene, segmentation)
-        self.pending = None
+        preview.drop(slicer.mrmlScene, self.scriptedEffect.parameterSetNode(), owner=self.effectName)
 
     def onApply(self):
-        if self.pending is None:
+        pending = self.pending()
+        if pending is None:
             self.setStatus("Nothing to apply: press Preview first.", error=True)
             return
-        scene = slicer.mrmlScene
-        pending = self.pending
         try:
             volume, segmentation, segment_id = self.inputs()
-            if (volume.GetID(), segmentation.GetID()) != (pending["volumeID"], pending["segmentationID"]):
+            if (volume.GetID(), segmentation.GetID()) != (pending.volume_id, pending.segmentation_id):
                 raise MedSegError("The source volume or segmentation changed since the preview: press Preview again.")
-            if segment_id != pending["segmentID"]:
+            if segment_id != pending.segment_id:
                 raise MedSegError("Another segment is selected than the one previewed: select it again or press "
                                   "Preview for this segment.")
             if not segments.is_segment_visible(segmentation, segment_id):
                 if self.scriptedEffect.confirmCurrentSegmentVisible() == 0:  # NotConfirmed
                     return
             # the shipped Apply: checks, undo state, the editor's modify path limited to the run's slab
-            report = editing.apply_result(editing.ScriptedEffectTarget(self.scriptedEffect), pending["mask"], volume,
-                                          mode="add" if self.addToSegmentCheckBox.checked else "set",
-                                          slab=pending.get("slab"), allow_hidden=True)
+            report = editing.apply_result(editing.ScriptedEffectTarget(self.scriptedEffect), pending.mask(volume),
+                                          volume, mode="add" if self.addToSegmentCheckBox.checked else "set",
+                                          slab=pending.slab, allow_hidden=True)
         except MedSegError as e:
             self.setStatus(str(e), error=True)
             return
-        segments.remove_preview(scene, segmentation)
-        self.pending = None
+        self.dropPreview()
         self.setStatus(f"Applied: the segment has {report.voxels_after} voxels (was {report.voxels_before}); Undo in "
                        "the Segment Editor restores it.")
         self.updateButtons()

@@ -4,7 +4,7 @@ import qt
 import slicer
 
 from MedSegSlicerEffects.EffectBase import MedSegEffectBase
-from MedSegSlicerLib import examples, segments
+from MedSegSlicerLib import examples, preview, segments
 from MedSegSlicerLib.core import AXES
 from MedSegSlicerLib.errors import InputError, MedSegError
 
@@ -122,7 +122,7 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
         target = (params.GetSegmentationNode(), params.GetSelectedSegmentID()) if params else (None, None)
         nodes = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
         for node in nodes:
-            if node.GetAttribute(segments.PREVIEW_OF_ATTRIBUTE):
+            if preview.is_preview(node):
                 continue
             for sid in segments.segment_ids(node):
                 if target[0] is node and target[1] == sid:

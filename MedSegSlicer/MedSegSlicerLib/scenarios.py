@@ -17,7 +17,7 @@ import numpy as np
 from medseg_backend.metrics import dice  # noqa: F401  (used by the scenarios and the self-test)
 
 from . import examples as ex
-from . import editing, geometry, segments
+from . import editing, geometry, preview, segments
 from .core import MedSegCore
 from .jobs import JobRunner, NodeGuard
 
@@ -167,13 +167,16 @@ def scenario_universeg_plumbing(ctx, sample_dir: str, *, core: Optional[MedSegCo
     assert predicted > 0, "nothing predicted on the unlabelled slices"
     # preview leaves the segment untouched; Apply writes through the Segment Editor's modify path
     before = segments.segment_to_array(work_seg, sid, sample.volume)
-    preview = segments.show_preview(ctx.scene, work_seg, mask, sample.volume, name=structure)
-    assert np.array_equal(segments.segment_to_array(work_seg, sid, sample.volume), before), "preview modified segment"
-    assert np.array_equal(segments.preview_mask(ctx.scene, work_seg, sample.volume), mask), "preview differs"
     target = ctx.editor_target(work_seg, sample.volume, sid, effect_name="UniverSeg examples")
-    editing.apply_result(target, mask, sample.volume, mode="set", slab=prepared.info["slab"])
-    segments.remove_preview(ctx.scene, work_seg)
-    assert segments.find_preview(ctx.scene, work_seg) is None and preview is not None
+    node = preview.show(ctx.scene, ctx.segment_editor_node, work_seg, sid, mask, sample.volume,
+                        slab=prepared.info["slab"], messages=prepared.messages)
+    assert np.array_equal(segments.segment_to_array(work_seg, sid, sample.volume), before), "preview modified segment"
+    pending = preview.current(ctx.scene, ctx.segment_editor_node)
+    assert pending is not None and pending.node is node and pending.segment_id == sid
+    assert np.array_equal(pending.mask(sample.volume), mask), "preview differs"
+    editing.apply_result(target, pending.mask(sample.volume), sample.volume, mode="set", slab=pending.slab)
+    assert preview.drop(ctx.scene, ctx.segment_editor_node)
+    assert preview.current(ctx.scene, ctx.segment_editor_node) is None and not ctx.scene.IsNodePresent(node)
     applied = segments.segment_to_array(work_seg, sid, sample.volume)
     assert np.array_equal(applied, mask), "applied segment differs from the result"
     return dict(examples=len(arrays.slices), dice_to_label=dice(mask, truth),

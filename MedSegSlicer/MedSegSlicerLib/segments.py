@@ -7,8 +7,6 @@ Writing, three ways:
 
 * :func:`write_mask` - straight into a new or existing segment (``replace`` or ``add``); used by the scripted
   Logic for batch work;
-* :func:`show_preview` - into a separate *preview* segmentation node, so the user's segment is untouched
-  until Apply; :func:`remove_preview` drops it (Cancel);
 * :func:`modifier_labelmap` - a mask as the Segment Editor's modifier labelmap, for the effects' Apply
   (:func:`.editing.apply_result`: the editor's own modify-segment path, so editable area, intensity masking and
   overwrite settings apply, after an undo state is saved);
@@ -30,7 +28,6 @@ import numpy as np
 from . import geometry
 from .errors import InputError
 
-PREVIEW_OF_ATTRIBUTE = "MedSegSlicer.PreviewOf"
 
 # A colour-blind-friendly palette for new segments (RGB 0..1) when no colour is given.
 PALETTE = [(0.90, 0.62, 0.0), (0.34, 0.71, 0.91), (0.0, 0.62, 0.45), (0.94, 0.89, 0.26), (0.0, 0.45, 0.70),
@@ -340,64 +337,6 @@ def write_masks(segmentation_node, volume_node, items: Sequence[Tuple[np.ndarray
         segmentation_node.Modified()
         raise
     return written
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Preview
-# ----------------------------------------------------------------------------------------------------------
-def find_preview(scene, segmentation_node):
-    """The preview segmentation node of ``segmentation_node``, or None."""
-    if segmentation_node is None:
-        return None
-    target = segmentation_node.GetID()
-    nodes = scene.GetNodesByClass("vtkMRMLSegmentationNode")
-    found = None
-    for i in range(nodes.GetNumberOfItems()):
-        node = nodes.GetItemAsObject(i)
-        if node.GetAttribute(PREVIEW_OF_ATTRIBUTE) == target:
-            found = node
-            break
-    return found
-
-
-def show_preview(scene, segmentation_node, mask: np.ndarray, volume_node, *, name: str = "preview",
-                 color: Optional[Sequence[float]] = None, opacity: float = 0.6):
-    """Show ``mask`` in a separate preview segmentation node (replacing an older preview); the user's
-    segmentation is not modified. Returns the preview node."""
-    check_segmentation(segmentation_node)
-    geometry.check_scalar_volume(volume_node)
-    binary = check_mask(mask, volume_node)
-    geometry.volume_ijk_to_frame(volume_node, segmentation_node)  # transform checks before touching the scene
-    preview = find_preview(scene, segmentation_node)
-    if preview is None:
-        preview = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{segmentation_node.GetName()} preview")
-        preview.SetAttribute(PREVIEW_OF_ATTRIBUTE, segmentation_node.GetID())
-        preview.SetHideFromEditors(False)
-        preview.CreateDefaultDisplayNodes()
-    preview.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
-    preview.GetSegmentation().RemoveAllSegments()
-    ensure_reference_geometry(preview, volume_node)
-    sid = write_mask(preview, binary, volume_node, name=name, color=color or (1.0, 0.85, 0.0))
-    display = preview.GetDisplayNode()
-    if display is not None:
-        display.SetOpacity(opacity)
-        display.SetSegmentVisibility(sid, True)
-    return preview
-
-
-def preview_mask(scene, segmentation_node, volume_node) -> Optional[np.ndarray]:
-    preview = find_preview(scene, segmentation_node)
-    if preview is None or preview.GetSegmentation().GetNumberOfSegments() == 0:
-        return None
-    return segment_to_array(preview, preview.GetSegmentation().GetNthSegmentID(0), volume_node)
-
-
-def remove_preview(scene, segmentation_node) -> bool:
-    preview = find_preview(scene, segmentation_node)
-    if preview is None:
-        return False
-    scene.RemoveNode(preview)
-    return True
 
 
 # ----------------------------------------------------------------------------------------------------------
