@@ -377,6 +377,67 @@ def default_box(shape_kji: Sequence[int], fraction: float = 0.33) -> Box:
     return tuple(int(v) for v in (*lo, *hi))
 
 
+def voxel_spacing(volume_node) -> Tuple[float, float, float]:
+    """Voxel size (x, y, z) in mm, from the volume's IJK-to-RAS matrix (parent transforms excluded)."""
+    return tuple(float(v) for v in np.linalg.norm(volume_ijk_to_node(volume_node)[:3, :3], axis=0))
+
+
+def full_depth_box(box: Sequence[int], axis: str, volume_node, *, factor: float = 1.2) -> Box:
+    """A box drawn on one slice (its extent along ``axis`` is the slice, or a thin slab) made deep enough for
+    the structure: as deep, in millimetres, as ``factor`` x its longer in-plane side, centred on the drawn
+    slice(s), clipped to the volume. Organs and lesions are roughly as tall as they are wide, so this covers
+    the structure without a second view; the propagation stops where the object ends (adaptive mode)."""
+    if axis not in AXIS_BOX_INDEX:
+        raise InputError(f"Unknown axis '{axis}': use axial, coronal or sagittal.")
+    shape = volume_shape(volume_node)
+    b = list(clip_box(box, shape, what="ROI"))
+    a = AXIS_BOX_INDEX[axis]
+    spacing = voxel_spacing(volume_node)
+    in_plane = [(b[d + 3] - b[d] + 1) * spacing[d] for d in range(3) if d != a]
+    depth_mm = factor * max(in_plane)
+    slices = max(int(math.ceil(depth_mm / spacing[a])), b[a + 3] - b[a] + 1)
+    centre = (b[a] + b[a + 3]) / 2.0
+    lo = int(math.floor(centre - (slices - 1) / 2.0))
+    hi = lo + slices - 1
+    size = box_shape_xyz(shape)[a]
+    b[a], b[a + 3] = max(lo, 0), min(hi, size - 1)
+    return tuple(b)
+
+
+def axis_for_view_normal(volume_node, normal_ras: Sequence[float]) -> str:
+    """The voxel axis name (``axial`` = k, ``coronal`` = j, ``sagittal`` = i, the backend's slicing axes) whose
+    direction is closest to a view's normal: slicing "as the Red / Yellow / Green view shows it" becomes the
+    right voxel axis also for a volume acquired sagittally or obliquely."""
+    n = np.asarray(normal_ras, dtype=float)[:3]
+    if not np.all(np.isfinite(n)) or np.linalg.norm(n) == 0:
+        raise InputError("The slice view has no valid orientation: reset the view (Red, Yellow or Green).")
+    directions = volume_ijk_to_world(volume_node)[:3, :3]
+    directions = directions / np.linalg.norm(directions, axis=0, keepdims=True)
+    cosines = np.abs(directions.T @ (n / np.linalg.norm(n)))        # per voxel axis i, j, k
+    return ("sagittal", "coronal", "axial")[int(np.argmax(cosines))]
+
+
+def axis_for_slice_node(volume_node, slice_node) -> str:
+    """:func:`axis_for_view_normal` for a slice view (``vtkMRMLSliceNode``: its SliceToRAS third column)."""
+    m = matrix_to_numpy(slice_node.GetSliceToRAS())
+    return axis_for_view_normal(volume_node, m[:3, 2])
+
+
+def slice_index_for_view(volume_node, slice_node, axis: str) -> int:
+    """The voxel slice index along ``axis`` at the view's current position (its SliceToRAS origin)."""
+    m = matrix_to_numpy(slice_node.GetSliceToRAS())
+    ijk = apply(np.linalg.inv(volume_ijk_to_world(volume_node)), m[:3, 3][None, :])[0]
+    a = AXIS_BOX_INDEX[axis]
+    size = box_shape_xyz(volume_shape(volume_node))[a]
+    return int(min(max(int(round(ijk[a])), 0), size - 1))
+
+
+def mask_volume_ml(mask: np.ndarray, volume_node) -> float:
+    """Volume of a (K, J, I) mask on ``volume_node``'s grid in millilitres."""
+    voxel_mm3 = abs(float(np.linalg.det(volume_ijk_to_node(volume_node)[:3, :3])))
+    return float(np.count_nonzero(mask)) * voxel_mm3 / 1000.0
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Grids of images (segmentation labelmaps)
 # ----------------------------------------------------------------------------------------------------------
