@@ -135,3 +135,33 @@ def test_library_with_any_label_value_becomes_binary_examples(tmp_path):
     assert manifest["label"] == 5 and len(got) == 1
     assert set(np.unique(got[0].label)) == {0, 1}
     assert got[0].label.sum() == 12 * 12
+
+
+def test_chosen_slices_only_are_examples_and_the_default_box_covers_the_structure(slicer_scene, data_dir):
+    """Re-running UniverSeg after an Apply: every slice holds voxels, so the user picks which ones are examples;
+    without an ROI the run is limited to the labelled slices' box plus a margin, which covers the organ."""
+    d = data_dir / "totalseg_ct_sm"
+    target = slicer_scene.load_volume(str(d / "ct.nii.gz"), "target")
+    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
+    liver = (labels == 5).astype(np.uint8)
+    seg = slicer_scene.add_segmentation("work", target)
+    sid = segments.write_mask(seg, liver, target, name="liver")          # "after an Apply": all slices
+    got = ex.from_labelled_slices(target, seg, sid, "axial", slices=[8, 14, 20])
+    assert got.slices == [8, 14, 20]
+    assert set(np.nonzero(got.label.any(axis=(1, 2)))[0].tolist()) == {8, 14, 20}
+    np.testing.assert_array_equal(got.label[14], liver[14])
+    with pytest.raises(InputError, match=r"Slice\(s\) \[40\].*hold no voxels"):
+        ex.from_labelled_slices(target, seg, sid, "axial", slices=[14, 40])
+    # few-shot: slices 9, 14, 19 labelled -> default box: slices 4..24, liver's in-plane box + margin
+    partial = np.zeros_like(liver)
+    partial[[9, 14, 19]] = liver[[9, 14, 19]]
+    seg2 = slicer_scene.add_segmentation("few", target)
+    sid2 = segments.write_mask(seg2, partial, target, name="liver")
+    arrays = ex.from_labelled_slices(target, seg2, sid2, "axial")
+    box = ex.default_roi_box(arrays, "axial")
+    assert (box[2], box[5]) == (4, 24)
+    inplane = geometry.mask_bounding_box(partial)
+    assert box[0] < inplane[0] and box[1] < inplane[1] and box[3] > inplane[3] and box[4] > inplane[4]
+    # the box holds most of the liver on its slices
+    inside = liver[box[2]:box[5] + 1, box[1]:box[4] + 1, box[0]:box[3] + 1].sum()
+    assert inside >= 0.95 * liver[box[2]:box[5] + 1].sum()

@@ -59,16 +59,56 @@ def source_volume_for(segmentation_node, volume_node=None):
     return ref
 
 
-def from_labelled_slices(volume_node, segmentation_node, segment_id: str, axis: str = "axial") -> ExampleArrays:
-    """Source (a): the target segment's labelled slices on the target volume."""
+def from_labelled_slices(volume_node, segmentation_node, segment_id: str, axis: str = "axial",
+                         slices: Optional[Sequence[int]] = None) -> ExampleArrays:
+    """Source (a): the target segment's labelled slices on the target volume. ``slices``: use only these slices
+    as examples (e.g. the ones the user corrected), not every slice that has voxels - after an Apply every slice
+    of the result has voxels, and re-running with all of them as examples could change nothing."""
     label = segments.segment_to_array(segmentation_node, segment_id, volume_node)
-    slices = labelled_slice_indices(label, axis)
+    available = labelled_slice_indices(label, axis)
     name = segments.get_segment(segmentation_node, segment_id).GetName()
-    if not slices:
+    if not available:
         raise InputError(f"Segment '{name}' has no labelled slices yet: paint the structure on a few {axis} slices "
                          "first (or choose other examples).")
+    if slices is not None:
+        chosen = sorted({int(k) for k in slices})
+        empty = [k for k in chosen if k not in available]
+        if not chosen or empty:
+            raise InputError(f"Slice(s) {empty or chosen} of segment '{name}' hold no voxels: paint the structure "
+                             f"there first, or choose example slices among {available[:12]}"
+                             f"{'...' if len(available) > 12 else ''}.")
+        a = geometry.AXIS_ARRAY_INDEX[axis]
+        keep = np.zeros(label.shape[a], dtype=bool)
+        keep[chosen] = True
+        shape = [1, 1, 1]
+        shape[a] = -1
+        label = (label * keep.reshape(shape)).astype(np.uint8)
+        available = chosen
     return ExampleArrays(image=geometry.volume_to_array(volume_node).array, label=label, name=name,
-                         source="labelled-slices", volume_name=volume_node.GetName(), slices=slices)
+                         source="labelled-slices", volume_name=volume_node.GetName(), slices=available)
+
+
+def default_roi_box(arrays: ExampleArrays, axis: str = "axial", margin_slices: Optional[int] = None):
+    """Where to segment when the user gave no ROI for few-shot completion: the labelled slices' in-plane box
+    (+25 %, at least 4 voxels, as the pipeline crops examples) and their slice range widened by the usual gap
+    between labelled slices (at least 2) - not the whole volume (minutes on a CPU, false positives far away)."""
+    box = geometry.mask_bounding_box(arrays.label)
+    if box is None:
+        raise InputError(f"'{arrays.name}' has no labelled voxels: paint the structure on a few slices first.")
+    a = geometry.AXIS_BOX_INDEX[axis]
+    size = geometry.box_shape_xyz(arrays.label.shape)
+    if margin_slices is None:
+        gaps = np.diff(sorted(arrays.slices)) if len(arrays.slices) > 1 else np.array([2])
+        margin_slices = max(2, int(np.median(gaps)))
+    b = list(box)
+    for d in range(3):
+        if d == a:
+            b[d], b[d + 3] = b[d] - margin_slices, b[d + 3] + margin_slices
+        else:
+            m = max(4, int(round(0.25 * (b[d + 3] - b[d] + 1))))
+            b[d], b[d + 3] = b[d] - m, b[d + 3] + m
+        b[d], b[d + 3] = max(b[d], 0), min(b[d + 3], size[d] - 1)
+    return tuple(int(v) for v in b)
 
 
 def from_segments(segmentation_node, segment_ids: Sequence[str], volume_node=None, axis: str = "axial",
