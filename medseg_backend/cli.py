@@ -65,23 +65,31 @@ def _add_medsam(sub) -> None:
     p.set_defaults(func=cmd_medsam)
 
 
+def _quiet_check(fn, *a, **kw):
+    """Run a validation whose warnings (box clipped, ...) the real run repeats: errors now, warnings once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MedSegWarning)
+        return fn(*a, **kw)
+
+
 def cmd_medsam(args) -> int:
     from .intensity import apply_intensity, resolve_preset
-    from .io import check_output_path, read_image, write_float_image, write_label, write_rgb_png
-    from .medsam import AXES, MedSAMEngine, parse_box
+    from .io import (IMAGE_2D_OUTPUTS, OVERLAY_EXTENSIONS, PROBABILITY_EXTENSIONS, LABEL_EXTENSIONS, _has_ext,
+                     check_outputs, check_volume_format, float_image, label_image, read_image, rgb_image,
+                     write_images)
+    from .medsam import AXES, MedSAMEngine, check_box, parse_box
     from .overlay import overlay_rgb
 
-    check_output_path(args.output)
-    if args.probabilities:
-        check_output_path(args.probabilities, allowed=(".nrrd", ".nii", ".nii.gz", ".mha", ".tif", ".tiff"),
-                          what="probability")
-    if args.overlay:
-        check_output_path(args.overlay, allowed=(".png",), what="overlay")
+    # 1. Every output path, before anything is read or computed.
+    check_outputs([(args.output, "output", LABEL_EXTENSIONS),
+                   (args.probabilities, "probability map", PROBABILITY_EXTENSIONS),
+                   (args.overlay, "overlay", OVERLAY_EXTENSIONS)],
+                  inputs=[args.image, args.weights])
+    # 2. The input, the boxes and the intensity preset, before the model is loaded.
     img = read_image(args.image)
     arr = img.array
     volume = arr.ndim == 3 and not img.is_rgb
-    t0 = time.perf_counter()
-    engine = MedSAMEngine(args.model, weights=args.weights, device=args.device, precision=args.precision)
+    plane_out = False  # --slice with a 2-D picture output: write that slice only
     if not volume or args.slice is not None:
         boxes = [parse_box(b, 2) for b in args.box]
         if len(boxes) != 1:
@@ -92,14 +100,40 @@ def cmd_medsam(args) -> int:
                 raise MedSegError(f"--slice {args.slice} is outside the volume (0..{arr.shape[ax] - 1} along "
                                   f"{args.axis}): pick an existing slice.")
             rule, why = resolve_preset(args.intensity, arr)  # window the whole volume, as the 3-D path does
+            plane_shape = tuple(n for a, n in enumerate(arr.shape) if a != ax)
+            _quiet_check(check_box, boxes[0], plane_shape)
+            plane_out = _has_ext(args.output, IMAGE_2D_OUTPUTS)
+            if args.probabilities and _has_ext(args.probabilities, IMAGE_2D_OUTPUTS) != plane_out:
+                raise MedSegError("With --slice, write the label map and the probabilities both as 2-D pictures "
+                                  "(.png/.tif) or both as volumes (.nrrd/.nii.gz).")
+        else:
+            resolve_preset(args.intensity, arr)
+            _quiet_check(check_box, boxes[0], arr.shape[:2])
+    else:
+        boxes = [parse_box(b, 3) for b in args.box]
+        resolve_preset(args.intensity, arr)
+        for i, b in enumerate(boxes):
+            _quiet_check(check_box, b, arr.shape, what=f"Box {i + 1}", axis=AXES[args.axis])
+        check_volume_format(args.output, arr.shape, is_volume=True, what="output")
+        check_volume_format(args.probabilities, arr.shape, is_volume=True, what="probability map")
+    # 3. The model, the run.
+    t0 = time.perf_counter()
+    engine = MedSAMEngine(args.model, weights=args.weights, device=args.device, precision=args.precision)
+    geometry = img.geometry
+    if not volume or args.slice is not None:
+        if volume:
             plane = np.take(apply_intensity(arr, rule), args.slice, axis=ax)
             res = engine.segment_image(plane, boxes[0], intensity=rule)
-            labels = np.zeros(arr.shape, dtype=np.uint8)
-            prob = np.zeros(arr.shape, dtype=np.float32)
-            idx = [slice(None)] * 3
-            idx[ax] = args.slice
-            labels[tuple(idx)] = res.mask
-            prob[tuple(idx)] = res.probabilities
+            if plane_out:
+                labels, prob = res.mask, res.probabilities
+                geometry = img.geometry.plane(ax, args.slice)
+            else:
+                labels = np.zeros(arr.shape, dtype=np.uint8)
+                prob = np.zeros(arr.shape, dtype=np.float32)
+                idx = [slice(None)] * 3
+                idx[ax] = args.slice
+                labels[tuple(idx)] = res.mask
+                prob[tuple(idx)] = res.probabilities
             messages = [why]
             picture = lambda: overlay_rgb(plane, res.mask, [res.box])  # noqa: E731
         else:
@@ -109,7 +143,6 @@ def cmd_medsam(args) -> int:
                                           res.mask, [res.box])
         n_run = 1
     else:
-        boxes = [parse_box(b, 3) for b in args.box]
         res3 = engine.segment_volume(arr, boxes, intensity=args.intensity, propagation=args.propagation,
                                      stop_after=args.stop_after, axis=args.axis, progress=_progress_printer())
         labels, prob, messages = res3.labels, res3.probabilities, res3.messages
@@ -128,11 +161,13 @@ def cmd_medsam(args) -> int:
     dt = time.perf_counter() - t0
     for m in messages:
         print(m, file=sys.stderr)
-    write_label(args.output, labels, img.geometry)
+    # 4. All outputs together, or none.
+    items = [(args.output, label_image(labels, geometry))]
     if args.probabilities:
-        write_float_image(args.probabilities, prob, img.geometry)
+        items.append((args.probabilities, float_image(prob, geometry)))
     if args.overlay:
-        write_rgb_png(args.overlay, picture())
+        items.append((args.overlay, rgb_image(picture())))
+    write_images(items)
     voxels = int(np.count_nonzero(labels))
     print(f"wrote {args.output}: {voxels} voxels labelled, {n_run} slice(s), {dt:.1f} s "
           f"({engine.model_name}, {engine.device.type}, {engine.precision})")

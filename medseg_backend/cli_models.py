@@ -107,7 +107,8 @@ def _cmd_import(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MedSegWarning)
         try:
-            path = catalogue.import_weights(args.name, args.file, accept_licence=args.accept_licence)
+            path = catalogue.import_weights(args.name, args.file, accept_licence=args.accept_licence,
+                                            progress=_StderrProgress())
         finally:
             _show_warnings(caught)
     _report_installed(catalogue.get_entry(args.name).name, path)
@@ -147,7 +148,7 @@ def _cmd_path(args) -> int:
 
 def _cmd_delete(args) -> int:
     entry = catalogue.get_entry(args.name)
-    removed = catalogue.delete(entry.name)
+    removed = catalogue.delete(entry.name, progress=_StderrProgress())
     for p in removed:
         sys.stdout.write(f"removed {p}\n")
     remaining = catalogue.installed_path(entry.name)

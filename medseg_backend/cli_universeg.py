@@ -56,6 +56,13 @@ def _grey_target(img):
     return img.array
 
 
+def _example_paths(pairs: List[str]) -> List[str]:
+    out = []
+    for text in pairs or ():
+        out.extend(split_pair(text))
+    return out
+
+
 def _examples_from_pairs(pairs: List[str]):
     from .io import read_image
     from .universeg import Example
@@ -64,7 +71,7 @@ def _examples_from_pairs(pairs: List[str]):
     for text in pairs:
         ipath, lpath = split_pair(text)
         img = read_image(ipath)
-        lab = read_image(lpath)
+        lab = read_image(lpath, label=True)  # an empty label is an example without the structure: skipped later
         if lab.is_rgb:
             raise InputError(f"Label {lpath} is an RGB image: give a grey label map (0 = background).")
         out.append(Example(img.array, lab.array, os.path.basename(ipath)))
@@ -114,17 +121,28 @@ def _add_universeg(sub) -> None:
 
 
 def cmd_universeg(args) -> int:
-    from .io import check_output_path, read_image, write_float_image, write_label
-    from .medsam import parse_box
+    from .io import (LABEL_EXTENSIONS, check_outputs, check_volume_format, float_image, label_image, read_image,
+                     write_images)
+    from .medsam import check_box, parse_box
     from .progress import CancelToken
     from .universeg import UniverSegEngine, examples_from_labelled_slices
     from .universeg.library import load_library
+    from .universeg.support import axis_index
 
-    check_output_path(args.output)
-    if args.probabilities:
-        check_output_path(args.probabilities, allowed=PROB_EXTS, what="probability")
+    # 1. Every output path, before anything is read or computed.
+    inputs = [args.target, args.labelled_slices, args.weights] + _example_paths(args.examples)
+    check_outputs([(args.output, "output", LABEL_EXTENSIONS), (args.probabilities, "probability map", PROB_EXTS)],
+                  inputs=inputs)
+    # 2. Inputs, ROI and options, before the model is loaded.
     img = read_image(args.target)
     target = _grey_target(img)
+    check_volume_format(args.output, target.shape, is_volume=target.ndim == 3, what="output")
+    check_volume_format(args.probabilities, target.shape, is_volume=target.ndim == 3, what="probability map")
+    roi = parse_box(args.roi, target.ndim) if args.roi else None
+    if roi is not None:
+        from .cli import _quiet_check
+
+        _quiet_check(check_box, roi, target.shape, what="ROI", axis=0 if target.ndim == 2 else axis_index(args.axis))
     label = args.label
     intensity = args.intensity
     keep = None
@@ -137,7 +155,7 @@ def cmd_universeg(args) -> int:
     else:
         label = 1 if label is None else label
         if args.labelled_slices:
-            lab = read_image(args.labelled_slices)
+            lab = read_image(args.labelled_slices, label=True)
             if lab.array.shape != target.shape:
                 raise InputError(f"Labelled slices {args.labelled_slices} {tuple(lab.array.shape)} and the target "
                                  f"{tuple(target.shape)} differ in shape: label slices of the target itself.")
@@ -149,10 +167,13 @@ def cmd_universeg(args) -> int:
         else:
             examples = _examples_from_pairs(args.examples)
     intensity = intensity or "auto"
-    roi = parse_box(args.roi, target.ndim) if args.roi else None
     value = label if args.output_value is None else args.output_value
     if not 0 < value < 65536:
         raise InputError(f"Output value {value} does not fit a label map: use 1..65535 (--output-value).")
+    from .intensity import resolve_preset
+
+    resolve_preset(intensity, target)  # unknown preset / window outside the data: before the model loads
+    # 3. The model, the run.
     t0 = time.perf_counter()
     engine = UniverSegEngine(weights=args.weights, device=args.device, precision=args.precision)
     from .cli import _progress_printer
@@ -175,9 +196,11 @@ def cmd_universeg(args) -> int:
         print(m, file=sys.stderr)
     dtype = np.uint8 if value < 256 else np.uint16
     out = mask.astype(dtype) * dtype(value)
-    write_label(args.output, out, img.geometry)
+    # 4. All outputs together, or none.
+    items = [(args.output, label_image(out, img.geometry))]
     if args.probabilities:
-        write_float_image(args.probabilities, res.probabilities, img.geometry)
+        items.append((args.probabilities, float_image(res.probabilities, img.geometry)))
+    write_images(items)
     print(f"wrote {args.output}: {int(mask.sum())} voxels labelled ({value}), {res.slices_run} slice(s), "
           f"{dt:.1f} s (universeg-v1, {engine.device.type}, {engine.precision})")
     return 0
@@ -228,7 +251,7 @@ def cmd_library_export(args) -> int:
         if not args.labelmap:
             raise InputError("--volume needs --labelmap: give the label map drawn on that volume.")
         vol = read_image(args.volume)
-        lab = read_image(args.labelmap)
+        lab = read_image(args.labelmap, label=True)
         if vol.array.ndim == 2 and not vol.is_rgb:
             from .universeg import Example
 

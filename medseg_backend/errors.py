@@ -36,3 +36,15 @@ class CancelledError(MedSegError):
 
 class MedSegWarning(UserWarning):
     """Something was adjusted (box clipped, few examples, ...) and the run went on."""
+
+
+def clip_text(text: str, limit: int = 100) -> str:
+    """``text`` on one line, cut at a word boundary to at most ``limit`` characters ("..." when cut), for
+    quoting a library's reason inside a one-line message without cutting a word in half."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 3]
+    if " " in cut[limit // 2:]:
+        cut = cut[:cut.rfind(" ")]
+    return cut.rstrip(" ,;:(") + "..."

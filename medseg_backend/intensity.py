@@ -96,6 +96,8 @@ def resolve_preset(text: str, array: np.ndarray) -> Tuple[IntensityRule, str]:
             raise InputError("Intensity preset 'raw' needs 8-bit data (values 0..255) but the image spans "
                              f"{float(np.min(array)):g}..{float(np.max(array)):g}: use --intensity auto, mr, a CT "
                              "preset or window:L,W.")
+        if rule.kind == "window":
+            check_window(rule, array)
         return rule, f"intensity preset {rule.describe()}"
     if is_8bit(array):
         rule = IntensityRule("raw", "raw")
@@ -107,6 +109,19 @@ def resolve_preset(text: str, array: np.ndarray) -> Tuple[IntensityRule, str]:
         rule = IntensityRule("mr", "mr")
         why = "not 8-bit and not Hounsfield-like, treated as MR"
     return rule, f"auto intensity: {rule.describe()} ({why})"
+
+
+def check_window(rule: IntensityRule, array: np.ndarray) -> None:
+    """Refuse a window that lies wholly outside the data: every voxel would be clipped to one value and the
+    model would be shown a blank image (and still return a confident mask)."""
+    if array.size == 0:
+        return
+    lower, upper = rule.level - rule.width / 2.0, rule.level + rule.width / 2.0
+    lo, hi = float(np.min(array)), float(np.max(array))
+    if hi <= lower or lo >= upper:
+        raise InputError(f"Intensity window {rule.describe()} covers {lower:g}..{upper:g} but the image values are "
+                         f"{lo:g}..{hi:g}: every voxel would become one grey level (a blank image); use --intensity "
+                         "auto or a window inside the data range (e.g. the window displayed in the viewer).")
 
 
 def _fits_uint8(array: np.ndarray) -> bool:

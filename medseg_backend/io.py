@@ -11,11 +11,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import InputError
+from .errors import clip_text as _clip_text
 
 IMAGE_2D_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 VOLUME_EXTENSIONS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -56,6 +57,26 @@ class Geometry:
         origin = np.asarray(self.origin) + d[:, 2] * self.spacing[2] * k
         return Geometry(self.spacing[:2], tuple(origin[:2].tolist()), tuple(d[:2, :2].ravel().tolist()))
 
+    def plane(self, array_axis: int, k: int) -> "Geometry":
+        """Geometry of the 2-D plane ``k`` along array axis ``array_axis`` (0 = K, 1 = J, 2 = I) of a 3-D grid,
+        for 2-D picture outputs: in-plane spacing, the plane's origin, the in-plane part of the direction (the
+        identity when that part is not a rotation, e.g. a coronal plane of an oblique volume)."""
+        if self.dimension != 3:
+            return self
+        if array_axis == 0:
+            g = self.slice2d(k)
+        else:
+            d = np.asarray(self.direction).reshape(3, 3)
+            normal = 2 - array_axis
+            keep = [a for a in range(3) if a != normal]
+            origin = np.asarray(self.origin) + d[:, normal] * self.spacing[normal] * k
+            g = Geometry(tuple(self.spacing[a] for a in keep), tuple(origin[keep].tolist()),
+                         tuple(d[np.ix_(keep, keep)].ravel().tolist()))
+        m = np.asarray(g.direction).reshape(2, 2)
+        if not np.allclose(m @ m.T, np.eye(2), atol=1e-6):
+            g = Geometry(g.spacing, g.origin, (1.0, 0.0, 0.0, 1.0))
+        return g
+
 
 @dataclass
 class LoadedImage:
@@ -69,9 +90,21 @@ class LoadedImage:
         return self.array.ndim == 3 and not self.is_rgb
 
 
-def _sitk():
-    import SimpleITK as sitk  # imported lazily: keeps `import medseg_backend` light
+_SITK_QUIET = False
 
+
+def _sitk():
+    """SimpleITK, imported lazily (keeps `import medseg_backend` light), with ITK's global warning display off:
+    raw ITK warnings on stderr mean nothing to a user; the checks here turn the relevant cases into messages."""
+    global _SITK_QUIET
+    import SimpleITK as sitk
+
+    if not _SITK_QUIET:
+        try:
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        except AttributeError:  # pragma: no cover - very old SimpleITK
+            sitk.ProcessObject_SetGlobalWarningDisplay(False)
+        _SITK_QUIET = True
     return sitk
 
 
@@ -80,8 +113,147 @@ def _has_ext(path: str, exts: Sequence[str]) -> bool:
     return any(low.endswith(e) for e in exts)
 
 
-def read_image(path: str, *, allow_rgb_volume: bool = False) -> LoadedImage:
-    """Read a 2-D image or a 3-D volume (file or DICOM folder). Raises :class:`InputError` on any problem."""
+# ------------------------------------------------------------------------------------ completeness checks --
+# SimpleITK reads a NIfTI file whose voxel data stop early without complaint (the missing voxels become 0) and
+# reports a short MetaImage as "No such file or directory". These checks compare the data length with what the
+# header announces, before SimpleITK reads the file.
+def _incomplete(path: str, announced: int, present: int) -> InputError:
+    return InputError(f"{path} is truncated: its header announces {announced} bytes of voxel data but only "
+                      f"{max(present, 0)} are there; copy or export the file again (the transfer was incomplete).")
+
+
+def _nifti_expected(header: bytes) -> Optional[Tuple[int, int]]:
+    """(vox_offset, data bytes) from a NIfTI-1/-2 single-file header, or None when it is not one we can size."""
+    import struct
+
+    if len(header) < 348:
+        return None
+    for end in ("<", ">"):
+        size = struct.unpack(end + "i", header[:4])[0]
+        if size == 348:
+            if header[344:347] != b"n+1":
+                return None
+            dims = struct.unpack(end + "8h", header[40:56])
+            bitpix = struct.unpack(end + "h", header[72:74])[0]
+            offset = int(struct.unpack(end + "f", header[108:112])[0])
+            break
+        if size == 540 and len(header) >= 540:
+            if header[4:7] != b"n+2":
+                return None
+            bitpix = struct.unpack(end + "h", header[14:16])[0]
+            dims = struct.unpack(end + "8q", header[16:80])
+            offset = struct.unpack(end + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    nd = dims[0]
+    if not 1 <= nd <= 7 or bitpix <= 0 or bitpix % 8 or any(d < 0 for d in dims[1:nd + 1]):
+        return None
+    count = 1
+    for d in dims[1:nd + 1]:
+        count *= int(d)
+    return max(offset, size), count * (bitpix // 8)
+
+
+def _check_nifti(path: str) -> None:
+    if path.lower().endswith(".gz"):
+        import gzip
+        import zlib
+
+        try:
+            with gzip.open(path, "rb") as f:
+                header = f.read(540)
+                total = len(header)
+                while True:
+                    block = f.read(1 << 22)
+                    if not block:
+                        break
+                    total += len(block)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise InputError(f"{path} is truncated or damaged ({_clip_text(str(exc) or type(exc).__name__, 80)}): "
+                             "copy or export the file again (the transfer was incomplete).") from None
+        except OSError:
+            return  # unreadable: SimpleITK says why
+    else:
+        try:
+            with open(path, "rb") as f:
+                header = f.read(540)
+            total = os.path.getsize(path)
+        except OSError:
+            return
+    sized = _nifti_expected(header)
+    if sized is None:
+        return
+    offset, nbytes = sized
+    if total < offset + nbytes:
+        raise _incomplete(path, nbytes, total - offset)
+
+
+_MET_SIZES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def _check_metaimage(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return
+    fields, data_start = {}, None
+    pos = 0
+    while pos < len(head):
+        nl = head.find(b"\n", pos)
+        if nl < 0:
+            break
+        line = head[pos:nl].decode("latin-1").strip()
+        pos = nl + 1
+        if "=" in line:
+            key, value = (t.strip() for t in line.split("=", 1))
+            fields[key.lower()] = value
+            if key.lower() == "elementdatafile":
+                data_start = pos
+                break
+    if data_start is None:
+        return
+    if fields.get("compresseddata", "false").lower() == "true" or "headersize" in fields:
+        return
+    try:
+        dims = [int(v) for v in fields.get("dimsize", "").split()]
+        comps = int(fields.get("elementnumberofchannels", "1"))
+    except ValueError:
+        return
+    esize = _MET_SIZES.get(fields.get("elementtype", "").upper())
+    if not dims or esize is None:
+        return
+    nbytes = esize * comps
+    for d in dims:
+        nbytes *= d
+    datafile = fields.get("elementdatafile", "")
+    if datafile.upper() == "LOCAL":
+        present = os.path.getsize(path) - data_start
+    elif datafile.upper().startswith("LIST") or "%" in datafile:
+        return
+    else:
+        other = os.path.join(os.path.dirname(path), datafile)
+        if not os.path.isfile(other):
+            raise InputError(f"{path}: its voxel data file '{datafile}' is missing: keep the .mhd and its data file "
+                             "together in one folder.")
+        present = os.path.getsize(other)
+    if present < nbytes:
+        raise _incomplete(path, nbytes, present)
+
+
+def _check_complete(path: str) -> None:
+    low = path.lower()
+    if low.endswith(".nii") or low.endswith(".nii.gz"):
+        _check_nifti(path)
+    elif low.endswith(".mha") or low.endswith(".mhd"):
+        _check_metaimage(path)
+
+
+def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False) -> LoadedImage:
+    """Read a 2-D image or a 3-D volume (file or DICOM folder). Raises :class:`InputError` on any problem.
+    ``label=True``: a label map, which may be constant (an example without the structure is all 0)."""
     sitk = _sitk()
     p = Path(path)
     if not p.exists():
@@ -97,14 +269,20 @@ def read_image(path: str, *, allow_rgb_volume: bool = False) -> LoadedImage:
             reader.SetFileNames(files)
             img = reader.Execute()
         else:
+            if not os.access(str(p), os.R_OK):
+                raise InputError(f"Cannot read {path}: permission denied; make the file readable (or copy it) and "
+                                 "try again.")
+            _check_complete(str(p))
             img = sitk.ReadImage(str(p))
     except InputError:
         raise
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = first[-1] if first else "unknown reason"
-        raise InputError(f"Cannot read {path} as an image ({detail[:120]}): use PNG, JPEG, TIFF, NRRD, NIfTI, "
-                         "MHA or a DICOM folder, and check that the file is complete.") from None
+        if "No such file or directory" in detail or "Could not open" in detail or "Can't open" in detail:
+            detail = "the file is incomplete or damaged"
+        raise InputError(f"Cannot read {path} as an image ({_clip_text(detail, 120)}): use PNG, JPEG, TIFF, NRRD, "
+                         "NIfTI, MHA or a DICOM folder, and check that the file is complete.") from None
     ncomp = img.GetNumberOfComponentsPerPixel()
     dim = img.GetDimension()
     array = sitk.GetArrayFromImage(img)
@@ -129,12 +307,12 @@ def read_image(path: str, *, allow_rgb_volume: bool = False) -> LoadedImage:
         raise InputError(f"{path} is a {dim}-D image: give a 2-D image or a 3-D volume "
                          "(extract one time point / channel first).")
     loaded = LoadedImage(array=array, geometry=geometry, path=str(path), is_rgb=is_rgb)
-    validate_array(loaded.array, name=str(path))
+    validate_array(loaded.array, name=str(path), allow_constant=label)
     return loaded
 
 
-def validate_array(array: np.ndarray, name: str = "image") -> None:
-    """Reject arrays no model can use: empty, non-finite or constant."""
+def validate_array(array: np.ndarray, name: str = "image", *, allow_constant: bool = False) -> None:
+    """Reject arrays no model can use: empty, non-finite or constant (unless ``allow_constant``: labels)."""
     if array.ndim > 4 or array.ndim < 2:
         raise InputError(f"{name} has {array.ndim} dimensions: give a 2-D image or a 3-D volume.")
     if array.size == 0 or 0 in array.shape:
@@ -145,8 +323,8 @@ def validate_array(array: np.ndarray, name: str = "image") -> None:
                          "before segmenting.")
     if array.dtype.kind not in "biuf":
         raise InputError(f"{name} has pixel type {array.dtype}: give integer or floating-point intensities.")
-    if array.dtype.kind != "b" and np.min(array) == np.max(array):
-        raise InputError(f"{name} is constant (every voxel = {np.min(array)!r}): there is nothing to segment; "
+    if not allow_constant and array.dtype.kind != "b" and np.min(array) == np.max(array):
+        raise InputError(f"{name} is constant (every voxel = {np.min(array).item()!r}): there is nothing to segment; "
                          "check that the right image was loaded.")
 
 
@@ -165,49 +343,189 @@ def _suffix(path: str) -> str:
     return os.path.splitext(low)[1]
 
 
-def atomic_write_image(img, path: str) -> None:
-    """Write a SimpleITK image through a temporary file in the same folder, then rename it into place."""
-    sitk = _sitk()
-    target = Path(path)
-    if target.parent and not target.parent.exists():
-        raise InputError(f"Output folder {target.parent} does not exist: create it or choose another path.")
-    fd, tmp = tempfile.mkstemp(prefix=".medseg-", suffix=_suffix(path), dir=str(target.parent or "."))
-    os.close(fd)
+IMAGE_2D_OUTPUTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+PROBABILITY_EXTENSIONS = (".nrrd", ".nii", ".nii.gz", ".mha", ".tif", ".tiff")
+OVERLAY_EXTENSIONS = (".png",)
+
+
+# ------------------------------------------------------------------------------------------- output paths --
+def current_umask() -> int:
+    """The process umask (read without changing it where the platform allows)."""
     try:
-        sitk.WriteImage(img, tmp, True)
-        os.replace(tmp, target)
-    except RuntimeError as exc:
-        raise InputError(f"Cannot write {path} ({str(exc).strip().splitlines()[-1][:100]}): choose a .nrrd, "
-                         ".nii.gz, .mha, .png or .tif output path in a writable folder.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with open("/proc/self/status", "r", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_public(path: Union[str, os.PathLike], folder: bool = False) -> None:
+    """Give a file made by :mod:`tempfile` (0600 / 0700) the permissions a plain ``open`` / ``mkdir`` would
+    have given it: 0666 / 0777 minus the umask. Best effort (Windows ignores most bits)."""
+    try:
+        os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+    except OSError:
+        pass
+
+
+def same_path(a: Union[str, os.PathLike], b: Union[str, os.PathLike]) -> bool:
+    """True when ``a`` and ``b`` name one file: the same inode when both exist (symlinks, hard links, other
+    spellings), else the same resolved path."""
+    a, b = os.fspath(a), os.fspath(b)
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.normcase(os.path.realpath(os.path.abspath(a))) == \
+        os.path.normcase(os.path.realpath(os.path.abspath(b)))
+
+
+def check_writable_folder(folder: Union[str, os.PathLike], what: str = "output") -> None:
+    """Raise :class:`InputError` unless ``folder`` exists, is a folder and accepts new files."""
+    folder = os.fspath(folder) or "."
+    if not os.path.exists(folder):
+        raise InputError(f"The {what} folder {folder} does not exist: create it or choose another path.")
+    if not os.path.isdir(folder):
+        raise InputError(f"The {what} folder {folder} is not a folder (a file has that name): choose another path.")
+    ok = os.access(folder, os.W_OK | os.X_OK)
+    if ok:
+        try:  # the real test (ACLs, read-only mounts, network shares): create and remove a probe file
+            fd, probe = tempfile.mkstemp(prefix=".medseg-probe-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError:
+            ok = False
+    if not ok:
+        raise InputError(f"The {what} folder {folder} is not writable: choose a folder you can write to (or fix its "
+                         "permissions).")
 
 
 def check_output_path(path: str, *, allowed: Sequence[str] = LABEL_EXTENSIONS, what: str = "output") -> None:
+    """Raise :class:`InputError` unless ``path`` can take a new ``what`` file: known extension, not a folder,
+    in an existing writable folder. Called before any work."""
     if not _has_ext(path, allowed):
         raise InputError(f"Cannot tell the {what} format from '{path}': end the name with one of "
                          f"{', '.join(allowed)}.")
-    parent = Path(path).parent
-    if str(parent) and not parent.exists():
-        raise InputError(f"Output folder {parent} does not exist: create it or choose another path.")
+    if os.path.isdir(path):
+        raise InputError(f"The {what} path {path} is a folder: give a file name inside it, e.g. "
+                         f"{os.path.join(path, 'segmentation' + allowed[0])}.")
+    check_writable_folder(os.path.dirname(path) or ".", what)
+
+
+def check_outputs(outputs: Sequence[Tuple[Optional[str], str, Sequence[str]]],
+                  inputs: Sequence[Optional[Union[str, os.PathLike]]] = ()) -> None:
+    """Check every output before any work: each ``(path, what, allowed extensions)`` with a path (see
+    :func:`check_output_path`), no output equal to an input file (which it would replace) or to another output."""
+    given = [(p, w, a) for p, w, a in outputs if p]
+    for path, what, allowed in given:
+        if not _has_ext(path, allowed):
+            raise InputError(f"Cannot tell the {what} format from '{path}': end the name with one of "
+                             f"{', '.join(allowed)}.")
+    for path, what, _ in given:
+        for inp in inputs:
+            if inp and same_path(path, inp):
+                raise InputError(f"The {what} path {path} is the input file {os.fspath(inp)}: writing there would "
+                                 "replace your input; choose another file name.")
+    for i, (path, what, _) in enumerate(given):
+        for other, other_what, _ in given[:i]:
+            if same_path(path, other):
+                raise InputError(f"The {other_what} and the {what} would both be written to {path}: give each "
+                                 "output its own file name.")
+    for path, what, allowed in given:
+        check_output_path(path, allowed=allowed, what=what)
+
+
+def check_volume_format(path: Optional[str], shape: Sequence[int], *, is_volume: bool, what: str = "output") -> None:
+    """A volume with more than one slice cannot go into a 2-D picture format (it would keep one slice only)."""
+    if path and is_volume and len(shape) == 3 and shape[0] > 1 and _has_ext(path, IMAGE_2D_OUTPUTS):
+        raise InputError(f"The {what} {path} is a 2-D picture format but the result is a volume of {shape[0]} "
+                         f"slices: write .nrrd or .nii.gz (or segment one slice with --slice).")
+
+
+def write_images(items: Sequence[Tuple[str, object]]) -> None:
+    """Write SimpleITK images ``[(path, image), ...]`` all or nothing: each into a temporary file in its target
+    folder; only when every one was written are they moved into place (:func:`os.replace`). On any failure (or
+    an interrupt) no new output and no temporary file remains."""
+    sitk = _sitk()
+    temps: List[Tuple[str, str]] = []
+    placed: List[str] = []
+    current = ""
+    try:
+        for path, img in items:
+            current = path
+            folder = os.path.dirname(os.path.abspath(path))
+            fd, tmp = tempfile.mkstemp(prefix=".medseg-", suffix=_suffix(path), dir=folder)
+            os.close(fd)
+            temps.append((tmp, path))
+            sitk.WriteImage(img, tmp, True)
+            make_public(tmp)
+        for tmp, path in temps:
+            current = path
+            os.replace(tmp, path)
+            placed.append(path)
+        temps = []
+    except RuntimeError as exc:
+        raise InputError(f"Cannot write {current} ({_clip_text(str(exc).strip().splitlines()[-1], 100)}): choose a "
+                         ".nrrd, .nii.gz, .mha, .png or .tif output path in a writable folder; nothing was "
+                         "written.") from None
+    except OSError as exc:
+        raise InputError(f"Cannot write {current} ({exc.strerror or type(exc).__name__}): choose a writable folder "
+                         "with free space; nothing was written.") from None
+    finally:
+        if temps:  # failed or interrupted: remove what this call created
+            for tmp, _ in temps:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            for path in placed:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+def atomic_write_image(img, path: str) -> None:
+    """Write one SimpleITK image through a temporary file in the same folder, then rename it into place."""
+    check_writable_folder(os.path.dirname(path) or ".")
+    write_images([(path, img)])
+
+
+def label_image(labels: np.ndarray, geometry: Optional[Geometry]):
+    """A label map (0 = background) as a SimpleITK image with ``geometry`` (uint8, or uint16 above 255)."""
+    arr = np.ascontiguousarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))
+    return array_to_sitk(arr, geometry)
+
+
+def float_image(data: np.ndarray, geometry: Optional[Geometry]):
+    return array_to_sitk(np.ascontiguousarray(data.astype(np.float32)), geometry)
+
+
+def rgb_image(rgb: np.ndarray):
+    return array_to_sitk(np.ascontiguousarray(rgb.astype(np.uint8)), None, is_vector=True)
 
 
 def write_label(path: str, labels: np.ndarray, geometry: Optional[Geometry]) -> None:
     """Write a label map (0 = background) with ``geometry``; PNG/TIFF get uint8 values as they are."""
     check_output_path(path)
-    arr = np.ascontiguousarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))
-    atomic_write_image(array_to_sitk(arr, geometry), path)
+    check_volume_format(path, labels.shape, is_volume=labels.ndim == 3)
+    write_images([(path, label_image(labels, geometry))])
 
 
 def write_float_image(path: str, data: np.ndarray, geometry: Optional[Geometry]) -> None:
-    check_output_path(path, allowed=(".nrrd", ".nii", ".nii.gz", ".mha", ".tif", ".tiff"), what="probability")
-    atomic_write_image(array_to_sitk(np.ascontiguousarray(data.astype(np.float32)), geometry), path)
+    check_output_path(path, allowed=PROBABILITY_EXTENSIONS, what="probability map")
+    check_volume_format(path, data.shape, is_volume=data.ndim == 3, what="probability map")
+    write_images([(path, float_image(data, geometry))])
 
 
 def write_rgb_png(path: str, rgb: np.ndarray) -> None:
-    check_output_path(path, allowed=(".png",), what="overlay")
-    atomic_write_image(array_to_sitk(np.ascontiguousarray(rgb.astype(np.uint8)), None, is_vector=True), path)
+    check_output_path(path, allowed=OVERLAY_EXTENSIONS, what="overlay")
+    write_images([(path, rgb_image(rgb))])
 
 
 def to_grey(array: np.ndarray) -> np.ndarray:

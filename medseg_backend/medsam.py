@@ -73,16 +73,19 @@ def parse_box(text: str, ndim: int) -> Tuple[int, ...]:
     return vals
 
 
-def check_box(box: Sequence[int], shape: Sequence[int], *, what: str = "Box") -> Tuple[int, ...]:
+def check_box(box: Sequence[int], shape: Sequence[int], *, what: str = "Box", axis: int = 0) -> Tuple[int, ...]:
     """Validate an inclusive voxel box against an array shape (SimpleITK order) and clip it.
 
-    ``shape`` is (H, W) for 2-D boxes (x0, y0, x1, y1) or (K, J, I) for 3-D boxes (x0, y0, z0, x1, y1, z1).
-    Inverted or empty boxes and boxes wholly outside are errors; a box partly outside is clipped with a
+    ``shape`` is (H, W) for 2-D boxes (x0, y0, x1, y1) or (K, J, I) for 3-D boxes (x0, y0, z0, x1, y1, z1);
+    ``axis`` (3-D) is the slicing axis of the array (0 = K axial, 1 = J coronal, 2 = I sagittal).
+    Inverted boxes, boxes wholly outside and empty boxes (a single pixel in every slice they cut, also after
+    clipping: zero-size ROIs, single voxels) are errors; a box partly outside is clipped with a
     :class:`MedSegWarning`.
     """
     nd = len(box) // 2
+    box = tuple(int(v) for v in box)  # plain ints in messages (no numpy reprs)
     lo, hi = list(box[:nd]), list(box[nd:])
-    sizes = list(reversed(shape))[:nd]  # x <-> last axis
+    sizes = [int(n) for n in reversed(shape)][:nd]  # x <-> last axis
     names = "xyz"[:nd]
     for a in range(nd):
         if hi[a] < lo[a]:
@@ -93,11 +96,19 @@ def check_box(box: Sequence[int], shape: Sequence[int], *, what: str = "Box") ->
             raise InputError(f"{what} {tuple(box)} lies outside the image along {names[a]} (valid 0..{sizes[a] - 1}): "
                              "draw the box over the structure.")
     clipped = [max(0, v) for v in lo] + [min(sizes[a] - 1, hi[a]) for a in range(nd)]
-    if clipped != list(box):
+    was_clipped = clipped != list(box)
+    # In-plane axes (box coordinates) of the slices the box is cut into: x, y in 2-D; all but the slicing axis in 3-D.
+    plane = (0, 1) if nd == 2 else tuple(a for a in range(3) if a != 2 - int(axis))
+    if all(clipped[a] == clipped[nd + a] for a in plane):
+        kind = "a single voxel" if nd == 3 and all(clipped[a] == clipped[nd + a] for a in range(3)) else \
+            ("a single pixel" if nd == 2 else "a single pixel in each slice")
+        after = f" after clipping to the image ({tuple(clipped)})" if was_clipped else ""
+        raise InputError(f"{what} {tuple(box)} is empty: it covers {kind}{after}, so there is nothing to segment; "
+                         f"draw a box around the structure (at least 2 pixels wide or high"
+                         f"{' in the slice plane' if nd == 3 else ''}).")
+    if was_clipped:
         warnings.warn(f"{what} {tuple(box)} extends beyond the image {tuple(sizes)}: clipped to {tuple(clipped)}.",
                       MedSegWarning, stacklevel=2)
-    if nd == 2 and (clipped[2] == clipped[0] and clipped[3] == clipped[1]):
-        raise InputError(f"{what} {tuple(box)} covers a single pixel: draw a box around the structure.")
     return tuple(clipped)
 
 
@@ -367,8 +378,14 @@ class MedSAMEngine:
         msgs: List[str] = []
         rule, why = _rule(intensity, volume)
         msgs.append(why)
-        checked = [check_box(b, volume.shape, what=f"Box {i + 1}") for i, b in enumerate(boxes)]
+        checked = [check_box(b, volume.shape, what=f"Box {i + 1}", axis=AXES[axis]) for i, b in enumerate(boxes)]
         vol_u8 = apply_intensity(volume, rule)
+        blank = _blank_slices(vol_u8, checked, AXES[axis])
+        if blank:
+            shown = ", ".join(str(k) for k in blank[:10]) + (", ..." if len(blank) > 10 else "")
+            warnings.warn(f"{len(blank)} slice(s) inside the box(es) are uniform after the intensity window "
+                          f"({rule.describe()}) and were segmented as blank images: {shown}; check the window if "
+                          "the structure is visible there.", MedSegWarning, stacklevel=2)
         # Work in a view whose first axis is the slicing axis; boxes are permuted the same way.
         ax = AXES[axis]
         perm = {0: (0, 1, 2), 1: (1, 0, 2), 2: (2, 0, 1)}[ax]
@@ -472,6 +489,18 @@ class MedSAMEngine:
         box = np.array([xs.min() - margin, ys.min() - margin, xs.max() + margin, ys.max() + margin])
         box = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
         return pp.vit_box(box, h, w)
+
+
+def _blank_slices(vol_u8: np.ndarray, boxes: Sequence[Sequence[int]], ax: int) -> List[int]:
+    """Slices (along ``ax``) inside the boxes whose box region is one grey level after windowing."""
+    out = set()
+    for x0, y0, z0, x1, y1, z1 in boxes:
+        region = vol_u8[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1]
+        other = tuple(a for a in range(3) if a != ax)
+        flat = region.max(axis=other) == region.min(axis=other)
+        start = (z0, y0, x0)[ax]
+        out.update(start + int(i) for i in np.flatnonzero(flat))
+    return sorted(out)
 
 
 def _rule(intensity, array) -> Tuple[IntensityRule, str]:

@@ -14,7 +14,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from ..devices import pick_device
-from ..errors import InputError, WeightsError
+from ..errors import InputError, WeightsError, clip_text
 
 ARCH_TITLES = {
     "lite": "LiteMedSAM",
@@ -62,8 +62,9 @@ def _read(path: str) -> Mapping:
                            "installed weights.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
+    except (UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
+            IndexError, TypeError, AttributeError, ImportError) as exc:  # a random file: any unpickling error
+        reason = clip_text(str(exc).strip().splitlines()[0], 100) if str(exc).strip() else type(exc).__name__
         raise WeightsError(f"Cannot read {path} as a PyTorch checkpoint ({reason}): the file is truncated, damaged "
                            "or not a weights file; download it again (`medseg models fetch NAME`) or import the "
                            "original file (`medseg models import NAME FILE`).") from None

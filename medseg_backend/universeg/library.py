@@ -93,6 +93,9 @@ def export_library(folder: PathLike, examples: Sequence[Example], *, structure: 
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"Folder {parent} does not exist: create it first or choose another library path.")
+    from ..io import check_writable_folder
+
+    check_writable_folder(parent, "library")
     if target.exists():
         if not target.is_dir():
             raise InputError(f"{target} exists and is not a folder: choose a new library folder name.")
@@ -119,11 +122,22 @@ def export_library(folder: PathLike, examples: Sequence[Example], *, structure: 
                     "label": value, "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                     "items": items}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        _make_public_dir(tmp)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _make_public_dir(folder: Path) -> None:
+    """tempfile.mkdtemp makes 0700 folders: give the finished library the umask's permissions, like mkdir."""
+    from ..io import make_public
+
+    make_public(folder, folder=True)
+    for sub in folder.rglob("*"):
+        if sub.is_dir():
+            make_public(sub, folder=True)
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -221,7 +235,7 @@ def load_library(folder: PathLike) -> Tuple[List[Example], Dict]:
                 raise InputError(f"Library {root}: {key} file '{item[key]}' of item {i} is missing: restore it or "
                                  f"remove the item from {MANIFEST}.")
         img = read_image(str(paths["image"]))
-        lab = read_image(str(paths["label"]))
+        lab = read_image(str(paths["label"]), label=True)
         if lab.is_rgb:
             raise InputError(f"Library {root}: label file '{item['label']}' is an RGB image: save labels as grey "
                              "label maps.")
@@ -258,16 +272,35 @@ def resolve_library(name_or_path: PathLike) -> Path:
 
 def import_library(source: PathLike, name: Optional[str] = None, *, overwrite: bool = False) -> Path:
     """Check a library folder (manifest and every file readable) and copy it into the shared collection."""
+    from ..catalogue import cache_dir
+    from ..io import check_writable_folder
+    from ..locking import FileLock
+
     src = Path(os.path.expanduser(os.fspath(source)))
-    examples, manifest = load_library(src)
     name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", src.resolve().name).strip("-.") or "library"
     if not _NAME_RE.match(name):
         raise InputError(f"Library name '{name}' is not usable: use letters, digits, '.', '_' or '-' (up to 64).")
     dest_root = libraries_dir()
-    dest_root.mkdir(parents=True, exist_ok=True)
+    try:
+        dest_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"Cannot create the library collection folder {dest_root} ({e.strerror}): set MEDSEG_HOME "
+                         "to a writable folder.") from None
+    check_writable_folder(dest_root, "library collection")
     dest = dest_root / name
     if dest.exists() and not overwrite:
         raise InputError(f"An imported library named '{name}' already exists: pass --name NEW or --overwrite.")
+    examples, manifest = load_library(src)
+    with FileLock(Path(cache_dir()) / "locks" / f"library-{name}.lock", what=f"importing the library '{name}'",
+                  on_wait=lambda m: warnings.warn(m, MedSegWarning, stacklevel=3)):
+        if dest.exists() and not overwrite:  # again: another process may have imported it meanwhile
+            raise InputError(f"An imported library named '{name}' already exists (another process imported it just "
+                             "now): pass --name NEW or --overwrite.")
+        _copy_library(src, manifest, dest_root, dest, name)
+    return dest
+
+
+def _copy_library(src: Path, manifest: Dict, dest_root: Path, dest: Path, name: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=str(dest_root)))
     try:
         shutil.copy2(src / MANIFEST, tmp / MANIFEST)
@@ -276,11 +309,11 @@ def import_library(source: PathLike, name: Optional[str] = None, *, overwrite: b
                 rel = Path(item[key])
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / rel, tmp / rel)
+        _make_public_dir(tmp)
         _replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dest
 
 
 def library_summary(folder: PathLike) -> Dict:

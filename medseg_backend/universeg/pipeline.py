@@ -271,7 +271,8 @@ class UniverSegEngine:
             form = "x0,y0,x1,y1" if is2d else "x0,y0,z0,x1,y1,z1"
             raise InputError(f"ROI {tuple(roi)} has {len(vals)} numbers but the target is {'2' if is2d else '3'}-D: "
                              f"give {form} (voxel indices, inclusive).")
-        clipped = check_box(vals, shape, what="ROI")  # inverted / outside: InputError; partly outside: clip
+        # inverted / outside / empty: InputError; partly outside: clipped with a warning
+        clipped = check_box(vals, shape, what="ROI", axis=0 if is2d else ax)
         if is2d:
             x0, y0, x1, y1 = clipped
             return 0, 0, (y0, x0, y1, x1)
