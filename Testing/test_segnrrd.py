@@ -127,3 +127,40 @@ def test_bad_files_are_named_with_a_fix(tmp_path, data_dir):
     segnrrd.write(str(ok), layers, segs, spacing=(1, 1, 1), origin=(0, 0, 0), direction=np.eye(3).ravel())
     with pytest.raises(InputError, match="No segment 'b'.*segments: a"):
         segnrrd.read(str(ok)).mask("b")
+
+
+def test_example_library_labels_are_slicer_segmentations_and_old_label_maps_still_read(slicer_scene, data_dir,
+                                                                                       tmp_path):
+    """A library exported here: each label opens in Slicer as a segmentation named after the structure; a
+    library whose labels are plain label maps (the first format) loads to the same examples."""
+    import json
+
+    from medseg_backend.universeg.library import export_library, load_library
+    from medseg_backend.universeg.support import Example
+
+    d = data_dir / "totalseg_ct_sm"
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "ct.nii.gz")))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "labels.nii.gz")))
+    exs = [Example(ct[k], np.where(labels[k] == 5, 5, 0), f"slice {k}") for k in (10, 15)]
+    exs.append(Example(ct[8:12], np.where(labels[8:12] == 5, 5, 0), "slab"))        # a 3-D example too
+    out = export_library(tmp_path / "lib", exs, structure="liver", modality="CT", label=5)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert all(item["label"].endswith(".seg.nrrd") for item in manifest["items"])
+    node = _slicer_read(slicer_scene, out / manifest["items"][0]["label"])
+    seg = node.GetSegmentation()
+    assert seg.GetNumberOfSegments() == 1 and seg.GetNthSegment(0).GetName() == "liver"
+    loaded, m = load_library(out)
+    assert [e.name for e in loaded] == ["slice 10", "slice 15", "slab"]
+    for e, orig in zip(loaded, exs):
+        np.testing.assert_array_equal(e.label, orig.label)
+        np.testing.assert_array_equal(e.image, orig.image)
+    # the first format: plain label maps named in the manifest
+    for i, item in enumerate(manifest["items"]):
+        old = f"labels/{i:03d}.nrrd"
+        sitk.WriteImage(sitk.GetImageFromArray(exs[i].label.astype(np.uint8)), str(out / old))
+        (out / item["label"]).unlink()
+        item["label"] = old
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    again, _ = load_library(out)
+    for e, orig in zip(again, exs):
+        np.testing.assert_array_equal(e.label, orig.label)

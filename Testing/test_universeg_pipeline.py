@@ -529,11 +529,11 @@ def test_library_missing_or_broken_manifest(tmp_path, sparse_liver):
     with pytest.raises(InputError, match="inside the library"):
         load_library(out)
     mpath.write_text(good)
-    (out / "labels" / "001.nrrd").unlink()
-    with pytest.raises(InputError, match="labels/001.nrrd.*missing"):
+    (out / "labels" / "001.seg.nrrd").unlink()
+    with pytest.raises(InputError, match="labels/001.seg.nrrd.*missing"):
         load_library(out)
-    (out / "labels" / "001.nrrd").write_bytes(b"not an image")
-    with pytest.raises(InputError, match="Cannot read"):
+    (out / "labels" / "001.seg.nrrd").write_bytes(b"not an image")
+    with pytest.raises(InputError, match="item 1: Cannot read .* as NRRD"):
         load_library(out)
 
 

@@ -4,17 +4,19 @@ Layout (written by :func:`export_library`; hand-made folders work too)::
 
     liver-ct/
       manifest.json
-      images/000.nrrd   labels/000.nrrd
-      images/001.nrrd   labels/001.nrrd   ...
+      images/000.nrrd   labels/000.seg.nrrd
+      images/001.nrrd   labels/001.seg.nrrd   ...
 
 ``manifest.json``::
 
     {"format": "medseg-universeg-library", "version": 1,
      "structure": "liver", "modality": "CT", "intensity": "ct-abdomen", "label": 5,
-     "items": [{"name": "case7 axial slice 12", "image": "images/000.nrrd", "label": "labels/000.nrrd"}, ...]}
+     "items": [{"name": "case7 axial slice 12", "image": "images/000.nrrd", "label": "labels/000.seg.nrrd"}, ...]}
 
-Items are 2-D slices or 3-D volumes in any format SimpleITK reads (NRRD, NIfTI, MHA, PNG, TIFF); paths are
-relative to the folder. ``label`` is the structure's value in the label files, ``intensity`` the preset to use
+Labels are written as Slicer segmentation files (``.seg.nrrd``: one segment named after the structure, with its
+colour), so each example opens in Slicer by drag and drop with its image; label maps in any format SimpleITK
+reads are read too (older libraries, hand-made folders). Items are 2-D slices or 3-D volumes (NRRD, NIfTI, MHA,
+PNG, TIFF); paths are relative to the folder. ``label`` is the structure's value in the label files, ``intensity`` the preset to use
 with these examples (``auto`` decides on the target). Libraries can be imported into the shared cache
 (``<cache>/libraries/<name>``, see :func:`import_library`) and then be named instead of given as a path.
 """
@@ -32,11 +34,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .. import segnrrd
 from ..errors import InputError, MedSegWarning
 from ..intensity import parse_preset
 from .support import Example, _check_label_value, _values_text
 
 MANIFEST = "manifest.json"
+STRUCTURE_COLOR = (0.90, 0.62, 0.0)
 FORMAT = "medseg-universeg-library"
 VERSION = 1
 PathLike = Union[str, os.PathLike]
@@ -55,8 +59,32 @@ def _write_array(path: Path, array: np.ndarray) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(arr), str(path), True)
 
 
-def _label_dtype(value: int):
-    return np.uint8 if 0 < value < 256 else (np.uint16 if 0 < value < 65536 else np.int32)
+def _write_segmentation(path: Path, mask: np.ndarray, structure: str) -> None:
+    """One example's label as a Slicer segmentation file with one segment named ``structure``, on the same
+    (unit-spacing, identity) grid as the image written beside it, so both overlay in Slicer."""
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim == 2:
+        m = m[None]
+    segment = segnrrd.Segment(name=structure, color=STRUCTURE_COLOR, label_value=1, id=structure)
+    segnrrd.write(str(path), m.astype(np.uint8), [segment], spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                  direction=np.eye(3).ravel())
+
+
+def _read_segmentation(path: Path, structure: str, value: int, image_shape) -> np.ndarray:
+    """A ``.seg.nrrd`` example label -> label array with ``value`` where the structure's segment is (the segment
+    named ``structure``, else the file's only segment), in the image's shape (2-D images: one slice)."""
+    f = segnrrd.read(str(path))
+    names = f.names
+    if structure in names:
+        mask = f.mask(structure)
+    elif len(names) == 1:
+        mask = f.mask(names[0])
+    else:
+        raise InputError(f"{path} has segments {', '.join(names)} but none named '{structure}': rename the "
+                         "segment in Slicer or fix 'structure' in the manifest.")
+    if len(image_shape) == 2 and mask.shape[0] == 1:
+        mask = mask[0]
+    return np.where(mask, value, 0).astype(np.uint8 if 0 < value < 256 else np.int32)
 
 
 def export_library(folder: PathLike, examples: Sequence[Example], *, structure: str, modality: str,
@@ -112,9 +140,9 @@ def export_library(folder: PathLike, examples: Sequence[Example], *, structure: 
         (tmp / "labels").mkdir()
         items = []
         for i, ex in enumerate(keep):
-            img_rel, lab_rel = f"images/{i:03d}.nrrd", f"labels/{i:03d}.nrrd"
+            img_rel, lab_rel = f"images/{i:03d}.nrrd", f"labels/{i:03d}{segnrrd.SUFFIX}"
             _write_array(tmp / img_rel, ex.image)
-            _write_array(tmp / lab_rel, np.where(ex.label == value, value, 0).astype(_label_dtype(value)))
+            _write_segmentation(tmp / lab_rel, ex.label == value, structure)
             items.append({"name": ex.name or f"example {i}", "image": img_rel, "label": lab_rel,
                           "shape": list(ex.image.shape)})
         manifest = {"format": FORMAT, "version": VERSION, "structure": structure,
@@ -235,13 +263,21 @@ def load_library(folder: PathLike) -> Tuple[List[Example], Dict]:
                 raise InputError(f"Library {root}: {key} file '{item[key]}' of item {i} is missing: restore it or "
                                  f"remove the item from {MANIFEST}.")
         img = read_image(str(paths["image"]))
-        lab = read_image(str(paths["label"]), label=True)
-        if lab.is_rgb:
-            raise InputError(f"Library {root}: label file '{item['label']}' is an RGB image: save labels as grey "
-                             "label maps.")
+        if str(paths["label"]).lower().endswith(segnrrd.SUFFIX):
+            try:
+                label_array = _read_segmentation(paths["label"], manifest["structure"], int(manifest["label"]),
+                                                 img.array.shape)
+            except InputError as exc:
+                raise InputError(f"Library {root}, item {i}: {exc}") from None
+        else:
+            lab = read_image(str(paths["label"]), label=True)
+            if lab.is_rgb:
+                raise InputError(f"Library {root}: label file '{item['label']}' is an RGB image: save labels as "
+                                 "grey label maps.")
+            label_array = lab.array
         name = str(item.get("name") or Path(item["image"]).stem)
         try:
-            examples.append(Example(img.array, lab.array, name))
+            examples.append(Example(img.array, label_array, name))
         except InputError as exc:
             raise InputError(f"Library {root}, item {i}: {exc}") from None
     return examples, manifest
