@@ -11,6 +11,7 @@ with both and passes that branch's checks.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shutil
@@ -92,7 +93,12 @@ def repository_files(repo: Path) -> List[Path]:
             return [repo / n for n in names if (repo / n).is_file()]
     except (OSError, subprocess.SubprocessError):
         pass
-    return [p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts]
+    ignore = [".git"]
+    if (repo / ".gitignore").is_file():  # a checkout without git metadata: leave out what git would not track
+        ignore += [line.strip().strip("/") for line in (repo / ".gitignore").read_text().splitlines()
+                   if line.strip() and not line.startswith(("#", "!"))]
+    return [p for p in repo.rglob("*") if p.is_file()
+            and not any(fnmatch.fnmatch(part, pattern) for part in p.relative_to(repo).parts for pattern in ignore)]
 
 
 def history_bytes(repo: Path) -> int:
