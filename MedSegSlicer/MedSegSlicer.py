@@ -245,7 +245,7 @@ class MedSegSlicerLogic(ScriptedLoadableModuleLogic):
         plan = deps.install_plan()
         if plan.empty:
             return "All Python dependencies are installed."
-        return "Not installed yet (installed on first use): " + plan.summary()
+        return "Missing or too old (installed on first use, after a confirmation): " + plan.summary()
 
     def deviceWarning(self):
         if "torch" in deps.missing_modules():
