@@ -6,6 +6,7 @@ Qt-free package ``MedSegSlicerLib`` (tested headless with slicer-core); the mode
 ``medseg_backend`` package. Nothing is installed at import time: dependencies and weights are installed on first
 use, after one confirmation.
 """
+import importlib
 import logging
 import os
 import time
@@ -20,6 +21,16 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from MedSegSlicerLib import deps
 from MedSegSlicerLib.errors import MedSegError
 
+try:  # Slicer's translation functions (slicer.i18n, Slicer >= 5.4); plain strings where they are missing
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
 SETTINGS_DEVICE = "MedSegSlicer/Device"
 SETTINGS_CACHE = "MedSegSlicer/CacheFolder"
 EFFECT_FILES = ("SegmentEditorMedSAMBoxEffect.py", "SegmentEditorUniverSegEffect.py")
@@ -32,17 +43,17 @@ EFFECT_NAMES = ("MedSAM box", "UniverSeg examples")
 class MedSegSlicer(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "MedSeg (MedSAM / UniverSeg)"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("MedSeg (MedSAM / UniverSeg)")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Segmentations", "SegmentEditor", "Markups"]
         self.parent.contributors = ["MedSegSlicer developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Segment structures with foundation models: <b>MedSAM box</b> (LiteMedSAM or MedSAM ViT-B from a 3D "
             "ROI box) and <b>UniverSeg examples</b> (from a few labelled slices, other segmentations or an example "
             "library). Both are Segment Editor effects with Preview / Apply / Cancel; Apply is undoable and respects "
             "the editable area, intensity masking and overwrite settings. This panel holds the settings: device, "
             "weights cache, model downloads and licences.")
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "MedSAM / LiteMedSAM (Ma et al., Nature Communications 2024; Apache-2.0 weights), UniverSeg (Butoi et "
             "al., ICCV 2023; weights under OpenRAIL++-M, research use only). Models re-implemented in the bundled "
             "medseg_backend package.")
@@ -234,8 +245,7 @@ class MedSegSlicerLogic(ScriptedLoadableModuleLogic):
         plan = deps.install_plan()
         if plan.empty:
             return "All Python dependencies are installed."
-        missing = (["torch (PyTorch extension)"] if plan.torch else []) + plan.pip
-        return "Not installed yet (installed on first use): " + ", ".join(missing)
+        return "Missing or too old (installed on first use, after a confirmation): " + plan.summary()
 
     def deviceWarning(self):
         if "torch" in deps.missing_modules():
@@ -267,23 +277,24 @@ class MedSegSlicerLogic(ScriptedLoadableModuleLogic):
                                   "'PyTorch' extension from the Extensions Manager, restart Slicer and try again.")
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
             try:
-                torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=">=2.1")
+                torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=plan.torch_version_spec)
             except TypeError:  # older PyTorchUtils without version requirements
                 torch = torchLogic.installTorch(askConfirmation=False)
             if torch is None:
                 raise MedSegError("PyTorch was not installed: install it from the PyTorch Utils module, then try "
                                   "again.")
-        if plan.pip:
-            packaging = getattr(slicer, "packaging", None)
-            if packaging is not None and hasattr(packaging, "pip_ensure"):
-                packaging.pip_ensure(plan.pip, prompt_install=False, requester="MedSegSlicer")
-            else:
-                slicer.util.pip_install(" ".join(plan.pip))
+        # slicer.packaging (Slicer >= 5.12) is not loaded by `import slicer`: deps.slicer_packaging() imports it.
+        packaging = deps.slicer_packaging()
+        for name, args, kwargs in deps.pip_calls(plan.pip, has_pip_ensure=packaging is not None):
+            getattr(packaging if name == "pip_ensure" else slicer.util, name)(*args, **kwargs)
+        importlib.invalidate_caches()  # find the packages just installed
         remaining = deps.install_plan()
         if not remaining.empty:
-            raise MedSegError("Some packages could not be installed (" + ", ".join(
-                (["torch"] if remaining.torch else []) + remaining.pip) + "): see the Python console, then "
-                "install them with slicer.util.pip_install and restart Slicer.")
+            raise MedSegError("Some packages could not be installed (" + remaining.summary() + "): see the Python "
+                              "console, then install them with slicer.util.pip_install and restart Slicer.")
+        if plan.upgrades:
+            slicer.util.infoDisplay("Packages were upgraded: restart Slicer before using MedSegSlicer.",
+                                    windowTitle="MedSegSlicer")
         return True
 
     # ---- weights ------------------------------------------------------------------------------------------

@@ -7,10 +7,20 @@ from MedSegSlicerLib import geometry, segments
 from MedSegSlicerLib.core import AXES, MEDSAM_MODELS, PROPAGATIONS
 from MedSegSlicerLib.errors import MedSegError
 
+try:  # Slicer's translation function (slicer.i18n, Slicer >= 5.4); plain strings where it is missing
+    from slicer.i18n import tr as _
+except ImportError:
+    def _(text):
+        return text
+
 
 class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
     effectName = "MedSAM box"
     iconFile = "MedSAMBox.png"
+
+    def __init__(self, scriptedEffect):
+        MedSegEffectBase.__init__(self, scriptedEffect)  # sets scriptedEffect.name = effectName (never translated)
+        scriptedEffect.title = _("MedSAM box")
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -20,7 +30,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         return cloned
 
     def helpText(self):
-        return ("<html>Segment one structure with MedSAM from a 3-D box.<p>"
+        return _("<html>Segment one structure with MedSAM from a 3-D box.<p>"
                 "1. Select the segment to fill. 2. Draw an ROI around the structure (<b>Draw ROI</b>, two clicks in a "
                 "slice view), or pick one, or <b>Fit to segment</b>. 3. <b>Preview</b>, adjust the box and preview "
                 "again (cached: fast), then <b>Apply</b> (undoable) or <b>Cancel</b>.<p>"

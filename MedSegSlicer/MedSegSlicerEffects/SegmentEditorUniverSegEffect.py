@@ -4,9 +4,15 @@ import qt
 import slicer
 
 from MedSegSlicerEffects.EffectBase import MedSegEffectBase
-from MedSegSlicerLib import examples, preview, segments
+from MedSegSlicerLib import deps, examples, preview, segments
 from MedSegSlicerLib.core import AXES
 from MedSegSlicerLib.errors import InputError, MedSegError
+
+try:  # Slicer's translation function (slicer.i18n, Slicer >= 5.4); plain strings where it is missing
+    from slicer.i18n import tr as _
+except ImportError:
+    def _(text):
+        return text
 
 ITEM_ROLE = qt.Qt.UserRole + 1
 
@@ -14,6 +20,10 @@ ITEM_ROLE = qt.Qt.UserRole + 1
 class SegmentEditorUniverSegEffect(MedSegEffectBase):
     effectName = "UniverSeg examples"
     iconFile = "UniverSeg.png"
+
+    def __init__(self, scriptedEffect):
+        MedSegEffectBase.__init__(self, scriptedEffect)  # sets scriptedEffect.name = effectName (never translated)
+        scriptedEffect.title = _("UniverSeg examples")
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -23,7 +33,7 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
         return cloned
 
     def helpText(self):
-        return ("<html>Segment a structure from examples, without training (UniverSeg).<p>"
+        return _("<html>Segment a structure from examples, without training (UniverSeg).<p>"
                 "Examples: the <b>labelled slices of this segment</b> (paint a few slices, get the rest), "
                 "<b>other segments</b> that show the same structure (in this or other segmentations, each with its "
                 "volume), or an <b>example library</b> folder. More examples give better results (up to the support "
@@ -171,7 +181,13 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
         return arrays + library, keep
 
     def onExport(self):
+        # Writing a library goes through the backend (torch, SimpleITK, pynrrd): offer the install first, and say what
+        # is missing when it is declined, before anything is asked or written.
+        plan = deps.install_plan()
         try:
+            if not plan.empty and not self.logic.ensureDependencies(ask=True):
+                self.setStatus(plan.needs("Export examples"), error=True)
+                return
             volume, segmentation, segment_id = self.inputs()
             axis = self.axisCombo.currentText
             found, _keep = self.collectExamples(volume, segmentation, segment_id, axis, include_library=False)
@@ -185,6 +201,8 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
             self.setStatus(f"Examples exported to {path}.")
         except MedSegError as e:
             self.setStatus(str(e), error=True)
+        except ImportError as e:  # missing after the check, or installed in this session and not loadable yet
+            self.setStatus(deps.import_failure("Export examples", e), error=True)
 
     # ---- run -----------------------------------------------------------------------------------------------
     def modelName(self):

