@@ -245,3 +245,19 @@ def test_undo_state_is_saved_once_before_any_modification(sample, slab):
     # one Undo restores the state before the whole Apply (Remove + Add count as one step)
     target.undo()
     np.testing.assert_array_equal(_read(seg, sid, vol), labels == 5)
+
+
+def test_editor_logic_guard_for_slicer_before_5_10(sample, monkeypatch):
+    """vtkSlicerSegmentEditorLogic exists from Slicer 5.10: without it the headless editor says so (the app's
+    self-test then goes through the Segment Editor widget's active effect, ScriptedEffectTarget)."""
+    from MedSegSlicerLib import scene as scene_mod
+
+    ctx, vol, labels = sample
+    seg = ctx.add_segmentation("seg", vol)
+    sid = segments.write_mask(seg, labels == 5, vol, name="liver")
+    assert scene_mod.has_editor_logic()
+    assert isinstance(ctx.editor_target(seg, vol, sid), editing.EditorLogicTarget)
+    monkeypatch.delattr(slicer, "vtkSlicerSegmentEditorLogic")
+    assert not scene_mod.has_editor_logic()
+    with pytest.raises(InputError, match="appeared in Slicer 5.10"):
+        ctx.editor_target(seg, vol, sid)
