@@ -1,11 +1,25 @@
-"""Segment Editor effect "MedSAM box": LiteMedSAM / MedSAM ViT-B from a 3-D ROI box."""
+"""Segment Editor effect "MedSAM box": LiteMedSAM / MedSAM ViT-B from a 3-D ROI box.
+
+Thin Qt: the box, the slicing direction, the slice range and the run all go through the Qt-free layer
+(``MedSegSlicerLib.geometry`` for boxes and views, ``core`` for the run, ``editing`` for Apply, ``effect_state`` for
+the saved parameters)."""
+import ctk
 import qt
 import slicer
+import vtk
 
 from MedSegSlicerEffects.EffectBase import MedSegEffectBase
 from MedSegSlicerLib import geometry, segments
-from MedSegSlicerLib.core import AXES, MEDSAM_MODELS, PROPAGATIONS
+from MedSegSlicerLib import core as medseg_core
+from MedSegSlicerLib.core import MEDSAM_MODELS, PROPAGATIONS
+from MedSegSlicerLib.effect_state import EffectState
 from MedSegSlicerLib.errors import MedSegError
+
+VIEWS = ("Red", "Yellow", "Green")
+#: propagation modes offered in the effect (``stop`` never differed from ``official`` on any measured case)
+EFFECT_PROPAGATIONS = tuple(p for p in PROPAGATIONS if p != "stop")
+DEFAULT_PROPAGATION = getattr(medseg_core, "DEFAULT_PROPAGATION", EFFECT_PROPAGATIONS[0])
+AUTO_UPDATE_DELAY_MS = 800
 
 try:  # Slicer's translation function (slicer.i18n, Slicer >= 5.4); plain strings where it is missing
     from slicer.i18n import tr as _
@@ -30,116 +44,339 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         return cloned
 
     def helpText(self):
-        return _("<html>Segment one structure with MedSAM from a 3-D box.<p>"
-                "1. Select the segment to fill. 2. Draw an ROI around the structure (<b>Draw ROI</b>, two clicks in a "
-                "slice view), or pick one, or <b>Fit to segment</b>. 3. <b>Preview</b>, adjust the box and preview "
-                "again (cached: fast), then <b>Apply</b> (undoable) or <b>Cancel</b>.<p>"
-                "Intensity defaults to the volume's current window/level. Propagation <i>official</i> follows the "
-                "LiteMedSAM 3-D procedure; <i>roi</i> uses the box on every slice; <i>stop</i> ends where the object "
-                "ends.</html>")
+        return _("<html>Segment one structure with MedSAM from a box.<p>"
+                 "1. Select the segment to fill. 2. <b>Draw ROI</b> (Ctrl+Shift+R): drag or click two corners around "
+                 "the structure on one slice; the box gets the structure's depth automatically (shown below; drag "
+                 "its faces in another view to adjust). <b>Fit to segment</b> fits it to the segment. 3. "
+                 "<b>Preview</b> (Ctrl+Shift+P); with <i>Auto-update</i> on, moving the box previews again (cached, "
+                 "fast). 4. <b>Apply</b> (Ctrl+Shift+A, undoable) or <b>Cancel</b> (Ctrl+Shift+X).<p>"
+                 "Slices are taken as the chosen view shows them. To correct part of a result, set the slice range "
+                 "(<i>First / Last = current slice</i> or <i>This slice only</i>) and preview again: Apply changes "
+                 "only those slices. Intensity defaults to the volume's displayed window/level.</html>")
 
+    # ---- panel -----------------------------------------------------------------------------------------------
     def setupOptionsFrame(self):
+        self.roiObservations = []
+        self.placingRoi = False
+        self.autoTimer = qt.QTimer()
+        self.autoTimer.setSingleShot(True)
+        self.autoTimer.setInterval(AUTO_UPDATE_DELAY_MS)
+        self.autoTimer.connect("timeout()", self.onAutoUpdate)
+
         self.roiSelector = slicer.qMRMLNodeComboBox()
         self.roiSelector.nodeTypes = ["vtkMRMLMarkupsROINode"]
         self.roiSelector.noneEnabled = True
         self.roiSelector.addEnabled = False
         self.roiSelector.removeEnabled = False
         self.roiSelector.setMRMLScene(slicer.mrmlScene)
-        self.roiSelector.setToolTip("The box around the structure (an ROI markup; may be rotated or transformed).")
-        self.drawRoiButton = qt.QPushButton("Draw ROI")
-        self.drawRoiButton.setToolTip("Create a new ROI and place it with two clicks (opposite corners) in a slice view.")
-        self.fitRoiButton = qt.QPushButton("Fit to segment")
-        self.fitRoiButton.setToolTip("Fit the ROI to the selected segment's extent (plus 2 voxels), or to the "
-                                     "middle third of the volume if the segment is empty.")
+        self.roiSelector.setToolTip(_("The box around the structure (an ROI markup; may be rotated or transformed). "
+                                      "Each segment keeps its own box."))
+        self.drawRoiButton = qt.QPushButton(_("Draw ROI"))
+        self.drawRoiButton.setToolTip(_("Draw the box on one slice (drag, or click two corners); its depth is set "
+                                        "from its size. Re-uses this segment's box. Shortcut: Ctrl+Shift+R."))
+        self.fitRoiButton = qt.QPushButton(_("Fit to segment"))
+        self.fitRoiButton.setToolTip(_("Fit the box to the selected segment's extent (plus 2 voxels), or to the "
+                                       "middle third of the volume if the segment is empty."))
         roiRow = qt.QHBoxLayout()
         roiRow.addWidget(self.roiSelector)
         roiRow.addWidget(self.drawRoiButton)
         roiRow.addWidget(self.fitRoiButton)
-        self.scriptedEffect.addLabeledOptionsWidget("ROI:", roiRow)
+        self.scriptedEffect.addLabeledOptionsWidget(_("ROI:"), roiRow)
+        self.roiInfoLabel = qt.QLabel("")
+        self.roiInfoLabel.wordWrap = True
+        self.roiInfoLabel.setToolTip(_("The slices the box covers in the chosen view, and where propagation starts."))
+        self.scriptedEffect.addOptionsWidget(self.roiInfoLabel)
 
         self.modelCombo = qt.QComboBox()
         for model in MEDSAM_MODELS:
             self.modelCombo.addItem(model)
-        self.modelCombo.setToolTip("lite-medsam: fast (about 1 s per slice on a CPU). medsam-vit-b: the original "
-                                   "MedSAM (slow on a CPU, 375 MB download).")
-        self.scriptedEffect.addLabeledOptionsWidget("Model:", self.modelCombo)
-        self.intensityCombo = self.addIntensityCombo("How intensities are mapped to the model's 0-255 input.")
-        self.scriptedEffect.addLabeledOptionsWidget("Intensity:", self.intensityCombo)
+        self.modelCombo.setToolTip(_("lite-medsam: fast (about 1 s per slice on a CPU, weights included). "
+                                     "medsam-vit-b: the original MedSAM (about 10 s per slice on a CPU, 375 MB "
+                                     "download)."))
+        self.scriptedEffect.addLabeledOptionsWidget(_("Model:"), self.modelCombo)
+
+        self.viewCombo = qt.QComboBox()
+        for view in VIEWS:
+            self.viewCombo.addItem(view)
+        self.viewCombo.setToolTip(_("Segment slice by slice as this view shows the volume (Red: usually axial, "
+                                    "Yellow: sagittal, Green: coronal), whatever the acquisition direction."))
+        self.scriptedEffect.addLabeledOptionsWidget(_("Slices as in view:"), self.viewCombo)
+
+        self.limitSlicesCheckBox = qt.QCheckBox(_("Only slices"))
+        self.limitSlicesCheckBox.setToolTip(_("Run (and Apply) on these slices only: the rest of the segment stays "
+                                              "as it is."))
+        self.rangeLabel = qt.QLabel("")
+        self.firstHereButton = qt.QPushButton(_("First = current"))
+        self.firstHereButton.setToolTip(_("Start the range at the slice shown in the chosen view."))
+        self.lastHereButton = qt.QPushButton(_("Last = current"))
+        self.lastHereButton.setToolTip(_("End the range at the slice shown in the chosen view."))
+        self.thisSliceButton = qt.QPushButton(_("This slice only"))
+        self.thisSliceButton.setToolTip(_("Correct one slice: run and apply on the slice shown in the chosen view."))
+        rangeRow = qt.QHBoxLayout()
+        rangeRow.addWidget(self.limitSlicesCheckBox)
+        rangeRow.addWidget(self.rangeLabel)
+        rangeRow.addWidget(self.firstHereButton)
+        rangeRow.addWidget(self.lastHereButton)
+        rangeRow.addWidget(self.thisSliceButton)
+        self.scriptedEffect.addLabeledOptionsWidget(_("Slice range:"), rangeRow)
+
+        self.intensityCombo = self.addIntensityCombo(_("How intensities are mapped to the model's 0-255 input."))
+        self.scriptedEffect.addLabeledOptionsWidget(_("Intensity:"), self.intensityCombo)
+        self.autoUpdateCheckBox = qt.QCheckBox(_("Auto-update"))
+        self.autoUpdateCheckBox.setToolTip(_("Preview again automatically when the box moves (embeddings are cached, "
+                                             "so only the prompt runs)."))
+        self.scriptedEffect.addOptionsWidget(self.autoUpdateCheckBox)
+
+        advanced = ctk.ctkCollapsibleButton()
+        advanced.text = _("Advanced")
+        advanced.collapsed = True
+        advancedLayout = qt.QFormLayout(advanced)
         self.propagationCombo = qt.QComboBox()
-        for p in PROPAGATIONS:
+        for p in EFFECT_PROPAGATIONS:
             self.propagationCombo.addItem(p)
-        self.scriptedEffect.addLabeledOptionsWidget("Propagation:", self.propagationCombo)
-        self.axisCombo = qt.QComboBox()
-        for a in AXES:
-            self.axisCombo.addItem(a)
-        self.axisCombo.setToolTip("Slicing direction in voxel space (axial = along the volume's third index).")
-        self.scriptedEffect.addLabeledOptionsWidget("Slice axis:", self.axisCombo)
-        self.limitSlicesCheckBox = qt.QCheckBox("only slices")
-        self.firstSliceSpin = qt.QSpinBox()
-        self.lastSliceSpin = qt.QSpinBox()
-        for spin in (self.firstSliceSpin, self.lastSliceSpin):
-            spin.setRange(0, 100000)
-        self.lastSliceSpin.value = 100000
-        sliceRow = qt.QHBoxLayout()
-        sliceRow.addWidget(self.limitSlicesCheckBox)
-        sliceRow.addWidget(self.firstSliceSpin)
-        sliceRow.addWidget(qt.QLabel("to"))
-        sliceRow.addWidget(self.lastSliceSpin)
-        self.scriptedEffect.addLabeledOptionsWidget("Slice range:", sliceRow)
+        self.propagationCombo.setToolTip(_("How the box goes from slice to slice: 'official' is the published "
+                                           "LiteMedSAM 3-D procedure (box from the previous slice's mask); 'roi' "
+                                           "uses your box on every slice; 'adaptive' (where available) stops at the "
+                                           "object's end and flags doubtful slices."))
+        advancedLayout.addRow(_("Propagation:"), self.propagationCombo)
+        self.scriptedEffect.addOptionsWidget(advanced)
         self.setupRunButtons()
 
         self.drawRoiButton.connect("clicked()", self.onDrawRoi)
         self.fitRoiButton.connect("clicked()", self.onFitRoi)
-        for combo in (self.modelCombo, self.propagationCombo, self.axisCombo):
+        self.firstHereButton.connect("clicked()", lambda: self.setRangeFromView(first=True))
+        self.lastHereButton.connect("clicked()", lambda: self.setRangeFromView(last=True))
+        self.thisSliceButton.connect("clicked()", lambda: self.setRangeFromView(first=True, last=True))
+        for combo in (self.modelCombo, self.propagationCombo, self.viewCombo):
             combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
-        self.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateMRMLFromGUI)
+        self.intensityCombo.connect("currentTextChanged(QString)", self.updateMRMLFromGUI)
+        for box in (self.limitSlicesCheckBox, self.autoUpdateCheckBox):
+            box.connect("toggled(bool)", self.updateMRMLFromGUI)
+        self.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRoiSelected)
+        self.addShortcut("Ctrl+Shift+R", self.onDrawRoi)
+
+    # ---- parameters (saved on the Segment Editor node, per effect) -------------------------------------------
+    def state(self):
+        return EffectState(self.scriptedEffect.parameterSetNode(), self.effectName)
 
     def setMRMLDefaults(self):
-        self.scriptedEffect.setParameterDefault("Model", MEDSAM_MODELS[0])
-        self.scriptedEffect.setParameterDefault("Propagation", PROPAGATIONS[0])
-        self.scriptedEffect.setParameterDefault("Axis", AXES[0])
+        state = self.state()
+        state.set_default("Model", MEDSAM_MODELS[0])
+        state.set_default("Propagation", DEFAULT_PROPAGATION)
+        state.set_default("View", VIEWS[0])
+        state.set_default("Intensity", "")
+        state.set_default("AutoUpdate", "0")
+        state.set_default("LimitSlices", "0")
 
     def updateGUIFromMRML(self):
-        for combo, name in ((self.modelCombo, "Model"), (self.propagationCombo, "Propagation"),
-                            (self.axisCombo, "Axis")):
+        state = self.state()
+        widgets = ((self.modelCombo, state.get_choice("Model", MEDSAM_MODELS)),
+                   (self.propagationCombo, state.get_choice("Propagation", EFFECT_PROPAGATIONS, DEFAULT_PROPAGATION)),
+                   (self.viewCombo, state.get_choice("View", VIEWS)))
+        for combo, value in widgets:
             was = combo.blockSignals(True)
-            combo.currentText = self.scriptedEffect.parameter(name)
+            combo.currentText = value
             combo.blockSignals(was)
-        roi = self.scriptedEffect.nodeReference("MedSAMBoxROI")
+        was = self.intensityCombo.blockSignals(True)
+        self.intensityCombo.currentText = state.get("Intensity") or self.intensityCombo.itemText(0)
+        self.intensityCombo.blockSignals(was)
+        for box, name in ((self.limitSlicesCheckBox, "LimitSlices"), (self.autoUpdateCheckBox, "AutoUpdate")):
+            was = box.blockSignals(True)
+            box.checked = state.get_bool(name)
+            box.blockSignals(was)
+        roi = self.segmentRoi()
         was = self.roiSelector.blockSignals(True)
         self.roiSelector.setCurrentNode(roi)
         self.roiSelector.blockSignals(was)
+        self.watchRoi(roi)
+        self.updateRangeLabel()
+        self.updateRoiInfo()
         self.updateButtons()
 
     def updateMRMLFromGUI(self, *args):
-        self.scriptedEffect.setParameter("Model", self.modelCombo.currentText)
-        self.scriptedEffect.setParameter("Propagation", self.propagationCombo.currentText)
-        self.scriptedEffect.setParameter("Axis", self.axisCombo.currentText)
-        self.scriptedEffect.setNodeReference("MedSAMBoxROI", self.roiSelector.currentNode())
+        state = self.state()
+        state.set("Model", self.modelCombo.currentText)
+        state.set("Propagation", self.propagationCombo.currentText)
+        state.set("View", self.viewCombo.currentText)
+        state.set("Intensity", self.intensityValue(self.intensityCombo) or "")
+        state.set_bool("LimitSlices", self.limitSlicesCheckBox.checked)
+        state.set_bool("AutoUpdate", self.autoUpdateCheckBox.checked)
+        self.updateRangeLabel()
+        self.updateRoiInfo()
 
-    # ---- ROI -----------------------------------------------------------------------------------------------
+    # ---- view terms --------------------------------------------------------------------------------------------
+    def sliceNode(self):
+        return slicer.mrmlScene.GetNodeByID(f"vtkMRMLSliceNode{self.viewCombo.currentText}")
+
+    def axis(self, volume):
+        node = self.sliceNode()
+        return geometry.axis_for_slice_node(volume, node) if node is not None else "axial"
+
+    def currentSlice(self, volume):
+        node = self.sliceNode()
+        if node is None:
+            raise MedSegError(_("The chosen view is not in the layout: pick another view."))
+        return geometry.slice_index_for_view(volume, node, self.axis(volume))
+
+    def setRangeFromView(self, first=False, last=False):
+        try:
+            volume, _segmentation, _sid = self.inputs()
+            k = self.currentSlice(volume)
+        except MedSegError as e:
+            self.setStatus(str(e), error=True)
+            return
+        state = self.state()
+        if first:
+            state.set("FirstSlice", k)
+            if not last and state.get_int("LastSlice", -1) < k:
+                state.set("LastSlice", k)
+        if last:
+            state.set("LastSlice", k)
+            if not first and state.get_int("FirstSlice", k + 1) > k:
+                state.set("FirstSlice", k)
+        state.set_bool("LimitSlices", True)
+        self.updateGUIFromMRML()
+
+    def sliceRange(self):
+        state = self.state()
+        if not state.get_bool("LimitSlices"):
+            return None
+        first, last = state.get_int("FirstSlice", -1), state.get_int("LastSlice", -1)
+        if first < 0 or last < 0:
+            return None
+        return (min(first, last), max(first, last))
+
+    def updateRangeLabel(self):
+        r = self.sliceRange()
+        self.rangeLabel.text = (_("slices {first}-{last}").format(first=r[0], last=r[1]) if r
+                                else _("whole box"))
+
+    # ---- ROI: one per segment, full depth after drawing, auto-update when moved ---------------------------------
+    def segmentRoi(self):
+        params = self.scriptedEffect.parameterSetNode()
+        sid = params.GetSelectedSegmentID() if params else None
+        return self.state().reference(f"ROI.{sid}") if sid else None
+
+    def onRoiSelected(self, roi):
+        params = self.scriptedEffect.parameterSetNode()
+        sid = params.GetSelectedSegmentID() if params else None
+        if sid:
+            self.state().set_reference(f"ROI.{sid}", roi)
+        self.watchRoi(roi)
+        self.updateRoiInfo()
+
+    def watchRoi(self, roi):
+        for node, tag in self.roiObservations:
+            node.RemoveObserver(tag)
+        self.roiObservations = []
+        if roi is not None:
+            for event in (slicer.vtkMRMLMarkupsNode.PointModifiedEvent, vtk.vtkCommand.ModifiedEvent):
+                self.roiObservations.append((roi, roi.AddObserver(event, self.onRoiModified)))
+
+    def onRoiModified(self, caller=None, event=None):
+        self.updateRoiInfo()
+        if self.autoUpdateCheckBox.checked and not self.placingRoi:
+            self.autoTimer.start()             # debounced: previews once the box stops moving
+
+    def onAutoUpdate(self):
+        if self.autoUpdateCheckBox.checked and not self.logic.core.runner.running and \
+                self.roiSelector.currentNode() is not None:
+            self.onPreview()
+
     def onDrawRoi(self):
-        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MedSAM box")
-        roi.CreateDefaultDisplayNodes()
-        self.roiSelector.setCurrentNode(roi)
+        try:
+            volume, segmentation, segment_id = self.inputs()
+        except MedSegError as e:
+            self.setStatus(str(e), error=True)
+            return
+        roi = self.segmentRoi()
+        if roi is None or not slicer.mrmlScene.IsNodePresent(roi):
+            name = segmentation.GetSegmentation().GetSegment(segment_id).GetName()
+            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{name} box")
+            roi.CreateDefaultDisplayNodes()
+            roi.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+        else:
+            roi.RemoveAllControlPoints()
+        if roi.GetDisplayNode() is not None:
+            roi.GetDisplayNode().SetVisibility(True)
+        self.roiSelector.setCurrentNode(roi)           # -> onRoiSelected: this segment's box
+        self.placingRoi = True
         selection = slicer.app.applicationLogic().GetSelectionNode()
         selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
         selection.SetActivePlaceNodeID(roi.GetID())
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         interaction.SetCurrentInteractionMode(interaction.Place)
+        self.setStatus(_("Draw the box on one slice around the structure: its depth is set automatically."))
+
+    def interactionNodeModified(self, interactionNode):
+        # Placing an ROI must not deactivate the effect; when placement ends, give the box its depth.
+        if self.placingRoi and interactionNode.GetCurrentInteractionMode() != interactionNode.Place:
+            self.placingRoi = False
+            self.onRoiPlaced()
+
+    def onRoiPlaced(self):
+        roi = self.roiSelector.currentNode()
+        try:
+            volume, _segmentation, _sid = self.inputs()
+            if roi is None:
+                return
+            axis = self.axis(volume)
+            box = geometry.roi_to_voxel_box(roi, volume)
+            a = geometry.AXIS_BOX_INDEX[axis]
+            if box[a + 3] - box[a] + 1 <= 2:               # drawn on one slice: give it the structure's depth
+                box = geometry.full_depth_box(box, axis, volume)
+                geometry.voxel_box_to_roi(roi, volume, box)
+        except MedSegError as e:
+            self.setStatus(str(e), error=True)
+            return
+        self.updateRoiInfo()
+        if self.autoUpdateCheckBox.checked:
+            self.onPreview()
+
+    def updateRoiInfo(self):
+        roi = self.roiSelector.currentNode() if hasattr(self, "roiSelector") else None
+        params = self.scriptedEffect.parameterSetNode()
+        volume = params.GetSourceVolumeNode() if params else None
+        if roi is None or volume is None or roi.GetNumberOfControlPoints() == 0:
+            self.roiInfoLabel.text = ""
+            return
+        try:
+            axis = self.axis(volume)
+            box = geometry.roi_to_voxel_box(roi, volume)
+        except MedSegError as e:
+            self.roiInfoLabel.text = str(e)
+            return
+        a = geometry.AXIS_BOX_INDEX[axis]
+        r = self.sliceRange()
+        first, last = box[a], box[a + 3]
+        if r is not None:
+            first, last = max(first, r[0]), min(last, r[1])
+        depth_mm = (box[a + 3] - box[a] + 1) * geometry.voxel_spacing(volume)[a]
+        start = int((last - first) / 2 + first)
+        self.roiInfoLabel.text = _("Box: slices {a}-{b} in the {view} view ({mm:.0f} mm deep); propagation starts "
+                                   "at slice {start} and goes up, then down.").format(
+            a=first, b=last, view=self.viewCombo.currentText, mm=depth_mm, start=start)
+
+    def afterApply(self):
+        roi = self.roiSelector.currentNode()
+        if roi is not None and roi.GetDisplayNode() is not None:
+            roi.GetDisplayNode().SetVisibility(False)      # out of the way; Draw ROI shows it again
 
     def onFitRoi(self):
         try:
             volume, segmentation, segment_id = self.inputs()
             roi = self.roiSelector.currentNode()
             if roi is None:
-                roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "MedSAM box")
+                name = segmentation.GetSegmentation().GetSegment(segment_id).GetName()
+                roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{name} box")
                 roi.CreateDefaultDisplayNodes()
                 roi.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
                 self.roiSelector.setCurrentNode(roi)
             mask = segments.segment_to_array(segmentation, segment_id, volume)
             box = geometry.mask_bounding_box(mask, margin=2) or geometry.default_box(mask.shape)
             geometry.voxel_box_to_roi(roi, volume, box)
+            if roi.GetDisplayNode() is not None:
+                roi.GetDisplayNode().SetVisibility(True)
         except MedSegError as e:
             self.setStatus(str(e), error=True)
 
@@ -149,14 +386,10 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
 
     def prepareRun(self, volume, segmentation, segment_id):
         roi = self.roiSelector.currentNode()
-        slice_range = None
-        if self.limitSlicesCheckBox.checked:
-            slice_range = (int(self.firstSliceSpin.value), int(self.lastSliceSpin.value))
         return self.logic.core.prepare_medsam(
             volume, [roi], model=self.modelCombo.currentText, intensity=self.intensityValue(self.intensityCombo),
-            propagation=self.propagationCombo.currentText, axis=self.axisCombo.currentText, slice_range=slice_range,
+            propagation=self.propagationCombo.currentText, axis=self.axis(volume), slice_range=self.sliceRange(),
             segmentation_node=segmentation)
 
     def maskFromResult(self, result):
         return (result.labels == 1).astype("uint8")
-
