@@ -103,7 +103,41 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.previewButton.connect("clicked()", self.onPreview)
         self.cancelButton.connect("clicked()", self.onCancel)
         self.applyButton.connect("clicked()", self.onApply)
+        self.previewButton.setToolTip(self.previewButton.toolTip + " Shortcut: Ctrl+Shift+P.")
+        self.applyButton.setToolTip(self.applyButton.toolTip + " Shortcut: Ctrl+Shift+A.")
+        self.cancelButton.setToolTip(self.cancelButton.toolTip + " Shortcut: Ctrl+Shift+X.")
+        self.addShortcut("Ctrl+Shift+P", self.onPreview)
+        self.addShortcut("Ctrl+Shift+A", self.onApply)
+        self.addShortcut("Ctrl+Shift+X", self.onCancel)
         self.updateButtons()
+
+    def addShortcut(self, keys, callback):
+        """A keyboard shortcut active while this effect's options are shown (Slicer's main window)."""
+        if not hasattr(self, "shortcuts"):
+            self.shortcuts = []
+        shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
+        shortcut.setContext(qt.Qt.ApplicationShortcut)
+        shortcut.connect("activated()", lambda: self.onShortcut(callback))
+        self.shortcuts.append(shortcut)
+
+    def onShortcut(self, callback):
+        # one effect object per effect type: act only for the effect the editor shows
+        if self.scriptedEffect.active():
+            callback()
+
+    def afterApply(self):
+        """Subclasses: tidy up after a successful Apply (e.g. hide the box)."""
+
+    # ---- the viewer's terms ------------------------------------------------------------------------------------
+    def sliceNodeForView(self, view):
+        return slicer.mrmlScene.GetNodeByID(f"vtkMRMLSliceNode{view}")
+
+    def axisForView(self, volume, view):
+        """The voxel axis that shows the volume as the Red / Yellow / Green view does (Qt-free rule)."""
+        from MedSegSlicerLib import geometry
+
+        node = self.sliceNodeForView(view)
+        return geometry.axis_for_slice_node(volume, node) if node is not None else "axial"
 
     def updateButtons(self):
         running = self.logic.core.runner.running
@@ -195,8 +229,11 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             except MedSegError as e:
                 self.setStatus(str(e), error=True)
             else:
-                self.setStatus("; ".join(messages + [f"Preview ready ({int(mask.sum())} voxels, "
-                                                     f"{outcome.seconds:.1f} s): Apply writes it into the segment."]))
+                from MedSegSlicerLib import geometry
+
+                ml = geometry.mask_volume_ml(mask, volume)
+                self.setStatus("; ".join(messages + [f"Preview ready ({ml:.1f} mL, {outcome.seconds:.1f} s): Apply "
+                                                     "writes it into the segment."]))
         elif outcome.status == "cancelled":
             self.setStatus(outcome.message or "Cancelled: nothing was written.")
         else:
@@ -243,6 +280,10 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             self.setStatus(str(e), error=True)
             return
         self.dropPreview()
-        self.setStatus(f"Applied: the segment has {report.voxels_after} voxels (was {report.voxels_before}); Undo in "
-                       "the Segment Editor restores it.")
+        self.afterApply()
+        from MedSegSlicerLib import geometry
+
+        per_voxel = geometry.voxel_volume_ml(volume)
+        self.setStatus(f"Applied: the segment is {report.voxels_after * per_voxel:.1f} mL (was "
+                       f"{report.voxels_before * per_voxel:.1f} mL); Undo in the Segment Editor restores it.")
         self.updateButtons()

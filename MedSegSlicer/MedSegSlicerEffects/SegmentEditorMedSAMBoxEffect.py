@@ -206,11 +206,10 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
 
     # ---- view terms --------------------------------------------------------------------------------------------
     def sliceNode(self):
-        return slicer.mrmlScene.GetNodeByID(f"vtkMRMLSliceNode{self.viewCombo.currentText}")
+        return self.sliceNodeForView(self.viewCombo.currentText)
 
     def axis(self, volume):
-        node = self.sliceNode()
-        return geometry.axis_for_slice_node(volume, node) if node is not None else "axial"
+        return self.axisForView(volume, self.viewCombo.currentText)
 
     def currentSlice(self, volume):
         node = self.sliceNode()

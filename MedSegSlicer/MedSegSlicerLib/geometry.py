@@ -432,10 +432,14 @@ def slice_index_for_view(volume_node, slice_node, axis: str) -> int:
     return int(min(max(int(round(ijk[a])), 0), size - 1))
 
 
+def voxel_volume_ml(volume_node) -> float:
+    """Volume of one voxel of ``volume_node`` in millilitres."""
+    return abs(float(np.linalg.det(volume_ijk_to_node(volume_node)[:3, :3]))) / 1000.0
+
+
 def mask_volume_ml(mask: np.ndarray, volume_node) -> float:
     """Volume of a (K, J, I) mask on ``volume_node``'s grid in millilitres."""
-    voxel_mm3 = abs(float(np.linalg.det(volume_ijk_to_node(volume_node)[:3, :3])))
-    return float(np.count_nonzero(mask)) * voxel_mm3 / 1000.0
+    return float(np.count_nonzero(mask)) * voxel_volume_ml(volume_node)
 
 
 # ----------------------------------------------------------------------------------------------------------
