@@ -11,6 +11,7 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 from MedSegSlicerLib import editing, preview, segments
 from MedSegSlicerLib.errors import MedSegError
 
+VIEWS = ("Red", "Yellow", "Green")   # slice views whose orientation sets the slicing axis
 INTENSITY_CHOICES = ("volume window/level", "auto", "ct-abdomen", "ct-lung", "ct-brain", "ct-mediastinum", "mr",
                      "raw")
 
@@ -40,9 +41,6 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
     def createCursor(self, widget):
         return slicer.util.mainWindow().cursor
 
-    def interactionNodeModified(self, interactionNode):
-        # Placing an ROI must not deactivate the effect.
-        pass
 
     def cleanup(self):
         self.timer.stop()
@@ -125,8 +123,177 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         if self.scriptedEffect.active():
             callback()
 
+
+    # ---- the box (ROI): one per segment, drawn on one slice then given its depth, auto-update when moved --------
+    AUTO_UPDATE_DELAY_MS = 800
+
+    def state(self):
+        from MedSegSlicerLib.effect_state import EffectState
+
+        return EffectState(self.scriptedEffect.parameterSetNode(), self.effectName)
+
+    def setupRoiRow(self, roiTooltip, fitText, fitTooltip):
+        """ROI selector + Draw ROI + Fit button (subclasses give fitRoiBox); also the auto-update timer."""
+        self.roiObservations = []
+        self.placingRoi = False
+        self.autoTimer = qt.QTimer()
+        self.autoTimer.setSingleShot(True)
+        self.autoTimer.setInterval(self.AUTO_UPDATE_DELAY_MS)
+        self.autoTimer.connect("timeout()", self.onAutoUpdate)
+        self.roiSelector = slicer.qMRMLNodeComboBox()
+        self.roiSelector.nodeTypes = ["vtkMRMLMarkupsROINode"]
+        self.roiSelector.noneEnabled = True
+        self.roiSelector.addEnabled = False
+        self.roiSelector.removeEnabled = False
+        self.roiSelector.setMRMLScene(slicer.mrmlScene)
+        self.roiSelector.setToolTip(roiTooltip)
+        self.drawRoiButton = qt.QPushButton("Draw ROI")
+        self.drawRoiButton.setToolTip("Draw the box on one slice (drag, or click two corners); its depth is set from "
+                                      "its size. Re-uses this segment's box. Shortcut: Ctrl+Shift+R.")
+        self.fitRoiButton = qt.QPushButton(fitText)
+        self.fitRoiButton.setToolTip(fitTooltip)
+        row = qt.QHBoxLayout()
+        row.addWidget(self.roiSelector)
+        row.addWidget(self.drawRoiButton)
+        row.addWidget(self.fitRoiButton)
+        self.scriptedEffect.addLabeledOptionsWidget("ROI:", row)
+        self.drawRoiButton.connect("clicked()", self.onDrawRoi)
+        self.fitRoiButton.connect("clicked()", self.onFitRoi)
+        self.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRoiSelected)
+        self.addShortcut("Ctrl+Shift+R", self.onDrawRoi)
+
+    def axis(self, volume):
+        """Subclasses: the slicing axis chosen in the panel."""
+        return "axial"
+
+    def autoUpdateEnabled(self):
+        box = getattr(self, "autoUpdateCheckBox", None)
+        return bool(box is not None and box.checked)
+
+    def updateRoiInfo(self):
+        """Subclasses: describe the box in the panel."""
+
+    def fitRoiBox(self, volume, segmentation, segment_id):
+        """Subclasses: the voxel box that 'Fit' gives."""
+        raise NotImplementedError
+
+    def segmentRoi(self):
+        params = self.scriptedEffect.parameterSetNode()
+        sid = params.GetSelectedSegmentID() if params else None
+        return self.state().reference(f"ROI.{sid}") if sid else None
+
+    def updateRoiFromMRML(self):
+        roi = self.segmentRoi()
+        was = self.roiSelector.blockSignals(True)
+        self.roiSelector.setCurrentNode(roi)
+        self.roiSelector.blockSignals(was)
+        self.watchRoi(roi)
+
+    def onRoiSelected(self, roi):
+        params = self.scriptedEffect.parameterSetNode()
+        sid = params.GetSelectedSegmentID() if params else None
+        if sid:
+            self.state().set_reference(f"ROI.{sid}", roi)
+        self.watchRoi(roi)
+        self.updateRoiInfo()
+
+    def watchRoi(self, roi):
+        import vtk
+
+        for node, tag in self.roiObservations:
+            node.RemoveObserver(tag)
+        self.roiObservations = []
+        if roi is not None:
+            for event in (slicer.vtkMRMLMarkupsNode.PointModifiedEvent, vtk.vtkCommand.ModifiedEvent):
+                self.roiObservations.append((roi, roi.AddObserver(event, self.onRoiModified)))
+
+    def onRoiModified(self, caller=None, event=None):
+        self.updateRoiInfo()
+        if self.autoUpdateEnabled() and not self.placingRoi:
+            self.autoTimer.start()             # debounced: previews once the box stops moving
+
+    def onAutoUpdate(self):
+        if self.autoUpdateEnabled() and not self.logic.core.runner.running and \
+                self.roiSelector.currentNode() is not None:
+            self.onPreview()
+
+    def newRoi(self, volume, segmentation, segment_id):
+        name = segmentation.GetSegmentation().GetSegment(segment_id).GetName()
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{name} box")
+        roi.CreateDefaultDisplayNodes()
+        roi.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+        return roi
+
+    def onDrawRoi(self):
+        try:
+            volume, segmentation, segment_id = self.inputs()
+        except MedSegError as e:
+            self.setStatus(str(e), error=True)
+            return
+        roi = self.segmentRoi()
+        if roi is None or not slicer.mrmlScene.IsNodePresent(roi):
+            roi = self.newRoi(volume, segmentation, segment_id)
+        else:
+            roi.RemoveAllControlPoints()
+        if roi.GetDisplayNode() is not None:
+            roi.GetDisplayNode().SetVisibility(True)
+        self.roiSelector.setCurrentNode(roi)           # -> onRoiSelected: this segment's box
+        self.placingRoi = True
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
+        selection.SetActivePlaceNodeID(roi.GetID())
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        interaction.SetCurrentInteractionMode(interaction.Place)
+        self.setStatus("Draw the box on one slice around the structure: its depth is set automatically.")
+
+    def interactionNodeModified(self, interactionNode):
+        # Placing an ROI must not deactivate the effect; when placement ends, give the box its depth.
+        if getattr(self, "placingRoi", False) and \
+                interactionNode.GetCurrentInteractionMode() != interactionNode.Place:
+            self.placingRoi = False
+            self.onRoiPlaced()
+
+    def onRoiPlaced(self):
+        from MedSegSlicerLib import geometry
+
+        roi = self.roiSelector.currentNode()
+        try:
+            volume, _segmentation, _sid = self.inputs()
+            if roi is None or roi.GetNumberOfControlPoints() == 0:
+                return
+            axis = self.axis(volume)
+            box = geometry.roi_to_voxel_box(roi, volume)
+            a = geometry.AXIS_BOX_INDEX[axis]
+            if box[a + 3] - box[a] + 1 <= 2:               # drawn on one slice: give it the structure's depth
+                geometry.voxel_box_to_roi(roi, volume, geometry.full_depth_box(box, axis, volume))
+        except MedSegError as e:
+            self.setStatus(str(e), error=True)
+            return
+        self.updateRoiInfo()
+        if self.autoUpdateEnabled():
+            self.onPreview()
+
+    def onFitRoi(self):
+        from MedSegSlicerLib import geometry
+
+        try:
+            volume, segmentation, segment_id = self.inputs()
+            box = self.fitRoiBox(volume, segmentation, segment_id)
+            roi = self.roiSelector.currentNode()
+            if roi is None:
+                roi = self.newRoi(volume, segmentation, segment_id)
+                self.roiSelector.setCurrentNode(roi)
+            geometry.voxel_box_to_roi(roi, volume, box)
+            if roi.GetDisplayNode() is not None:
+                roi.GetDisplayNode().SetVisibility(True)
+        except MedSegError as e:
+            self.setStatus(str(e), error=True)
+
     def afterApply(self):
-        """Subclasses: tidy up after a successful Apply (e.g. hide the box)."""
+        """Hide the box after Apply (Draw ROI shows it again)."""
+        roi = self.roiSelector.currentNode() if hasattr(self, "roiSelector") else None
+        if roi is not None and roi.GetDisplayNode() is not None:
+            roi.GetDisplayNode().SetVisibility(False)
 
     # ---- the viewer's terms ------------------------------------------------------------------------------------
     def sliceNodeForView(self, view):

@@ -5,21 +5,16 @@ Thin Qt: the box, the slicing direction, the slice range and the run all go thro
 the saved parameters)."""
 import ctk
 import qt
-import slicer
-import vtk
 
-from MedSegSlicerEffects.EffectBase import MedSegEffectBase
+from MedSegSlicerEffects.EffectBase import VIEWS, MedSegEffectBase
 from MedSegSlicerLib import geometry, segments
 from MedSegSlicerLib import core as medseg_core
 from MedSegSlicerLib.core import MEDSAM_MODELS, PROPAGATIONS
-from MedSegSlicerLib.effect_state import EffectState
 from MedSegSlicerLib.errors import MedSegError
 
-VIEWS = ("Red", "Yellow", "Green")
 #: propagation modes offered in the effect (``stop`` never differed from ``official`` on any measured case)
 EFFECT_PROPAGATIONS = tuple(p for p in PROPAGATIONS if p != "stop")
 DEFAULT_PROPAGATION = getattr(medseg_core, "DEFAULT_PROPAGATION", EFFECT_PROPAGATIONS[0])
-AUTO_UPDATE_DELAY_MS = 800
 
 try:  # Slicer's translation function (slicer.i18n, Slicer >= 5.4); plain strings where it is missing
     from slicer.i18n import tr as _
@@ -56,32 +51,10 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
 
     # ---- panel -----------------------------------------------------------------------------------------------
     def setupOptionsFrame(self):
-        self.roiObservations = []
-        self.placingRoi = False
-        self.autoTimer = qt.QTimer()
-        self.autoTimer.setSingleShot(True)
-        self.autoTimer.setInterval(AUTO_UPDATE_DELAY_MS)
-        self.autoTimer.connect("timeout()", self.onAutoUpdate)
-
-        self.roiSelector = slicer.qMRMLNodeComboBox()
-        self.roiSelector.nodeTypes = ["vtkMRMLMarkupsROINode"]
-        self.roiSelector.noneEnabled = True
-        self.roiSelector.addEnabled = False
-        self.roiSelector.removeEnabled = False
-        self.roiSelector.setMRMLScene(slicer.mrmlScene)
-        self.roiSelector.setToolTip(_("The box around the structure (an ROI markup; may be rotated or transformed). "
-                                      "Each segment keeps its own box."))
-        self.drawRoiButton = qt.QPushButton(_("Draw ROI"))
-        self.drawRoiButton.setToolTip(_("Draw the box on one slice (drag, or click two corners); its depth is set "
-                                        "from its size. Re-uses this segment's box. Shortcut: Ctrl+Shift+R."))
-        self.fitRoiButton = qt.QPushButton(_("Fit to segment"))
-        self.fitRoiButton.setToolTip(_("Fit the box to the selected segment's extent (plus 2 voxels), or to the "
-                                       "middle third of the volume if the segment is empty."))
-        roiRow = qt.QHBoxLayout()
-        roiRow.addWidget(self.roiSelector)
-        roiRow.addWidget(self.drawRoiButton)
-        roiRow.addWidget(self.fitRoiButton)
-        self.scriptedEffect.addLabeledOptionsWidget(_("ROI:"), roiRow)
+        self.setupRoiRow(_("The box around the structure (an ROI markup; may be rotated or transformed). Each "
+                           "segment keeps its own box."),
+                         _("Fit to segment"), _("Fit the box to the selected segment's extent (plus 2 voxels), or to "
+                                                "the middle third of the volume if the segment is empty."))
         self.roiInfoLabel = qt.QLabel("")
         self.roiInfoLabel.wordWrap = True
         self.roiInfoLabel.setToolTip(_("The slices the box covers in the chosen view, and where propagation starts."))
@@ -142,8 +115,6 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         self.scriptedEffect.addOptionsWidget(advanced)
         self.setupRunButtons()
 
-        self.drawRoiButton.connect("clicked()", self.onDrawRoi)
-        self.fitRoiButton.connect("clicked()", self.onFitRoi)
         self.firstHereButton.connect("clicked()", lambda: self.setRangeFromView(first=True))
         self.lastHereButton.connect("clicked()", lambda: self.setRangeFromView(last=True))
         self.thisSliceButton.connect("clicked()", lambda: self.setRangeFromView(first=True, last=True))
@@ -152,13 +123,8 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         self.intensityCombo.connect("currentTextChanged(QString)", self.updateMRMLFromGUI)
         for box in (self.limitSlicesCheckBox, self.autoUpdateCheckBox):
             box.connect("toggled(bool)", self.updateMRMLFromGUI)
-        self.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRoiSelected)
-        self.addShortcut("Ctrl+Shift+R", self.onDrawRoi)
 
     # ---- parameters (saved on the Segment Editor node, per effect) -------------------------------------------
-    def state(self):
-        return EffectState(self.scriptedEffect.parameterSetNode(), self.effectName)
-
     def setMRMLDefaults(self):
         state = self.state()
         state.set_default("Model", MEDSAM_MODELS[0])
@@ -184,11 +150,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
             was = box.blockSignals(True)
             box.checked = state.get_bool(name)
             box.blockSignals(was)
-        roi = self.segmentRoi()
-        was = self.roiSelector.blockSignals(True)
-        self.roiSelector.setCurrentNode(roi)
-        self.roiSelector.blockSignals(was)
-        self.watchRoi(roi)
+        self.updateRoiFromMRML()
         self.updateRangeLabel()
         self.updateRoiInfo()
         self.updateButtons()
@@ -250,88 +212,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         self.rangeLabel.text = (_("slices {first}-{last}").format(first=r[0], last=r[1]) if r
                                 else _("whole box"))
 
-    # ---- ROI: one per segment, full depth after drawing, auto-update when moved ---------------------------------
-    def segmentRoi(self):
-        params = self.scriptedEffect.parameterSetNode()
-        sid = params.GetSelectedSegmentID() if params else None
-        return self.state().reference(f"ROI.{sid}") if sid else None
-
-    def onRoiSelected(self, roi):
-        params = self.scriptedEffect.parameterSetNode()
-        sid = params.GetSelectedSegmentID() if params else None
-        if sid:
-            self.state().set_reference(f"ROI.{sid}", roi)
-        self.watchRoi(roi)
-        self.updateRoiInfo()
-
-    def watchRoi(self, roi):
-        for node, tag in self.roiObservations:
-            node.RemoveObserver(tag)
-        self.roiObservations = []
-        if roi is not None:
-            for event in (slicer.vtkMRMLMarkupsNode.PointModifiedEvent, vtk.vtkCommand.ModifiedEvent):
-                self.roiObservations.append((roi, roi.AddObserver(event, self.onRoiModified)))
-
-    def onRoiModified(self, caller=None, event=None):
-        self.updateRoiInfo()
-        if self.autoUpdateCheckBox.checked and not self.placingRoi:
-            self.autoTimer.start()             # debounced: previews once the box stops moving
-
-    def onAutoUpdate(self):
-        if self.autoUpdateCheckBox.checked and not self.logic.core.runner.running and \
-                self.roiSelector.currentNode() is not None:
-            self.onPreview()
-
-    def onDrawRoi(self):
-        try:
-            volume, segmentation, segment_id = self.inputs()
-        except MedSegError as e:
-            self.setStatus(str(e), error=True)
-            return
-        roi = self.segmentRoi()
-        if roi is None or not slicer.mrmlScene.IsNodePresent(roi):
-            name = segmentation.GetSegmentation().GetSegment(segment_id).GetName()
-            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{name} box")
-            roi.CreateDefaultDisplayNodes()
-            roi.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
-        else:
-            roi.RemoveAllControlPoints()
-        if roi.GetDisplayNode() is not None:
-            roi.GetDisplayNode().SetVisibility(True)
-        self.roiSelector.setCurrentNode(roi)           # -> onRoiSelected: this segment's box
-        self.placingRoi = True
-        selection = slicer.app.applicationLogic().GetSelectionNode()
-        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
-        selection.SetActivePlaceNodeID(roi.GetID())
-        interaction = slicer.app.applicationLogic().GetInteractionNode()
-        interaction.SetCurrentInteractionMode(interaction.Place)
-        self.setStatus(_("Draw the box on one slice around the structure: its depth is set automatically."))
-
-    def interactionNodeModified(self, interactionNode):
-        # Placing an ROI must not deactivate the effect; when placement ends, give the box its depth.
-        if self.placingRoi and interactionNode.GetCurrentInteractionMode() != interactionNode.Place:
-            self.placingRoi = False
-            self.onRoiPlaced()
-
-    def onRoiPlaced(self):
-        roi = self.roiSelector.currentNode()
-        try:
-            volume, _segmentation, _sid = self.inputs()
-            if roi is None:
-                return
-            axis = self.axis(volume)
-            box = geometry.roi_to_voxel_box(roi, volume)
-            a = geometry.AXIS_BOX_INDEX[axis]
-            if box[a + 3] - box[a] + 1 <= 2:               # drawn on one slice: give it the structure's depth
-                box = geometry.full_depth_box(box, axis, volume)
-                geometry.voxel_box_to_roi(roi, volume, box)
-        except MedSegError as e:
-            self.setStatus(str(e), error=True)
-            return
-        self.updateRoiInfo()
-        if self.autoUpdateCheckBox.checked:
-            self.onPreview()
-
+    # ---- ROI (one per segment, drawn full depth: EffectBase) ------------------------------------------------
     def updateRoiInfo(self):
         roi = self.roiSelector.currentNode() if hasattr(self, "roiSelector") else None
         params = self.scriptedEffect.parameterSetNode()
@@ -356,28 +237,9 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
                                    "at slice {start} and goes up, then down.").format(
             a=first, b=last, view=self.viewCombo.currentText, mm=depth_mm, start=start)
 
-    def afterApply(self):
-        roi = self.roiSelector.currentNode()
-        if roi is not None and roi.GetDisplayNode() is not None:
-            roi.GetDisplayNode().SetVisibility(False)      # out of the way; Draw ROI shows it again
-
-    def onFitRoi(self):
-        try:
-            volume, segmentation, segment_id = self.inputs()
-            roi = self.roiSelector.currentNode()
-            if roi is None:
-                name = segmentation.GetSegmentation().GetSegment(segment_id).GetName()
-                roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{name} box")
-                roi.CreateDefaultDisplayNodes()
-                roi.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
-                self.roiSelector.setCurrentNode(roi)
-            mask = segments.segment_to_array(segmentation, segment_id, volume)
-            box = geometry.mask_bounding_box(mask, margin=2) or geometry.default_box(mask.shape)
-            geometry.voxel_box_to_roi(roi, volume, box)
-            if roi.GetDisplayNode() is not None:
-                roi.GetDisplayNode().SetVisibility(True)
-        except MedSegError as e:
-            self.setStatus(str(e), error=True)
+    def fitRoiBox(self, volume, segmentation, segment_id):
+        mask = segments.segment_to_array(segmentation, segment_id, volume)
+        return geometry.mask_bounding_box(mask, margin=2) or geometry.default_box(mask.shape)
 
     # ---- run -----------------------------------------------------------------------------------------------
     def modelName(self):

@@ -3,9 +3,8 @@ import ctk
 import qt
 import slicer
 
-from MedSegSlicerEffects.EffectBase import MedSegEffectBase
+from MedSegSlicerEffects.EffectBase import VIEWS, MedSegEffectBase
 from MedSegSlicerLib import deps, examples, preview, segments
-from MedSegSlicerLib.core import AXES
 from MedSegSlicerLib.errors import InputError, MedSegError
 
 try:  # Slicer's translation function (slicer.i18n, Slicer >= 5.4); plain strings where it is missing
@@ -34,25 +33,36 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
 
     def helpText(self):
         return _("<html>Segment a structure from examples, without training (UniverSeg).<p>"
-                "Examples: the <b>labelled slices of this segment</b> (paint a few slices, get the rest), "
-                "<b>other segments</b> that show the same structure (in this or other segmentations, each with its "
-                "volume), or an <b>example library</b> folder. More examples give better results (up to the support "
-                "size; more are ensembled). Optional ROI limits where to segment. <b>Preview</b>, then <b>Apply</b> "
-                "(undoable) or <b>Cancel</b>.<p>The UniverSeg weights are for research use only (OpenRAIL++-M); "
-                "you are asked to accept the licence once.</html>")
+                 "Examples: the <b>labelled slices of this segment</b> (paint the structure on 3 or more slices, "
+                 "spread over it, and get the rest; after an Apply, type the slices to use in <i>Use only "
+                 "slices</i>), <b>other segments</b> that show the same structure (each with its volume), or an "
+                 "<b>example library</b>. Without a box the run covers the labelled slices plus a margin; "
+                 "<b>Draw ROI</b> or <b>Fit to examples</b> sets it explicitly. <b>Preview</b> (Ctrl+Shift+P), then "
+                 "<b>Apply</b> (Ctrl+Shift+A, undoable; only the box's slices change) or <b>Cancel</b>.<p>The "
+                 "UniverSeg weights are for research use only (OpenRAIL++-M); you are asked to accept the licence "
+                 "once.</html>")
 
     def setupOptionsFrame(self):
-        self.labelledSlicesCheckBox = qt.QCheckBox("Labelled slices of this segment")
-        self.labelledSlicesCheckBox.checked = True
-        self.labelledSlicesCheckBox.setToolTip("Use the slices of the selected segment that already contain voxels "
-                                               "as examples; they are kept exactly as drawn.")
-        self.scriptedEffect.addOptionsWidget(self.labelledSlicesCheckBox)
+        self.labelledSlicesCheckBox = qt.QCheckBox(_("Labelled slices of this segment"))
+        self.labelledSlicesCheckBox.setToolTip(_("Use the slices of the selected segment that contain voxels as "
+                                                 "examples; they are kept exactly as drawn."))
+        self.exampleSlicesEdit = qt.QLineEdit()
+        self.exampleSlicesEdit.setPlaceholderText(_("all labelled slices"))
+        self.exampleSlicesEdit.setToolTip(_("Use only these slices as examples (e.g. 8, 14, 20): the ones you drew "
+                                            "or corrected. Slice numbers as the chosen view counts them."))
+        self.addSliceButton = qt.QPushButton(_("Add current slice"))
+        self.addSliceButton.setToolTip(_("Add the slice shown in the chosen view to the example slices."))
+        exRow = qt.QHBoxLayout()
+        exRow.addWidget(self.labelledSlicesCheckBox)
+        exRow.addWidget(self.exampleSlicesEdit)
+        exRow.addWidget(self.addSliceButton)
+        self.scriptedEffect.addOptionsWidget(exRow)
 
         self.segmentList = qt.QListWidget()
-        self.segmentList.setToolTip("Tick segments (of any segmentation) that show the same structure.")
+        self.segmentList.setToolTip(_("Tick segments (of any segmentation) that show the same structure."))
         self.segmentList.setMaximumHeight(120)
-        self.refreshButton = qt.QPushButton("Refresh list")
-        self.scriptedEffect.addLabeledOptionsWidget("Other segments:", self.segmentList)
+        self.refreshButton = qt.QPushButton(_("Refresh list"))
+        self.scriptedEffect.addLabeledOptionsWidget(_("Other segments:"), self.segmentList)
         self.scriptedEffect.addOptionsWidget(self.refreshButton)
         self.exampleVolumeSelector = slicer.qMRMLNodeComboBox()
         self.exampleVolumeSelector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
@@ -60,69 +70,148 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
         self.exampleVolumeSelector.addEnabled = False
         self.exampleVolumeSelector.removeEnabled = False
         self.exampleVolumeSelector.setMRMLScene(slicer.mrmlScene)
-        self.exampleVolumeSelector.setToolTip("Volume of ticked segmentations that do not record their own volume.")
-        self.scriptedEffect.addLabeledOptionsWidget("Their volume:", self.exampleVolumeSelector)
+        self.exampleVolumeSelector.setToolTip(_("Volume of ticked segmentations that do not record their own "
+                                                "volume."))
+        self.scriptedEffect.addLabeledOptionsWidget(_("Their volume:"), self.exampleVolumeSelector)
 
-        self.useLibraryCheckBox = qt.QCheckBox("Library:")
+        self.useLibraryCheckBox = qt.QCheckBox(_("Library:"))
+        self.useLibraryCheckBox.setToolTip(_("Also use the examples of a saved library."))
         self.libraryPath = ctk.ctkPathLineEdit()
         self.libraryPath.filters = ctk.ctkPathLineEdit.Dirs
-        self.libraryPath.setToolTip("An example library folder (images + labels + manifest.json).")
-        self.exportButton = qt.QPushButton("Export examples...")
-        self.exportButton.setToolTip("Save the current examples (labelled slices + ticked segments) as a library.")
+        self.libraryPath.setToolTip(_("An example library folder (images + .seg.nrrd labels + manifest.json)."))
+        self.exportButton = qt.QPushButton(_("Export examples..."))
+        self.exportButton.setToolTip(_("Save the current examples (labelled slices + ticked segments) as a "
+                                       "library; each label opens in Slicer as a segmentation."))
         libraryRow = qt.QHBoxLayout()
         libraryRow.addWidget(self.useLibraryCheckBox)
         libraryRow.addWidget(self.libraryPath)
         libraryRow.addWidget(self.exportButton)
         self.scriptedEffect.addOptionsWidget(libraryRow)
 
-        self.roiSelector = slicer.qMRMLNodeComboBox()
-        self.roiSelector.nodeTypes = ["vtkMRMLMarkupsROINode"]
-        self.roiSelector.noneEnabled = True
-        self.roiSelector.addEnabled = False
-        self.roiSelector.removeEnabled = False
-        self.roiSelector.setMRMLScene(slicer.mrmlScene)
-        self.roiSelector.setToolTip("Optional: only segment inside this box (else a region derived from the examples).")
-        self.scriptedEffect.addLabeledOptionsWidget("ROI:", self.roiSelector)
+        self.setupRoiRow(_("Where to segment (optional). Without a box: the labelled slices plus a margin, or the "
+                           "examples' region."),
+                         _("Fit to examples"), _("Fit the box to the labelled slices of this segment plus a margin "
+                                                 "(what a run without a box uses)."))
+        self.viewCombo = qt.QComboBox()
+        for view in VIEWS:
+            self.viewCombo.addItem(view)
+        self.viewCombo.setToolTip(_("Segment slice by slice as this view shows the volume (Red: usually axial, "
+                                    "Yellow: sagittal, Green: coronal), whatever the acquisition direction."))
+        self.scriptedEffect.addLabeledOptionsWidget(_("Slices as in view:"), self.viewCombo)
+        self.intensityCombo = self.addIntensityCombo(_("Intensity rule for examples and target (the same for "
+                                                       "both)."))
+        self.scriptedEffect.addLabeledOptionsWidget(_("Intensity:"), self.intensityCombo)
 
+        advanced = ctk.ctkCollapsibleButton()
+        advanced.text = _("Advanced")
+        advanced.collapsed = True
+        advancedLayout = qt.QFormLayout(advanced)
         self.supportSizeSpin = qt.QSpinBox()
         self.supportSizeSpin.setRange(1, 64)
-        self.supportSizeSpin.value = 64
-        self.supportSizeSpin.setToolTip("Examples per pass (UniverSeg was trained with 64).")
+        self.supportSizeSpin.setToolTip(_("Examples per pass (UniverSeg was trained with 64)."))
+        advancedLayout.addRow(_("Support size:"), self.supportSizeSpin)
         self.ensembleSpin = qt.QSpinBox()
         self.ensembleSpin.setRange(1, 16)
-        self.ensembleSpin.value = 1
-        self.ensembleSpin.setToolTip("With more examples than the support size, average this many random subsets.")
-        self.ttaCheckBox = qt.QCheckBox("flip TTA")
-        row = qt.QHBoxLayout()
-        row.addWidget(qt.QLabel("support"))
-        row.addWidget(self.supportSizeSpin)
-        row.addWidget(qt.QLabel("ensemble"))
-        row.addWidget(self.ensembleSpin)
-        row.addWidget(self.ttaCheckBox)
-        self.scriptedEffect.addLabeledOptionsWidget("Options:", row)
-        self.axisCombo = qt.QComboBox()
-        for a in AXES:
-            self.axisCombo.addItem(a)
-        self.scriptedEffect.addLabeledOptionsWidget("Slice axis:", self.axisCombo)
-        self.intensityCombo = self.addIntensityCombo("Intensity rule for examples and target (the same for both).")
-        self.intensityCombo.currentText = "auto"
-        self.scriptedEffect.addLabeledOptionsWidget("Intensity:", self.intensityCombo)
+        self.ensembleSpin.setToolTip(_("With more examples than the support size, average this many random "
+                                       "subsets."))
+        advancedLayout.addRow(_("Ensemble:"), self.ensembleSpin)
+        self.ttaCheckBox = qt.QCheckBox(_("Left-right flip averaging"))
+        self.ttaCheckBox.setToolTip(_("Also segment the mirrored image and average (about 2x slower)."))
+        advancedLayout.addRow(self.ttaCheckBox)
+        self.scriptedEffect.addOptionsWidget(advanced)
         self.setupRunButtons()
 
         self.refreshButton.connect("clicked()", self.refreshSegmentList)
         self.exportButton.connect("clicked()", self.onExport)
+        self.addSliceButton.connect("clicked()", self.onAddCurrentSlice)
+        for w, signal in ((self.labelledSlicesCheckBox, "toggled(bool)"), (self.useLibraryCheckBox, "toggled(bool)"),
+                          (self.ttaCheckBox, "toggled(bool)"), (self.viewCombo, "currentIndexChanged(int)"),
+                          (self.supportSizeSpin, "valueChanged(int)"), (self.ensembleSpin, "valueChanged(int)"),
+                          (self.exampleSlicesEdit, "editingFinished()"),
+                          (self.intensityCombo, "currentTextChanged(QString)"),
+                          (self.libraryPath, "currentPathChanged(QString)")):
+            w.connect(signal, self.updateMRMLFromGUI)
 
     def activate(self):
         self.refreshSegmentList()
 
+    # ---- parameters (saved on the Segment Editor node, per effect) -------------------------------------------
     def setMRMLDefaults(self):
-        pass
+        state = self.state()
+        for name, value in (("LabelledSlices", "1"), ("ExampleSlices", ""), ("UseLibrary", "0"), ("Library", ""),
+                            ("View", VIEWS[0]), ("Intensity", ""), ("SupportSize", "64"), ("Ensemble", "1"),
+                            ("TTA", "0")):
+            state.set_default(name, value)
 
     def updateGUIFromMRML(self):
+        state = self.state()
+        for w, value in ((self.labelledSlicesCheckBox, state.get_bool("LabelledSlices", True)),
+                         (self.useLibraryCheckBox, state.get_bool("UseLibrary")),
+                         (self.ttaCheckBox, state.get_bool("TTA"))):
+            was = w.blockSignals(True)
+            w.checked = value
+            w.blockSignals(was)
+        for w, value in ((self.supportSizeSpin, state.get_int("SupportSize", 64)),
+                         (self.ensembleSpin, state.get_int("Ensemble", 1))):
+            was = w.blockSignals(True)
+            w.value = value
+            w.blockSignals(was)
+        for w, attr, value in ((self.viewCombo, "currentText", state.get_choice("View", VIEWS)),
+                               (self.intensityCombo, "currentText",
+                                state.get("Intensity") or self.intensityCombo.itemText(0)),
+                               (self.exampleSlicesEdit, "text", state.get("ExampleSlices")),
+                               (self.libraryPath, "currentPath", state.get("Library"))):
+            was = w.blockSignals(True)
+            setattr(w, attr, value)
+            w.blockSignals(was)
+        self.updateRoiFromMRML()
         self.updateButtons()
 
     def updateMRMLFromGUI(self, *args):
-        pass
+        state = self.state()
+        state.set_bool("LabelledSlices", self.labelledSlicesCheckBox.checked)
+        state.set_bool("UseLibrary", self.useLibraryCheckBox.checked)
+        state.set_bool("TTA", self.ttaCheckBox.checked)
+        state.set("SupportSize", int(self.supportSizeSpin.value))
+        state.set("Ensemble", int(self.ensembleSpin.value))
+        state.set("View", self.viewCombo.currentText)
+        state.set("Intensity", self.intensityValue(self.intensityCombo) or "")
+        state.set("ExampleSlices", self.exampleSlicesEdit.text.strip())
+        state.set("Library", self.libraryPath.currentPath)
+
+    # ---- view terms and the box ------------------------------------------------------------------------------
+    def axis(self, volume):
+        return self.axisForView(volume, self.viewCombo.currentText)
+
+    def exampleSlices(self):
+        """The slices typed in 'Use only slices' (None: every labelled slice)."""
+        text = self.exampleSlicesEdit.text.replace(";", ",").strip()
+        if not text:
+            return None
+        try:
+            return sorted({int(v) for v in text.replace(" ", ",").split(",") if v.strip()})
+        except ValueError:
+            raise InputError(_("'Use only slices' must list slice numbers, e.g. 8, 14, 20.")) from None
+
+    def onAddCurrentSlice(self):
+        from MedSegSlicerLib import geometry
+
+        try:
+            volume, _segmentation, _sid = self.inputs()
+            node = self.sliceNodeForView(self.viewCombo.currentText)
+            k = geometry.slice_index_for_view(volume, node, self.axis(volume))
+            chosen = set(self.exampleSlices() or [])
+        except MedSegError as e:
+            self.setStatus(str(e), error=True)
+            return
+        chosen.add(k)
+        self.exampleSlicesEdit.text = ", ".join(str(v) for v in sorted(chosen))
+        self.updateMRMLFromGUI()
+
+    def fitRoiBox(self, volume, segmentation, segment_id):
+        labelled = examples.from_labelled_slices(volume, segmentation, segment_id, self.axis(volume),
+                                                 slices=self.exampleSlices())
+        return examples.default_roi_box(labelled, self.axis(volume))
 
     # ---- examples ------------------------------------------------------------------------------------------
     def refreshSegmentList(self):
@@ -157,7 +246,7 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
     def collectExamples(self, volume, segmentation, segment_id, axis, include_library=True):
         arrays, keep = [], None
         if self.labelledSlicesCheckBox.checked:
-            keep = examples.from_labelled_slices(volume, segmentation, segment_id, axis)
+            keep = examples.from_labelled_slices(volume, segmentation, segment_id, axis, slices=self.exampleSlices())
             arrays.append(keep)
         by_node = {}
         for node_id, sid in self.checkedSegments():
@@ -189,7 +278,7 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
                 self.setStatus(plan.needs("Export examples"), error=True)
                 return
             volume, segmentation, segment_id = self.inputs()
-            axis = self.axisCombo.currentText
+            axis = self.axis(volume)
             found, _keep = self.collectExamples(volume, segmentation, segment_id, axis, include_library=False)
             folder = qt.QFileDialog.getExistingDirectory(None, "Export examples to an (empty) library folder")
             if not folder:
@@ -209,13 +298,16 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
         return "universeg-v1"
 
     def prepareRun(self, volume, segmentation, segment_id):
-        axis = self.axisCombo.currentText
+        axis = self.axis(volume)
         found, keep = self.collectExamples(volume, segmentation, segment_id, axis)
-        intensity = self.intensityValue(self.intensityCombo)
+        roi = self.roiSelector.currentNode()
+        if roi is None and keep is not None:
+            roi = examples.default_roi_box(keep, axis)     # the labelled slices plus a margin, not the whole volume
         return self.logic.core.prepare_universeg(
-            volume, found, roi=self.roiSelector.currentNode(), support_size=int(self.supportSizeSpin.value),
+            volume, found, roi=roi, support_size=int(self.supportSizeSpin.value),
             ensemble=int(self.ensembleSpin.value), tta=bool(self.ttaCheckBox.checked),
-            intensity=intensity, axis=axis, keep_labelled=keep, segmentation_node=segmentation)
+            intensity=self.intensityValue(self.intensityCombo), axis=axis, keep_labelled=keep,
+            segmentation_node=segmentation)
 
     def maskFromResult(self, result):
         return (result.mask > 0).astype("uint8")
