@@ -1,5 +1,5 @@
 """Shared Qt plumbing of the two effects: Preview / Apply / Cancel buttons, the progress bar and the timer that polls
-the worker thread. The effects only read their widgets and call the Qt-free layer (MedSegSlicerLib)."""
+the model worker process. The effects only read their widgets and call the Qt-free layer (MedSegSlicerLib)."""
 import logging
 import os
 
@@ -10,13 +10,14 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from MedSegSlicerLib import segments
 from MedSegSlicerLib.errors import MedSegError
+from MedSegSlicerLib.jobs import poll_step
 
 INTENSITY_CHOICES = ("volume window/level", "auto", "ct-abdomen", "ct-lung", "ct-brain", "ct-mediastinum", "mr",
                      "raw")
 
 
 class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
-    """Preview runs the model in a worker thread and shows the result in a preview segmentation; Apply writes it
+    """Preview runs the model in the worker process and shows the result in a preview segmentation; Apply writes it
     through the editor's modify-segment path after saving an undo state; Cancel stops a run or drops the preview."""
 
     effectName = "MedSeg"
@@ -50,8 +51,9 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.timer.disconnect("timeout()", self.onPoll)
 
     def deactivate(self):
-        if self.logic.core.runner.running:
-            self.logic.core.runner.cancel()
+        runner = self.logic.core.runner
+        if runner.running:
+            runner.cancel()        # the timer's next polls end the job (within a second)
         self.dropPreview()
 
     # ---- shared widgets ----------------------------------------------------------------------------------------
@@ -171,11 +173,11 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.updateButtons()
 
     def onPoll(self):
+        # Never blocks: reads only what the worker has already sent (progress, result, error, or its death).
         runner = self.logic.core.runner
-        fraction, message = runner.progress()
+        fraction, message, outcome = poll_step(runner)
         self.progressBar.value = int(1000 * fraction)
         self.progressBar.setFormat(message or "%p%")
-        outcome = runner.poll()
         if outcome is None:
             if not runner.running:
                 self.timer.stop()
