@@ -71,7 +71,7 @@ class Server:
                    "python": sys.version.split()[0], "executable": sys.executable})
         threading.Thread(target=self._read_loop, name="medseg-worker-reader", daemon=True).start()
         threading.Thread(target=self._watch_parent, name="medseg-worker-parent", daemon=True).start()
-        threading.Thread(target=self._preload, name="medseg-worker-preload", daemon=True).start()
+        self._preload()
         while True:
             msg = self.requests.get()
             if msg is None:
@@ -119,7 +119,8 @@ class Server:
                 self.exit("parent process gone")
 
     def _preload(self) -> None:
-        """Import torch and the engines while the client prepares its first request (first-preview latency)."""
+        """Import torch and the engines right away, while the client prepares its first request (first-preview
+        latency); requests wait for it, status and cancel are answered meanwhile."""
         try:
             import medseg_backend.medsam  # noqa: F401
         except Exception as exc:  # noqa: BLE001 - reported when a request needs it
