@@ -184,9 +184,12 @@ def test_worker_killed_mid_run_gives_one_line_and_the_next_run_works(ct):
 
 
 def test_hung_worker_is_killed_and_replaced():
-    client = WorkerClient(hang_timeout=2.0)
+    client = WorkerClient()
     runner = JobRunner(client=client)
     try:
+        runner.start(Request("sleep", {"seconds": 0.0}), label="warm-up")   # started, torch preloaded
+        assert poll_until_done(runner, 300).ok
+        client.hang_timeout = 2.0
         runner.start(Request("sleep", {"seconds": 600, "steps": 600}), label="hang test")
         wait_for_progress(runner, 120)
         pid = client.pid
@@ -197,8 +200,9 @@ def test_hung_worker_is_killed_and_replaced():
         assert outcome.message.startswith("The model worker stopped answering for 2 s: it was stopped")
         assert time.monotonic() - t0 < 2.0 + 2 * WorkerClient.PING_INTERVAL + 2
         assert not pid_alive(pid)
+        client.hang_timeout = 60.0     # the fresh worker loads torch first: a slow start is not a hang
         runner.start(Request("sleep", {"seconds": 0.0, "value": 1}), label="after")
-        after = poll_until_done(runner, 120)
+        after = poll_until_done(runner, 300)
         assert after.ok and after.result.pid != pid
     finally:
         client.shutdown()

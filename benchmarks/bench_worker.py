@@ -55,24 +55,25 @@ def handover(client: WorkerClient, repeats: int = 3):
     return statistics.median(times), times
 
 
-def reprompt_and_first(core: MedSegCore, volume, labels, slices: int = 10):
-    box = slab_box((labels == 5).astype(np.uint8), slices)
-    first_box = slab_box((labels == 3).astype(np.uint8), 3)
+def first_preview(core: MedSegCore, volume, labels) -> float:
+    """Seconds of the first LiteMedSAM run (3 slices) with nothing loaded yet."""
+    box = slab_box((labels == 3).astype(np.uint8), 3)
     t0 = time.perf_counter()
-    first = core.run(core.prepare_medsam(volume, [first_box], intensity="window:40,400"))
-    first_seconds = time.perf_counter() - t0
+    first = core.run(core.prepare_medsam(volume, [box], intensity="window:40,400"))
     assert first.ok, first.message
-    encode = core.run(core.prepare_medsam(volume, [box], intensity="window:40,400"))
-    assert encode.ok, encode.message
-    per_slice = []
-    for shift in (1, 2, 3):
-        moved = (box[0] + shift,) + box[1:3] + (box[3] + shift,) + box[4:]
-        t0 = time.perf_counter()
-        again = core.run(core.prepare_medsam(volume, [moved], intensity="window:40,400"))
-        seconds = time.perf_counter() - t0
-        assert again.ok and again.result.slices_encoded == 0, again.message
-        per_slice.append(seconds / again.result.slices_run)
-    return first_seconds, statistics.median(per_slice)
+    return time.perf_counter() - t0
+
+
+def reprompt(core: MedSegCore, volume, box, shift: int):
+    """(seconds per slice, seconds outside the engine) of one end-to-end run with the box moved by ``shift``
+    voxels (slices already encoded). The second figure is what the path adds around the model: preparing the
+    inputs, handing them over, polling, reading the result back."""
+    moved = (box[0] + shift,) + box[1:3] + (box[3] + shift,) + box[4:]
+    t0 = time.perf_counter()
+    again = core.run(core.prepare_medsam(volume, [moved], intensity="window:40,400"))
+    seconds = time.perf_counter() - t0
+    assert again.ok and again.result.slices_encoded == 0, again.message
+    return seconds / again.result.slices_run, seconds - float(again.result.seconds)
 
 
 def main() -> None:
@@ -83,11 +84,25 @@ def main() -> None:
     labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(os.path.join(SAMPLE, "labels.nii.gz")))
 
     # in-process first (this process has not imported torch yet: a fair first-preview figure)
-    local_first, local_reprompt = reprompt_and_first(MedSegCore(ctx, device="cpu", worker=False), volume, labels)
+    local = MedSegCore(ctx, device="cpu", worker=False)
+    local_first = first_preview(local, volume, labels)
     client = WorkerClient()
     try:
-        worker_first, worker_reprompt = reprompt_and_first(MedSegCore(ctx, device="cpu", worker=client), volume,
-                                                           labels)
+        worker = MedSegCore(ctx, device="cpu", worker=client)
+        worker_first = first_preview(worker, volume, labels)
+        box = slab_box((labels == 5).astype(np.uint8), 10)
+        for core in (local, worker):      # encode the 10 slices once in each
+            assert core.run(core.prepare_medsam(volume, [box], intensity="window:40,400")).ok
+        # Re-prompts alternate between the two paths; the best of 5 each (the shared host's load varies).
+        local_times, worker_times, local_extra, worker_extra = [], [], [], []
+        for shift in range(1, 6):
+            per_slice, extra = reprompt(local, volume, box, shift)
+            local_times.append(per_slice)
+            local_extra.append(extra)
+            per_slice, extra = reprompt(worker, volume, box, shift)
+            worker_times.append(per_slice)
+            worker_extra.append(extra)
+        local_reprompt, worker_reprompt = min(local_times), min(worker_times)
         hand, hand_all = handover(client)
     finally:
         client.shutdown()
@@ -96,7 +111,10 @@ def main() -> None:
           f"   (runs: {', '.join(f'{t:.3f}' for t in hand_all)} s; target <= 0.5 s)")
     print(f"{'first preview, LiteMedSAM 3 slices, cold':44s}{worker_first:>12.2f} s{local_first:>12.2f} s")
     print(f"{'re-prompt on cached slices (10 slices)':44s}{1000 * worker_reprompt:>11.1f} ms"
-          f"{1000 * local_reprompt:>11.1f} ms   per slice (target <= 100 ms)")
+          f"{1000 * local_reprompt:>11.1f} ms   per slice, best of 5 (target <= 100 ms; medians "
+          f"{1000 * statistics.median(worker_times):.0f} / {1000 * statistics.median(local_times):.0f} ms)")
+    print(f"{'  of which outside the model, per run':44s}{1000 * statistics.median(worker_extra):>11.1f} ms"
+          f"{1000 * statistics.median(local_extra):>11.1f} ms   (prepare, hand-over, polling, result; median)")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -525,5 +525,3 @@ def shutdown_shared() -> None:
 
 
 atexit.register(shutdown_shared)
-
-ClientProvider = Callable[[], WorkerClient]
