@@ -9,6 +9,8 @@ use, after one confirmation.
 import importlib
 import logging
 import os
+import shutil
+import sys
 import time
 import unittest
 
@@ -18,7 +20,7 @@ import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
-from MedSegSlicerLib import deps
+from MedSegSlicerLib import deps, worker_client
 from MedSegSlicerLib.errors import MedSegError
 
 try:  # Slicer's translation functions (slicer.i18n, Slicer >= 5.4); plain strings where they are missing
@@ -58,6 +60,7 @@ class MedSegSlicer(ScriptedLoadableModule):
             "al., ICCV 2023; weights under OpenRAIL++-M, research use only). Models re-implemented in the bundled "
             "medseg_backend package.")
         slicer.app.connect("startupCompleted()", registerEffects)
+        slicer.app.connect("aboutToQuit()", shutdownWorker)
 
 
 def registerEffects():
@@ -74,6 +77,40 @@ def registerEffects():
             instance.self().register()
     except Exception:  # noqa: BLE001 - never break Slicer's startup
         logging.exception("MedSegSlicer: could not register the Segment Editor effects")
+
+
+#
+# Model worker: the models run in a separate process started with Slicer's own Python (MedSegSlicerLib.worker_client)
+#
+def workerPython():
+    """Slicer's Python for the model worker: the PythonSlicer launcher (sets up Slicer's environment), else the
+    interpreter of this process."""
+    found = shutil.which("PythonSlicer")
+    if not found:
+        home = getattr(slicer.app, "slicerHome", "") or ""
+        for name in ("PythonSlicer.exe", "PythonSlicer"):
+            candidate = os.path.join(home, "bin", name)
+            if home and os.path.isfile(candidate):
+                found = candidate
+                break
+    return found or sys.executable
+
+
+def workerLogPath():
+    """The worker's log file (its output, errors and tracebacks), in Slicer's temporary folder."""
+    return os.path.join(slicer.app.temporaryPath, worker_client.LOG_NAME)
+
+
+def configureWorker():
+    worker_client.configure(python=workerPython(), log_path=workerLogPath())
+
+
+def shutdownWorker():
+    """Stop the model worker (Slicer exits, or the module is cleaned up)."""
+    try:
+        worker_client.shutdown_shared()
+    except Exception:  # noqa: BLE001 - never block Slicer's exit
+        logging.exception("MedSegSlicer: stopping the model worker failed")
 
 
 #
@@ -106,6 +143,9 @@ class MedSegSlicerWidget(ScriptedLoadableModuleWidget):
         self.ui.refreshButton.connect("clicked()", self.refresh)
         self.ui.openSegmentEditorButton.connect("clicked()", self.onOpenSegmentEditor)
         self.refresh()
+
+    def cleanup(self):
+        shutdownWorker()
 
     def refresh(self):
         self.ui.dependenciesLabel.text = self.logic.dependencyStatus()
@@ -204,6 +244,7 @@ class MedSegSlicerLogic(ScriptedLoadableModuleLogic):
         if folder:
             os.environ["MEDSEG_HOME"] = folder
         self.device = slicer.util.settingsValue(SETTINGS_DEVICE, "auto")
+        configureWorker()
 
     # ---- core ------------------------------------------------------------------------------------------
     @property
@@ -248,15 +289,16 @@ class MedSegSlicerLogic(ScriptedLoadableModuleLogic):
         return "Missing or too old (installed on first use, after a confirmation): " + plan.summary()
 
     def deviceWarning(self):
+        """CPU speed warning, from the model worker's torch (never imported into Slicer's own process)."""
         if "torch" in deps.missing_modules():
             return ""
-        try:
-            from medseg_backend.devices import pick_device
-
-            device = pick_device(self.device)
-        except MedSegError as e:
-            return str(e)
-        if device.type == "cpu":
+        info = worker_client.shared_client().info      # known once the worker has loaded torch
+        if self.device in ("cuda", "mps") and info and not info.get(self.device):
+            return (f"Device '{self.device}' was chosen but the model worker's torch ({info.get('version', '?')}) "
+                    "does not see it: choose auto or cpu, or install a matching torch build.")
+        onCpu = self.device == "cpu" or (self.device == "auto" and info and not info.get("cuda")
+                                         and not info.get("mps"))
+        if onCpu:
             return ("Running on the CPU: LiteMedSAM takes about 1 s per slice (2-core laptop CPU), MedSAM ViT-B about "
                     "10 s. A CUDA GPU is far faster (LiteMedSAM about 0.01 s per slice measured on an H200).")
         return ""
@@ -330,7 +372,8 @@ class MedSegSlicerLogic(ScriptedLoadableModuleLogic):
         return False
 
     def _runWithProgressDialog(self, work, title):
-        """Run ``work(progress, cancel)`` in the worker thread while a modal progress dialog spins the event loop."""
+        """Run ``work(progress, cancel)`` (light in-process work: downloads) in a thread while a modal progress dialog
+        spins the event loop."""
         from MedSegSlicerLib.jobs import JobRunner
 
         runner = JobRunner()
@@ -402,7 +445,7 @@ class MedSegSlicerLogic(ScriptedLoadableModuleLogic):
     def deleteWeights(self, name):
         from medseg_backend import catalogue
 
-        self.core.engines.clear()
+        self.core.clear_models()
         return catalogue.delete(name)
 
     # ---- batch segmentation -------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""The job runner against a real MRML scene: results come back on the calling thread, cancel leaves the segment as it
-was, errors become one readable message, a second run is refused, and a volume deleted or replaced during the run
-discards the result."""
+"""The job runner against a real MRML scene, with the work in the model worker process: results and arrays come back
+to the polling thread, cancel ends the run within a second and leaves the segment as it was, errors become one
+readable message, a second run is refused, and a volume deleted or replaced during the run discards the result."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -13,7 +14,7 @@ SimpleITK = pytest.importorskip("SimpleITK")
 from MedSegSlicerLib import geometry, segments  # noqa: E402
 from MedSegSlicerLib.core import MedSegCore  # noqa: E402
 from MedSegSlicerLib.errors import InputError, JobBusyError  # noqa: E402
-from MedSegSlicerLib.jobs import JobRunner, NodeGuard  # noqa: E402
+from MedSegSlicerLib.jobs import JobRunner, NodeGuard, Request  # noqa: E402
 
 TIMEOUT = 60.0
 
@@ -29,7 +30,8 @@ def scene_with_segment(slicer_scene, data_dir):
 
 
 def gated_work(gate: threading.Event, result="done", error=None):
-    """A job that reports progress, waits for ``gate`` (or a cancel), then returns / raises."""
+    """An in-process job (as the download dialog runs) that reports progress, waits for ``gate`` (or a cancel),
+    then returns / raises."""
     def work(progress, cancel):
         progress(0.25, "quarter")
         while not gate.wait(0.005):
@@ -42,6 +44,13 @@ def gated_work(gate: threading.Event, result="done", error=None):
     return work
 
 
+def sleep_request(seconds=0.0, fail=None, echo=None, **params):
+    """Model work for the worker process: its diagnostic ``sleep`` request (progress in 4 steps, a cancellable wait,
+    then the echoed arrays or the asked failure)."""
+    arrays = dict(echo or {})
+    return Request("sleep", dict(seconds=seconds, steps=4, fail=fail, echo=list(arrays), **params), arrays=arrays)
+
+
 def poll_until_done(runner: JobRunner):
     t0 = time.monotonic()
     while time.monotonic() - t0 < TIMEOUT:
@@ -52,8 +61,27 @@ def poll_until_done(runner: JobRunner):
     raise AssertionError("job did not finish")
 
 
-def test_success_result_and_progress_on_the_polling_thread(scene_with_segment):
+def test_success_result_and_progress_from_the_worker_process(scene_with_segment):
     ctx, vol, seg, sid, labels = scene_with_segment
+    core = MedSegCore(ctx)
+    runner = core.runner
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    runner.start(sleep_request(1.0, echo={"data": data}, value=7), label="unit", guard=NodeGuard(ctx.scene, vol, [seg]))
+    assert runner.running and runner.poll() is None
+    t0 = time.monotonic()
+    while runner.progress()[0] < 0.25 and time.monotonic() - t0 < TIMEOUT:
+        time.sleep(0.005)
+    assert runner.progress() == (0.25, "step 2/4")
+    outcome = poll_until_done(runner)
+    assert outcome.ok and outcome.status == "succeeded" and outcome.label == "unit", outcome.message
+    np.testing.assert_array_equal(outcome.result.data, data)          # arrays travel through the session folder
+    assert outcome.result.data.dtype == np.int16 and outcome.result.value == 7
+    assert outcome.result.pid == core.worker.pid != os.getpid()         # the work ran in the worker process
+    assert not runner.running and runner.poll() is None   # the outcome is delivered once
+
+
+def test_in_process_callables_still_run_in_a_thread(scene_with_segment):
+    """Light in-process work (the weights download dialog) keeps the thread path with the same outcomes."""
     runner = JobRunner()
     gate = threading.Event()
     seen_thread = []
@@ -62,70 +90,68 @@ def test_success_result_and_progress_on_the_polling_thread(scene_with_segment):
         seen_thread.append(threading.current_thread())
         return gated_work(gate, result=np.ones(3))(progress, cancel)
 
-    runner.start(work, label="unit", guard=NodeGuard(ctx.scene, vol, [seg]))
-    assert runner.running and runner.poll() is None
+    runner.start(work, label="download")
     t0 = time.monotonic()
     while runner.progress()[1] != "quarter" and time.monotonic() - t0 < TIMEOUT:
         time.sleep(0.005)
     assert runner.progress() == (0.25, "quarter")
     gate.set()
     outcome = poll_until_done(runner)
-    assert outcome.ok and outcome.status == "succeeded" and outcome.label == "unit"
+    assert outcome.ok
     np.testing.assert_array_equal(outcome.result, np.ones(3))
     assert seen_thread[0] is not threading.current_thread()
-    assert not runner.running and runner.poll() is None   # the outcome is delivered once
+    runner.start(gated_work(threading.Event()), label="download")
+    runner.cancel()
+    assert poll_until_done(runner).status == "cancelled"
 
 
 def test_cancel_leaves_segment_untouched(scene_with_segment):
     ctx, vol, seg, sid, labels = scene_with_segment
     before = segments.segment_to_array(seg, sid, vol)
     core = MedSegCore(ctx)
-    written = []
-
-    def work(progress, cancel):
-        gated_work(threading.Event())(progress, cancel)   # never released: only a cancel ends it
-        written.append(True)
-
-    core.runner.start(work, label="long run", guard=NodeGuard(ctx.scene, vol, [seg]))
+    core.runner.start(sleep_request(600.0), label="long run", guard=NodeGuard(ctx.scene, vol, [seg]))
+    t0 = time.monotonic()
+    while core.runner.progress()[1] == "long run: starting" and time.monotonic() - t0 < TIMEOUT:
+        time.sleep(0.005)       # the worker has started the request
+    t0 = time.monotonic()
     assert core.runner.cancel()
     outcome = poll_until_done(core.runner)
+    assert time.monotonic() - t0 <= 1.0
     assert outcome.status == "cancelled" and "nothing was written" in outcome.message
-    assert outcome.result is None and not written
+    assert outcome.result is None
     np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
     assert not core.runner.cancel()   # nothing running any more
 
 
 def test_errors_become_readable_messages(scene_with_segment, caplog):
     ctx, vol, seg, sid, labels = scene_with_segment
-    runner = JobRunner()
-    gate = threading.Event()
-    gate.set()
-    runner.start(gated_work(gate, error=InputError("Box 1 is outside the volume: move the ROI.")), label="MedSAM")
+    runner = MedSegCore(ctx).runner
+    runner.start(sleep_request(fail={"type": "InputError", "message": "Box 1 is outside the volume: move the ROI."}),
+                 label="MedSAM")
     outcome = poll_until_done(runner)
     assert outcome.status == "failed"
     assert outcome.message == "Box 1 is outside the volume: move the ROI."
     assert isinstance(outcome.error, InputError)
-    runner.start(gated_work(gate, error=ZeroDivisionError("division by zero\nsecond line")), label="UniverSeg")
+    runner.start(sleep_request(fail={"type": "ZeroDivisionError", "message": "division by zero\nsecond line"}),
+                 label="UniverSeg")
     outcome = poll_until_done(runner)
     assert outcome.status == "failed"
     assert outcome.message.startswith("UniverSeg failed with ZeroDivisionError: division by zero:")
     assert "\n" not in outcome.message
-    assert "Traceback" in caplog.text   # the full traceback goes to the log, not the message box
+    assert "Traceback" in caplog.text   # the worker's traceback goes to the log, not the message box
 
 
 def test_second_run_is_refused_while_one_runs(scene_with_segment):
     ctx, vol, seg, sid, labels = scene_with_segment
     core = MedSegCore(ctx)
-    gate = threading.Event()
-    core.runner.start(gated_work(gate), label="MedSAM (lite-medsam)")
+    core.runner.start(sleep_request(0.5), label="MedSAM (lite-medsam)")
     with pytest.raises(JobBusyError, match=r"'MedSAM \(lite-medsam\)' is still running.*Cancel"):
-        core.runner.start(gated_work(gate), label="second")
+        core.runner.start(sleep_request(), label="second")
     prepared = core.prepare_medsam(vol, [(40, 30, 10, 60, 50, 12)])
     with pytest.raises(JobBusyError, match="still running"):
         core.run(prepared)
-    gate.set()
     assert poll_until_done(core.runner).ok
-    core.runner.start(gated_work(gate), label="third")   # free again
+    core.runner.start(sleep_request(), label="third")   # free again
     assert poll_until_done(core.runner).ok
 
 
@@ -135,9 +161,8 @@ def test_inputs_changed_during_run_discard_result(scene_with_segment, change):
 
     ctx, vol, seg, sid, labels = scene_with_segment
     before = segments.segment_to_array(seg, sid, vol)
-    runner = JobRunner()
-    gate = threading.Event()
-    runner.start(gated_work(gate, result="mask"), label="run", guard=NodeGuard(ctx.scene, vol, [seg]))
+    runner = MedSegCore(ctx).runner
+    runner.start(sleep_request(0.5, value="mask"), label="run", guard=NodeGuard(ctx.scene, vol, [seg]))
     if change == "delete volume":
         ctx.scene.RemoveNode(vol)
     elif change == "replace voxels":            # e.g. another series loaded into the same node
@@ -149,7 +174,7 @@ def test_inputs_changed_during_run_discard_result(scene_with_segment, change):
         vol.SetAndObserveTransformNodeID(t.GetID())
     else:
         ctx.scene.RemoveNode(seg)
-    gate.set()
+    assert runner.running
     outcome = poll_until_done(runner)
     assert outcome.status == "discarded" and outcome.result is None
     assert "result discarded" in outcome.message and "\n" not in outcome.message

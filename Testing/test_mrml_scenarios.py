@@ -1,5 +1,6 @@
 """The scenarios of the module's Slicer self-test (MedSegSlicerLib.scenarios), run headless on slicer-core: LiteMedSAM
-from an ROI with a Dice check, UniverSeg plumbing with a deterministic stand-in network, undo, cancel."""
+from an ROI with a Dice check and cancel (through the model worker process, as in Slicer), UniverSeg plumbing with a
+deterministic stand-in network (in-process: a stand-in cannot cross the process boundary), undo."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,8 @@ from MedSegSlicerLib.core import EngineCache, MedSegCore  # noqa: E402
 
 @pytest.fixture(scope="module")
 def engines():
-    """Loaded models shared by the tests of this file (the Logic keeps them alive the same way)."""
+    """In-process engines shared by the tests of this file (stand-in networks); model runs go to the shared worker,
+    which keeps its models alive between tests the way it does between runs in Slicer."""
     return EngineCache()
 
 

@@ -1,5 +1,5 @@
 """Shared Qt plumbing of the two effects: Preview / Apply / Cancel buttons, the progress bar and the timer that polls
-the worker thread. The effects only read their widgets and call the Qt-free layer (MedSegSlicerLib)."""
+the model worker process. The effects only read their widgets and call the Qt-free layer (MedSegSlicerLib)."""
 import logging
 import os
 
@@ -10,6 +10,7 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from MedSegSlicerLib import editing, preview, segments
 from MedSegSlicerLib.errors import MedSegError
+from MedSegSlicerLib.jobs import poll_step
 
 VIEWS = ("Red", "Yellow", "Green")   # slice views whose orientation sets the slicing axis
 INTENSITY_CHOICES = ("volume window/level", "auto", "ct-abdomen", "ct-lung", "ct-brain", "ct-mediastinum", "mr",
@@ -17,7 +18,7 @@ INTENSITY_CHOICES = ("volume window/level", "auto", "ct-abdomen", "ct-lung", "ct
 
 
 class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
-    """Preview runs the model in a worker thread and shows the result in a preview segmentation; Apply writes it
+    """Preview runs the model in the worker process and shows the result in a preview segmentation; Apply writes it
     through the editor's modify-segment path after saving an undo state; Cancel stops a run or drops the preview."""
 
     effectName = "MedSeg"
@@ -48,7 +49,8 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
 
     def deactivate(self):
         # Leaving the effect (or the Segment Editor) keeps a running job and the preview: the timer goes on
-        # polling, the preview lives in the scene, and both are there when the user comes back.
+        # polling (it stops itself when nothing runs), the preview lives in the scene, and both are there when the
+        # user comes back.
         pass
 
     # ---- shared widgets ----------------------------------------------------------------------------------------
@@ -372,11 +374,11 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.updateButtons()
 
     def onPoll(self):
+        # Never blocks: reads only what the worker has already sent (progress, result, error, or its death).
         runner = self.logic.core.runner
-        fraction, message = runner.progress()
+        fraction, message, outcome = poll_step(runner)
         self.progressBar.value = int(1000 * fraction)
         self.progressBar.setFormat(message or "%p%")
-        outcome = runner.poll()
         if outcome is None:
             if not runner.running:
                 self.timer.stop()

@@ -6,10 +6,11 @@ Data flows one way: node -> array + geometry -> backend -> mask -> node.
 * :mod:`.segments` - segments <-> arrays on a volume grid, writing masks (new / replace / add / preview /
   Segment Editor path), hidden segment checks;
 * :mod:`.examples` - UniverSeg examples from segments, other segmentation nodes and example libraries;
-* :mod:`.jobs` - the worker-thread job runner (cancel, progress, stale-input detection);
-* :mod:`.core` - engine cache and the run functions used by the effects and the scripted Logic;
+* :mod:`.jobs` - the job runner (model work in the worker process; cancel, progress, stale-input detection);
+* :mod:`.worker_client` - starts the model worker process and talks to it without blocking;
+* :mod:`.core` - the run functions used by the effects and the scripted Logic;
 * :mod:`.scene` - a scene with the needed logics, headless or from the running application;
 * :mod:`.scenarios` - scenarios shared by the pytest suite and the Slicer self-test;
 * :mod:`.deps` - which Python packages are missing (installation itself is done by the Qt layer).
 """
-__all__ = ["geometry", "segments", "examples", "jobs", "core", "scene", "scenarios", "deps"]
+__all__ = ["geometry", "segments", "examples", "jobs", "worker_client", "core", "scene", "scenarios", "deps"]

@@ -2,27 +2,34 @@
 
 A run is prepared on the GUI thread (:meth:`MedSegCore.prepare_medsam` / :meth:`MedSegCore.prepare_universeg`):
 node -> numpy array + voxel boxes, plus a :class:`~.jobs.NodeGuard`. The returned :class:`PreparedRun` holds a
-``work(progress, cancel)`` function that only touches numpy and the backend, so it can run in a worker thread
-(:meth:`MedSegCore.start`) or on the calling thread (:meth:`MedSegCore.run`). Writing the result into the scene
-is the caller's job, on the GUI thread, after success.
+:class:`~medseg_backend.worker.protocol.Request` (operation + parameters + arrays) that the model worker process
+executes (:meth:`MedSegCore.start` non-blocking, :meth:`MedSegCore.run` blocking); a request with a stand-in
+network (tests) runs in-process through the same handler code. Writing the result into the scene is the caller's
+job, on the GUI thread, after success. torch is never imported into this process.
 
-Engines are kept per (model, weights, device, precision): MedSAM's engine caches image embeddings, so running
-again with a moved box re-encodes nothing.
+The worker keeps engines per (model, weights, device, precision) and the volume per content key: running again
+with a moved box sends only the boxes and re-encodes nothing.
 """
 from __future__ import annotations
 
-import threading
+import hashlib
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import examples as ex
 from . import editing, geometry, segments
 from .errors import InputError, MedSegWarning
-from .jobs import JobOutcome, JobRunner, NodeGuard, run_blocking
+from medseg_backend.worker.handlers import EngineCache, Handlers
+from medseg_backend.worker.protocol import Request
+
+from . import worker_client
+from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, run_blocking
+
+__all__ = ["MedSegCore", "PreparedRun", "EngineCache", "volume_key", "raise_unless_ok"]
 
 DEFAULT_MODEL = "lite-medsam"
 MEDSAM_MODELS = ("lite-medsam", "medsam-vit-b")
@@ -65,62 +72,63 @@ def resolve_intensity(volume_node, intensity: Optional[str]) -> str:
 @dataclass
 class PreparedRun:
     label: str
-    work: Callable
+    request: Request
     guard: NodeGuard
     messages: List[str] = field(default_factory=list)
     info: Dict[str, Any] = field(default_factory=dict)
 
 
-class EngineCache:
-    """Keeps loaded engines alive between runs (thread-safe: engines may be built in the worker thread)."""
-
-    def __init__(self) -> None:
-        self._engines: Dict[Tuple, Any] = {}
-        self._lock = threading.Lock()
-
-    def medsam(self, model: str, weights: Optional[str], device: str, precision: str):
-        key = ("medsam", model, str(weights or ""), device, precision)
-        with self._lock:
-            engine = self._engines.get(key)
-            if engine is None:
-                from medseg_backend.medsam import MedSAMEngine
-
-                engine = MedSAMEngine(model=model, weights=weights, device=device, precision=precision)
-                self._engines[key] = engine
-            return engine
-
-    def universeg(self, weights: Optional[str], device: str, precision: str, module=None):
-        key = ("universeg", str(weights or ""), device, precision, id(module) if module is not None else None)
-        with self._lock:
-            engine = self._engines.get(key)
-            if engine is None:
-                from medseg_backend.universeg import UniverSegEngine
-
-                kwargs = dict(weights=weights, device=device, model=module)
-                try:
-                    engine = UniverSegEngine(precision=precision, **kwargs)
-                except TypeError:  # an engine without the precision option
-                    engine = UniverSegEngine(**kwargs)
-                self._engines[key] = engine
-            return engine
-
-    def clear(self) -> None:
-        with self._lock:
-            self._engines.clear()
-
-    def __len__(self) -> int:
-        return len(self._engines)
+def volume_key(volume_node, array: np.ndarray) -> str:
+    """Content key of a volume for the worker's volume cache, cheap enough for every run: the node's content stamp
+    (image and scalar objects, their modified time, grid, geometry), the array's shape and type, and a sparse sample
+    of its voxels (a second guard against in-place edits that did not mark the node modified)."""
+    h = hashlib.sha1()
+    stamp = NodeGuard._volume_stamp(volume_node) if volume_node is not None else None
+    h.update(repr((volume_node.GetID() if volume_node is not None else None, stamp, array.shape,
+                   array.dtype.str)).encode())
+    flat = np.asarray(array).reshape(-1)
+    h.update(np.ascontiguousarray(flat[:: max(1, flat.size // 65536)]).tobytes())
+    return h.hexdigest()
 
 
 class MedSegCore:
     """The Qt-free heart of the module: one per scene (the scripted Logic and the effects share it)."""
 
-    def __init__(self, ctx, device: str = "auto", precision: str = "auto") -> None:
+    def __init__(self, ctx, device: str = "auto", precision: str = "auto", worker=True) -> None:
+        """``worker``: True - the shared model worker (:func:`.worker_client.shared_client`); a
+        :class:`~.worker_client.WorkerClient`; or False - run every request in-process (no worker)."""
         self.ctx = ctx
         self.device = device
         self.precision = precision
-        self.runner = JobRunner()
-        self.engines = EngineCache()
+        self.local = Handlers()          # in-process runs: stand-in networks, or worker=False
+        if worker is True:
+            provider = worker_client.shared_client
+        elif worker:
+            provider = (lambda w=worker: w)
+        else:
+            provider = None
+        self.runner = JobRunner(client=provider, local=self.local)
+
+    @property
+    def engines(self) -> EngineCache:
+        """Engines of in-process runs (the worker keeps its own)."""
+        return self.local.engines
+
+    @engines.setter
+    def engines(self, cache: EngineCache) -> None:
+        self.local.engines = cache
+
+    @property
+    def worker(self):
+        """The worker client (None when this core runs everything in-process)."""
+        return self.runner.client
+
+    def clear_models(self) -> None:
+        """Drop loaded models and caches, in-process and in the worker (e.g. after deleting weights)."""
+        self.local.engines.clear()
+        client = self.worker
+        if client is not None and not self.runner.running:
+            client.reset()
 
     @property
     def scene(self):
@@ -131,7 +139,7 @@ class MedSegCore:
             raise InputError(f"Unknown device '{device}': use {', '.join(DEVICES)}.")
         if device != self.device:
             self.device = device
-            self.engines.clear()
+            self.clear_models()
 
     # ------------------------------------------------------------------------------------------------------
     # MedSAM
@@ -172,17 +180,13 @@ class MedSegCore:
             geometry.check_prompt_box(box, axis, what=f"ROI '{roi.GetName()}'" if hasattr(roi, "GetName") else "box")
         data = geometry.volume_to_array(volume_node)
         preset = resolve_intensity(volume_node, intensity)
-        device, precision, engines = self.device, self.precision, self.engines
-
-        def work(progress, cancel):
-            progress(0.0, f"Loading {model} on {device}")
-            engine = engines.medsam(model, weights, device, precision)
-            return engine.segment_volume(data.array, boxes, intensity=preset, propagation=propagation, axis=axis,
-                                         progress=progress, cancel=cancel)
-
+        request = Request("segment_box", dict(boxes=[list(b) for b in boxes], model=model, weights=weights,
+                                              device=self.device, precision=self.precision, intensity=preset,
+                                              propagation=propagation, axis=axis, outputs=["labels"]),
+                          arrays={"volume": data.array}, keys={"volume": volume_key(volume_node, data.array)})
         guard = NodeGuard(self.scene, volume_node, [segmentation_node] if segmentation_node is not None else [])
         names = [r.GetName() if hasattr(r, "GetName") else f"box {i + 1}" for i, r in enumerate(rois)]
-        return PreparedRun(label=f"MedSAM ({model})", work=work, guard=guard, messages=messages,
+        return PreparedRun(label=f"MedSAM ({model})", request=request, guard=guard, messages=messages,
                            info=dict(boxes=boxes, intensity=preset, names=names, volume=volume_node.GetName(),
                                      axis=axis, model=model,
                                      slab=editing.run_slab(boxes, axis, data.array.shape)))
@@ -208,30 +212,52 @@ class MedSegCore:
         box = None
         if roi is not None:
             box = self.boxes_from(volume_node, [roi], messages)[0]
-        arrays = [e for e in examples if isinstance(e, ex.ExampleArrays)]
-        backend_examples = [e for e in examples if not isinstance(e, ex.ExampleArrays)]
-        if arrays:
-            with collect_warnings(messages):
-                backend_examples += ex.to_backend_examples(arrays, axis, max_slices_per_volume)
-        ex.require_examples(backend_examples)
         data = geometry.volume_to_array(volume_node)
         preset = resolve_intensity(volume_node, intensity)
-        device, precision, engines = self.device, self.precision, self.engines
+        arrays: Dict[str, np.ndarray] = {"volume": data.array}
+        names_of: Dict[int, str] = {id(data.array): "volume"}
+
+        def add(array, stem: str) -> str:
+            """Each distinct array once; an example image equal to the target volume reuses the sent volume."""
+            array = np.asarray(array)
+            name = names_of.get(id(array))
+            if name is None:
+                target = data.array
+                if array.shape == target.shape and array.dtype == target.dtype and np.array_equal(array, target):
+                    name = "volume"
+                else:
+                    name = f"{stem}{len(arrays)}"
+                    arrays[name] = array
+                names_of[id(array)] = name
+            return name
+
+        specs = []
+        for e in examples:
+            if isinstance(e, ex.ExampleArrays):
+                kind = "labelled-slices" if e.source == "labelled-slices" else "segment"
+                specs.append(dict(kind=kind, image=add(e.image, "image"), label=add(e.label, "label"), name=e.name,
+                                  max_slices=max_slices_per_volume if kind == "segment" else None))
+            else:     # a backend Example (e.g. from an example library): image + label of one slice or volume
+                specs.append(dict(kind="example", image=add(e.image, "image"), label=add(e.label, "label"),
+                                  name=getattr(e, "name", "")))
         keep = keep_labelled.label.copy() if keep_labelled is not None else None
 
-        def work(progress, cancel):
-            progress(0.0, f"Loading UniverSeg on {device} ({len(backend_examples)} examples)")
-            engine = engines.universeg(weights, device, precision, module)
-            res = engine.segment_volume(data.array, backend_examples, roi=box, axis=axis, label=1,
-                                        intensity=preset, support_size=int(support_size), ensemble=int(ensemble),
-                                        seed=int(seed), tta=bool(tta), progress=progress, cancel=cancel)
+        def finish(result):
             if keep is not None:
-                res.mask = ex.keep_labelled_slices(res.mask, keep, axis)
-            return res
+                result.mask = ex.keep_labelled_slices(result.mask, keep, axis)
+            return result
 
+        request = Request("segment_examples",
+                          dict(examples=specs, roi=list(box) if box is not None else None, axis=axis,
+                               intensity=preset, support_size=int(support_size), ensemble=int(ensemble),
+                               seed=int(seed), tta=bool(tta), weights=weights, device=self.device,
+                               precision=self.precision, outputs=["mask"]),
+                          arrays=arrays, keys={"volume": volume_key(volume_node, data.array)},
+                          local={"module": module} if module is not None else {}, finish=finish)
+        n_examples = len(examples)
         guard = NodeGuard(self.scene, volume_node, [segmentation_node] if segmentation_node is not None else [])
-        return PreparedRun(label="UniverSeg", work=work, guard=guard, messages=messages,
-                           info=dict(box=box, intensity=preset, n_examples=len(backend_examples), axis=axis,
+        return PreparedRun(label="UniverSeg", request=request, guard=guard, messages=messages,
+                           info=dict(box=box, intensity=preset, n_examples=n_examples, axis=axis,
                                      volume=volume_node.GetName(),
                                      slab=editing.run_slab([box], axis, data.array.shape) if box else None))
 
@@ -239,17 +265,23 @@ class MedSegCore:
     # Running
     # ------------------------------------------------------------------------------------------------------
     def start(self, prepared: PreparedRun):
-        """Non-blocking: run in the worker thread; poll ``self.runner`` for the outcome."""
-        return self.runner.start(prepared.work, label=prepared.label, guard=prepared.guard)
+        """Non-blocking: hand the request to the worker (in-process thread for stand-in networks); poll
+        ``self.runner`` (:func:`.jobs.poll_step`) for the outcome."""
+        return self.runner.start(prepared.request, label=prepared.label, guard=prepared.guard)
 
     def run(self, prepared: PreparedRun, progress=None, cancel=None) -> JobOutcome:
-        """Blocking run on the calling thread (scripted Logic, self-test)."""
+        """Blocking run (scripted Logic, self-test): through the worker, or in-process on the calling thread for
+        requests with stand-in networks / a core without a worker."""
         if self.runner.running:
             from .errors import JobBusyError
 
             raise JobBusyError(f"'{self.runner.label}' is still running: wait for it to finish or cancel it first.")
-        return run_blocking(prepared.work, label=prepared.label, guard=prepared.guard, progress=progress,
-                            cancel=cancel)
+        request = prepared.request
+        if request.in_process_only or self.worker is None:
+            return run_blocking(lambda p, c: execute_local(self.local, request, p, c), label=prepared.label,
+                                guard=prepared.guard, progress=progress, cancel=cancel)
+        self.runner.start(request, label=prepared.label, guard=prepared.guard)
+        return self.runner.wait(progress=progress, cancel=cancel)
 
     # ------------------------------------------------------------------------------------------------------
     # Batch helpers: run + write segments

@@ -1,12 +1,21 @@
-"""Run one backend call at a time in a worker thread; hand its result back to the GUI thread.
+"""Run one model job at a time without blocking the GUI thread; hand its outcome back to the GUI thread.
 
-The GUI thread prepares plain numpy inputs (the worker never touches MRML nodes), calls
-:meth:`JobRunner.start`, and polls :meth:`JobRunner.poll` from a timer (the effects use a 100 ms ``QTimer``).
+The GUI thread prepares plain inputs (the job never touches MRML nodes), calls :meth:`JobRunner.start`, and polls
+:meth:`JobRunner.poll` from a timer (the effects use a 100 ms ``QTimer`` and :func:`poll_step`). A job is either
+
+* a :class:`~medseg_backend.worker.protocol.Request` - model work, run by the **worker process** (see
+  :mod:`.worker_client`): Slicer's Python keeps the GIL on its main thread while Qt runs, so model work in a thread
+  of that interpreter would crawl. A request holding in-process objects (a stand-in network in tests) runs in a
+  thread of this process through the same handler code;
+* a plain callable ``work(progress, cancel)`` - light in-process work (downloads), run in a thread.
+
 ``poll`` returns ``None`` while the job runs and a :class:`JobOutcome` once, after it ended:
 
 * ``succeeded`` - the result, to be written into the scene by the caller (on the GUI thread);
-* ``failed`` - a readable one-line message (``MedSegError`` text, or a short summary of an unexpected error);
-* ``cancelled`` - the user cancelled; nothing is written;
+* ``failed`` - a readable one-line message (``MedSegError`` text, a stopped worker, or a short summary of an
+  unexpected error whose traceback goes to the log);
+* ``cancelled`` - the user cancelled; nothing is written. A worker job ends within :data:`CANCEL_GRACE` s of the
+  cancel even when the model is in the middle of a batch (the worker drops the late result);
 * ``discarded`` - the job finished but its inputs changed meanwhile (volume deleted or replaced,
   segmentation deleted): the result is thrown away with a message.
 
@@ -19,16 +28,22 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from medseg_backend.progress import CancelToken
+from medseg_backend.worker import protocol as proto
+from medseg_backend.worker.protocol import Request, RunResult
 
 from .errors import CancelledError, JobBusyError, MedSegError
 
 log = logging.getLogger("MedSegSlicer")
 
 Work = Callable[[Callable[[float, str], None], CancelToken], Any]
+
+#: Seconds after a cancel at which a worker job is reported cancelled even if the worker is still finishing a batch.
+CANCEL_GRACE = 0.5
+CANCELLED_MESSAGE = "Run cancelled by the user: nothing was written."
 
 
 @dataclass
@@ -89,25 +104,136 @@ class NodeGuard:
         return None
 
 
-@dataclass
 class _Job:
-    label: str
-    token: CancelToken
-    thread: threading.Thread
-    guard: Optional[NodeGuard]
-    started: float
-    result: Any = None
-    error: Optional[BaseException] = None
-    trace: str = ""
-    done: threading.Event = field(default_factory=threading.Event)
+    """Common state of a running job; subclasses implement :meth:`update` (non-blocking) and :meth:`block`."""
+
+    def __init__(self, label: str, token: CancelToken, guard: Optional[NodeGuard]) -> None:
+        self.label = label
+        self.token = token
+        self.guard = guard
+        self.started = time.monotonic()
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.trace = ""
+        self.finished = False
+        self.progress: Tuple[float, str] = (0.0, f"{label}: starting")
+
+    def update(self) -> None:
+        raise NotImplementedError
+
+    def block(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class _ThreadJob(_Job):
+    def __init__(self, work: Work, label: str, token: CancelToken, guard: Optional[NodeGuard]) -> None:
+        super().__init__(label, token, guard)
+        self._queue: "queue.Queue[Tuple[float, str]]" = queue.Queue()
+        self._done = threading.Event()
+
+        def target() -> None:
+            try:
+                self.result = work(lambda f, m: self._queue.put((float(f), str(m))), token)
+            except BaseException as exc:  # noqa: BLE001 - every error goes back to the GUI thread
+                self.error = exc
+                self.trace = traceback.format_exc()
+            finally:
+                self._done.set()
+
+        self.thread = threading.Thread(target=target, name=f"MedSegSlicer-{label}", daemon=True)
+        self.thread.start()
+
+    def update(self) -> None:
+        try:
+            while True:
+                self.progress = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        if self._done.is_set() and not self.finished:
+            self.thread.join()
+            self.finished = True
+
+    def block(self, seconds: float) -> None:
+        self._done.wait(seconds)
+
+
+class _WorkerJob(_Job):
+    def __init__(self, client, request: Request, label: str, token: CancelToken, guard: Optional[NodeGuard]) -> None:
+        super().__init__(label, token, guard)
+        self.client = client
+        self.request = request
+        self.cancel_sent: Optional[float] = None
+        self.id = client.submit(request.op, request.params, request.arrays, request.keys)
+
+    def _end(self, error: Optional[BaseException] = None, trace: str = "") -> None:
+        self.error, self.trace, self.finished = error, trace, True
+        self.client.release(self.id)
+
+    def update(self) -> None:
+        if self.finished:
+            return
+        try:
+            messages = self.client.poll()
+        except Exception as exc:  # noqa: BLE001 - a broken connection is a failed run
+            return self._end(exc, traceback.format_exc())
+        for msg in messages:
+            event = msg.get("event")
+            if event == "died":
+                from .worker_client import WorkerError
+
+                return self._end(WorkerError(str(msg.get("message"))))
+            if msg.get("id") != self.id:
+                continue
+            if event == "progress":
+                self.progress = (float(msg.get("fraction", 0.0)), str(msg.get("message", "")))
+            elif event == "done":
+                try:
+                    result = proto.make_result(msg.get("result") or {}, self.client.load_results(msg))
+                    if self.request.finish is not None and not self.token.cancelled:
+                        result = self.request.finish(result)
+                except Exception as exc:  # noqa: BLE001 - a broken result is a failed run
+                    return self._end(exc, traceback.format_exc())
+                self.result = result
+                return self._end()
+            elif event == "error":
+                return self._end(proto.error_from_event(msg), str(msg.get("trace") or ""))
+            elif event == "cancelled":
+                return self._end(CancelledError(str(msg.get("message") or CANCELLED_MESSAGE)))
+        now = time.monotonic()
+        if self.token.cancelled:
+            if self.cancel_sent is None:
+                self.client.cancel(self.id)
+                self.cancel_sent = now
+            elif now - self.cancel_sent >= CANCEL_GRACE:
+                # The model is inside a batch: report the cancel now, let the worker drop the late result.
+                self.client.abandon(self.id)
+                return self._end(CancelledError(CANCELLED_MESSAGE))
+        hung = self.client.heartbeat()
+        if hung:
+            from .worker_client import WorkerError
+
+            return self._end(WorkerError(hung))
+
+    def block(self, seconds: float) -> None:
+        self.client.wait_readable(seconds)
+
+
+def execute_local(handlers, request: Request, progress, cancel: CancelToken) -> RunResult:
+    """Run ``request`` in this process through the same handler code as the worker."""
+    fields, arrays = handlers.run(request.op, request.params, request.arrays, progress, cancel, request.local)
+    result = proto.make_result(fields, arrays)
+    return request.finish(result) if request.finish is not None else result
 
 
 class JobRunner:
-    """One job at a time; see the module docstring."""
+    """One job at a time; see the module docstring. ``client``: a :class:`~.worker_client.WorkerClient` or a
+    function returning one (called on the first worker job); ``local``: the in-process handlers for requests that
+    cannot go to the worker (and for all requests when there is no client)."""
 
-    def __init__(self) -> None:
+    def __init__(self, client=None, local=None) -> None:
+        self._client = client
+        self._local = local
         self._job: Optional[_Job] = None
-        self._progress: "queue.Queue[Tuple[float, str]]" = queue.Queue()
         self._last_progress: Tuple[float, str] = (0.0, "")
         self._lock = threading.Lock()
 
@@ -120,73 +246,99 @@ class JobRunner:
     def label(self) -> str:
         return self._job.label if self._job else ""
 
-    def start(self, work: Work, *, label: str = "run", guard: Optional[NodeGuard] = None) -> CancelToken:
-        """Start ``work(progress, cancel)`` in a worker thread. Raises :class:`JobBusyError` if one runs."""
+    @property
+    def client(self):
+        c = self._client
+        if c is not None and not hasattr(c, "submit"):
+            c = self._client = c()
+        return c
+
+    @property
+    def local(self):
+        if self._local is None:
+            from medseg_backend.worker.handlers import Handlers
+
+            self._local = Handlers()
+        return self._local
+
+    def start(self, work: Union[Work, Request], *, label: str = "run",
+              guard: Optional[NodeGuard] = None) -> CancelToken:
+        """Start a job (see the module docstring). Raises :class:`JobBusyError` if one runs, and a
+        :class:`~.worker_client.WorkerError` when the worker cannot be started."""
         with self._lock:
             if self._job is not None:
                 raise JobBusyError(f"'{self._job.label}' is still running: wait for it to finish or press Cancel, "
                                    "then start again.")
             token = CancelToken()
-            self._drain()
-            self._last_progress = (0.0, f"{label}: starting")
-            job = _Job(label=label, token=token, thread=None, guard=guard, started=time.monotonic())  # type: ignore[arg-type]
-
-            def progress(fraction: float, message: str) -> None:
-                self._progress.put((float(fraction), str(message)))
-
-            def target() -> None:
-                try:
-                    job.result = work(progress, token)
-                except BaseException as exc:  # noqa: BLE001 - every error goes back to the GUI thread
-                    job.error = exc
-                    job.trace = traceback.format_exc()
-                finally:
-                    job.done.set()
-
-            job.thread = threading.Thread(target=target, name=f"MedSegSlicer-{label}", daemon=True)
+            if isinstance(work, Request):
+                if work.in_process_only or self.client is None:
+                    request, handlers = work, self.local
+                    job: _Job = _ThreadJob(lambda p, c: execute_local(handlers, request, p, c), label, token, guard)
+                else:
+                    job = _WorkerJob(self.client, work, label, token, guard)
+            else:
+                job = _ThreadJob(work, label, token, guard)
+            self._last_progress = job.progress
             self._job = job
-            job.thread.start()
             return token
 
     def cancel(self) -> bool:
-        """Ask the running job to stop (checked by the backend between batches). False if nothing runs."""
+        """Ask the running job to stop. False if nothing runs."""
         job = self._job
         if job is None:
             return False
         job.token.cancel()
+        job.update()
         return True
 
     def progress(self) -> Tuple[float, str]:
         """Latest (fraction, message) reported by the running job."""
-        self._drain()
+        job = self._job
+        if job is not None:
+            job.update()
+            self._last_progress = job.progress
         return self._last_progress
 
     def poll(self) -> Optional[JobOutcome]:
-        """Call on the GUI thread. ``None`` while running (or idle); the :class:`JobOutcome` once at the end."""
-        job = self._job
-        self._drain()
-        if job is None or not job.done.is_set():
-            return None
-        job.thread.join()
-        self._job = None
-        return _outcome(job)
-
-    def wait(self, timeout: Optional[float] = None) -> Optional[JobOutcome]:
-        """Block until the job ends (batch use and tests), then :meth:`poll`."""
+        """Call on the GUI thread; never blocks. ``None`` while running (or idle); the :class:`JobOutcome` once at
+        the end."""
         job = self._job
         if job is None:
             return None
-        if not job.done.wait(timeout):
+        job.update()
+        self._last_progress = job.progress
+        if not job.finished:
             return None
-        return self.poll()
+        self._job = None
+        return _outcome(job)
 
-    # ------------------------------------------------------------------------------------------------------
-    def _drain(self) -> None:
-        try:
-            while True:
-                self._last_progress = self._progress.get_nowait()
-        except queue.Empty:
-            pass
+    def wait(self, timeout: Optional[float] = None, progress: Optional[Callable[[float, str], None]] = None,
+             cancel: Optional[CancelToken] = None) -> Optional[JobOutcome]:
+        """Block until the job ends (batch use and tests), forwarding progress and a cancel token; None on
+        timeout or when nothing runs."""
+        job = self._job
+        if job is None:
+            return None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if cancel is not None and cancel.cancelled and not job.token.cancelled:
+                self.cancel()
+            outcome = self.poll()
+            if progress is not None:
+                progress(*self._last_progress)
+            if outcome is not None:
+                return outcome
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            job.block(0.05)
+
+
+def poll_step(runner: JobRunner) -> Tuple[float, str, Optional[JobOutcome]]:
+    """What the effects' QTimer does on every tick: read what the job sent (never blocks), return the progress
+    to show and the outcome once the job has ended."""
+    outcome = runner.poll()
+    fraction, message = runner.progress()
+    return fraction, message, outcome
 
 
 def _outcome(job: _Job) -> JobOutcome:
@@ -194,17 +346,18 @@ def _outcome(job: _Job) -> JobOutcome:
     err = job.error
     if err is not None:
         if isinstance(err, CancelledError) or (job.token.cancelled and not isinstance(err, MedSegError)):
-            return JobOutcome("cancelled", message=str(err) or "Run cancelled: nothing was written.",
+            return JobOutcome("cancelled", message=str(err) or CANCELLED_MESSAGE,
                               label=job.label, seconds=seconds, error=err)
         if isinstance(err, MedSegError):
             return JobOutcome("failed", message=str(err), label=job.label, seconds=seconds, error=err)
-        log.error("%s failed:\n%s", job.label, job.trace)
+        log.error("%s failed:\n%s", job.label, job.trace or getattr(err, "trace", ""))
         first = (str(err).strip().splitlines() or [""])[0][:200]
-        return JobOutcome("failed", message=f"{job.label} failed with {type(err).__name__}: {first}: see the "
+        kind = getattr(err, "type_name", None) or type(err).__name__
+        return JobOutcome("failed", message=f"{job.label} failed with {kind}: {first}: see the "
                           "Python console / log for details, and report it if it persists.",
                           label=job.label, seconds=seconds, error=err)
     if job.token.cancelled:
-        return JobOutcome("cancelled", message="Run cancelled: nothing was written.", label=job.label,
+        return JobOutcome("cancelled", message=CANCELLED_MESSAGE, label=job.label,
                           seconds=seconds)
     if job.guard is not None:
         problem = job.guard.problem()
@@ -218,8 +371,7 @@ def run_blocking(work: Work, *, label: str = "run", guard: Optional[NodeGuard] =
                  cancel: Optional[CancelToken] = None) -> JobOutcome:
     """Run ``work`` on the calling thread with the same outcome rules (used by the scripted Logic)."""
     token = cancel or CancelToken()
-    started = time.monotonic()
-    job = _Job(label=label, token=token, thread=threading.current_thread(), guard=guard, started=started)
+    job = _Job(label, token, guard)
     try:
         job.result = work(progress or (lambda f, m: None), token)
     except BaseException as exc:  # noqa: BLE001

@@ -19,7 +19,7 @@ from medseg_backend.metrics import dice  # noqa: F401  (used by the scenarios an
 from . import examples as ex
 from . import editing, geometry, preview, segments
 from .core import MedSegCore
-from .jobs import JobRunner, NodeGuard
+from .jobs import JobRunner, NodeGuard, Request, poll_step
 
 SAMPLE_LABELS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
 
@@ -234,51 +234,46 @@ def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, core: Optional[M
 
 def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None,
                                      real_model: bool = False, timeout: float = 600.0) -> dict:
-    """Start a run in the worker thread, cancel it: the outcome is 'cancelled' and the segment is unchanged.
+    """Start a run in the model worker, cancel it: the outcome is 'cancelled' within a second and the segment is
+    unchanged.
 
     With ``real_model`` the run is LiteMedSAM on the whole liver box, cancelled from the GUI side as soon as the
-    model reports its first finished slice (the backend then stops between batches); otherwise a stand-in job that
-    only waits for the cancel token.
+    model reports its first finished slice; otherwise the worker's diagnostic ``sleep`` request (progress, then a
+    long wait that only a cancel ends).
     """
     core = core or MedSegCore(ctx, device="auto")
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids["liver"]
     before = segments.segment_to_array(sample.truth, sid, sample.volume)
-    started = []
     if real_model:
         prepared = core.prepare_medsam(sample.volume, [geometry.mask_bounding_box(sample.mask("liver"))],
                                        segmentation_node=sample.truth)
-        inner = prepared.work
-
-        def work(progress, cancel):
-            def report(f, m):
-                if f > 0:  # a slice is done: the model is running
-                    started.append(m)
-                progress(f, m)
-            return inner(report, cancel)
+        request = prepared.request
     else:
-        def work(progress, cancel):
-            for i in range(100000):
-                progress(i / 100000.0, f"step {i}")
-                started.append(i)
-                cancel.check()
-                time.sleep(0.001)
-            return "finished"
-        prepared = None
+        request = Request("sleep", {"seconds": timeout, "steps": 1000})
     runner: JobRunner = core.runner
-    runner.start(work, label="cancel test", guard=NodeGuard(ctx.scene, sample.volume, [sample.truth]))
+    runner.start(request, label="cancel test", guard=NodeGuard(ctx.scene, sample.volume, [sample.truth]))
     t0 = time.monotonic()
-    while not started and time.monotonic() - t0 < timeout:
+    started = None
+    while time.monotonic() - t0 < timeout:
+        fraction, message, outcome = poll_step(runner)
+        assert outcome is None, f"run ended before the cancel: {outcome.status}: {outcome.message}"
+        if fraction > 0:   # a slice (step) is done: the model is running
+            started = message
+            break
         time.sleep(0.01)
+    t_cancel = time.monotonic()
     runner.cancel()
     outcome = runner.wait(timeout)
+    cancel_seconds = time.monotonic() - t_cancel
     assert outcome is not None, "cancelled run did not end"
     assert outcome.status == "cancelled", f"expected cancelled, got {outcome.status}: {outcome.message}"
+    assert cancel_seconds <= 1.0, f"the run ended {cancel_seconds:.2f} s after Cancel (at most 1 s)"
     after = segments.segment_to_array(sample.truth, sid, sample.volume)
     assert np.array_equal(after, before), "segment changed by a cancelled run"
     assert not runner.running
     return dict(status=outcome.status, message=outcome.message, seconds=outcome.seconds,
-                progress_before_cancel=started[0] if started else None)
+                cancel_seconds=cancel_seconds, progress_before_cancel=started)
 
 
 ALL = {

