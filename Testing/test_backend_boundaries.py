@@ -32,3 +32,25 @@ def test_every_torch_load_is_weights_only():
     assert calls, "no torch.load call found"
     for name, args in calls:
         assert "weights_only=True" in args, f"{name}: torch.load({args})"
+
+
+def test_example_libraries_and_slicer_example_collection_do_not_load_torch(tmp_path):
+    """Torch stays out of Slicer's own process: exporting and loading an example library and turning scene
+    examples into backend examples (what the UniverSeg effect does in Slicer) import no torch."""
+    repo = ROOT.parent
+    code = (
+        "import sys, numpy as np\n"
+        f"sys.path.insert(0, {str(repo / 'MedSegSlicer')!r})\n"
+        "from medseg_backend.universeg import Example\n"
+        "from medseg_backend.universeg.library import export_library, load_library\n"
+        "from MedSegSlicerLib import examples as ex\n"
+        "img = np.arange(400, dtype=np.int16).reshape(20, 20); lab = np.zeros((20, 20), np.uint8); lab[5:9, 5:9] = 1\n"
+        f"out = export_library({str(tmp_path / 'lib')!r}, [Example(img, lab, 'a')], structure='x', modality='CT')\n"
+        "loaded, manifest = load_library(out)\n"
+        "arrays = ex.ExampleArrays(image=np.stack([img] * 3), label=np.stack([lab] * 3), name='s', source='segment',"
+        " slices=[0, 1, 2])\n"
+        "backend = ex.to_backend_examples([arrays], 'axial')\n"
+        "assert len(loaded) == 1 and len(backend) == 3, (len(loaded), len(backend))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

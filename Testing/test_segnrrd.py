@@ -136,7 +136,7 @@ def test_example_library_labels_are_slicer_segmentations_and_old_label_maps_stil
     import json
 
     from medseg_backend.universeg.library import export_library, load_library
-    from medseg_backend.universeg.support import Example
+    from medseg_backend.universeg.examples import Example
 
     d = data_dir / "totalseg_ct_sm"
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "ct.nii.gz")))

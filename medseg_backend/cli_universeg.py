@@ -127,7 +127,7 @@ def cmd_universeg(args) -> int:
     from .progress import CancelToken
     from .universeg import UniverSegEngine, examples_from_labelled_slices
     from .universeg.library import load_library
-    from .universeg.support import axis_index
+    from .universeg.examples import axis_index
 
     # 1. Every output path, before anything is read or computed.
     inputs = [args.target, args.labelled_slices, args.weights] + _example_paths(args.examples)

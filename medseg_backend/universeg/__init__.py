@@ -11,8 +11,16 @@ Public API (used by the CLI and the Slicer effect)::
     result = engine.segment_volume(volume, examples, roi=(x0, y0, z0, x1, y1, z1), label=1)
     result.mask, result.probabilities, result.messages
 """
-from .pipeline import UniverSegEngine, UniverSegResult
-from .support import Example, examples_from_labelled_slices, examples_from_volume
+from .examples import Example, examples_from_labelled_slices, examples_from_volume
+
+
+def __getattr__(name):
+    # the engine (torch) is loaded on first use only: examples and libraries work without torch
+    if name in ("UniverSegEngine", "UniverSegResult"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["Example", "UniverSegEngine", "UniverSegResult", "examples_from_labelled_slices",
            "examples_from_volume"]

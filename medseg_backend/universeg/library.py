@@ -37,7 +37,7 @@ import numpy as np
 from .. import segnrrd
 from ..errors import InputError, MedSegWarning
 from ..intensity import parse_preset
-from .support import Example, _check_label_value, _values_text
+from .examples import Example, _check_label_value, _values_text
 
 MANIFEST = "manifest.json"
 STRUCTURE_COLOR = (0.90, 0.62, 0.0)

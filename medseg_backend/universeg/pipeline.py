@@ -22,7 +22,7 @@ from ..errors import InputError, MedSegWarning
 from ..intensity import IntensityRule, resolve_preset
 from ..progress import CancelToken, ProgressCallback, check, report
 from . import support as sp
-from .support import Example
+from .examples import FEW_EXAMPLES, Example, axis_index
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -140,7 +140,7 @@ class UniverSegEngine:
                              "3-D volume (K, J, I); convert RGB images to grey first.")
         validate_array(vol, "target")
         is2d = vol.ndim == 2
-        ax = 0 if is2d else sp.axis_index(axis)
+        ax = 0 if is2d else axis_index(axis)
         axis_name = "2-D" if is2d else str(axis).strip().lower()
         support_size, ensemble = int(support_size), int(ensemble)
         msgs: List[str] = []
@@ -161,7 +161,7 @@ class UniverSegEngine:
         items = sp.build_support(examples, rule, label=label, axis=axis_name if not is2d else "axial",
                                  target_ndim=vol.ndim)
         n = len(items)
-        if n < sp.FEW_EXAMPLES:
+        if n < FEW_EXAMPLES:
             warnings.warn(f"Only {n} example slice(s): UniverSeg is more reliable with more examples (it was "
                           "trained with 64); label a few more slices.", MedSegWarning, stacklevel=2)
         subsets = sp.choose_subsets(n, support_size, ensemble, seed)
