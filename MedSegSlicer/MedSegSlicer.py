@@ -428,15 +428,12 @@ class MedSegSlicerLogic(ScriptedLoadableModuleLogic):
         return str(path)
 
     def importWeights(self, name, path, acceptLicence=False):
-        from medseg_backend import catalogue
-
-        return str(catalogue.import_weights(name, path, accept_licence=acceptLicence))
+        # the checkpoint is read in the worker: torch never loads in Slicer's process
+        return self.core.import_weights(name, path, accept_licence=acceptLicence)
 
     def verifyReport(self, name=None):
-        from medseg_backend import catalogue
-
         lines = []
-        for res in catalogue.verify(name):
+        for res in self.core.verify_weights(name):
             state = {True: "OK", False: "PROBLEM", None: "not installed"}[res["ok"]]
             lines.append(f"{res['name']}: {state}" + (f" - {'; '.join(res['problems'])}" if res["problems"] else "")
                          + (f"\n  sha256 {res['sha256']}" if res.get("sha256") else ""))

@@ -319,3 +319,26 @@ def _drain(client, timeout=30.0):
             return msgs
         client.wait_readable(0.05)
     return []
+
+
+def test_weights_are_checked_in_the_worker_not_in_the_client(slicer_scene, tmp_path):
+    """The panel's Verify / Import read checkpoints with torch: they run in the worker (issue 10 item 4)."""
+    lite_installed()
+    client = WorkerClient()
+    core = MedSegCore(slicer_scene, device="cpu", worker=client)
+    try:
+        results = {r["name"]: r for r in core.verify_weights()}
+        assert results["lite-medsam"]["ok"] is True and results["medsam-vit-b"]["ok"] is None
+        # the official LiteMedSAM file offered as MedSAM ViT-B: the worker reads it and names what it is
+        lite = str(catalogue.installed_path("lite-medsam"))
+        with pytest.raises(Exception, match="LiteMedSAM") as info:
+            core.import_weights("medsam-vit-b", lite)
+        assert "\n" not in str(info.value)
+        assert catalogue.installed_path("medsam-vit-b") is None        # nothing installed
+        bad = tmp_path / "junk.pth"
+        bad.write_bytes(b"not a checkpoint")
+        with pytest.raises(Exception, match="junk.pth"):
+            core.import_weights("medsam-vit-b", str(bad))
+        assert catalogue.installed_path("medsam-vit-b") is None
+    finally:
+        client.shutdown()

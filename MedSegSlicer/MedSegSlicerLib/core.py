@@ -284,6 +284,24 @@ class MedSegCore:
         return self.runner.wait(progress=progress, cancel=cancel)
 
     # ------------------------------------------------------------------------------------------------------
+    # Weights (checked where torch lives: the worker)
+    # ------------------------------------------------------------------------------------------------------
+    def _weights_call(self, op: str, label: str, **params):
+        prepared = PreparedRun(label=label, request=Request(op, params), guard=None)
+        outcome = self.run(prepared)
+        raise_unless_ok(outcome)
+        return outcome.result
+
+    def verify_weights(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Hash and layout check of installed weights, in the worker (torch never loads in Slicer's process)."""
+        return list(self._weights_call("weights_verify", "Verify weights", name=name).results or [])
+
+    def import_weights(self, name: str, path: str, accept_licence: bool = False) -> str:
+        """Check a local weights file and install it into the cache, in the worker."""
+        return str(self._weights_call("weights_import", f"Import {name} weights", name=name, path=str(path),
+                                      accept_licence=bool(accept_licence)).path)
+
+    # ------------------------------------------------------------------------------------------------------
     # Batch helpers: run + write segments
     # ------------------------------------------------------------------------------------------------------
     def _write_results(self, segmentation_node, volume_node, default_name: str, items, mode: str):

@@ -68,7 +68,7 @@ class EngineCache:
 class Handlers:
     """The operations of the protocol that do model work (see :mod:`.protocol`)."""
 
-    OPS = ("encode", "segment_box", "segment_examples", "sleep")
+    OPS = ("encode", "segment_box", "segment_examples", "weights_verify", "weights_import", "sleep")
 
     def __init__(self, engines: Optional[EngineCache] = None) -> None:
         self.engines = engines if engines is not None else EngineCache()
@@ -186,6 +186,21 @@ class Handlers:
         return dict(messages=res.messages, seconds=float(res.seconds), slices_run=int(res.slices_run),
                     n_examples=len(examples), device=str(engine.device), precision=engine.precision), out
 
+    # ------------------------------------------------------------------------------------------------ weights --
+    def weights_verify(self, p, arrays, progress, cancel, local) -> Output:
+        from .. import catalogue
+
+        progress(0.0, "Checking the installed weights")
+        return {"results": [_plain(r) for r in catalogue.verify(p.get("name"))]}, {}
+
+    def weights_import(self, p, arrays, progress, cancel, local) -> Output:
+        from .. import catalogue
+
+        progress(0.0, f"Checking {p.get('path')}")
+        path = catalogue.import_weights(p["name"], p["path"], accept_licence=bool(p.get("accept_licence")))
+        self.engines.clear()
+        return {"path": str(path)}, {}
+
     # -------------------------------------------------------------------------------------------- diagnostics --
     def sleep(self, p, arrays, progress, cancel, local) -> Output:
         seconds, steps = float(p.get("seconds", 0.0)), max(1, int(p.get("steps", 4)))
@@ -226,4 +241,6 @@ def _plain(value):
         return [_plain(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     return value

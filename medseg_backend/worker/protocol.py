@@ -38,6 +38,10 @@ exactly one of the events ``done``, ``error`` or ``cancelled`` carrying its ``id
                      "max_slices"}], "roi", "axis", "intensity", "support_size", "ensemble", "seed", "tta",
                      "weights", "device", "precision", "outputs": ["mask", "probabilities"]}``; result
                      ``{"messages", "seconds", "slices_run"}`` with arrays ``{"mask", ["probabilities"]}``.
+``weights_verify``   params ``{"name": MODEL or null}``: check installed weights (hash, layout); result ``{"results":
+                     [{"name", "ok", "problems", "sha256", ...}]}``.
+``weights_import``   params ``{"name", "path", "accept_licence"}``: check a local weights file and install it into the
+                     cache (checkpoint read here, never in the client); result ``{"path"}``. Loaded models are dropped.
 ``sleep``            diagnostics: params ``{"seconds", "steps", "fail": {"type", "message"}, "echo": [NAME]}``:
                      report progress, wait (cancellable), then fail as asked or return the echoed arrays.
 ``reset``            drop loaded models, embedding caches and kept volumes.
