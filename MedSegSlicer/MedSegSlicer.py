@@ -20,7 +20,7 @@ import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
-from MedSegSlicerLib import deps, worker_client
+from MedSegSlicerLib import deps, service, worker_client
 from MedSegSlicerLib.errors import MedSegError
 
 try:  # Slicer's translation functions (slicer.i18n, Slicer >= 5.4); plain strings where they are missing
@@ -59,6 +59,8 @@ class MedSegSlicer(ScriptedLoadableModule):
             "MedSAM / LiteMedSAM (Ma et al., Nature Communications 2024; Apache-2.0 weights), UniverSeg (Butoi et "
             "al., ICCV 2023; weights under OpenRAIL++-M, research use only). Models re-implemented in the bundled "
             "medseg_backend package.")
+        # the effects reach the shared logic through MedSegSlicerLib.service (they do not import this module)
+        service.register_logic_factory(lambda: MedSegSlicerLogic.shared())
         slicer.app.connect("startupCompleted()", registerEffects)
         slicer.app.connect("aboutToQuit()", shutdownWorker)
 

@@ -56,9 +56,9 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
     # ---- shared widgets ----------------------------------------------------------------------------------------
     @property
     def logic(self):
-        import MedSegSlicer
+        from MedSegSlicerLib import service
 
-        return MedSegSlicer.MedSegSlicerLogic.shared()
+        return service.logic()
 
     def addIntensityCombo(self, tooltip):
         combo = qt.QComboBox()
