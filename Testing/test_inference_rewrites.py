@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from medseg_backend.medsam import MedSAMEngine
-from medseg_backend.models.loader import load_model
+from medseg_backend import load_model
 from medseg_backend.models.optimize import ConvGELU, LinearGELU
 from medseg_backend.models.sam import build_sam
 from sam_reference import randomize_

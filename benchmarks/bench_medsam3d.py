@@ -81,7 +81,7 @@ def plain_loop(kind: str, vol: np.ndarray, box, timer):
 
     torch.set_grad_enabled(False)
     if kind == "lite":
-        from medseg_backend.models.loader import load_model
+        from medseg_backend import load_model
 
         model = _plain_lite_attention(load_model("lite-medsam", device="cpu"))
         size = 256

@@ -21,7 +21,8 @@ __all__ = [
 
 def load_model(name_or_path, weights=None, device="auto", **kwargs):
     """Build ``name_or_path`` (``lite-medsam``, ``medsam-vit-b``, ``universeg-v1`` or a checkpoint path) in eval
-    mode on ``device``; see :func:`medseg_backend.models.loader.load_model`."""
-    from .models.loader import load_model as _load
+    mode on ``device``: installed weights found and checked by the weights store (:func:`.catalogue.open_model`),
+    loaded strictly by :func:`medseg_backend.models.loader.load_model`."""
+    from .catalogue import open_model
 
-    return _load(name_or_path, weights=weights, device=device, **kwargs)
+    return open_model(name_or_path, weights=weights, device=device, **kwargs)

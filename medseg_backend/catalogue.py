@@ -381,6 +381,18 @@ def _expected_size(entry: ModelEntry, rec: Optional[dict]) -> Optional[int]:
     return entry.size if entry.sha256_authoritative else None
 
 
+def open_model(name_or_path, weights: Optional[PathLike] = None, device="auto", *, random_init: bool = False):
+    """A model ready to run: the installed (or the given) weights file of ``name_or_path``, hash- and
+    licence-checked here, loaded strictly by the loader (``models.loader.load_model``: path -> module)."""
+    from .models.loader import ARCH_MODEL, load_model, resolve_arch  # lazy: torch is only needed here
+
+    arch, wpath = resolve_arch(name_or_path, weights)
+    if not random_init and arch in ARCH_MODEL:
+        wpath = resolve_weights(ARCH_MODEL[arch], wpath)
+    return load_model(name_or_path, weights=str(wpath) if wpath is not None else None, device=device,
+                      random_init=random_init)
+
+
 def resolve_weights(name: str, weights: Optional[PathLike] = None) -> Path:
     """The weights file to load for ``name``.
 

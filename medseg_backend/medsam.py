@@ -201,7 +201,7 @@ class MedSAMEngine:
         if self.device.type == "cpu":
             configure_cpu_threads()
         if module is None:
-            from .models.loader import load_model
+            from .catalogue import open_model as load_model
 
             module = load_model(model, weights=weights, device=self.device)
         self.net = module.to(self.device).eval()

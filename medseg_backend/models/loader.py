@@ -145,24 +145,20 @@ def resolve_arch(name_or_path: str, weights: Optional[str]) -> Tuple[str, Option
 
 
 def load_model(name_or_path, weights=None, device="auto", *, random_init: bool = False) -> torch.nn.Module:
-    """Build the model named ``name_or_path`` and load its weights strictly.
+    """Build the model named ``name_or_path`` and load the checkpoint file ``weights`` strictly (path -> module).
 
-    ``weights`` (a path) overrides the catalogue; without it the catalogue finds the installed file
-    (``medseg models list``). ``random_init=True`` skips weights (tests, benchmarks). Returns an eval-mode
-    module on ``device`` with gradients off.
+    The loader knows no weights store: to find installed weights and enforce licences use
+    :func:`medseg_backend.load_model` (``catalogue.open_model``). ``random_init=True`` skips weights (tests,
+    benchmarks). Returns an eval-mode module on ``device`` with gradients off.
     """
     arch, wpath = resolve_arch(name_or_path, weights)
     dev = pick_device(device)
     model = build_arch(arch)
     if not random_init:
-        if arch in ARCH_MODEL:
-            # The catalogue finds installed weights and enforces licences (also for explicit files).
-            from ..catalogue import resolve_weights
-
-            wpath = str(resolve_weights(ARCH_MODEL[arch], wpath))
-        elif wpath is None:
-            raise WeightsError(f"No weights for {ARCH_TITLES.get(arch, arch)}: give a checkpoint file.")
-        state = load_state_dict_checked(wpath, arch)
+        if wpath is None:
+            raise WeightsError(f"No weights file for {ARCH_TITLES.get(arch, arch)}: give a checkpoint file (the "
+                               "installed weights are found by medseg_backend.load_model).")
+        state = load_state_dict_checked(str(wpath), arch)
         model.load_state_dict(state, strict=True)
         model.weights_path = str(wpath)
     model.arch = arch
