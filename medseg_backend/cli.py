@@ -15,25 +15,12 @@ from typing import List, Optional
 
 import numpy as np
 
+from .cli_common import progress_printer as _progress_printer, quiet_check as _quiet_check
 from .errors import MedSegError, MedSegWarning
 from .metrics import bbox3d, dice  # noqa: F401  (re-exported for scripts and tests)
 
 INTENSITY_HELP = ("intensity preset: auto (default), raw (8-bit as is), ct-abdomen (40/400), ct-lung, ct-brain, "
                   "ct-mediastinum, mr (0.5/99.5 percentiles of voxels > 0) or window:L,W")
-
-
-def _progress_printer(stream=None):
-    stream = stream or sys.stderr
-    state = {"last": -1}
-
-    def cb(fraction: float, message: str) -> None:
-        pct = int(fraction * 100)
-        if pct // 10 != state["last"] // 10 or fraction >= 1.0:
-            state["last"] = pct
-            stream.write(f"[{pct:3d}%] {message}\n")
-            stream.flush()
-
-    return cb
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -63,13 +50,6 @@ def _add_medsam(sub) -> None:
     p.add_argument("--probabilities", help="also write the probability map (float32; .nrrd, .nii.gz, .mha, .tif)")
     p.add_argument("--overlay", help="also write a PNG picture of the result (middle slice of the first box in 3-D)")
     p.set_defaults(func=cmd_medsam)
-
-
-def _quiet_check(fn, *a, **kw):
-    """Run a validation whose warnings (box clipped, ...) the real run repeats: errors now, warnings once."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MedSegWarning)
-        return fn(*a, **kw)
 
 
 def cmd_medsam(args) -> int:

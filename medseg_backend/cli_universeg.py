@@ -140,7 +140,7 @@ def cmd_universeg(args) -> int:
     check_volume_format(args.probabilities, target.shape, is_volume=target.ndim == 3, what="probability map")
     roi = parse_box(args.roi, target.ndim) if args.roi else None
     if roi is not None:
-        from .cli import _quiet_check
+        from .cli_common import quiet_check as _quiet_check
 
         _quiet_check(check_box, roi, target.shape, what="ROI", axis=0 if target.ndim == 2 else axis_index(args.axis))
     label = args.label
@@ -176,7 +176,7 @@ def cmd_universeg(args) -> int:
     # 3. The model, the run.
     t0 = time.perf_counter()
     engine = UniverSegEngine(weights=args.weights, device=args.device, precision=args.precision)
-    from .cli import _progress_printer
+    from .cli_common import progress_printer as _progress_printer
 
     res = engine.segment_volume(target, examples, roi=roi, axis=args.axis, label=label, intensity=intensity,
                                 support_size=args.support_size, ensemble=args.ensemble, seed=args.seed,
