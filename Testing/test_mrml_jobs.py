@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import SimpleITK
-from MedSegSlicerLib import geometry, segments
-from MedSegSlicerLib.core import MedSegCore
-from MedSegSlicerLib.errors import InputError, JobBusyError
-from MedSegSlicerLib.jobs import JobRunner, NodeGuard
+from MedSegSlicerLib import geometry, segments  # noqa: E402
+from MedSegSlicerLib.core import MedSegCore  # noqa: E402
+from MedSegSlicerLib.errors import InputError, JobBusyError  # noqa: E402
+from MedSegSlicerLib.jobs import JobRunner, NodeGuard  # noqa: E402
 
 TIMEOUT = 60.0
 
