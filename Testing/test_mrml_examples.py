@@ -5,21 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-SimpleITK = pytest.importorskip("SimpleITK")
-from MedSegSlicerLib import examples as ex  # noqa: E402
-from MedSegSlicerLib import geometry, segments  # noqa: E402
-from MedSegSlicerLib.errors import InputError, MedSegWarning  # noqa: E402
+import SimpleITK
+from MedSegSlicerLib import examples as ex
+from MedSegSlicerLib import geometry, segments
+from MedSegSlicerLib.errors import InputError, MedSegWarning
 
 
 @pytest.fixture
-def two_volumes(slicer_scene, data_dir, shared_dir):
-    """Target: the bundled ct_sm; other: the 112-slice CT of the same subject with its own label map."""
+def two_volumes(slicer_scene, data_dir):
+    """Target: the bundled ct_sm; other: a 42-slice CT of the same subject (ct_sm is its last 30 slices, same
+    grid) with its own label map (TotalSegmentator's fast model)."""
     d = data_dir / "totalseg_ct_sm"
     target = slicer_scene.load_volume(str(d / "ct.nii.gz"), "target")
     tlabels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
-    o = shared_dir / "data" / "totalseg_examples" / "ct"
-    other = slicer_scene.load_volume(str(o / "image.nii.gz"), "atlas")
-    olabel_node = slicer_scene.load_volume(str(o / "label_total_fast.nii.gz"), "atlas labels", labelmap=True)
+    o = data_dir / "totalseg_ct"
+    other = slicer_scene.load_volume(str(o / "ct.nii.gz"), "atlas")
+    olabel_node = slicer_scene.load_volume(str(o / "labels_fast.nii.gz"), "atlas labels", labelmap=True)
     olabels = geometry.volume_to_array(olabel_node).array   # in the node's own index order
     return slicer_scene, target, tlabels, other, olabels
 
@@ -65,7 +66,7 @@ def test_segmentation_drawn_on_other_grid_is_resampled_to_its_volume(two_volumes
     got = ex.from_segments(seg, [sid], other)[0]
     assert got.label.shape == geometry.volume_shape(other)
     np.testing.assert_array_equal(got.label, segments.segment_to_array(seg, sid, other))
-    # ct_sm covers 30 of the 112 slices of the same subject at the same spacing: the liver lands inside
+    # ct_sm covers 30 of the 42 slices of the same subject at the same spacing: the liver lands inside
     assert 0 < got.label.sum() and abs(int(got.label.sum()) - int((tlabels == 5).sum())) < 0.02 * (tlabels == 5).sum()
 
 
@@ -101,7 +102,8 @@ def test_keep_labelled_slices():
 
 
 def test_conversion_to_backend_examples(two_volumes):
-    universeg = pytest.importorskip("medseg_backend.universeg", reason="UniverSeg backend not available yet")
+    from medseg_backend import universeg
+
     ctx, target, tlabels, other, olabels = two_volumes
     seg = ctx.add_segmentation("work", target)
     partial = np.zeros_like(tlabels, np.uint8)

@@ -7,16 +7,16 @@ import warnings
 import numpy as np
 import pytest
 
-SimpleITK = pytest.importorskip("SimpleITK")
-from MedSegSlicerLib import geometry  # noqa: E402
-from MedSegSlicerLib.errors import InputError, MedSegWarning  # noqa: E402
+import SimpleITK
+from MedSegSlicerLib import geometry
+from MedSegSlicerLib.errors import InputError, MedSegWarning
 
-SHARED_VOLUMES = [
-    "totalseg_examples/ct_sm/image.nii.gz",      # flipped axes (LPS -1,-1)
-    "pyradiomics_testcases/brain1_image.nrrd",   # y flipped, anisotropic 6.5 mm slices
-    "sct_spinalcord/mt/mt1.nii.gz",              # oblique
-    "sct_spinalcord/t2/t2.nii.gz",               # permuted axes
-    "dcmqi_ct3slice/ct.nrrd",                    # 512x512x3
+FIXTURE_VOLUMES = [                              # in Testing/Data (crops keep the source's grid orientation)
+    "totalseg_ct_sm/ct.nii.gz",                  # flipped axes (LPS -1,-1)
+    "pyradiomics/brain1_crop.nrrd",              # y flipped, anisotropic 6.5 mm slices
+    "sct_spinalcord/mt1.nii.gz",                 # oblique
+    "sct_spinalcord/t2_crop.nii.gz",             # permuted axes
+    "dcmqi_ct3slice/ct_crop.nrrd",               # 200x200x3 crop of a 512x512x3 CT
 ]
 
 
@@ -62,9 +62,9 @@ def in_sitk_index_order(array_kji: np.ndarray, ijk_to_ras: np.ndarray, sitk_ijk_
     return array_kji[dst[2], dst[1], dst[0]].reshape(sz, sy, sx)
 
 
-@pytest.mark.parametrize("rel", SHARED_VOLUMES)
-def test_volume_array_and_ijk_to_ras_match_simpleitk(slicer_scene, shared_dir, rel):
-    path = shared_dir / "data" / rel
+@pytest.mark.parametrize("rel", FIXTURE_VOLUMES)
+def test_volume_array_and_ijk_to_ras_match_simpleitk(slicer_scene, data_dir, rel):
+    path = data_dir / rel
     node = slicer_scene.load_volume(str(path))
     data = geometry.volume_to_array(node)
     img = SimpleITK.ReadImage(str(path))
@@ -131,8 +131,8 @@ def test_no_volume_and_vector_volume_errors(slicer_scene):
         geometry.volume_to_array(rgb)
 
 
-def test_roi_from_box_round_trip_and_oblique_volume(slicer_scene, shared_dir):
-    path = shared_dir / "data" / "sct_spinalcord" / "mt" / "mt1.nii.gz"   # oblique grid
+def test_roi_from_box_round_trip_and_oblique_volume(slicer_scene, data_dir):
+    path = data_dir / "sct_spinalcord" / "mt1.nii.gz"   # oblique grid
     vol = slicer_scene.load_volume(str(path))
     roi = slicer_scene.add_roi()
     for box in [(3, 5, 0, 30, 33, 4), (0, 0, 2, 39, 39, 2), (10, 11, 1, 10, 11, 3)]:

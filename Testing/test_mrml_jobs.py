@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-SimpleITK = pytest.importorskip("SimpleITK")
+import SimpleITK
 from MedSegSlicerLib import geometry, segments  # noqa: E402
 from MedSegSlicerLib.core import MedSegCore  # noqa: E402
 from MedSegSlicerLib.errors import InputError, JobBusyError  # noqa: E402
@@ -219,7 +219,6 @@ def test_intensity_defaults_to_the_volume_window_level(scene_with_segment):
 def test_missing_weights_and_unaccepted_licence_fail_readably(scene_with_segment):
     """Offline with no weights in the (empty, per-test) cache: the run fails with the catalogue's one-line message
     and nothing is written."""
-    pytest.importorskip("torch")
     ctx, vol, seg, sid, labels = scene_with_segment
     before = segments.segment_to_array(seg, sid, vol)
     core = MedSegCore(ctx, device="cpu")
@@ -227,7 +226,6 @@ def test_missing_weights_and_unaccepted_licence_fail_readably(scene_with_segment
                                            segmentation_node=seg))
     assert outcome.status == "failed"
     assert "medsam-vit-b weights are not installed" in outcome.message and "import" in outcome.message
-    pytest.importorskip("medseg_backend.universeg", reason="UniverSeg backend not available yet")
     from MedSegSlicerLib import examples as ex
 
     arrays = ex.from_segments(seg, [sid], vol)

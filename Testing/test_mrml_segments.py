@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-SimpleITK = pytest.importorskip("SimpleITK")
-import slicer  # noqa: E402  (slicer-core; the fixture skips when missing)
-from MedSegSlicerLib import editing, geometry, segments  # noqa: E402
-from MedSegSlicerLib.errors import InputError  # noqa: E402
+import SimpleITK
+import slicer  # slicer-core
+from MedSegSlicerLib import editing, geometry, segments
+from MedSegSlicerLib.errors import InputError
 
 
 @pytest.fixture

@@ -110,11 +110,11 @@ def test_library_export_list_import_and_use(standin, ct_files, tmp_path, capsys)
     assert set(np.unique(arr)) == {0, LIVER}
 
 
-def test_examples_pairs_2d_with_real_network_and_licence(shared_dir, tmp_path, capsys):
+def test_examples_pairs_2d_with_real_network_and_licence(data_dir, universeg_state, tmp_path, capsys):
     from medseg_backend import catalogue
 
-    d = shared_dir / "data" / "sam_med2d_demo"
-    weights = shared_dir / "reference" / "universeg" / "random_v1_state.pt"
+    d = data_dir / "sam_med2d_demo"
+    weights = universeg_state
     pair = f"{d / 'images' / 'amos_0004_75.png'}:{d / 'masks' / 'amos_0004_75_liver_000.png'}"
     out = tmp_path / "seg.png"
     args = ["universeg", d / "images" / "amos_0006_90.png", "--examples", pair, "--label", 255, "--roi",

@@ -1,7 +1,7 @@
 """UniverSeg v1 network: official layout, reference equivalence of the plain and the fast path.
 
-Oracle: ``../shared/reference/universeg/random_v1_state.pt`` (random weights in the official layout) with
-``reference_io.npz`` (inputs and outputs of the released implementation for three shapes).
+Oracle (bundled in ``Testing/Data/universeg_reference``): ``random_v1_state.pt`` (random weights in the official
+layout) with ``reference_io.npz`` (inputs and outputs of the released implementation for three shapes).
 """
 from __future__ import annotations
 
@@ -18,24 +18,16 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def ref_dir(shared_dir):
-    d = shared_dir / "reference" / "universeg"
-    if not (d / "random_v1_state.pt").is_file():
-        pytest.skip(f"UniverSeg reference files not found in {d}")
-    return d
-
-
-@pytest.fixture(scope="module")
-def model(ref_dir):
+def model(universeg_state):
     m = build_universeg_v1()
-    state = torch.load(ref_dir / "random_v1_state.pt", map_location="cpu", weights_only=True)
+    state = torch.load(universeg_state, map_location="cpu", weights_only=True)
     m.load_state_dict(state, strict=True)
     return m.eval()
 
 
 @pytest.fixture(scope="module")
-def ref_io(ref_dir):
-    return dict(np.load(ref_dir / "reference_io.npz"))
+def ref_io(universeg_reference):
+    return universeg_reference
 
 
 def _inputs(ref_io, pre):
@@ -43,16 +35,16 @@ def _inputs(ref_io, pre):
             torch.from_numpy(ref_io[pre + "support_labels"]))
 
 
-def test_layout_matches_official_state_dict(ref_dir):
+def test_layout_matches_official_state_dict(data_dir):
     m = build_universeg_v1()
-    expected = json.loads((ref_dir / "state_dict_v1.json").read_text())
+    expected = json.loads((data_dir / "universeg_reference" / "state_dict_v1.json").read_text())
     ours = [(k, list(v.shape)) for k, v in m.state_dict().items()]
     assert sorted(ours) == sorted((k, list(s)) for k, s in expected)
     assert sum(p.numel() for p in m.parameters()) == UNIVERSEG_V1_PARAMS == 1182785
 
 
-def test_strict_load_rejects_wrong_layout(ref_dir):
-    state = torch.load(ref_dir / "random_v1_state.pt", map_location="cpu", weights_only=True)
+def test_strict_load_rejects_wrong_layout(universeg_state):
+    state = torch.load(universeg_state, map_location="cpu", weights_only=True)
     state.pop("out_conv.conv.bias")
     with pytest.raises(RuntimeError, match="out_conv.conv.bias"):
         build_universeg_v1().load_state_dict(state, strict=True)

@@ -273,10 +273,10 @@ def test_tta_is_neutral_for_flip_equivariant_networks(ct):
     assert np.abs(c.probabilities - d.probabilities).max() < 1e-5
 
 
-def test_2d_rgb_pngs(shared_dir):
+def test_2d_rgb_pngs(data_dir):
     from medseg_backend.io import read_image, to_grey
 
-    d = shared_dir / "data" / "sam_med2d_demo"
+    d = data_dir / "sam_med2d_demo"
     target = read_image(str(d / "images" / "amos_0006_90.png"))
     gt = read_image(str(d / "masks" / "amos_0006_90_liver_000.png")).array > 0
     ex_img = read_image(str(d / "images" / "amos_0004_75.png"))
@@ -296,14 +296,11 @@ def test_2d_rgb_pngs(shared_dir):
     assert dice(res.mask, gt) > 0.7
 
 
-def test_real_network_fast_path_equals_plain_path_in_the_pipeline(shared_dir, ct):
+def test_real_network_fast_path_equals_plain_path_in_the_pipeline(universeg_state, ct):
     from medseg_backend.models.universeg import build_universeg_v1
 
-    state = shared_dir / "reference" / "universeg" / "random_v1_state.pt"
-    if not state.is_file():
-        pytest.skip("UniverSeg reference weights missing")
     net = build_universeg_v1()
-    net.load_state_dict(torch.load(state, weights_only=True), strict=True)
+    net.load_state_dict(torch.load(universeg_state, weights_only=True), strict=True)
     vol, lab = ct
     examples = examples_from_volume(vol, lab, label=SPLEEN, max_slices=5)
     roi = gt_roi(lab == SPLEEN)
@@ -469,11 +466,11 @@ def test_bad_options(ct):
         eng.segment_volume(np.zeros((4, 32, 32), np.int16), ex, label=LIVER)
 
 
-def test_licence_not_accepted(shared_dir):
+def test_licence_not_accepted(universeg_state):
     """Weights under OpenRAIL++-M: refused until accepted (conftest gives every test an empty MEDSEG_HOME)."""
     from medseg_backend import catalogue
 
-    state = shared_dir / "reference" / "universeg" / "random_v1_state.pt"
+    state = universeg_state
     with pytest.raises(LicenceError, match="accept"):
         UniverSegEngine(device="cpu")
     with pytest.raises(LicenceError, match="accept"):

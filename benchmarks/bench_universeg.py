@@ -4,7 +4,7 @@
 
 Inputs come from a real volume (the bundled TotalSegmentator ``ct_sm`` CT): the support set is 64 liver slices
 (sagittal, cropped / resized to 128 x 128 by the pipeline's own support code), the queries are sagittal slices of
-the same CT cropped around the liver. Weights: ``../shared/reference/universeg/random_v1_state.pt`` (random values
+the same CT cropped around the liver. Weights: ``Testing/Data/universeg_reference/random_v1_state.pt`` (random values
 in the official layout; speed does not depend on the values) or a random init when it is missing.
 
 Each variant runs in its own worker process so that its peak memory is its own: **peak RSS** of the worker
@@ -39,8 +39,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MEDSEG_SHARED_DIR", REPO.parent / "shared"))
-REF = SHARED / "reference" / "universeg"
+REF = REPO / "Testing" / "Data" / "universeg_reference"      # bundled fixtures (random weights, reference I/O)
 CT = REPO / "Testing" / "Data" / "totalseg_ct_sm"
 LIVER = 5
 

@@ -2,12 +2,14 @@
 outputs in fp32 / fp16 / bf16, and per-slice times for LiteMedSAM and ViT-B (random weights in the official
 layout) per precision. Prints a JSON summary (and writes it to $OUT/gpu_check.json when OUT is set).
 
-Usage: python benchmarks/gpu_check.py --reference ../shared/reference/litemedsam [--lite-weights FILE]
+Usage: python benchmarks/gpu_check.py [--reference DIR] [--lite-weights FILE]
+
+The reference cases are the bundled fixtures (``Testing/Data/litemedsam_reference``); ``--reference DIR`` reads a
+folder of reference files in the original layout (``DIR/2d/*.npz``, ``DIR/3d/*.npz``) instead.
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -25,6 +27,17 @@ from medseg_backend.medsam import MedSAMEngine  # noqa: E402
 from medseg_backend.metrics import dice  # noqa: E402
 
 
+def reference_cases(reference=None):
+    """(2-D cases as a list of dicts, 3-D cases as {name: dict}): the fixtures, or the files under ``reference``."""
+    if reference is None:
+        import fixture_data
+
+        return fixture_data.litemedsam_2d_cases(), fixture_data.litemedsam_3d_cases()
+    ref = Path(reference)
+    cases2d = [dict(np.load(f)) for f in sorted((ref / "2d").glob("*.npz"))]
+    return cases2d, {f.stem: np.load(f) for f in sorted((ref / "3d").glob("*.npz"))}
+
+
 def timed(fn):
     torch.cuda.synchronize()
     t = time.perf_counter()
@@ -35,28 +48,23 @@ def timed(fn):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reference", required=True)
+    ap.add_argument("--reference", help="folder with 2d/ and 3d/ reference files (default: the bundled fixtures)")
     ap.add_argument("--lite-weights")
     args = ap.parse_args()
-    ref = Path(args.reference)
+    cases2d, cases3d = reference_cases(args.reference)
     out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "lite": {}, "vit_b": {}}
-    cases2d = sorted(glob.glob(str(ref / "2d" / "*.npz")))
-    cases3d = sorted(glob.glob(str(ref / "3d" / "*.npz")))
     masks32 = {}
     for prec in ("fp32", "fp16", "bf16"):
         eng = MedSAMEngine("lite-medsam", weights=args.lite_weights, device="cuda", precision=prec)
         d2 = []
-        for f in cases2d:
-            d = np.load(f)
+        for d in cases2d:
             r = eng.segment_image(d["image"], tuple(int(v) for v in d["box"]), intensity="raw")
             d2.append(dice(r.mask, d["ref_mask"]))
         d3, n_slices, t_total = {}, 0, 0.0
-        for f in cases3d:
-            d = np.load(f)
+        for name, d in cases3d.items():
             eng.cache.clear()
             r, dt = timed(lambda: eng.segment_volume(d["volume_u8"], [tuple(int(v) for v in d["box3d"])],
                                                      intensity="raw"))
-            name = Path(f).stem
             d3[name] = {"dice_ref": dice(r.labels, d["ref_mask"]), "dice_gt": dice(r.labels, d["gt"])}
             if prec == "fp32":
                 masks32[name] = r.labels
@@ -65,7 +73,7 @@ def main():
             n_slices += r.slices_run
             t_total += dt
         # steady-state timing on the largest case (warm), and re-prompt from the cache
-        d = np.load(str(ref / "3d" / "sct_t1w_cord.npz"))
+        d = cases3d["sct_t1w_cord"]
         box = tuple(int(v) for v in d["box3d"])
         eng.cache.clear()
         r, dt = timed(lambda: eng.segment_volume(d["volume_u8"], [box], intensity="raw"))
@@ -81,7 +89,7 @@ def main():
 
     net = build_sam("vit_b").eval()
     randomize_(net)
-    d = np.load(str(ref / "3d" / "totalseg_ct_sm_liver.npz"))
+    d = cases3d["totalseg_ct_sm_liver"]
     box = tuple(int(v) for v in d["box3d"])
     m32 = None
     for prec in ("fp32", "fp16", "bf16"):
