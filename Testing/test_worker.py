@@ -289,12 +289,13 @@ def test_volume_sent_once_and_prefetched_slices_are_not_encoded_again(ct):
     try:
         prepared = core.prepare_medsam(volume, [box], intensity="window:40,400")
         key = prepared.request.keys["volume"]
-        encode = Request("encode", dict(model="lite-medsam", device="cpu", precision="auto",
-                                        intensity="window:40,400", axis="axial", slices=[box[2], box[5]]),
-                         arrays=prepared.request.arrays, keys=prepared.request.keys)
-        core.runner.start(encode, label="prefetch")
+        encode = core.prepare_encode(prepared)          # what the effect sends when the box is placed or moved
+        assert encode.request.op == "encode" and encode.request.params["slices"] == [box[2], box[5]]
+        core.start(encode)
         pre = poll_until_done(core.runner)
         assert pre.ok and pre.result.encoded == 3 and pre.result.cached == 0, pre.message
+        mid = int((box[5] - box[2]) / 2 + box[2])
+        assert pre.result.order == [mid, mid + 1, mid - 1]           # centre slice first, then outwards
         first = core.run(prepared)
         assert first.ok and first.result.slices_encoded == 0 and first.result.slices_run == 3
         moved = (box[0] + 2,) + box[1:3] + (box[3] + 2,) + box[4:]
@@ -342,3 +343,12 @@ def test_weights_are_checked_in_the_worker_not_in_the_client(slicer_scene, tmp_p
         assert catalogue.installed_path("medsam-vit-b") is None
     finally:
         client.shutdown()
+
+
+def test_centre_first_order_matches_where_propagation_starts():
+    from medseg_backend.worker.handlers import centre_first
+
+    assert centre_first(10, 10) == [10]
+    assert centre_first(0, 5) == [2, 3, 1, 4, 0, 5]
+    assert centre_first(3, 8) == [5, 6, 4, 7, 3, 8]
+    assert sorted(centre_first(7, 30)) == list(range(7, 31))

@@ -211,13 +211,41 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
 
     def onRoiModified(self, caller=None, event=None):
         self.updateRoiInfo()
-        if self.autoUpdateEnabled() and not self.placingRoi:
-            self.autoTimer.start()             # debounced: previews once the box stops moving
+        if not self.placingRoi:
+            self.autoTimer.start()             # debounced: previews (or encodes ahead) once the box stops moving
+
+    def prefetchRun(self, prepared):
+        """Subclasses: the request that encodes ahead for a prepared run (None: nothing to prefetch)."""
+        return None
+
+    def startPrefetch(self):
+        """Encode the box's slices in the worker while the user still adjusts the box (centre slice first)."""
+        core = self.logic.core
+        if core.runner.running or not self.scriptedEffect.active():
+            return
+        try:
+            from MedSegSlicerLib import deps
+
+            if not deps.install_plan().empty:
+                return                          # never ask about installs for a background job
+            volume, segmentation, segment_id = self.inputs()
+            request = self.prefetchRun(self.prepareRun(volume, segmentation, segment_id))
+            if request is None:
+                return
+            core.start(request)
+        except Exception:  # noqa: BLE001 - a background convenience: Preview reports real problems
+            logging.debug("MedSegSlicer: no encoding ahead", exc_info=True)
+            return
+        self.prefetching = True
+        self.timer.start()
 
     def onAutoUpdate(self):
-        if self.autoUpdateEnabled() and not self.logic.core.runner.running and \
-                self.roiSelector.currentNode() is not None:
+        if self.roiSelector.currentNode() is None or self.logic.core.runner.running:
+            return
+        if self.autoUpdateEnabled():
             self.onPreview()
+        else:
+            self.startPrefetch()
 
     def newRoi(self, volume, segmentation, segment_id):
         name = segmentation.GetSegmentation().GetSegment(segment_id).GetName()
@@ -254,6 +282,8 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
                 interactionNode.GetCurrentInteractionMode() != interactionNode.Place:
             self.placingRoi = False
             self.onRoiPlaced()
+            if not self.autoUpdateEnabled():
+                self.startPrefetch()
 
     def onRoiPlaced(self):
         from MedSegSlicerLib import geometry
@@ -310,7 +340,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
 
     def updateButtons(self):
         running = self.logic.core.runner.running
-        self.previewButton.enabled = not running
+        self.previewButton.enabled = not running or getattr(self, "prefetching", False)  # preview pre-empts it
         pending = self.pending()
         self.applyButton.enabled = (not running) and pending is not None
         self.cancelButton.enabled = running or pending is not None
@@ -348,6 +378,12 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
     # ---- buttons -----------------------------------------------------------------------------------------------
     def onPreview(self):
         core = self.logic.core
+        if core.runner.running and getattr(self, "prefetching", False):
+            # the box's slices are being encoded ahead: stop that (what is encoded stays cached), then preview
+            core.runner.cancel()
+            self.previewQueued = True
+            self.setStatus("Starting the preview...")
+            return
         if core.runner.running:
             self.setStatus(f"'{core.runner.label}' is still running: wait for it or press Cancel.", error=True)
             return
@@ -385,6 +421,15 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
                 self.updateButtons()
             return
         self.timer.stop()
+        if getattr(self, "prefetching", False):
+            self.prefetching = False
+            if outcome.ok:
+                self.setStatus(f"{outcome.result.encoded} slice(s) encoded ahead: Preview will be quick.")
+            if getattr(self, "previewQueued", False):
+                self.previewQueued = False
+                self.onPreview()
+            self.updateButtons()
+            return
         run, self.running = self.running, None
         if outcome.ok and run is not None:
             scene = slicer.mrmlScene

@@ -252,5 +252,8 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
             propagation=self.propagationCombo.currentText, axis=self.axis(volume), slice_range=self.sliceRange(),
             segmentation_node=segmentation)
 
+    def prefetchRun(self, prepared):
+        return self.logic.core.prepare_encode(prepared)
+
     def maskFromResult(self, result):
         return (result.labels == 1).astype("uint8")

@@ -191,6 +191,19 @@ class MedSegCore:
                                      axis=axis, model=model,
                                      slab=editing.run_slab(boxes, axis, data.array.shape)))
 
+    def prepare_encode(self, prepared: PreparedRun) -> PreparedRun:
+        """Encode ahead of the click: the slices a prepared MedSAM run will need, centre slice first, so that
+        the Preview that follows only decodes (cancel it to preview at once; slices already encoded stay cached)."""
+        run = prepared.request
+        axis = prepared.info["axis"]
+        a = geometry.AXIS_BOX_INDEX[axis]
+        slab = prepared.info["slab"]
+        params = {k: run.params[k] for k in ("model", "weights", "device", "precision", "intensity")}
+        request = Request("encode", dict(params, axis=axis, slices=[int(slab[a]), int(slab[a + 3])]),
+                          arrays=run.arrays, keys=run.keys)
+        return PreparedRun(label="Encoding ahead", request=request, guard=prepared.guard,
+                           info=dict(prepared.info, prefetch=True))
+
     # ------------------------------------------------------------------------------------------------------
     # UniverSeg
     # ------------------------------------------------------------------------------------------------------

@@ -122,9 +122,10 @@ class Handlers:
             done[0] += n
             progress(done[0] / total, f"encoded {done[0]}/{total} slices")
 
-        engine.embeddings([work[k] for k in range(first, last + 1)], cancel, on_batch=on_batch)
+        order = centre_first(first, last)
+        engine.embeddings([work[k] for k in order], cancel, on_batch=on_batch)
         encoded = engine.cache.misses - misses
-        return {"encoded": int(encoded), "cached": int(total - encoded)}, {}
+        return {"encoded": int(encoded), "cached": int(total - encoded), "order": order}, {}
 
     def segment_box(self, p, arrays, progress, cancel, local) -> Output:
         volume = _volume(arrays)
@@ -225,6 +226,18 @@ class Handlers:
         progress(1.0, "finished")
         return {"slept": time.monotonic() - t0, "value": p.get("value"), "pid": os.getpid()}, \
             {name: np.asarray(arrays[name]) for name in p.get("echo") or []}
+
+
+def centre_first(first: int, last: int) -> List[int]:
+    """Slice indices first..last ordered as the propagation needs them: the middle slice (where it starts, the
+    official rule int((last - first) / 2 + first)), then outwards, upper side first."""
+    mid = int((last - first) / 2 + first)
+    order = [mid]
+    for d in range(1, last - first + 1):
+        for k in (mid + d, mid - d):
+            if first <= k <= last:
+                order.append(k)
+    return order
 
 
 def _volume(arrays: Dict[str, np.ndarray]) -> np.ndarray:

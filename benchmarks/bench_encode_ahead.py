@@ -1,0 +1,103 @@
+"""Encode ahead of the click (issue 15, item 1), replaying the MedSAM box effect's calls through the worker.
+
+The effect sends ``core.prepare_encode(prepared)`` when the box is placed or moved (slices encoded centre slice
+first, in the worker); Preview cancels what is left of it and runs. Two runs on a 20-slice box of the bundled CT
+(left kidney), each with a fresh worker:
+
+* head start: the box placed ``--head-start`` seconds (default 20) before Preview -> seconds from Preview to the
+  complete result (target <= 2 s on the 2-core CPU);
+* no head start: Preview at once -> seconds until the worker has the first slice (the progress report of slice 1;
+  the preview is shown when all slices are done) and until complete.
+
+Run: ``PYTHONPATH=.:MedSegSlicer python benchmarks/bench_encode_ahead.py [--head-start 20] [--slices 20]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for p in (REPO, os.path.join(REPO, "MedSegSlicer")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from MedSegSlicerLib.core import MedSegCore  # noqa: E402
+from MedSegSlicerLib.jobs import poll_step  # noqa: E402
+from MedSegSlicerLib.scenarios import slab_box  # noqa: E402
+from MedSegSlicerLib.scene import SceneContext  # noqa: E402
+from MedSegSlicerLib.worker_client import WorkerClient  # noqa: E402
+
+SAMPLE = os.path.join(REPO, "Testing", "Data", "totalseg_ct_sm")
+
+
+def poll_until(runner, stop, tick=0.02, timeout=900.0):
+    """Poll like the effect's timer until ``stop(fraction, outcome)``; returns (seconds, outcome)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        fraction, _message, outcome = poll_step(runner)
+        if stop(fraction, outcome):
+            return time.perf_counter() - t0, outcome
+        time.sleep(tick)
+    raise TimeoutError("no result")
+
+
+def warm(core, volume, box):
+    """Start the worker and load the model (the user has previewed something before), on another box."""
+    prepared = core.prepare_medsam(volume, [box], intensity="window:40,400")
+    outcome = core.run(prepared)
+    assert outcome.ok, outcome.message
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--head-start", type=float, default=20.0)
+    ap.add_argument("--slices", type=int, default=20)
+    args = ap.parse_args()
+    import SimpleITK as sitk
+
+    ctx = SceneContext.headless()
+    volume = ctx.load_volume(os.path.join(SAMPLE, "ct.nii.gz"), "ct")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(SAMPLE, "labels.nii.gz")))
+    box = slab_box((labels == 3).astype(np.uint8), args.slices)
+    other = slab_box((labels == 1).astype(np.uint8), 1)          # a spleen slice, to warm up the model
+    rows = []
+    for head_start in (args.head_start, 0.0):
+        client = WorkerClient()
+        core = MedSegCore(ctx, device="cpu", worker=client)
+        try:
+            warm(core, volume, other)
+            prepared = core.prepare_medsam(volume, [box], intensity="window:40,400")
+            if head_start > 0:
+                core.start(core.prepare_encode(prepared))          # the box is placed
+                t_placed = time.perf_counter()
+                while core.runner.running and time.perf_counter() - t_placed < head_start:
+                    poll_step(core.runner)                        # the effect's timer
+                    time.sleep(0.05)
+                time.sleep(max(0.0, head_start - (time.perf_counter() - t_placed)))
+                if core.runner.running:                          # Preview pre-empts what is left
+                    core.runner.cancel()
+                    poll_until(core.runner, lambda f, o: o is not None)
+            t0 = time.perf_counter()
+            core.start(prepared)                                  # Preview
+            first, _ = poll_until(core.runner, lambda f, o: f > 0 or o is not None)
+            _, outcome = poll_until(core.runner, lambda f, o: o is not None)
+            total = time.perf_counter() - t0
+            assert outcome.ok, outcome.message
+            encoded_ahead = args.slices - int(outcome.result.slices_encoded)
+            rows.append((head_start, encoded_ahead, first, total, int(outcome.result.slices_run)))
+        finally:
+            client.shutdown()
+    print(f"LiteMedSAM, {args.slices}-slice box (left kidney, bundled CT), CPU, through the worker")
+    print("| head start (s) | slices encoded ahead | first slice done (s) | preview complete (s) | slices run |")
+    print("|---|---|---|---|---|")
+    for head_start, ahead, first, total, run in rows:
+        print(f"| {head_start:.0f} | {ahead} | {first:.2f} | {total:.2f} | {run} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
