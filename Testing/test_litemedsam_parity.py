@@ -39,7 +39,7 @@ def test_3d_reference_parity(engine, shared_dir):
     for f in _cases(shared_dir, "3d"):
         d = np.load(f)
         box = tuple(int(v) for v in d["box3d"])
-        res = engine.segment_volume(d["volume_u8"], [box], intensity="raw")
+        res = engine.segment_volume(d["volume_u8"], [box], intensity="raw", propagation="official")
         dr, dg = dice(res.labels, d["ref_mask"]), dice(res.labels, d["gt"])
         rows.append((f.stem, dr, dg, float(d["dice_vs_gt"])))
         assert dr >= 0.98, f"{f.name}: Dice {dr:.4f} to the reference mask"
@@ -54,7 +54,7 @@ def test_3d_reference_parity(engine, shared_dir):
 def test_3d_multiobject_parity(engine, shared_dir):
     d = np.load(shared_dir / "reference" / "litemedsam" / "3d_multiobject" / "totalseg_ct_sm_4organs.npz")
     boxes = [tuple(int(v) for v in b) for b in d["boxes3d"]]
-    res = engine.segment_volume(d["volume_u8"], boxes, intensity="raw")
+    res = engine.segment_volume(d["volume_u8"], boxes, intensity="raw", propagation="official")
     for i in range(1, len(boxes) + 1):
         di = dice(res.labels == i, d["ref_mask"] == i)
         assert di >= 0.98, f"object {i}: Dice {di:.4f}"

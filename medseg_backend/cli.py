@@ -56,10 +56,13 @@ def _add_medsam(sub) -> None:
     p.add_argument("--slice", type=int, help="segment only this slice (index along --axis) of a volume with a 2-D box")
     p.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"],
                    help="slicing axis in voxel space (axial = along K)")
-    p.add_argument("--propagation", default="official", choices=["official", "roi", "stop"],
-                   help="official: carry the previous slice's mask box (LiteMedSAM 3-D procedure); roi: the "
-                        "ROI's box on every slice; stop: official, but stop after --stop-after empty slices")
+    p.add_argument("--propagation", default="adaptive", choices=["adaptive", "official", "roi", "stop"],
+                   help="adaptive (default): carry the previous mask's box, switch to the ROI's box where that is "
+                        "more confident, stop where the object ends; official: the LiteMedSAM 3-D procedure; roi: "
+                        "the ROI's box on every slice; stop: official, but stop after --stop-after empty slices")
     p.add_argument("--stop-after", type=int, default=2)
+    p.add_argument("--slice-report", help="3-D: per-slice report (object, slice, area, confidence, flag), .csv or "
+                                          ".json (default: <output stem>.slices.csv beside the label map)")
     p.add_argument("--probabilities", help="also write the probability map (float32; .nrrd, .nii.gz, .mha, .tif)")
     p.add_argument("--overlay", help="also write a PNG picture of the result (middle slice of the first box in 3-D)")
     p.set_defaults(func=cmd_medsam)
@@ -77,9 +80,14 @@ def cmd_medsam(args) -> int:
                           what="probability")
     if args.overlay:
         check_output_path(args.overlay, allowed=(".png",), what="overlay")
+    if args.slice_report:
+        check_output_path(args.slice_report, allowed=(".csv", ".json"), what="slice report")
     img = read_image(args.image)
     arr = img.array
     volume = arr.ndim == 3 and not img.is_rgb
+    if args.slice_report and not (volume and args.slice is None):
+        raise MedSegError("--slice-report is for 3-D runs (a volume with a 3-D box): drop it for 2-D images and "
+                          "--slice.")
     t0 = time.perf_counter()
     engine = MedSAMEngine(args.model, weights=args.weights, device=args.device, precision=args.precision)
     if not volume or args.slice is not None:
@@ -133,10 +141,28 @@ def cmd_medsam(args) -> int:
         write_float_image(args.probabilities, prob, img.geometry)
     if args.overlay:
         write_rgb_png(args.overlay, picture())
+    if volume and args.slice is None:
+        report = write_slice_report(args, res3, img.geometry)
+        print(f"wrote {report}: {len(res3.slices)} slice(s), {len(res3.flagged())} flagged for review")
     voxels = int(np.count_nonzero(labels))
     print(f"wrote {args.output}: {voxels} voxels labelled, {n_run} slice(s), {dt:.1f} s "
           f"({engine.model_name}, {engine.device.type}, {engine.precision})")
     return 0
+
+
+def write_slice_report(args, result, geometry) -> str:
+    """Write the per-slice report of a 3-D run (``--slice-report`` or ``<output stem>.slices.csv``)."""
+    from .confidence import report_text
+
+    path = args.slice_report
+    if not path:
+        out = Path(args.output)
+        stem = out.name[: -len(".nii.gz")] if out.name.lower().endswith(".nii.gz") else out.stem
+        path = str(out.with_name(stem + ".slices.csv"))
+    spacing = getattr(geometry, "spacing", None)
+    text = report_text(result.slices, spacing, args.axis, "json" if path.lower().endswith(".json") else "csv")
+    Path(path).write_text(text)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------------
