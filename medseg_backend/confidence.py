@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 #: Slices whose confidence is below this are flagged for review.
-FLAG_BELOW = 0.5
+FLAG_BELOW = 0.8
 #: Logit offset of the stability score.
 STABILITY_OFFSET = 1.0
 

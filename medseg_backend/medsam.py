@@ -6,7 +6,7 @@ volume re-encodes nothing. 3-D propagation modes (all start at the middle slice 
 * ``official``: the LiteMedSAM procedure (``MODEL_FACTS.md``): each slice prompted with the previous slice's mask
   box (+3 px in 256-space), the middle box again when the previous mask is empty. Never stops early.
 * ``roi``: the user's 2-D box on every slice. ``stop``: ``official``, stopping after ``stop_after`` empty slices.
-* ``adaptive`` (default): the carried box (the official rule, kept inside the user's box); where its mask's
+* ``adaptive`` (default): the carried box (the official rule, kept within the user's box + 3 px); where its mask's
   confidence is below :data:`ROI_BELOW` the user's box is decoded too and the more confident mask is kept; the
   walk stops where the object ends (empty mask, or confidence below :data:`END_BELOW` while the area shrinks).
 
@@ -44,8 +44,6 @@ MODELS = ("lite-medsam", "medsam-vit-b")
 PROPAGATIONS = ("adaptive", "official", "roi", "stop")
 #: The propagation used when none is named (CLI, Python API, Slicer).
 DEFAULT_PROPAGATION = "adaptive"
-#: Adaptive propagation: the carried box grows by this fraction of its size each side (then kept inside the ROI).
-ADAPT_GROW = 0.0
 #: Adaptive propagation: the object has ended where the confidence falls below this while the area shrinks.
 END_BELOW = 0.5
 #: Adaptive propagation: the user's box is tried too on slices where the carried box's confidence is below this.
@@ -524,13 +522,12 @@ class MedSAMEngine:
         return view
 
     def _adapt_box(self, carried: np.ndarray, roi_box: np.ndarray) -> np.ndarray:
-        """The carried box grown by :data:`ADAPT_GROW` of its size (so the mask can grow back after a slice
-        where it shrank) and kept inside the user's box (so it cannot wander off)."""
-        x0, y0, x1, y1 = (float(v) for v in carried)
-        gx, gy = ADAPT_GROW * (x1 - x0), ADAPT_GROW * (y1 - y0)
-        b = np.array([x0 - gx, y0 - gy, x1 + gx, y1 + gy], dtype=np.float32)
-        lo = np.minimum(np.maximum(b[:2], roi_box[:2]), roi_box[2:])
-        hi = np.maximum(np.minimum(b[2:], roi_box[2:]), lo)
+        """The carried box kept inside the user's box plus the official +3 px margin (a 256-grid's 3 px in
+        model-input space): it cannot wander off, and keeps the context the model was trained with."""
+        m = 3.0 * self.img_size / pp.LITE_SIZE
+        lo_lim, hi_lim = roi_box[:2] - m, roi_box[2:] + m
+        lo = np.minimum(np.maximum(carried[:2], lo_lim), hi_lim)
+        hi = np.maximum(np.minimum(carried[2:], hi_lim), lo)
         return np.concatenate([lo, hi]).astype(np.float32)
 
     def _box_from_mask(self, mask: np.ndarray, obj: int, h: int, w: int) -> Optional[np.ndarray]:
