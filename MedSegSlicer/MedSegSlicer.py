@@ -449,16 +449,19 @@ class MedSegSlicerLogic(ScriptedLoadableModuleLogic):
 
     # ---- batch segmentation -------------------------------------------------------------------------------
     def segmentWithMedSAM(self, volumeNode, roiNodes, segmentationNode=None, segmentNames=None,
-                          model="lite-medsam", intensity=None, propagation="official", axis="axial",
+                          model="lite-medsam", intensity=None, propagation=None, axis="axial",
                           sliceRange=None, mode="replace"):
         """MedSAM from one or more ROI nodes (or voxel boxes): one segment per ROI. ``intensity=None`` uses the
-        volume's window/level. Returns ``(segmentationNode, [segmentIds])``."""
+        volume's window/level; ``propagation=None`` the default mode (official). Returns
+        ``(segmentationNode, [segmentIds])``."""
+        from MedSegSlicerLib.core import DEFAULT_PROPAGATION
+
         self.ensureWeights(model, ask=True)
         if not isinstance(roiNodes, (list, tuple)) or (len(roiNodes) == 6 and all(isinstance(v, int) for v in roiNodes)):
             roiNodes = [roiNodes]
         seg, ids, outcome = self.core.segment_with_medsam(
             volumeNode, list(roiNodes), segmentationNode, names=segmentNames, mode=mode, model=model,
-            intensity=intensity, propagation=propagation, axis=axis, slice_range=sliceRange)
+            intensity=intensity, propagation=propagation or DEFAULT_PROPAGATION, axis=axis, slice_range=sliceRange)
         for message in outcome.result.messages:
             logging.info("MedSegSlicer: %s", message)
         return seg, ids

@@ -31,7 +31,7 @@ def test_3d_reference_parity(engine, litemedsam_3d_cases):
     rows = []
     for name, d in litemedsam_3d_cases.items():
         box = tuple(int(v) for v in d["box3d"])
-        res = engine.segment_volume(d["volume_u8"], [box], intensity="raw")
+        res = engine.segment_volume(d["volume_u8"], [box], intensity="raw", propagation="official")
         dr, dg = dice(res.labels, d["ref_mask"]), dice(res.labels, d["gt"])
         rows.append((name, dr, dg, float(d["dice_vs_gt"])))
         assert dr >= 0.98, f"{name}: Dice {dr:.4f} to the reference mask"
@@ -46,7 +46,7 @@ def test_3d_reference_parity(engine, litemedsam_3d_cases):
 def test_3d_multiobject_parity(engine, litemedsam_3d_multiobject):
     d = litemedsam_3d_multiobject
     boxes = [tuple(int(v) for v in b) for b in d["boxes3d"]]
-    res = engine.segment_volume(d["volume_u8"], boxes, intensity="raw")
+    res = engine.segment_volume(d["volume_u8"], boxes, intensity="raw", propagation="official")
     for i in range(1, len(boxes) + 1):
         di = dice(res.labels == i, d["ref_mask"] == i)
         assert di >= 0.98, f"object {i}: Dice {di:.4f}"

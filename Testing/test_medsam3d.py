@@ -34,7 +34,7 @@ def _kidney_box(lab, n=5):
 def test_box_on_real_ct_matches_label_and_cache_reuses_embeddings(engine, ct):
     vol, lab = ct
     box = _kidney_box(lab)
-    res = engine.segment_volume(vol, [box])
+    res = engine.segment_volume(vol, [box], propagation="official")
     z0, z1 = box[2], box[5]
     d = dice(res.labels[z0:z1 + 1], lab[z0:z1 + 1] == 3)
     assert d > 0.85, d
@@ -43,10 +43,10 @@ def test_box_on_real_ct_matches_label_and_cache_reuses_embeddings(engine, ct):
     assert "ct-abdomen" in res.messages[0]
     # a moved box on the same volume re-encodes nothing
     moved = (box[0] + 2, box[1] + 1, box[2], box[3] + 2, box[4] + 1, box[5])
-    res2 = engine.segment_volume(vol, [moved])
+    res2 = engine.segment_volume(vol, [moved], propagation="official")
     assert res2.slices_encoded == 0 and res2.slices_run == 5
     # a different intensity preset is a different encoder input: re-encoded
-    res3 = engine.segment_volume(vol, [box], intensity="window:40,350")
+    res3 = engine.segment_volume(vol, [box], intensity="window:40,350", propagation="official")
     assert res3.slices_encoded == 5
 
 

@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from .choices import AXES, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PRECISIONS, PROPAGATIONS
 from .cli_common import progress_printer as _progress_printer, quiet_check as _quiet_check
 from .errors import MedSegError, MedSegWarning
 from .metrics import bbox3d, dice  # noqa: F401  (re-exported for scripts and tests)
@@ -35,18 +36,22 @@ def _add_medsam(sub) -> None:
                    help="X0,Y0,X1,Y1 (2-D or with --slice) or X0,Y0,Z0,X1,Y1,Z1 (3-D); repeat for several "
                         "objects (labels 1..N)")
     p.add_argument("-o", "--output", required=True, help="label map to write (.nrrd, .nii.gz, .mha, .png, .tif)")
-    p.add_argument("--model", default="lite-medsam", choices=["lite-medsam", "medsam-vit-b"])
+    p.add_argument("--model", default=MEDSAM_MODELS[0], choices=MEDSAM_MODELS)
     p.add_argument("--weights", help="checkpoint file (default: the installed weights, see `medseg models list`)")
     p.add_argument("--intensity", default="auto", help=INTENSITY_HELP)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--slice", type=int, help="segment only this slice (index along --axis) of a volume with a 2-D box")
-    p.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"],
+    p.add_argument("--axis", default="axial", choices=list(AXES),
                    help="slicing axis in voxel space (axial = along K)")
-    p.add_argument("--propagation", default="official", choices=["official", "roi", "stop"],
-                   help="official: carry the previous slice's mask box (LiteMedSAM 3-D procedure); roi: the "
-                        "ROI's box on every slice; stop: official, but stop after --stop-after empty slices")
+    p.add_argument("--propagation", default=DEFAULT_PROPAGATION, choices=PROPAGATIONS,
+                   help="official (default): the LiteMedSAM 3-D procedure; adaptive (experimental): carry the "
+                        "previous mask's box, switch to the ROI's box where that is more confident, stop where the "
+                        "object ends; roi: the ROI's box on every slice; stop: official, but stop after "
+                        "--stop-after empty slices")
     p.add_argument("--stop-after", type=int, default=2)
+    p.add_argument("--slice-report", help="3-D: per-slice report (object, slice, area, confidence, flag), .csv or "
+                                          ".json (default: <output stem>.slices.csv beside the label map)")
     p.add_argument("--probabilities", help="also write the probability map (float32; .nrrd, .nii.gz, .mha, .tif)")
     p.add_argument("--overlay", help="also write a PNG picture of the result (middle slice of the first box in 3-D)")
     p.set_defaults(func=cmd_medsam)
@@ -57,19 +62,24 @@ def cmd_medsam(args) -> int:
     from .io import (IMAGE_2D_OUTPUTS, OVERLAY_EXTENSIONS, PROBABILITY_EXTENSIONS, LABEL_EXTENSIONS, _has_ext,
                      check_outputs, check_volume_format, float_image, label_image, read_image, rgb_image,
                      write_images)
-    from .medsam import AXES, MedSAMEngine, check_box, parse_box
+    from .medsam import MedSAMEngine, check_box, parse_box
     from .overlay import overlay_rgb
 
     # 1. Every output path, before anything is read or computed.
+    report_path = slice_report_path(args)
     check_outputs([(args.output, "output", LABEL_EXTENSIONS),
                    (args.probabilities, "probability map", PROBABILITY_EXTENSIONS),
-                   (args.overlay, "overlay", OVERLAY_EXTENSIONS)],
+                   (args.overlay, "overlay", OVERLAY_EXTENSIONS),
+                   (report_path, "slice report", (".csv", ".json"))],
                   inputs=[args.image, args.weights])
     # 2. The input, the boxes and the intensity preset, before the model is loaded.
     img = read_image(args.image)
     arr = img.array
     volume = arr.ndim == 3 and not img.is_rgb
     plane_out = False  # --slice with a 2-D picture output: write that slice only
+    if args.slice_report and not (volume and args.slice is None):
+        raise MedSegError("--slice-report is for 3-D runs (a volume with a 3-D box): drop it for 2-D images and "
+                          "--slice.")
     if not volume or args.slice is not None:
         boxes = [parse_box(b, 2) for b in args.box]
         if len(boxes) != 1:
@@ -147,11 +157,42 @@ def cmd_medsam(args) -> int:
         items.append((args.probabilities, float_image(prob, geometry)))
     if args.overlay:
         items.append((args.overlay, rgb_image(picture())))
+    report = None
+    if volume and args.slice is None:
+        report = report_path or default_slice_report_path(args.output)
+        items.append((report, slice_report_text(report, res3, img.geometry, args.axis)))
     write_images(items)
+    if report:
+        print(f"wrote {report}: {len(res3.slices)} slice(s), {len(res3.flagged())} flagged for review")
     voxels = int(np.count_nonzero(labels))
     print(f"wrote {args.output}: {voxels} voxels labelled, {n_run} slice(s), {dt:.1f} s "
           f"({engine.model_name}, {engine.device.type}, {engine.precision})")
     return 0
+
+
+def default_slice_report_path(output: str) -> str:
+    """``<output stem>.slices.csv`` beside the label map."""
+    out = Path(output)
+    stem = out.name[: -len(".nii.gz")] if out.name.lower().endswith(".nii.gz") else out.stem
+    return str(out.with_name(stem + ".slices.csv"))
+
+
+def slice_report_path(args) -> Optional[str]:
+    """The per-slice report of a 3-D run: ``--slice-report`` or, for a 3-D box, the default beside the label map
+    (known before the image is read only when given or when the boxes are 3-D)."""
+    if args.slice_report:
+        return args.slice_report
+    if args.slice is None and args.box and all(len(b.split(",")) == 6 for b in args.box):
+        return default_slice_report_path(args.output)
+    return None
+
+
+def slice_report_text(path: str, result, geometry, axis: str) -> str:
+    """The per-slice report (CSV, or JSON for a .json path): object, slice, area, confidence, flag."""
+    from .confidence import report_text
+
+    spacing = getattr(geometry, "spacing", None)
+    return report_text(result.slices, spacing, axis, "json" if path.lower().endswith(".json") else "csv")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -164,7 +205,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="segment the bundled abdominal CT sample with the embedded LiteMedSAM")
     p.add_argument("--data", help="folder with ct.nii.gz and labels.nii.gz (default: Testing/Data/totalseg_ct_sm)")
     p.add_argument("--output", default="demo-output", help="folder for the label map and the overlay PNG")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=cmd_demo)
 
 

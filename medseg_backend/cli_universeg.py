@@ -13,6 +13,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from .choices import AXES, DEVICES, PRECISIONS
 from .errors import InputError, MedSegWarning
 
 INTENSITY_HELP = ("intensity preset for examples and target: auto, raw, ct-abdomen, ct-lung, ct-brain, "
@@ -99,7 +100,7 @@ def _add_universeg(sub) -> None:
                                  "voxels outside stay 0 (default: whole target, region from the examples)")
     p.add_argument("--label", type=int, help="value of the structure in the example labels (default: the "
                                              "library's, else 1)")
-    p.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"],
+    p.add_argument("--axis", default="axial", choices=list(AXES),
                    help="slicing axis in voxel space (axial = along K)")
     p.add_argument("--support-size", type=int, default=64, help="examples per pass (UniverSeg was trained with 64)")
     p.add_argument("--ensemble", type=int, default=1,
@@ -110,8 +111,8 @@ def _add_universeg(sub) -> None:
                    help="crop each slice around its neighbour's result (outward from the middle slice)")
     p.add_argument("--intensity", default=None, help=INTENSITY_HELP)
     p.add_argument("--weights", help="UniverSeg checkpoint (default: the installed universeg-v1)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto = fp32 (exact); bf16/fp16 are faster, with small differences")
     p.add_argument("--output-value", type=int, help="value written for the structure (default: --label)")
     p.add_argument("--no-keep-labelled", action="store_true",
@@ -225,7 +226,7 @@ def _add_library(sub) -> None:
     e.add_argument("--modality", default="unknown", help="e.g. CT, MR, US")
     e.add_argument("--intensity", default="auto", help="preset to use with these examples (default auto)")
     e.add_argument("--label", type=int, default=1, help="value of the structure in the labels (default 1)")
-    e.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"],
+    e.add_argument("--axis", default="axial", choices=list(AXES),
                    help="with --volume: slicing axis of the exported slices")
     e.add_argument("--max-slices", type=int, help="with --volume: keep this many evenly spaced labelled slices")
     e.add_argument("--overwrite", action="store_true", help="replace an existing library folder")

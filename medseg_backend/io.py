@@ -448,9 +448,9 @@ def check_volume_format(path: Optional[str], shape: Sequence[int], *, is_volume:
 
 
 def write_images(items: Sequence[Tuple[str, object]]) -> None:
-    """Write SimpleITK images ``[(path, image), ...]`` all or nothing: each into a temporary file in its target
-    folder; only when every one was written are they moved into place (:func:`os.replace`). On any failure (or
-    an interrupt) no new output and no temporary file remains."""
+    """Write SimpleITK images (or text, for a ``str``) ``[(path, image), ...]`` all or nothing: each into a
+    temporary file in its target folder; only when every one was written are they moved into place
+    (:func:`os.replace`). On any failure (or an interrupt) no new output and no temporary file remains."""
     sitk = _sitk()
     temps: List[Tuple[str, str]] = []
     placed: List[str] = []
@@ -462,7 +462,11 @@ def write_images(items: Sequence[Tuple[str, object]]) -> None:
             fd, tmp = tempfile.mkstemp(prefix=".medseg-", suffix=_suffix(path), dir=folder)
             os.close(fd)
             temps.append((tmp, path))
-            sitk.WriteImage(img, tmp, True)
+            if isinstance(img, str):
+                with open(tmp, "w", encoding="utf-8") as fh:
+                    fh.write(img)
+            else:
+                sitk.WriteImage(img, tmp, True)
             make_public(tmp)
         for tmp, path in temps:
             current = path

@@ -1,9 +1,17 @@
 """Box-prompted segmentation with MedSAM (ViT-B) and LiteMedSAM: 2-D images and slice-wise 3-D volumes.
 
 :class:`MedSAMEngine` holds one model on one device plus an embedding cache, so a second box on the same
-volume re-encodes nothing. The 3-D propagation follows the official LiteMedSAM procedure by default
-(``MODEL_FACTS.md``): start at the middle slice of the box, walk up then down, each slice prompted with the
-previous slice's mask box (+3 px in 256-space) and the middle box again when the previous mask is empty.
+volume re-encodes nothing. 3-D propagation modes (all start at the middle slice of the box, walk up then down):
+
+* ``official`` (default): the LiteMedSAM procedure (``MODEL_FACTS.md``): each slice prompted with the previous
+  slice's mask box (+3 px in 256-space), the middle box again when the previous mask is empty. Never stops early.
+* ``roi``: the user's 2-D box on every slice. ``stop``: ``official``, stopping after ``stop_after`` empty slices.
+* ``adaptive`` (experimental): the carried box (the official rule, kept within the user's box + 3 px); where its mask's
+  confidence is below :data:`ROI_BELOW` the user's box is decoded too and the more confident mask is kept; the
+  walk stops where the object ends (empty mask, or confidence below :data:`END_BELOW` while the area shrinks).
+
+Every mode returns one :class:`~medseg_backend.confidence.SliceRecord` per object and slice written (area,
+confidence, review flag; see :mod:`medseg_backend.confidence`), from the same decoder pass (no extra cost).
 
 Speed (issue 3): encoder inputs do not depend on the prompt, so slices are encoded in batches ahead of the
 propagation front; embeddings are cached by slice content, model and precision within a memory budget;
@@ -24,15 +32,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import confidence as conf
+from .choices import AXES, DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS  # noqa: F401
 from . import preprocess as pp
+from .confidence import SliceRecord
 from .devices import configure_cpu_threads, pick_device
 from .errors import InputError, MedSegWarning
 from .intensity import IntensityRule, apply_intensity, resolve_preset
 from .progress import CancelToken, ProgressCallback, check, report
 
-MODELS = ("lite-medsam", "medsam-vit-b")
-PROPAGATIONS = ("official", "roi", "stop")
-AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+MODELS = MEDSAM_MODELS
+#: The propagation used when none is named (CLI, Python API, Slicer).
+
+#: Adaptive propagation: the object has ended where the confidence falls below this while the area shrinks.
+END_BELOW = 0.5
+#: Adaptive propagation: the user's box is tried too on slices where the carried box's confidence is below this.
+ROI_BELOW = 0.8
 
 # Half precision kept on by default only where measured to keep Dice >= 0.99 to fp32 on every reference case
 # (README "Precision"). Measured: LiteMedSAM bf16 on this CPU fell to Dice 0.77 (2-D) and was slower; on an
@@ -177,6 +192,12 @@ class MedSAMResult:
     slices_encoded: int = 0
     seconds: float = 0.0
     per_box: List[Dict] = field(default_factory=list)
+    #: One record per object and slice written (slice index along the run's axis, area, confidence, flag).
+    slices: List[SliceRecord] = field(default_factory=list)
+
+    def flagged(self) -> List[SliceRecord]:
+        """The slices to review."""
+        return [r for r in self.slices if r.flagged]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -351,7 +372,7 @@ class MedSAMEngine:
 
     # -- 3-D -----------------------------------------------------------------------------------------------
     def segment_volume(self, volume: np.ndarray, boxes: Sequence[Sequence[int]], *,
-                       intensity: Union[str, IntensityRule] = "auto", propagation: str = "official",
+                       intensity: Union[str, IntensityRule] = "auto", propagation: str = DEFAULT_PROPAGATION,
                        stop_after: int = 2, axis: str = "axial", progress: Optional[ProgressCallback] = None,
                        cancel: Optional[CancelToken] = None) -> MedSAMResult:
         """Segment ``volume`` (K, J, I) slice-wise from 3-D boxes (x0, y0, z0, x1, y1, z1), voxel indices,
@@ -420,22 +441,27 @@ class MedSAMEngine:
         report(progress, 1.0, "done")
         return MedSAMResult(labels=labels, probabilities=probs, messages=msgs, slices_run=sum(p["slices_run"] for p in per_box),
                             slices_encoded=self.cache.misses - enc_before, seconds=time.perf_counter() - t0,
-                            per_box=per_box)
+                            per_box=per_box, slices=[r for p in per_box for r in p["records"]])
 
     def _propagate(self, work: np.ndarray, labels: np.ndarray, probs: np.ndarray, obj: int, s0: int, s1: int,
                    box2d: Tuple[int, int, int, int], mode: str, stop_after: int,
                    cancel: Optional[CancelToken], tick) -> Dict:
-        """Run one object through its slice range; writes ``obj`` into ``labels`` (later objects overwrite)."""
+        """Run one object through its slice range; writes ``obj`` into ``labels`` (later objects overwrite).
+        Returns the run's summary with one :class:`SliceRecord` per slice written (key ``records``)."""
         depth, h, w = work.shape
         mid = int((s1 - s0) / 2 + s0)
         up = list(range(mid, min(s1 + 1, depth)))
         down = list(range(mid - 1, max(-1, s0 - 1), -1))
-        mid_box = self.box_to_model(box2d, h, w)
+        roi_box = self.box_to_model(box2d, h, w)
         geom = self._geometry(h, w)
-        sources = {"middle": 0, "previous": 0, "fallback": 0}
+        sources = {"middle": 0, "previous": 0, "fallback": 0, "roi": 0}
         masks: Dict[int, np.ndarray] = {}
-        for order, step in ((up, -1), (down, +1)):
+        views: Dict[int, _SliceView] = {}
+        records: Dict[int, SliceRecord] = {}
+        ends: Dict[str, Optional[int]] = {"up": None, "down": None}
+        for order, step, side in ((up, -1, "up"), (down, +1, "down")):
             empty_run = 0
+            ended = _EndOfObject()
             # Encode ahead of the front in batches; decode sequentially (each box depends on the last mask).
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start: start + self.batch_size]
@@ -443,21 +469,21 @@ class MedSAMEngine:
                 embs = self.embeddings([work[k] for k in chunk], cancel)
                 stop = False
                 for k, emb in zip(chunk, embs):
-                    mbox = None
-                    if mode != "roi" and k != mid:
-                        prev = masks.get(k + step)
-                        if prev is not None and prev.any():
-                            mbox = self._box_from_mask(prev, obj, h, w)
-                    if mbox is not None:
-                        sources["previous"] += 1
-                    else:
-                        sources["middle" if (k == mid or mode == "roi") else "fallback"] += 1
-                        mbox = mid_box
-                    _, prob = self._upsample(self._decode(emb, mbox), geom, want_logits=False)
+                    prev = masks.get(k + step)
+                    prev_view = views.get(k + step)
+                    view = self._choose(emb, mode, k == mid, prev, prev_view, obj, roi_box, h, w)
+                    sources[view.source] += 1
+                    if mode == "adaptive" and ended.update(view):
+                        ends[side] = k
+                        stop = True
+                        break
+                    _, prob = self._upsample(view.low, geom, want_logits=False)
                     mask = prob > 0.5
                     labels[k][mask] = obj
                     np.maximum(probs[k], prob, out=probs[k])
                     masks[k] = mask
+                    views[k] = view
+                    records[k] = view.record(obj, k, int(np.count_nonzero(mask)))
                     tick(k)
                     if mode == "stop":
                         empty_run = 0 if mask.any() else empty_run + 1
@@ -466,7 +492,59 @@ class MedSAMEngine:
                             break
                 if stop:
                     break
-        return {"z_middle": mid, "slices_run": len(masks), **sources}
+        recs = [records[k] for k in sorted(records)]
+        return {"z_middle": mid, "slices_run": len(masks), **sources, "ended_at": ends, "records": recs}
+
+    # -- one slice -----------------------------------------------------------------------------------------
+    def _low_crop(self, h: int, w: int) -> Tuple[int, int]:
+        """Rows and columns of the 256 x 256 low-res output that cover the image (LiteMedSAM pads)."""
+        if self.kind == "lite":
+            return pp.lite_resized_size(h, w)
+        return pp.LITE_SIZE, pp.LITE_SIZE
+
+    @torch.inference_mode()
+    def _view(self, emb: torch.Tensor, box_model: np.ndarray, source: str, prev_view: Optional["_SliceView"],
+              h: int, w: int) -> "_SliceView":
+        """Decode one box on one slice (one decoder pass gives the mask, the IoU head and the three multimask
+        outputs) and compute the confidence signals on the low-res grid."""
+        boxes = torch.as_tensor(box_model, dtype=torch.float32, device=self.device).reshape(1, 4)
+        low, iou = self.net.decode_boxes(emb.float(), boxes, all_outputs=True)
+        ch, cw = self._low_crop(h, w)
+        low_c = low[0, :, :ch, :cw].float().cpu()
+        masks = (low_c > 0).numpy()
+        neighbour = 1.0 if prev_view is None else conf.mask_iou(masks[0], prev_view.low_mask)
+        return _SliceView(low=low[:, :1], low_mask=masks[0], box=np.asarray(box_model, dtype=np.float32),
+                          source=source, iou=float(iou[0, 0]), stability=conf.stability(low_c[0]),
+                          agreement=float(np.mean([conf.mask_iou(masks[0], m) for m in masks[1:]])),
+                          neighbour=neighbour)
+
+    def _choose(self, emb, mode: str, is_mid: bool, prev: Optional[np.ndarray], prev_view: Optional["_SliceView"],
+                obj: int, roi_box: np.ndarray, h: int, w: int) -> "_SliceView":
+        """The slice's decoded mask under ``mode``, with its confidence signals."""
+        carried = None
+        if mode != "roi" and not is_mid and prev is not None and prev.any():
+            carried = self._box_from_mask(prev, obj, h, w)
+            if carried is not None and mode == "adaptive":
+                carried = self._adapt_box(carried, roi_box)
+        if carried is None:
+            source = "middle" if is_mid else ("roi" if mode in ("roi", "adaptive") else "fallback")
+            return self._view(emb, roi_box, source, prev_view, h, w)
+        view = self._view(emb, carried, "previous", prev_view, h, w)
+        if mode == "adaptive" and view.confidence < ROI_BELOW:
+            # The carried box looks doubtful here: try the user's box and keep the more confident mask.
+            alt = self._view(emb, roi_box, "roi", prev_view, h, w)
+            if alt.confidence > view.confidence:
+                view = alt
+        return view
+
+    def _adapt_box(self, carried: np.ndarray, roi_box: np.ndarray) -> np.ndarray:
+        """The carried box kept inside the user's box plus the official +3 px margin (a 256-grid's 3 px in
+        model-input space): it cannot wander off, and keeps the context the model was trained with."""
+        m = 3.0 * self.img_size / pp.LITE_SIZE
+        lo_lim, hi_lim = roi_box[:2] - m, roi_box[2:] + m
+        lo = np.minimum(np.maximum(carried[:2], lo_lim), hi_lim)
+        hi = np.maximum(np.minimum(carried[2:], hi_lim), lo)
+        return np.concatenate([lo, hi]).astype(np.float32)
 
     def _box_from_mask(self, mask: np.ndarray, obj: int, h: int, w: int) -> Optional[np.ndarray]:
         """Next slice's prompt from the previous mask, in model-input space.
@@ -501,6 +579,47 @@ def _blank_slices(vol_u8: np.ndarray, boxes: Sequence[Sequence[int]], ax: int) -
         start = (z0, y0, x0)[ax]
         out.update(start + int(i) for i in np.flatnonzero(flat))
     return sorted(out)
+
+
+@dataclass
+class _SliceView:
+    """One decoded box on one slice."""
+    low: torch.Tensor         # (1, 1, 256, 256) low-res logits of the single-mask output
+    low_mask: np.ndarray      # its mask on the low-res grid (cropped to the image), for the signals
+    box: np.ndarray           # the prompt, model-input space
+    source: str
+    iou: float
+    stability: float
+    agreement: float
+    neighbour: float
+
+    @property
+    def confidence(self) -> float:
+        if not self.low_mask.any():
+            return 0.0
+        return conf.combine(self.iou, self.stability, self.agreement, self.neighbour)
+
+    def record(self, obj: int, k: int, area: int) -> SliceRecord:
+        c = self.confidence if area else 0.0
+        return SliceRecord(object=obj, slice=k, area=area, confidence=c, flagged=bool(area == 0 or c < conf.FLAG_BELOW),
+                           source="carried" if self.source == "previous" else "roi", iou=self.iou,
+                           stability=self.stability, agreement=self.agreement, neighbour=self.neighbour)
+
+
+class _EndOfObject:
+    """Adaptive propagation: has the object ended? Yes on an empty mask, or when the confidence has fallen
+    below :data:`END_BELOW` and the area is shrinking."""
+
+    def __init__(self) -> None:
+        self.prev_area: Optional[int] = None
+
+    def update(self, view: _SliceView) -> bool:
+        area = int(np.count_nonzero(view.low_mask))
+        if area == 0:
+            return True
+        shrinking = self.prev_area is not None and area < self.prev_area
+        self.prev_area = area
+        return view.confidence < END_BELOW and shrinking
 
 
 def _rule(intensity, array) -> Tuple[IntensityRule, str]:

@@ -8,13 +8,11 @@ import qt
 
 from MedSegSlicerEffects.EffectBase import VIEWS, MedSegEffectBase
 from MedSegSlicerLib import geometry, segments
-from MedSegSlicerLib import core as medseg_core
-from MedSegSlicerLib.core import MEDSAM_MODELS, PROPAGATIONS
+from MedSegSlicerLib.core import DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS
 from MedSegSlicerLib.errors import MedSegError
 
 #: propagation modes offered in the effect (``stop`` never differed from ``official`` on any measured case)
 EFFECT_PROPAGATIONS = tuple(p for p in PROPAGATIONS if p != "stop")
-DEFAULT_PROPAGATION = getattr(medseg_core, "DEFAULT_PROPAGATION", EFFECT_PROPAGATIONS[0])
 
 try:  # Slicer's translation function (slicer.i18n, Slicer >= 5.4); plain strings where it is missing
     from slicer.i18n import tr as _

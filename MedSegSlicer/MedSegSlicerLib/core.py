@@ -20,22 +20,22 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from medseg_backend.choices import AXES as _AXES
+from medseg_backend.choices import DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PROPAGATIONS
+from medseg_backend.worker.handlers import EngineCache, Handlers
+from medseg_backend.worker.protocol import Request
+
 from . import examples as ex
 from . import editing, geometry, segments
 from .errors import InputError, MedSegWarning
-from medseg_backend.worker.handlers import EngineCache, Handlers
-from medseg_backend.worker.protocol import Request
 
 from . import worker_client
 from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, run_blocking
 
 __all__ = ["MedSegCore", "PreparedRun", "EngineCache", "volume_key", "raise_unless_ok"]
 
-DEFAULT_MODEL = "lite-medsam"
-MEDSAM_MODELS = ("lite-medsam", "medsam-vit-b")
-PROPAGATIONS = ("official", "roi", "stop")
-AXES = ("axial", "coronal", "sagittal")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEFAULT_MODEL = MEDSAM_MODELS[0]
+AXES = tuple(_AXES)          # axis names, in the backend's order
 
 
 @contextmanager
@@ -155,7 +155,7 @@ class MedSegCore:
         return boxes
 
     def prepare_medsam(self, volume_node, rois, *, model: str = DEFAULT_MODEL, weights: Optional[str] = None,
-                       intensity: Optional[str] = None, propagation: str = "official", axis: str = "axial",
+                       intensity: Optional[str] = None, propagation: str = DEFAULT_PROPAGATION, axis: str = "axial",
                        slice_range: Optional[Tuple[Optional[int], Optional[int]]] = None,
                        segmentation_node=None) -> PreparedRun:
         """Inputs for MedSAM from a volume and ROI node(s) (or voxel boxes). Raises InputError on bad input."""

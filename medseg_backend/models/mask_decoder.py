@@ -121,9 +121,11 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = HeadMLP(dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor, multimask_output: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                dense: torch.Tensor, multimask_output: bool = False,
+                all_outputs: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """``image_embeddings`` (1 or B, C, h, w); ``sparse`` (B, T, C); ``dense`` (B, C, h, w).
-        Returns low-res mask logits (B, M, 4h, 4w) and IoU predictions (B, M)."""
+        Returns low-res mask logits (B, M, 4h, 4w) and IoU predictions (B, M); ``all_outputs`` returns the single
+        mask and the three multimask outputs (M = 4, all computed anyway)."""
         b = sparse.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
@@ -141,5 +143,5 @@ class MaskDecoder(nn.Module):
         _, cu, hu, wu = up.shape
         masks = (hyper @ up.reshape(b, cu, hu * wu)).reshape(b, -1, hu, wu)
         iou = self.iou_prediction_head(iou_out)
-        sl = slice(1, None) if multimask_output else slice(0, 1)
+        sl = slice(None) if all_outputs else (slice(1, None) if multimask_output else slice(0, 1))
         return masks[:, sl], iou[:, sl]

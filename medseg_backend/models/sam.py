@@ -68,13 +68,15 @@ class SamModel(nn.Module):
         return self.image_encoder(images)
 
     def decode_boxes(self, embeddings: torch.Tensor, boxes: torch.Tensor,
-                     multimask_output: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Boxes (B, 4) in encoder-input pixels; embeddings (1 or B, 256, e, e) -> low-res logits, IoU."""
+                     multimask_output: bool = False, all_outputs: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Boxes (B, 4) in encoder-input pixels; embeddings (1 or B, 256, e, e) -> low-res logits, IoU
+        (``all_outputs``: the single-mask output first, then the three multimask outputs)."""
         sparse, dense = self.prompt_encoder(boxes=boxes)
         dense = dense.to(embeddings.dtype)
         sparse = sparse.to(embeddings.dtype)
         pe = self.prompt_encoder.get_dense_pe().to(embeddings.dtype)
-        return self.mask_decoder(embeddings, pe, sparse, dense, multimask_output=multimask_output)
+        return self.mask_decoder(embeddings, pe, sparse, dense, multimask_output=multimask_output,
+                                 all_outputs=all_outputs)
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.decode_boxes(self.encode(images), boxes)

@@ -10,10 +10,10 @@ from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from ..choices import AXES
 from ..errors import InputError, MedSegWarning
 from ..io import to_grey
 
-AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 MODEL_SIZE = 128
 DEFAULT_MARGIN = 0.25
 DEFAULT_MIN_PAD = 4

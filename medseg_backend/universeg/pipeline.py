@@ -18,13 +18,13 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..choices import PRECISIONS
 from ..errors import InputError, MedSegWarning
 from ..intensity import IntensityRule, resolve_preset
 from ..progress import CancelToken, ProgressCallback, check, report
 from . import support as sp
 from .examples import FEW_EXAMPLES, Example, axis_index
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass

@@ -1,0 +1,135 @@
+"""Per-slice confidence, flagged slices, the slice report and the adaptive (default) propagation, on the bundled
+abdominal CT with the official LiteMedSAM weights. The left kidney with the benchmark's loose box (GT box + max(5 px,
+10 %) in-plane, z-range + 4 slices: it runs 4 slices past the kidney's lower end) is run once per mode and shared."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from medseg_backend.cli import main
+from medseg_backend.confidence import FLAG_BELOW, REPORT_COLUMNS, SliceRecord, report_text
+from medseg_backend.io import read_image
+from medseg_backend.medsam import DEFAULT_PROPAGATION, MedSAMEngine
+from medseg_backend.metrics import bbox3d, dice
+
+KIDNEY_LEFT = 3
+
+
+@pytest.fixture(scope="module")
+def case(data_dir):
+    img = read_image(str(data_dir / "totalseg_ct_sm" / "ct.nii.gz"))
+    gt = read_image(str(data_dir / "totalseg_ct_sm" / "labels.nii.gz")).array == KIDNEY_LEFT
+    b = bbox3d(gt)
+    end = b[5]  # last slice with kidney (22 of 0..29)
+    mx = max(5, round(0.1 * (b[3] - b[0] + 1)))
+    my = max(5, round(0.1 * (b[4] - b[1] + 1)))
+    box = (b[0] - mx, b[1] - my, max(0, b[2] - 4), b[3] + mx, b[4] + my, end + 4)
+    return img, gt, box, end
+
+
+@pytest.fixture(scope="module")
+def runs(case):
+    img, _, box, _ = case
+    engine = MedSAMEngine("lite-medsam", device="cpu", precision="fp32")
+    return {mode: engine.segment_volume(img.array, [box], propagation=mode) for mode in ("official", "adaptive")}
+
+
+def _slices_with_voxels(labels, after):
+    return [k for k in range(after + 1, labels.shape[0]) if labels[k].any()]
+
+
+def test_default_is_adaptive_and_stops_at_the_objects_end(case, runs):
+    _, gt, box, end = case
+    assert DEFAULT_PROPAGATION == "adaptive"
+    off, ada = runs["official"], runs["adaptive"]
+    # official never returns an empty slice with a carried box: it labels every slice past the kidney's end
+    assert _slices_with_voxels(off.labels, end) == list(range(end + 1, box[5] + 1))
+    past = _slices_with_voxels(ada.labels, end)
+    assert len(past) < len(_slices_with_voxels(off.labels, end)), past
+    assert ada.per_box[0]["ended_at"]["up"] is not None
+    assert dice(ada.labels, gt) >= dice(off.labels, gt)
+
+
+def test_slice_records_describe_what_was_written(case, runs):
+    _, gt, box, end = case
+    for mode, res in runs.items():
+        recs = res.slices
+        assert [r.slice for r in recs] == sorted(k for k in range(box[2], box[5] + 1) if res.labels[k].any()), mode
+        assert len(recs) == res.slices_run
+        for r in recs:
+            assert isinstance(r, SliceRecord) and r.object == 1
+            assert r.area == int(np.count_nonzero(res.labels[r.slice] == 1))
+            assert 0.0 <= r.confidence <= 1.0
+            assert r.flagged == (r.area == 0 or r.confidence < FLAG_BELOW)
+            assert r.source in ("roi", "carried")
+        assert res.flagged() == [r for r in recs if r.flagged]
+
+
+def test_confidence_separates_kidney_slices_from_slices_past_its_end(case, runs):
+    """Official labels 4 slices where there is no kidney: all of them are flagged, while the well segmented kidney
+    slices (Dice >= 0.9) are not, and their confidence is higher."""
+    _, gt, box, end = case
+    res = runs["official"]
+    past = [r for r in res.slices if r.slice > end]
+    good = [r for r in res.slices if r.slice <= end and dice(res.labels[r.slice], gt[r.slice]) >= 0.9]
+    assert len(past) == 4 and len(good) >= 10
+    assert all(r.flagged for r in past)
+    assert sum(r.flagged for r in good) <= len(good) // 4
+    assert np.mean([r.confidence for r in past]) < np.mean([r.confidence for r in good]) - 0.15
+
+
+def test_report_text_csv_and_json():
+    recs = [SliceRecord(1, 12, 100, 0.91234, False, "carried", 0.9, 0.9, 0.9, 0.95),
+            SliceRecord(1, 11, 0, 0.0, True, "roi", 0.2, 1.0, 1.0, 0.0),
+            SliceRecord(2, 3, 10, 0.3, True, "roi", 0.5, 0.5, 0.5, 0.5)]
+    rows = list(csv.DictReader(report_text(recs, (0.5, 0.8, 3.0), "axial").splitlines()))
+    assert tuple(rows[0]) == REPORT_COLUMNS
+    assert [(r["object"], r["slice"], r["area_voxels"], r["flagged"]) for r in rows] == [
+        ("1", "11", "0", "1"), ("1", "12", "100", "0"), ("2", "3", "10", "1")]
+    assert float(rows[1]["area_mm2"]) == pytest.approx(100 * 0.5 * 0.8)
+    assert float(rows[1]["confidence"]) == pytest.approx(0.9123)
+    # coronal slices are x-z planes
+    cor = json.loads(report_text(recs, (0.5, 0.8, 3.0), "coronal", fmt="json"))
+    assert cor["axis"] == "coronal" and cor["flag_below"] == FLAG_BELOW
+    assert cor["slices"][1]["area_mm2"] == pytest.approx(100 * 0.5 * 3.0)
+
+
+def test_cli_writes_the_slice_report_beside_the_label_map(case, tmp_path, data_dir, capsys):
+    img, gt, _, _ = case
+    b = bbox3d(gt)
+    box = f"{b[0]},{b[1]},{b[5] - 3},{b[3]},{b[4]},{b[5] + 1}"
+    ct = str(data_dir / "totalseg_ct_sm" / "ct.nii.gz")
+    out = tmp_path / "kidney.nii.gz"
+    assert main(["medsam", ct, "--box", box, "-o", str(out), "--device", "cpu"]) == 0
+    report = tmp_path / "kidney.slices.csv"
+    assert "kidney.slices.csv" in capsys.readouterr().out
+    rows = list(csv.DictReader(report.read_text().splitlines()))
+    labels = read_image(str(out)).array
+    assert [int(r["slice"]) for r in rows] == [k for k in range(labels.shape[0]) if labels[k].any()]
+    sx, sy, _ = img.geometry.spacing
+    for r in rows:
+        k = int(r["slice"])
+        assert int(r["area_voxels"]) == int(np.count_nonzero(labels[k]))
+        assert float(r["area_mm2"]) == pytest.approx(int(r["area_voxels"]) * sx * sy, rel=1e-6)
+        assert r["flagged"] == str(int(float(r["confidence"]) < FLAG_BELOW or int(r["area_voxels"]) == 0))
+    # --slice-report chooses the path and the format
+    js = tmp_path / "report.json"
+    assert main(["medsam", ct, "--box", box, "-o", str(tmp_path / "k2.nrrd"), "--device", "cpu",
+                 "--slice-report", str(js)]) == 0
+    assert [r["slice"] for r in json.loads(js.read_text())["slices"]] == [int(r["slice"]) for r in rows]
+    assert not (tmp_path / "k2.slices.csv").exists()
+
+
+def test_cli_refuses_a_bad_report_path_before_any_work(tmp_path, data_dir, capsys):
+    ct = str(data_dir / "totalseg_ct_sm" / "ct.nii.gz")
+    out = tmp_path / "x.nii.gz"
+    rc = main(["medsam", ct, "--box", "30,30,10,40,40,12", "-o", str(out), "--slice-report", str(tmp_path / "r.txt")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "slice report" in err and ".csv" in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+    rc = main(["medsam", ct, "--box", "30,30,40,40", "--slice", "10", "-o", str(out),
+               "--slice-report", str(tmp_path / "r.csv")])
+    assert rc == 2 and "--slice-report is for 3-D runs" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,104 @@
+"""Per-slice confidence of a box-prompted slice-wise segmentation, from what the model computes anyway.
+
+Four signals, each in [0, 1], computed on the decoder's low-resolution (256 x 256) output:
+
+* ``iou``: the mask decoder's own IoU prediction for the mask it returned (its IoU head).
+* ``stability``: area of ``logits > +1`` over area of ``logits > -1`` (how much the mask moves when the
+  threshold moves by one logit either way; the stability score of the SAM paper).
+* ``agreement``: mean IoU between the mask and the decoder's three multimask outputs for the same box (the
+  decoder computes all four masks in the same pass).
+* ``neighbour``: IoU with the mask of the slice the propagation came from (1 on the first slice).
+
+The slice confidence is their geometric mean: one doubtful signal pulls it down, none can push a bad slice up
+alone. A slice is flagged for review when its confidence is below :data:`FLAG_BELOW`, or when its mask is
+empty inside the run.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from typing import Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+#: Slices whose confidence is below this are flagged for review.
+FLAG_BELOW = 0.8
+#: Logit offset of the stability score.
+STABILITY_OFFSET = 1.0
+
+
+@dataclass
+class SliceRecord:
+    """One object on one slice. ``slice`` is the index along the slicing axis of the volume (its K index for
+    axial runs); ``area`` counts this object's own voxels on that slice (before later boxes overwrite it)."""
+    object: int
+    slice: int
+    area: int
+    confidence: float
+    flagged: bool
+    source: str            # prompt used: "roi" (the user's box) or "carried" (from the neighbouring mask)
+    iou: float
+    stability: float
+    agreement: float
+    neighbour: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks (1.0 when both are empty)."""
+    union = int(np.count_nonzero(a | b))
+    return 1.0 if union == 0 else float(np.count_nonzero(a & b)) / union
+
+
+def stability(low_logits: torch.Tensor, offset: float = STABILITY_OFFSET) -> float:
+    """Area above ``+offset`` over area above ``-offset`` (1.0 when both are empty)."""
+    hi = int(torch.count_nonzero(low_logits > offset))
+    lo = int(torch.count_nonzero(low_logits > -offset))
+    return 1.0 if lo == 0 else hi / lo
+
+
+def combine(iou: float, stab: float, agreement: float, neighbour: float) -> float:
+    """Geometric mean of the four signals, each clipped to [0, 1]."""
+    vals = np.clip(np.array([iou, stab, agreement, neighbour], dtype=np.float64), 0.0, 1.0)
+    return float(np.prod(vals) ** (1.0 / len(vals)))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Report (CLI, Slicer)
+# --------------------------------------------------------------------------------------------------------
+REPORT_COLUMNS = ("object", "slice", "area_voxels", "area_mm2", "confidence", "flagged", "source")
+
+
+def pixel_area_mm2(spacing_xyz: Optional[Sequence[float]], axis: str = "axial") -> float:
+    """Area of one pixel of a slice along ``axis``, from the (x, y, z) voxel spacing (1.0 when unknown)."""
+    if spacing_xyz is None:
+        return 1.0
+    sx, sy, sz = (float(v) for v in spacing_xyz)
+    return {"axial": sx * sy, "coronal": sx * sz, "sagittal": sy * sz}[axis]
+
+
+def report_rows(records: Iterable[SliceRecord], spacing_xyz: Optional[Sequence[float]] = None,
+                axis: str = "axial") -> List[dict]:
+    """One row per object and slice, ordered by object then slice."""
+    px = pixel_area_mm2(spacing_xyz, axis)
+    return [{"object": r.object, "slice": r.slice, "area_voxels": r.area, "area_mm2": round(r.area * px, 3),
+             "confidence": round(r.confidence, 4), "flagged": int(r.flagged), "source": r.source}
+            for r in sorted(records, key=lambda r: (r.object, r.slice))]
+
+
+def report_text(records: Iterable[SliceRecord], spacing_xyz: Optional[Sequence[float]] = None,
+                axis: str = "axial", fmt: str = "csv") -> str:
+    """The slice report as CSV (columns :data:`REPORT_COLUMNS`) or JSON (a list of the same rows)."""
+    rows = report_rows(records, spacing_xyz, axis)
+    if fmt == "json":
+        return json.dumps({"axis": axis, "flag_below": FLAG_BELOW, "slices": rows}, indent=1) + "\n"
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=REPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
