@@ -1,4 +1,4 @@
-"""Per-slice confidence, flagged slices, the slice report and the adaptive (default) propagation, on the bundled
+"""Per-slice confidence, flagged slices, the slice report and the adaptive (opt-in) propagation, on the bundled
 abdominal CT with the official LiteMedSAM weights. The left kidney with the benchmark's loose box (GT box + max(5 px,
 10 %) in-plane, z-range + 4 slices: it runs 4 slices past the kidney's lower end) is run once per mode and shared."""
 import csv
@@ -10,7 +10,7 @@ import pytest
 from medseg_backend.cli import main
 from medseg_backend.confidence import FLAG_BELOW, REPORT_COLUMNS, SliceRecord, report_text
 from medseg_backend.io import read_image
-from medseg_backend.medsam import DEFAULT_PROPAGATION, MedSAMEngine
+from medseg_backend.medsam import DEFAULT_PROPAGATION, PROPAGATIONS, MedSAMEngine
 from medseg_backend.metrics import bbox3d, dice
 
 KIDNEY_LEFT = 3
@@ -39,9 +39,10 @@ def _slices_with_voxels(labels, after):
     return [k for k in range(after + 1, labels.shape[0]) if labels[k].any()]
 
 
-def test_default_is_adaptive_and_stops_at_the_objects_end(case, runs):
+def test_adaptive_stops_at_the_objects_end_and_official_stays_the_default(case, runs):
     _, gt, box, end = case
-    assert DEFAULT_PROPAGATION == "adaptive"
+    # adaptive misses the loose-box bar over the 20 benchmark cases (README): official stays the default
+    assert DEFAULT_PROPAGATION == "official" and "adaptive" in PROPAGATIONS
     off, ada = runs["official"], runs["adaptive"]
     # official never returns an empty slice with a carried box: it labels every slice past the kidney's end
     assert _slices_with_voxels(off.labels, end) == list(range(end + 1, box[5] + 1))
