@@ -321,6 +321,9 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         except MedSegError as e:
             self.setStatus(str(e), error=True)
 
+    def afterPreview(self, result, mask, volume, segmentation, segment_id):
+        """Subclasses: show more about a fresh preview (e.g. the slices to check)."""
+
     def afterApply(self):
         """Hide the box after Apply (Draw ROI shows it again)."""
         roi = self.roiSelector.currentNode() if hasattr(self, "roiSelector") else None
@@ -448,6 +451,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
                 ml = geometry.mask_volume_ml(mask, volume)
                 self.setStatus("; ".join(messages + [f"Preview ready ({ml:.1f} mL, {outcome.seconds:.1f} s): Apply "
                                                      "writes it into the segment."]))
+                self.afterPreview(outcome.result, mask, volume, segmentation, run["segmentID"])
         elif outcome.status == "cancelled":
             self.setStatus(outcome.message or "Cancelled: nothing was written.")
         else:

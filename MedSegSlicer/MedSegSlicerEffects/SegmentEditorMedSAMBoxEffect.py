@@ -98,6 +98,19 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
                                              "so only the prompt runs)."))
         self.scriptedEffect.addOptionsWidget(self.autoUpdateCheckBox)
 
+        self.reviewList = qt.QListWidget()
+        self.reviewList.setMaximumHeight(90)
+        self.reviewList.setToolTip(_("Slices where the model was unsure (low confidence or an empty mask), least "
+                                     "confident first: click one to show it in the chosen view."))
+        self.scriptedEffect.addLabeledOptionsWidget(_("Slices to check:"), self.reviewList)
+        self.reviewSegmentCheckBox = qt.QCheckBox(_("Also mark them in a review segment on Apply"))
+        self.reviewSegmentCheckBox.setToolTip(_("Apply also writes the doubtful slices of the result into a separate "
+                                                "'<segment> (review)' segment, to find them again later."))
+        self.scriptedEffect.addOptionsWidget(self.reviewSegmentCheckBox)
+        self.reviewList.connect("itemClicked(QListWidgetItem*)", self.onReviewItem)
+        self.flagged = []
+        self.flaggedMask = None
+
         advanced = ctk.ctkCollapsibleButton()
         advanced.text = _("Advanced")
         advanced.collapsed = True
@@ -249,6 +262,47 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
             volume, [roi], model=self.modelCombo.currentText, intensity=self.intensityValue(self.intensityCombo),
             propagation=self.propagationCombo.currentText, axis=self.axis(volume), slice_range=self.sliceRange(),
             segmentation_node=segmentation)
+
+    # ---- doubtful slices (per-slice confidence) --------------------------------------------------------------
+    def afterPreview(self, result, mask, volume, segmentation, segment_id):
+        from MedSegSlicerLib import review
+
+        self.flagged = review.flagged_slices(result)
+        self.flaggedMask = review.review_mask(mask, self.flagged, self.axis(volume)) if self.flagged else None
+        self.reviewList.clear()
+        for row in self.flagged:
+            item = qt.QListWidgetItem(_("slice {k}: confidence {c:.2f}{empty}").format(
+                k=row["slice"], c=float(row["confidence"]), empty=_(" (empty)") if not row.get("area_voxels") else ""))
+            item.setData(qt.Qt.UserRole, int(row["slice"]))
+            self.reviewList.addItem(item)
+        if self.flagged:
+            self.setStatus(self.statusLabel.text + " " + _("{n} slice(s) to check (listed above).").format(
+                n=len(self.flagged)))
+
+    def onReviewItem(self, item):
+        from MedSegSlicerLib import review
+
+        try:
+            volume, _segmentation, _sid = self.inputs()
+            node = self.sliceNode()
+            if node is None:
+                return
+            r, a, s = review.slice_centre_world(volume, self.axis(volume), int(item.data(qt.Qt.UserRole)))
+            node.JumpSliceByCentering(r, a, s)
+        except MedSegError as e:
+            self.setStatus(str(e), error=True)
+
+    def afterApply(self):
+        MedSegEffectBase.afterApply(self)
+        if not (self.reviewSegmentCheckBox.checked and self.flaggedMask is not None and self.flaggedMask.any()):
+            return
+        try:
+            volume, segmentation, segment_id = self.inputs()
+            name = segmentation.GetSegmentation().GetSegment(segment_id).GetName() + _(" (review)")
+            existing = segments.segment_id_by_name(segmentation, name)
+            segments.write_masks(segmentation, volume, [(self.flaggedMask, existing, name)], mode="replace")
+        except MedSegError as e:
+            self.setStatus(str(e), error=True)
 
     def prefetchRun(self, prepared):
         return self.logic.core.prepare_encode(prepared)

@@ -147,8 +147,11 @@ class Handlers:
         out = {"labels": res.labels}
         if "probabilities" in outputs and res.probabilities is not None:
             out["probabilities"] = res.probabilities
+        from ..confidence import report_rows
+
         return dict(messages=res.messages, slices_run=int(res.slices_run), slices_encoded=int(res.slices_encoded),
-                    seconds=float(res.seconds), per_box=_plain(res.per_box), **common), out
+                    seconds=float(res.seconds), per_box=_plain(res.per_box),
+                    slices=_plain(report_rows(res.slices, axis=p.get("axis", "axial"))), **common), out
 
     # ------------------------------------------------------------------------------------------ UniverSeg --
     def segment_examples(self, p, arrays, progress, cancel, local) -> Output:

@@ -32,7 +32,9 @@ exactly one of the events ``done``, ``error`` or ``cancelled`` carrying its ``id
                      [[x0, y0, z0, x1, y1, z1], ...] (or one [x0, y0, x1, y1] for 2-D), "model", "weights",
                      "device", "precision", "intensity", "propagation", "axis", "outputs": ["labels",
                      "probabilities"]}``; result ``{"messages", "slices_run", "slices_encoded", "seconds", "device",
-                     "precision", "per_box"}`` with arrays ``{"labels", ["probabilities"]}``.
+                     "precision", "per_box", "slices"}`` (``slices``: one row per object and slice - ``object``,
+                     ``slice``, ``area_voxels``, ``confidence``, ``flagged``, ``source``) with arrays ``{"labels",
+                     ["probabilities"]}``.
 ``segment_examples`` UniverSeg: arrays ``{"volume", <example images and labels>}``, params ``{"examples": [{"image":
                      NAME, "label": NAME, "name", "kind": "example" | "labelled-slices" | "segment",
                      "max_slices"}], "roi", "axis", "intensity", "support_size", "ensemble", "seed", "tta",

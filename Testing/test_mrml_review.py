@@ -1,0 +1,65 @@
+"""Doubtful slices in the Slicer layer (issue 14): the worker's per-slice rows reach the effect, the flagged ones
+are listed least confident first, a view jumps to each, and a review mask keeps only them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK
+
+from medseg_backend.progress import CancelToken
+from medseg_backend.worker.handlers import Handlers
+from MedSegSlicerLib import geometry, review
+from MedSegSlicerLib.scenarios import slab_box
+
+
+@pytest.fixture
+def ct(slicer_scene, data_dir):
+    d = data_dir / "totalseg_ct_sm"
+    volume = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
+    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
+    return slicer_scene, volume, labels
+
+
+def test_flagged_rows_from_a_real_run_and_the_review_mask(ct):
+    ctx, volume, labels = ct
+    kidney = labels == 3
+    z = np.nonzero(kidney.any(axis=(1, 2)))[0]
+    box = list(geometry.mask_bounding_box(kidney))
+    box[5] = min(labels.shape[0] - 1, int(z[-1]) + 3)          # 3 slices past the kidney's end: doubtful there
+    box[2] = int(z[-1]) - 3
+    data = geometry.volume_to_array(volume).array
+    fields, arrays = Handlers().run("segment_box", dict(boxes=[box], model="lite-medsam", device="cpu",
+                                                        intensity="window:40,400", propagation="official"),
+                                    {"volume": data}, lambda f, m: None, CancelToken())
+    rows = fields["slices"]
+    assert [r["slice"] for r in rows] == list(range(box[2], box[5] + 1))
+    result = type("R", (), {"slices": rows})()
+    flagged = review.flagged_slices(result)
+    assert flagged, "no slice flagged although the box runs past the kidney"
+    assert all(r["flagged"] for r in flagged)
+    assert [r["confidence"] for r in flagged] == sorted(r["confidence"] for r in flagged)
+    past = {r["slice"] for r in flagged if r["slice"] > z[-1]}
+    assert past, "the slices past the kidney's end are not among the flagged ones"
+    mask = arrays["labels"] == 1
+    rm = review.review_mask(mask, flagged, "axial")
+    on = sorted({int(k) for k in np.nonzero(rm.any(axis=(1, 2)))[0]})
+    assert set(on) <= {r["slice"] for r in flagged}
+    assert not (rm & ~mask).any()
+
+
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
+def test_jumping_a_view_to_a_flagged_slice_shows_that_slice(ct, axis):
+    import slicer
+
+    ctx, volume, labels = ct
+    k = 7
+    point = review.slice_centre_world(volume, axis, k)
+    normal = {"axial": [0, 0, 1], "coronal": [0, 1, 0], "sagittal": [1, 0, 0]}[axis]
+    node = slicer.vtkMRMLSliceNode()
+    m = np.eye(4)
+    m[:3, 2] = normal
+    m[:3, 0] = [0, 0, 1] if axis == "sagittal" else [1, 0, 0]
+    m[:3, 1] = np.cross(m[:3, 2], m[:3, 0])
+    m[:3, 3] = point
+    node.GetSliceToRAS().DeepCopy(geometry.numpy_to_matrix(m))
+    assert geometry.slice_index_for_view(volume, node, axis) == k
