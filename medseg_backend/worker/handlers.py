@@ -150,7 +150,8 @@ class Handlers:
         from ..confidence import report_rows
 
         return dict(messages=res.messages, slices_run=int(res.slices_run), slices_encoded=int(res.slices_encoded),
-                    seconds=float(res.seconds), per_box=_plain(res.per_box),
+                    seconds=float(res.seconds),
+                    per_box=_plain([{k: v for k, v in b.items() if k != "records"} for b in res.per_box]),
                     slices=_plain(report_rows(res.slices, axis=p.get("axis", "axial"))), **common), out
 
     # ------------------------------------------------------------------------------------------ UniverSeg --
