@@ -516,7 +516,7 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         for test in (self.test_UndoRestores, self.test_CancelLeavesUntouched, self.test_UniverSegPlumbing,
-                     self.test_MedSAMBox, self.test_SubrangeRerunKeepsRest):
+                     self.test_MedSAMBox, self.test_SubrangeRerunKeepsRest, self.test_WorkerCrashLeavesUntouched):
             self.setUp()
             try:
                 test()
@@ -579,3 +579,11 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
         ctx, sampleDir = self._context()
         result = scenarios.scenario_subrange_rerun_keeps_rest(ctx, sampleDir, core=MedSegSlicerLogic.shared().core)
         self.delayDisplay(f"Re-run on slices {result['slab']}: {result['voxels_kept_outside']} voxels outside kept")
+
+    def test_WorkerCrashLeavesUntouched(self):
+        self._needsBackend()
+        from MedSegSlicerLib import scenarios
+
+        ctx, sampleDir = self._context()
+        result = scenarios.scenario_worker_crash_leaves_untouched(ctx, sampleDir, core=MedSegSlicerLogic.shared().core)
+        self.delayDisplay(f"Worker crash: {result['message']}")

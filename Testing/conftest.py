@@ -90,3 +90,15 @@ def slicer_scene(monkeypatch):
     monkeypatch.setattr(slicer, "modules", modules, raising=False)
     yield ctx
     ctx.clear()
+
+
+@pytest.fixture
+def ct_sample(slicer_scene, data_dir):
+    """The bundled abdominal CT as a volume node of the headless scene, with its label map as an array
+    (1 spleen, 2 kidney_right, 3 kidney_left, 5 liver): ``(ctx, volume, labels)``."""
+    import SimpleITK
+
+    d = data_dir / "totalseg_ct_sm"
+    volume = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
+    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
+    return slicer_scene, volume, labels

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import SimpleITK
 
 import slicer
 from MedSegSlicerLib import editing, geometry, segments
@@ -13,11 +12,8 @@ from MedSegSlicerLib.errors import InputError
 
 
 @pytest.fixture
-def sample(slicer_scene, data_dir):
-    d = data_dir / "totalseg_ct_sm"
-    vol = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
-    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
-    return slicer_scene, vol, labels
+def sample(ct_sample):
+    return ct_sample
 
 
 def _setup(ctx, vol, labels, value=5):

@@ -2,7 +2,6 @@
 attributes / roles as Slicer's scriptedEffect.setParameter / setNodeReference, per effect, surviving a scene save."""
 from __future__ import annotations
 
-import numpy as np
 
 from MedSegSlicerLib.effect_state import EffectState
 

@@ -2,21 +2,17 @@
 Editor's parameter node, one per effect, carrying what Apply needs; the user's segment is never touched."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
-import SimpleITK
 
 from MedSegSlicerLib import preview, segments
 from MedSegSlicerLib.errors import InputError
 
 
 @pytest.fixture
-def sample(slicer_scene, data_dir):
-    d = data_dir / "totalseg_ct_sm"
-    vol = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
-    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
+def sample(ct_sample):
+    slicer_scene, vol, labels = ct_sample
     seg = slicer_scene.add_segmentation("seg", vol)
     sid = segments.write_mask(seg, labels == 5, vol, name="liver", color=(0.2, 0.3, 0.4))
     editor_node = slicer_scene.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "editor")

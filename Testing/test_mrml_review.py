@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import SimpleITK
 
 from medseg_backend.progress import CancelToken
 from medseg_backend.worker.handlers import Handlers
 from MedSegSlicerLib import geometry, review
-from MedSegSlicerLib.scenarios import slab_box
 
 
 @pytest.fixture
-def ct(slicer_scene, data_dir):
-    d = data_dir / "totalseg_ct_sm"
-    volume = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
-    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
-    return slicer_scene, volume, labels
+def ct(ct_sample):
+    return ct_sample
 
 
 def test_flagged_rows_from_a_real_run_and_the_review_mask(ct):

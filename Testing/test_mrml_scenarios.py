@@ -76,3 +76,15 @@ def test_subrange_rerun_keeps_the_rest_scenario(slicer_scene, sample_dir, engine
     # the scenario asserts voxel identity outside the slab itself; the slab is a real LiteMedSAM result
     assert res["voxels_kept_outside"] > 1000 and res["voxels_in_slab"] > 100
     assert res["dice_in_slab"] > 0.8
+
+
+def test_worker_crash_scenario(slicer_scene, sample_dir):
+    from MedSegSlicerLib.worker_client import WorkerClient
+
+    client = WorkerClient()
+    try:
+        res = scenarios.scenario_worker_crash_leaves_untouched(
+            slicer_scene, sample_dir, core=MedSegCore(slicer_scene, device="cpu", worker=client))
+        assert res["restarted"] and res["message"].startswith("The model worker stopped unexpectedly")
+    finally:
+        client.shutdown()

@@ -13,11 +13,8 @@ from MedSegSlicerLib.errors import InputError
 
 
 @pytest.fixture
-def sample(slicer_scene, data_dir):
-    d = data_dir / "totalseg_ct_sm"
-    vol = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
-    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
-    return slicer_scene, vol, labels
+def sample(ct_sample):
+    return ct_sample
 
 
 def test_new_segment_is_voxel_exact_with_name_and_colour(sample):

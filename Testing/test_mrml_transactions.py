@@ -6,7 +6,6 @@ import types
 
 import numpy as np
 import pytest
-import SimpleITK
 
 from MedSegSlicerLib import geometry, segments
 from MedSegSlicerLib.core import MedSegCore
@@ -15,10 +14,8 @@ from MedSegSlicerLib.jobs import JobOutcome
 
 
 @pytest.fixture
-def sample(slicer_scene, data_dir):
-    d = data_dir / "totalseg_ct_sm"
-    vol = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
-    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
+def sample(ct_sample):
+    slicer_scene, vol, labels = ct_sample
     seg = slicer_scene.add_segmentation("seg", vol)
     a = segments.write_mask(seg, labels == 3, vol, name="kidney_left")
     b = segments.write_mask(seg, labels == 2, vol, name="kidney_right")

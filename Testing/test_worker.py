@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK
 
 from medseg_backend import catalogue
 from medseg_backend.errors import InputError, LicenceError
@@ -59,11 +58,8 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def ct(slicer_scene, data_dir):
-    d = data_dir / "totalseg_ct_sm"
-    volume = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
-    labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
-    return slicer_scene, volume, labels
+def ct(ct_sample):
+    return ct_sample
 
 
 def lite_installed():

@@ -164,10 +164,6 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRoiSelected)
         self.addShortcut("Ctrl+Shift+R", self.onDrawRoi)
 
-    def axis(self, volume):
-        """Subclasses: the slicing axis chosen in the panel."""
-        return "axial"
-
     def autoUpdateEnabled(self):
         box = getattr(self, "autoUpdateCheckBox", None)
         return bool(box is not None and box.checked)
@@ -330,7 +326,21 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         if roi is not None and roi.GetDisplayNode() is not None:
             roi.GetDisplayNode().SetVisibility(False)
 
-    # ---- the viewer's terms ------------------------------------------------------------------------------------
+    # ---- the viewer's terms ----
+    def addViewCombo(self):
+        """'Slices as in view': Red / Yellow / Green; the slicing axis follows that view's orientation."""
+        self.viewCombo = qt.QComboBox()
+        for view in VIEWS:
+            self.viewCombo.addItem(view)
+        self.viewCombo.setToolTip("Segment slice by slice as this view shows the volume (Red: usually axial, "
+                                  "Yellow: sagittal, Green: coronal), whatever the acquisition direction.")
+        self.scriptedEffect.addLabeledOptionsWidget("Slices as in view:", self.viewCombo)
+
+    def axis(self, volume):
+        """The voxel axis of the view chosen in the panel."""
+        return self.axisForView(volume, self.viewCombo.currentText)
+
+    # ------------------------------------------------------------------------------------
     def sliceNodeForView(self, view):
         return slicer.mrmlScene.GetNodeByID(f"vtkMRMLSliceNode{view}")
 

@@ -66,12 +66,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
                                      "download)."))
         self.scriptedEffect.addLabeledOptionsWidget(_("Model:"), self.modelCombo)
 
-        self.viewCombo = qt.QComboBox()
-        for view in VIEWS:
-            self.viewCombo.addItem(view)
-        self.viewCombo.setToolTip(_("Segment slice by slice as this view shows the volume (Red: usually axial, "
-                                    "Yellow: sagittal, Green: coronal), whatever the acquisition direction."))
-        self.scriptedEffect.addLabeledOptionsWidget(_("Slices as in view:"), self.viewCombo)
+        self.addViewCombo()
 
         self.limitSlicesCheckBox = qt.QCheckBox(_("Only slices"))
         self.limitSlicesCheckBox.setToolTip(_("Run (and Apply) on these slices only: the rest of the segment stays "
@@ -180,9 +175,6 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
     # ---- view terms --------------------------------------------------------------------------------------------
     def sliceNode(self):
         return self.sliceNodeForView(self.viewCombo.currentText)
-
-    def axis(self, volume):
-        return self.axisForView(volume, self.viewCombo.currentText)
 
     def currentSlice(self, volume):
         node = self.sliceNode()

@@ -92,12 +92,7 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
                            "examples' region."),
                          _("Fit to examples"), _("Fit the box to the labelled slices of this segment plus a margin "
                                                  "(what a run without a box uses)."))
-        self.viewCombo = qt.QComboBox()
-        for view in VIEWS:
-            self.viewCombo.addItem(view)
-        self.viewCombo.setToolTip(_("Segment slice by slice as this view shows the volume (Red: usually axial, "
-                                    "Yellow: sagittal, Green: coronal), whatever the acquisition direction."))
-        self.scriptedEffect.addLabeledOptionsWidget(_("Slices as in view:"), self.viewCombo)
+        self.addViewCombo()
         self.intensityCombo = self.addIntensityCombo(_("Intensity rule for examples and target (the same for "
                                                        "both)."))
         self.scriptedEffect.addLabeledOptionsWidget(_("Intensity:"), self.intensityCombo)
@@ -180,9 +175,6 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
         state.set("Library", self.libraryPath.currentPath)
 
     # ---- view terms and the box ------------------------------------------------------------------------------
-    def axis(self, volume):
-        return self.axisForView(volume, self.viewCombo.currentText)
-
     def exampleSlices(self):
         """The slices typed in 'Use only slices' (None: every labelled slice)."""
         text = self.exampleSlicesEdit.text.replace(";", ",").strip()

@@ -276,10 +276,48 @@ def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, core: Optional[Med
                 cancel_seconds=cancel_seconds, progress_before_cancel=started)
 
 
+def scenario_worker_crash_leaves_untouched(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None,
+                                           timeout: float = 120.0) -> dict:
+    """The model worker dies during a run (killed, as by the system when memory runs out): the run fails with one
+    line, the segment is unchanged, and the next run starts a fresh worker."""
+    import os
+    import signal
+
+    core = core or MedSegCore(ctx, device="auto")
+    client = core.worker
+    assert client is not None, "this core runs in-process: no worker to crash"
+    sample = load_sample(ctx, sample_dir)
+    sid = sample.segment_ids["liver"]
+    before = segments.segment_to_array(sample.truth, sid, sample.volume)
+    runner: JobRunner = core.runner
+    runner.start(Request("sleep", {"seconds": timeout, "steps": 1000}), label="crash test",
+                 guard=NodeGuard(ctx.scene, sample.volume, [sample.truth]))
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        fraction, _message, outcome = poll_step(runner)
+        assert outcome is None, f"run ended before the crash: {outcome.status}: {outcome.message}"
+        if fraction > 0 and client.pid:
+            break
+        time.sleep(0.01)
+    pid = client.pid
+    os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+    outcome = runner.wait(timeout)
+    assert outcome is not None and outcome.status == "failed", outcome and outcome.message
+    assert "\n" not in outcome.message and "nothing was written" in outcome.message, outcome.message
+    after = segments.segment_to_array(sample.truth, sid, sample.volume)
+    assert np.array_equal(after, before), "segment changed by a run whose worker crashed"
+    runner.start(Request("sleep", {"seconds": 0.0}), label="after the crash")
+    again = runner.wait(timeout)
+    assert again is not None and again.ok, again and again.message
+    assert client.pid != pid, "the next run did not start a fresh worker"
+    return dict(message=outcome.message, restarted=True)
+
+
 ALL = {
     "medsam_box": scenario_medsam_box,
     "universeg_plumbing": scenario_universeg_plumbing,
     "undo_restores": scenario_undo_restores,
+    "worker_crash_leaves_untouched": scenario_worker_crash_leaves_untouched,
     "subrange_rerun_keeps_rest": scenario_subrange_rerun_keeps_rest,
     "cancel_leaves_untouched": scenario_cancel_leaves_untouched,
 }
