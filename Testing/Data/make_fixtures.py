@@ -1,9 +1,10 @@
 """Rebuild the test fixtures in ``Testing/Data`` from the project's shared data folder.
 
-    python Testing/Data/make_fixtures.py [--shared ../shared]
+    python Testing/Data/make_fixtures.py --shared DATA_FOLDER
 
 A developer tool, never run by the tests: it is the only code in the repository that reads the shared folder
-(``../shared`` next to the checkout; it holds the full data sets and the official-pipeline reference outputs).
+(given with ``--shared``; it holds the full data sets and the official-pipeline reference outputs). There is no
+default: nothing in the repository points at a folder outside the checkout.
 It writes compact subsets (what each one keeps and cuts is in the ``SOURCE.md`` beside it), checks that every
 transformation is lossless where the tests need it to be, and rewrites ``MANIFEST.sha256``, which the test suite
 checks before it uses any fixture. The ``.npz`` files are written byte-reproducibly (fixed zip timestamps), so a
@@ -216,7 +217,7 @@ def write_manifest(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=str(REPO.parent / "shared"))
+    ap.add_argument("--shared", required=True, help="the shared data folder (data/ and reference/ inside)")
     ap.add_argument("--out", default=str(HERE))
     args = ap.parse_args()
     shared, out = Path(args.shared), Path(args.out)
