@@ -10,8 +10,10 @@ import pytest
 from medseg_backend.cli import main
 from medseg_backend.confidence import FLAG_BELOW, REPORT_COLUMNS, SliceRecord, report_text
 from medseg_backend.io import read_image
-from medseg_backend.medsam import DEFAULT_PROPAGATION, PROPAGATIONS, MedSAMEngine
-from medseg_backend.metrics import bbox3d, dice
+from medseg_backend.choices import DEFAULT_PROPAGATION, PROPAGATIONS
+from medseg_backend.medsam import MedSAMEngine
+from medseg_backend.metrics import dice
+from medseg_backend.slicing import bbox3d
 
 KIDNEY_LEFT = 3
 

@@ -5,10 +5,12 @@ import warnings
 import numpy as np
 import pytest
 
-from medseg_backend.cli import bbox3d, dice
+from medseg_backend.metrics import dice
+from medseg_backend.slicing import bbox3d
 from medseg_backend.errors import CancelledError, InputError, MedSegWarning
 from medseg_backend.io import read_image
-from medseg_backend.medsam import MedSAMEngine, check_box
+from medseg_backend.medsam import MedSAMEngine
+from medseg_backend.slicing import check_box
 from medseg_backend.progress import CancelToken
 
 

@@ -342,7 +342,7 @@ def test_weights_are_checked_in_the_worker_not_in_the_client(slicer_scene, tmp_p
 
 
 def test_centre_first_order_matches_where_propagation_starts():
-    from medseg_backend.worker.handlers import centre_first
+    from medseg_backend.medsam import centre_first
 
     assert centre_first(10, 10) == [10]
     assert centre_first(0, 5) == [2, 3, 1, 4, 0, 5]

@@ -37,7 +37,7 @@ DATA = REPO / "Testing" / "Data" / "totalseg_ct_sm"
 def _volume_and_box(n_slices: int):
     import SimpleITK as sitk
 
-    from medseg_backend.cli import bbox3d
+    from medseg_backend.slicing import bbox3d
     from medseg_backend.intensity import apply_intensity, parse_preset
 
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "ct.nii.gz")))
@@ -172,8 +172,8 @@ def product(kind: str, vol: np.ndarray, box, box2, precision: str):
         net.load_state_dict(ref.state_dict(), strict=True)
         del ref
         engine = MedSAMEngine("medsam-vit-b", module=net, device="cpu", precision=precision)
-    engine.segment_volume(vol, [(box[0], box[1], 0, box[3], box[4], engine.batch_size - 1)], intensity="raw")
-    engine.cache.clear()  # warm-up (first-call allocations) done, not timed; the timed run starts cold
+    engine.segment_volume(vol, [(box[0], box[1], 0, box[3], box[4], engine.predictor.batch_size - 1)], intensity="raw")
+    engine.predictor.cache.clear()  # warm-up (first-call allocations) done, not timed; the timed run starts cold
     t = time.perf_counter()
     res = engine.segment_volume(vol, [box], intensity="raw")
     first = time.perf_counter() - t

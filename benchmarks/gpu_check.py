@@ -62,7 +62,7 @@ def main():
             d2.append(dice(r.mask, d["ref_mask"]))
         d3, n_slices, t_total = {}, 0, 0.0
         for name, d in cases3d.items():
-            eng.cache.clear()
+            eng.predictor.cache.clear()
             r, dt = timed(lambda: eng.segment_volume(d["volume_u8"], [tuple(int(v) for v in d["box3d"])],
                                                      intensity="raw"))
             d3[name] = {"dice_ref": dice(r.labels, d["ref_mask"]), "dice_gt": dice(r.labels, d["gt"])}
@@ -75,7 +75,7 @@ def main():
         # steady-state timing on the largest case (warm), and re-prompt from the cache
         d = cases3d["sct_t1w_cord"]
         box = tuple(int(v) for v in d["box3d"])
-        eng.cache.clear()
+        eng.predictor.cache.clear()
         r, dt = timed(lambda: eng.segment_volume(d["volume_u8"], [box], intensity="raw"))
         r2, dt2 = timed(lambda: eng.segment_volume(d["volume_u8"], [box], intensity="raw"))
         out["lite"][prec] = {"min_dice_2d": min(d2), "min_dice_3d_ref": min(v["dice_ref"] for v in d3.values()),
@@ -95,7 +95,7 @@ def main():
     for prec in ("fp32", "fp16", "bf16"):
         eng = MedSAMEngine("medsam-vit-b", module=net, device="cuda", precision=prec)
         eng.segment_volume(d["volume_u8"][:4], [(box[0], box[1], 0, box[3], box[4], 3)], intensity="raw")  # warm-up
-        eng.cache.clear()
+        eng.predictor.cache.clear()
         r, dt = timed(lambda: eng.segment_volume(d["volume_u8"], [box], intensity="raw"))
         r2, dt2 = timed(lambda: eng.segment_volume(d["volume_u8"], [box], intensity="raw"))
         if m32 is None:

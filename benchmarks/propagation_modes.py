@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "Testing"))
 
-from medseg_backend.metrics import bbox3d, dice  # noqa: E402
+from medseg_backend.metrics import dice  # noqa: E402
+from medseg_backend.slicing import bbox3d  # noqa: E402
 
 MODES = ("official", "roi", "adaptive")
 LOW_DICE = 0.7
@@ -119,7 +120,7 @@ def run(engine, cases, modes=MODES, extend: int = 4, out=print):
                 conf_rows[mode] += slice_scores(res, c["gt"])
                 cells.append(f"{dc:.4f} ({res.slices_run} sl)")
             out(f"| {c['name']} | {bname} | " + " | ".join(cells) + " |")
-        engine.cache.clear()
+        engine.predictor.cache.clear()
     n = len(cases)
     for bname in ("tight", "loose"):
         out(f"| **mean of {n}** | {bname} | " + " | ".join(f"{np.mean(dices[(bname, m)]):.4f}" for m in modes) + " |")

@@ -18,7 +18,8 @@ import numpy as np
 from .choices import AXES, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PRECISIONS, PROPAGATIONS
 from .cli_common import progress_printer as _progress_printer, quiet_check as _quiet_check
 from .errors import MedSegError, MedSegWarning
-from .metrics import bbox3d, dice  # noqa: F401  (re-exported for scripts and tests)
+from .metrics import dice
+from .slicing import bbox3d
 
 INTENSITY_HELP = ("intensity preset: auto (default), raw (8-bit as is), ct-abdomen (40/400), ct-lung, ct-brain, "
                   "ct-mediastinum, mr (0.5/99.5 percentiles of voxels > 0) or window:L,W")
@@ -62,7 +63,9 @@ def cmd_medsam(args) -> int:
     from .io import (IMAGE_2D_OUTPUTS, OVERLAY_EXTENSIONS, PROBABILITY_EXTENSIONS, LABEL_EXTENSIONS, _has_ext,
                      check_outputs, check_volume_format, float_image, label_image, read_image, rgb_image,
                      write_images)
-    from .medsam import MedSAMEngine, check_box, parse_box
+    from .cli_common import parse_box
+    from .medsam import MedSAMEngine
+    from .slicing import check_box
     from .overlay import overlay_rgb
 
     # 1. Every output path, before anything is read or computed.

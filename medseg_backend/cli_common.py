@@ -31,3 +31,19 @@ def quiet_check(fn, *a, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MedSegWarning)
         return fn(*a, **kw)
+
+
+def parse_box(text: str, ndim: int):
+    """'X0,Y0,X1,Y1' (2-D) or 'X0,Y0,Z0,X1,Y1,Z1' (3-D) -> ints."""
+    from .errors import InputError
+
+    parts = [p.strip() for p in str(text).split(",")]
+    n = 4 if ndim == 2 else 6
+    if len(parts) != n:
+        form = "X0,Y0,X1,Y1" if n == 4 else "X0,Y0,Z0,X1,Y1,Z1"
+        raise InputError(f"Box '{text}' has {len(parts)} numbers: give {form} (voxel indices, inclusive).")
+    try:
+        vals = tuple(int(round(float(p))) for p in parts)
+    except ValueError:
+        raise InputError(f"Box '{text}' is not a list of numbers: give integers like 10,20,80,90.") from None
+    return vals

@@ -124,11 +124,12 @@ def _add_universeg(sub) -> None:
 def cmd_universeg(args) -> int:
     from .io import (LABEL_EXTENSIONS, check_outputs, check_volume_format, float_image, label_image, read_image,
                      write_images)
-    from .medsam import check_box, parse_box
+    from .cli_common import parse_box
+    from .slicing import check_box
     from .progress import CancelToken
     from .universeg import UniverSegEngine, examples_from_labelled_slices
     from .universeg.library import load_library
-    from .universeg.examples import axis_index
+    from .slicing import axis_index
 
     # 1. Every output path, before anything is read or computed.
     inputs = [args.target, args.labelled_slices, args.weights] + _example_paths(args.examples)

@@ -1,13 +1,12 @@
-"""Device selection and CPU thread settings."""
+"""Device selection, CPU features and CPU thread settings."""
 from __future__ import annotations
 
 import os
 
 import torch
 
+from .choices import DEVICES
 from .errors import InputError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 def mps_available() -> bool:
@@ -38,7 +37,17 @@ def pick_device(name="auto") -> torch.device:
         return torch.device("mps")
     if text == "cpu":
         return torch.device("cpu")
-    raise InputError(f"Unknown device '{name}': use one of {', '.join(DEVICE_CHOICES)}.")
+    raise InputError(f"Unknown device '{name}': use one of {', '.join(DEVICES)}.")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has AMX-BF16 or AVX512-BF16 (bf16 matrix products much faster than fp32)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+    except OSError:
+        return False
 
 
 def configure_cpu_threads() -> int:

@@ -10,7 +10,7 @@ from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from ..choices import AXES
+from ..slicing import axis_index, labelled_slices, take_slice
 from ..errors import InputError, MedSegWarning
 from ..io import to_grey
 
@@ -68,13 +68,6 @@ class Example:
         return self.image.ndim
 
 
-def axis_index(axis: str) -> int:
-    key = str(axis or "axial").strip().lower()
-    if key not in AXES:
-        raise InputError(f"Unknown axis '{axis}': use axial (along K), coronal (along J) or sagittal (along I).")
-    return AXES[key]
-
-
 def label_values(label: np.ndarray) -> List[int]:
     return [int(v) for v in np.unique(label)]
 
@@ -111,16 +104,11 @@ def _volume_and_labelmap(volume, labelmap, what: str) -> Tuple[np.ndarray, np.nd
     return vol, lab
 
 
-def _labelled_slices(lab: np.ndarray, value: int, ax: int) -> np.ndarray:
-    other = tuple(a for a in range(3) if a != ax)
-    return np.flatnonzero(np.any(lab == value, axis=other))
-
-
 def _slice_examples(vol, lab, value, ax, indices, axis_name, prefix) -> List[Example]:
     out = []
     for n in indices:
-        img = np.take(vol, int(n), axis=ax)
-        sl = np.take(lab, int(n), axis=ax)
+        img = take_slice(vol, ax, n)
+        sl = take_slice(lab, ax, n)
         mask = np.where(sl == value, value, 0).astype(lab.dtype if lab.dtype.kind in "iu" else np.int64)
         out.append(Example(np.ascontiguousarray(img), np.ascontiguousarray(mask),
                            f"{prefix}{axis_name} slice {int(n)}"))
@@ -133,7 +121,7 @@ def examples_from_labelled_slices(volume, labelmap, label: int = 1, axis: str = 
     value = _check_label_value(label)
     ax = axis_index(axis)
     vol, lab = _volume_and_labelmap(volume, labelmap, "Labelled slices")
-    idx = _labelled_slices(lab, value, ax)
+    idx = labelled_slices(lab, ax, value)
     if idx.size == 0:
         present = _values_text(label_values(lab))
         raise InputError(f"Labelled slices: label {value} is not in the label map (values {present}): label a few "
@@ -156,7 +144,7 @@ def examples_from_volume(volume, labelmap, label: int = 1, axis: str = "axial", 
         raise InputError(f"Unknown empty-slice policy '{empty_policy}': use one of {', '.join(EMPTY_POLICIES)}.")
     who = f"Example volume '{name}'" if name else "Example volume"
     vol, lab = _volume_and_labelmap(volume, labelmap, who)
-    idx = _labelled_slices(lab, value, ax)
+    idx = labelled_slices(lab, ax, value)
     if idx.size == 0:
         raise InputError(f"{who}: label {value} is not in its label map (values {_values_text(label_values(lab))}): "
                          "pass --label with the structure's value.")

@@ -23,7 +23,8 @@ from ..errors import InputError, MedSegWarning
 from ..intensity import IntensityRule, resolve_preset
 from ..progress import CancelToken, ProgressCallback, check, report
 from . import support as sp
-from .examples import FEW_EXAMPLES, Example, axis_index
+from .. import slicing
+from .examples import FEW_EXAMPLES, Example
 
 
 
@@ -84,7 +85,7 @@ class UniverSegEngine:
             if self.device.type != "cuda":
                 raise InputError("fp16 needs a CUDA GPU: use --precision bf16 or fp32 on this device.")
             return torch.float16
-        from ..medsam import cpu_has_native_bf16
+        from ..devices import cpu_has_native_bf16
 
         if self.device.type == "cpu" and not cpu_has_native_bf16():
             warnings.warn("This CPU has no bf16 units (AMX/AVX512-BF16): bf16 will be slower than fp32.",
@@ -140,7 +141,7 @@ class UniverSegEngine:
                              "3-D volume (K, J, I); convert RGB images to grey first.")
         validate_array(vol, "target")
         is2d = vol.ndim == 2
-        ax = 0 if is2d else axis_index(axis)
+        ax = 0 if is2d else slicing.axis_index(axis)
         axis_name = "2-D" if is2d else str(axis).strip().lower()
         support_size, ensemble = int(support_size), int(ensemble)
         msgs: List[str] = []
@@ -152,7 +153,7 @@ class UniverSegEngine:
             rule, why = resolve_preset(intensity, vol)
             msgs.append(why)
 
-        work = vol[None] if is2d else np.moveaxis(vol, ax, 0)           # (slices, rows, cols) view
+        work = vol[None] if is2d else slicing.to_slices(vol, ax)          # (slices, rows, cols) view
         n_slices, rows, cols = work.shape
         s_lo, s_hi, plane_box = 0, n_slices - 1, None
         if roi is not None:
@@ -178,7 +179,7 @@ class UniverSegEngine:
 
         if plane_box is None:
             plane_box = sp.derived_box(items.boxes, (rows, cols))
-            msgs.append(f"no ROI: region rows {plane_box[0]}-{plane_box[2]}, columns {plane_box[1]}-{plane_box[3]} "
+            msgs.append(f"no ROI: region rows {plane_box[1]}-{plane_box[3]}, columns {plane_box[0]}-{plane_box[2]} "
                         "derived from the examples' label boxes, on every slice")
         base_sq = sp.square_around(plane_box)
         slices = list(range(s_lo, s_hi + 1))
@@ -230,7 +231,7 @@ class UniverSegEngine:
                 for k in order:
                     sq = base_sq
                     if k != mid:
-                        box = sp.bbox2d(self._clip_plane(prob_work[k + prev] > 0.5, plane_box))
+                        box = slicing.bbox2d(self._clip_plane(prob_work[k + prev] > 0.5, plane_box))
                         if box is not None:
                             sq = sp.square_around(box)
                             hinted += 1
@@ -241,12 +242,12 @@ class UniverSegEngine:
 
         # Only the ROI (in-plane box too) may be non-zero.
         region = np.zeros((rows, cols), bool)
-        r0, c0, r1, c1 = plane_box
+        c0, r0, c1, r1 = plane_box
         region[r0:r1 + 1, c0:c1 + 1] = True
         if roi is not None:
             prob_work[:, ~region] = 0.0
         check(cancel)
-        probs = prob_work[0] if is2d else np.ascontiguousarray(np.moveaxis(prob_work, 0, ax))
+        probs = prob_work[0] if is2d else slicing.from_slices(prob_work, ax)
         mask = (probs > 0.5).astype(np.uint8)
         report(progress, 1.0, "UniverSeg: done")
         return UniverSegResult(mask=mask, probabilities=probs, messages=msgs, seconds=time.perf_counter() - t0,
@@ -255,30 +256,19 @@ class UniverSegEngine:
     # --------------------------------------------------------------------------------------------- helpers --
     @staticmethod
     def _clip_plane(mask: np.ndarray, plane_box) -> np.ndarray:
-        r0, c0, r1, c1 = plane_box
+        c0, r0, c1, r1 = plane_box
         out = np.zeros_like(mask)
         out[r0:r1 + 1, c0:c1 + 1] = mask[r0:r1 + 1, c0:c1 + 1]
         return out
 
     @staticmethod
     def _roi(roi: Sequence[int], shape: Tuple[int, ...], ax: int, is2d: bool):
-        """Validate and clip the ROI; return (first slice, last slice, in-plane box (r0, c0, r1, c1))."""
-        from ..medsam import check_box
-
+        """Validate and clip the ROI; return (first slice, last slice, in-plane box (x0, y0, x1, y1) of the slice
+        view). Inverted / outside / empty: InputError; partly outside: clipped with a warning."""
         vals = tuple(int(v) for v in roi)
-        want = 4 if is2d else 6
-        if len(vals) != want:
+        if len(vals) != (4 if is2d else 6):
             form = "x0,y0,x1,y1" if is2d else "x0,y0,z0,x1,y1,z1"
             raise InputError(f"ROI {tuple(roi)} has {len(vals)} numbers but the target is {'2' if is2d else '3'}-D: "
                              f"give {form} (voxel indices, inclusive).")
-        # inverted / outside / empty: InputError; partly outside: clipped with a warning
-        clipped = check_box(vals, shape, what="ROI", axis=0 if is2d else ax)
-        if is2d:
-            x0, y0, x1, y1 = clipped
-            return 0, 0, (y0, x0, y1, x1)
-        x0, y0, z0, x1, y1, z1 = clipped
-        if ax == 0:
-            return z0, z1, (y0, x0, y1, x1)
-        if ax == 1:
-            return y0, y1, (z0, x0, z1, x1)
-        return x0, x1, (z0, y0, z1, y1)
+        clipped = slicing.check_box(vals, shape, what="ROI", axis=0 if is2d else ax)
+        return (0, 0, clipped) if is2d else slicing.project_box(clipped, ax)

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from ..errors import InputError, MedSegWarning
 from ..intensity import IntensityRule, apply_intensity
 
-from .examples import (DEFAULT_MARGIN, DEFAULT_MIN_PAD, MODEL_SIZE, Example, _check_label_value, _values_text,
-                       _labelled_slices, axis_index)
+from ..slicing import axis_index, bbox2d, labelled_slices, take_slice
+from .examples import DEFAULT_MARGIN, DEFAULT_MIN_PAD, MODEL_SIZE, Example, _check_label_value, _values_text
 
 
 def normalise_slice(slice2d: np.ndarray, rule: IntensityRule) -> np.ndarray:
@@ -61,20 +61,11 @@ class Square:
     side: int
 
 
-def bbox2d(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
-    """(r0, c0, r1, c1) inclusive bounding box of a 2-D boolean mask, or None when empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
-
-
 def square_around(box: Tuple[int, int, int, int], margin: float = DEFAULT_MARGIN,
                   min_pad: int = DEFAULT_MIN_PAD) -> Square:
-    """The square crop for an inclusive box (r0, c0, r1, c1): side = longest box side + 2 x max(margin x side,
+    """The square crop for an inclusive box (x0, y0, x1, y1): side = longest box side + 2 x max(margin x side,
     min_pad), centred on the box centre (rounded to whole pixels)."""
-    r0, c0, r1, c1 = box
+    c0, r0, c1, r1 = box
     h, w = r1 - r0 + 1, c1 - c0 + 1
     longest = max(h, w)
     pad = max(int(math.ceil(margin * longest)), int(min_pad))
@@ -130,7 +121,7 @@ def paste_back(prob: np.ndarray, sq: Square, shape: Tuple[int, int]) -> np.ndarr
 @dataclass
 class SupportItems:
     """Support tensors ready for the network: ``images`` and ``labels`` (N, 1, size, size) float32 in [0, 1]
-    / {0, 1}; ``boxes`` the labels' bounding boxes relative to their slice size (r0, c0, r1, c1 in 0..1);
+    / {0, 1}; ``boxes`` the labels' bounding boxes relative to their slice size (x0, y0, x1, y1 in 0..1);
     ``names`` one per item; ``skipped`` the names of examples dropped for an empty label."""
 
     images: torch.Tensor
@@ -167,12 +158,12 @@ def _example_slices(examples: Sequence[Example], value: int, ax: int, target_ndi
         if ex.ndim == 2:
             yield ex.image, ex.label == value, name
             continue
-        idx = _labelled_slices(ex.label, value, ax)
+        idx = labelled_slices(ex.label, ax, value)
         if idx.size == 0:
             yield None, None, name  # a volume without the structure: reported as empty below
             continue
         for n in idx:
-            yield (np.take(ex.image, int(n), axis=ax), np.take(ex.label, int(n), axis=ax) == value,
+            yield (take_slice(ex.image, ax, n), take_slice(ex.label, ax, n) == value,
                    f"{name} slice {int(n)}")
 
 
@@ -185,7 +176,7 @@ def build_support(examples: Sequence[Example], rule: IntensityRule, *, label: in
     ax = axis_index(axis)
     images, labels, boxes, names, skipped = [], [], [], [], []
     for img, mask, name in _example_slices(examples, value, ax, target_ndim):
-        box = bbox2d(mask) if mask is not None else None
+        box = bbox2d(mask) if mask is not None else None  # (x0, y0, x1, y1)
         if box is None:
             skipped.append(name)
             continue
@@ -197,7 +188,7 @@ def build_support(examples: Sequence[Example], rule: IntensityRule, *, label: in
         images.append(to_model_image(norm, sq, size))
         labels.append(to_model_label(mask, sq, size))
         h, w = mask.shape
-        boxes.append((box[0] / h, box[1] / w, (box[2] + 1) / h, (box[3] + 1) / w))
+        boxes.append((box[0] / w, box[1] / h, (box[2] + 1) / w, (box[3] + 1) / h))
         names.append(name)
     if skipped:
         shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
@@ -225,10 +216,10 @@ def choose_subsets(n: int, support_size: int, ensemble: int, seed: int) -> List[
 
 def derived_box(boxes: np.ndarray, shape: Tuple[int, int]) -> Tuple[int, int, int, int]:
     """In-plane query box when no ROI is given: the union of the examples' label boxes (relative to their own
-    slice size) scaled to the query slice ``shape``; inclusive pixel box (r0, c0, r1, c1)."""
+    slice size) scaled to the query slice ``shape`` (rows, columns); inclusive pixel box (x0, y0, x1, y1)."""
     h, w = shape
-    r0 = int(math.floor(boxes[:, 0].min() * h))
-    c0 = int(math.floor(boxes[:, 1].min() * w))
-    r1 = int(math.ceil(boxes[:, 2].max() * h)) - 1
-    c1 = int(math.ceil(boxes[:, 3].max() * w)) - 1
-    return max(r0, 0), max(c0, 0), min(max(r1, r0), h - 1), min(max(c1, c0), w - 1)
+    c0 = int(math.floor(boxes[:, 0].min() * w))
+    r0 = int(math.floor(boxes[:, 1].min() * h))
+    c1 = int(math.ceil(boxes[:, 2].max() * w)) - 1
+    r1 = int(math.ceil(boxes[:, 3].max() * h)) - 1
+    return max(c0, 0), max(r0, 0), min(max(c1, c0), w - 1), min(max(r1, r0), h - 1)

@@ -100,32 +100,10 @@ class Handlers:
         return self.engines.medsam(model, p.get("weights"), device, p.get("precision", "auto"))
 
     def encode(self, p, arrays, progress, cancel, local) -> Output:
-        from ..intensity import apply_intensity
-        from ..medsam import AXES, _rule
-
-        volume = _volume(arrays)
         engine = self._medsam_engine(p, progress)
-        axis = p.get("axis", "axial")
-        if axis not in AXES or volume.ndim != 3:
-            raise InputError(f"Encode needs a 3-D volume and an axis among {', '.join(AXES)}.")
-        rule, _ = _rule(p.get("intensity", "auto"), volume)
-        vol_u8 = apply_intensity(volume, rule)
-        perm = {0: (0, 1, 2), 1: (1, 0, 2), 2: (2, 0, 1)}[AXES[axis]]
-        work = np.transpose(vol_u8, perm)
-        first, last = p.get("slices") or (0, work.shape[0] - 1)
-        first, last = max(0, int(first)), min(work.shape[0] - 1, int(last))
-        misses = engine.cache.misses
-        total = max(1, last - first + 1)
-        done = [0]
-
-        def on_batch(n: int) -> None:
-            done[0] += n
-            progress(done[0] / total, f"encoded {done[0]}/{total} slices")
-
-        order = centre_first(first, last)
-        engine.embeddings([work[k] for k in order], cancel, on_batch=on_batch)
-        encoded = engine.cache.misses - misses
-        return {"encoded": int(encoded), "cached": int(total - encoded), "order": order}, {}
+        fields = engine.encode_ahead(_volume(arrays), axis=p.get("axis", "axial"), intensity=p.get("intensity", "auto"),
+                                     slices=p.get("slices"), cancel=cancel, progress=progress)
+        return fields, {}
 
     def segment_box(self, p, arrays, progress, cancel, local) -> Output:
         volume = _volume(arrays)
@@ -230,18 +208,6 @@ class Handlers:
         progress(1.0, "finished")
         return {"slept": time.monotonic() - t0, "value": p.get("value"), "pid": os.getpid()}, \
             {name: np.asarray(arrays[name]) for name in p.get("echo") or []}
-
-
-def centre_first(first: int, last: int) -> List[int]:
-    """Slice indices first..last ordered as the propagation needs them: the middle slice (where it starts, the
-    official rule int((last - first) / 2 + first)), then outwards, upper side first."""
-    mid = int((last - first) / 2 + first)
-    order = [mid]
-    for d in range(1, last - first + 1):
-        for k in (mid + d, mid - d):
-            if first <= k <= last:
-                order.append(k)
-    return order
 
 
 def _volume(arrays: Dict[str, np.ndarray]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Exact preprocessing of the official MedSAM (ViT-B) and LiteMedSAM pipelines, without OpenCV or skimage.
+"""The two resamplers of the official MedSAM pipelines, re-implemented without OpenCV or scikit-image.
 
 LiteMedSAM resizes with OpenCV's ``INTER_AREA``; MedSAM ViT-B with scikit-image's anti-aliased bicubic
 ``resize``. Neither library is a dependency of this package, so both resamplers are re-implemented here from
@@ -13,13 +13,9 @@ their documented arithmetic (the test suite compares them with the real librarie
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import numpy as np
-
-LITE_SIZE = 256
-VIT_SIZE = 1024
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -143,70 +139,3 @@ def resize_skimage_bicubic(img: np.ndarray, size: Tuple[int, int]) -> np.ndarray
     filtered = ndi.gaussian_filter(image, sigma, cval=0, mode="mirror") if np.any(sigma > 0) else image
     out = ndi.zoom(filtered, [1 / f for f in factors], order=3, mode="mirror", cval=0, grid_mode=True)
     return np.clip(out, image.min(), image.max())
-
-
-# --------------------------------------------------------------------------------------------------------
-# The two official pipelines
-# --------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Prepared:
-    """Encoder input for one slice plus what is needed to map prompts and outputs."""
-
-    tensor: np.ndarray          # (3, S, S) float32 in [0, 1]
-    original_size: Tuple[int, int]  # (H, W)
-    resized_size: Tuple[int, int]   # (h, w) inside the S x S input (LiteMedSAM pads; ViT-B stretches)
-
-
-def _as_hw3(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        return image
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    raise ValueError(f"expected (H, W) or (H, W, 3), got {image.shape}")
-
-
-def _minmax01(x: np.ndarray) -> np.ndarray:
-    lo, hi = x.min(), x.max()
-    return (x - lo) / np.clip(float(hi) - float(lo), 1e-8, None)
-
-
-def lite_resized_size(h: int, w: int) -> Tuple[int, int]:
-    s = LITE_SIZE / max(h, w)
-    return int(h * s + 0.5), int(w * s + 0.5)
-
-
-def lite_prepare(image_u8: np.ndarray) -> Prepared:
-    """LiteMedSAM: longest side to 256 (INTER_AREA), min-max to [0, 1], zero-pad bottom/right to 256.
-    A grey (H, W) slice is processed once and repeated to 3 channels (identical to repeating first)."""
-    img = _as_hw3(image_u8)
-    h, w = img.shape[:2]
-    nh, nw = lite_resized_size(h, w)
-    resized = resize_area_u8(img, (nh, nw))
-    norm = _minmax01(resized)
-    out = np.zeros((3, LITE_SIZE, LITE_SIZE), dtype=np.float32)
-    if norm.ndim == 2:
-        out[:, :nh, :nw] = norm[None]
-    else:
-        out[:, :nh, :nw] = norm.transpose(2, 0, 1)
-    return Prepared(out, (h, w), (nh, nw))
-
-
-def lite_box(box: Sequence[float], h: int, w: int) -> np.ndarray:
-    """Box (x0, y0, x1, y1) in original pixels -> 256-space, ``int(v * (256 / max(H, W)))``."""
-    r = LITE_SIZE / max(h, w)
-    return np.array([int(v * r) for v in box], dtype=np.float32)
-
-
-def vit_prepare(image_u8: np.ndarray) -> Prepared:
-    """MedSAM ViT-B: stretch to 1024x1024 (anti-aliased bicubic), truncate to uint8, min-max to [0, 1]."""
-    img = _as_hw3(image_u8)
-    h, w = img.shape[:2]
-    resized = resize_skimage_bicubic(img, (VIT_SIZE, VIT_SIZE)).astype(np.uint8)
-    norm = _minmax01(resized).astype(np.float32)
-    out = np.repeat(norm[None], 3, axis=0) if norm.ndim == 2 else np.ascontiguousarray(norm.transpose(2, 0, 1))
-    return Prepared(out, (h, w), (VIT_SIZE, VIT_SIZE))
-
-
-def vit_box(box: Sequence[float], h: int, w: int) -> np.ndarray:
-    """Box in original pixels -> 1024-space, scaled per axis as floats."""
-    return (np.asarray(box, dtype=np.float64) / np.array([w, h, w, h]) * VIT_SIZE).astype(np.float32)

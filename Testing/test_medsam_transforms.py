@@ -7,8 +7,8 @@ from skimage import transform
 
 from medseg_backend.intensity import apply_intensity, parse_preset, resolve_preset
 from medseg_backend.errors import InputError
-from medseg_backend.preprocess import (lite_box, lite_prepare, lite_resized_size, resize_area_u8,
-                                       resize_skimage_bicubic, vit_box, vit_prepare)
+from medseg_backend.medsam.resize import resize_area_u8, resize_skimage_bicubic
+from medseg_backend.medsam.transforms import lite_box, lite_prepare, lite_resized_size, vit_box, vit_prepare
 
 SHAPES = [(512, 512), (181, 258), (155, 225), (101, 122), (76, 42), (300, 700), (768, 768), (1000, 37), (257, 256)]
 

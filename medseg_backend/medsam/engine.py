@@ -1,0 +1,196 @@
+"""Box-prompted segmentation with MedSAM (ViT-B) and LiteMedSAM: 2-D images and slice-wise 3-D volumes.
+
+:class:`MedSAMEngine` is what the CLI, the worker and the Python API call. It checks the input once (volume,
+boxes via :mod:`medseg_backend.slicing`, axis, propagation), applies the intensity window, cuts the volume into
+slices along the chosen axis and runs each box through :func:`.propagation.propagate` on its
+:class:`.predictor.MedSAMPredictor` (model, transform, embedding cache), so a second box on the same volume
+re-encodes nothing.
+
+Every 3-D run returns one :class:`~medseg_backend.confidence.SliceRecord` per object and slice written (area,
+confidence, review flag; see :mod:`medseg_backend.confidence`), from the same decoder pass (no extra cost).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .. import slicing
+from ..choices import DEFAULT_PROPAGATION, PROPAGATIONS
+from ..confidence import SliceRecord
+from ..errors import InputError, MedSegWarning
+from ..intensity import IntensityRule, apply_intensity, resolve_preset
+from ..progress import CancelToken, ProgressCallback, report
+from .predictor import MedSAMPredictor
+from .propagation import centre_first, propagate
+
+
+@dataclass
+class Result2D:
+    mask: np.ndarray            # (H, W) uint8 0/1
+    logits: np.ndarray          # (H, W) float32 upsampled logits (LiteMedSAM) / logit of upsampled prob (ViT-B)
+    probabilities: np.ndarray   # (H, W) float32
+    box: Tuple[int, int, int, int]
+    messages: List[str] = field(default_factory=list)
+
+
+@dataclass
+class MedSAMResult:
+    labels: np.ndarray                   # (K, J, I) uint8, 0 background, 1..N per box
+    probabilities: Optional[np.ndarray] = None  # (K, J, I) float32, max over boxes of the slice probability
+    messages: List[str] = field(default_factory=list)
+    slices_run: int = 0
+    slices_encoded: int = 0
+    seconds: float = 0.0
+    per_box: List[Dict] = field(default_factory=list)
+    #: One record per object and slice written (slice index along the run's axis, area, confidence, flag).
+    slices: List[SliceRecord] = field(default_factory=list)
+
+    def flagged(self) -> List[SliceRecord]:
+        """The slices to review."""
+        return [r for r in self.slices if r.flagged]
+
+
+class MedSAMEngine:
+    """2-D and 3-D box segmentation on one :class:`MedSAMPredictor` (same arguments: ``model``, ``weights``,
+    ``device``, ``precision``, ``cache_mb``, ``batch_size``, ``module``)."""
+
+    def __init__(self, model: str = "lite-medsam", weights: Optional[str] = None, device="auto",
+                 precision: str = "auto", cache_mb: Optional[float] = None, batch_size: Optional[int] = None,
+                 module: Optional[torch.nn.Module] = None) -> None:
+        self.predictor = MedSAMPredictor(model, weights, device, precision, cache_mb, batch_size, module)
+
+    @property
+    def model_name(self) -> str:
+        return self.predictor.model_name
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    @property
+    def precision(self) -> str:
+        return self.predictor.precision
+
+    # -- 2-D -----------------------------------------------------------------------------------------------
+    def segment_image(self, image: np.ndarray, box: Sequence[int], intensity: Union[str, IntensityRule] = "auto",
+                      ) -> Result2D:
+        """One 2-D image (H, W) or (H, W, 3) and one inclusive box (x0, y0, x1, y1)."""
+        if image.ndim == 3 and image.shape[2] != 3:
+            raise InputError(f"Image of shape {image.shape} is not a 2-D grey or RGB image: give (H, W) or (H, W, 3).")
+        rule, why = intensity_rule(intensity, image)
+        img = apply_intensity(image, rule)
+        box = slicing.check_box(box, img.shape[:2])
+        h, w = img.shape[:2]
+        p = self.predictor
+        emb = p.embeddings([img])[0]  # preprocesses and encodes only on a cache miss
+        logits, prob = p.upsample(p.decode(emb, p.box_to_model(box, h, w)), h, w)
+        mask = (prob > 0.5).astype(np.uint8)
+        return Result2D(mask, logits, prob.astype(np.float32), tuple(box), [why])
+
+    # -- 3-D -----------------------------------------------------------------------------------------------
+    def segment_volume(self, volume: np.ndarray, boxes: Sequence[Sequence[int]], *,
+                       intensity: Union[str, IntensityRule] = "auto", propagation: str = DEFAULT_PROPAGATION,
+                       stop_after: int = 2, axis: str = "axial", progress: Optional[ProgressCallback] = None,
+                       cancel: Optional[CancelToken] = None) -> MedSAMResult:
+        """Segment ``volume`` (K, J, I) slice-wise from 3-D boxes (x0, y0, z0, x1, y1, z1), voxel indices,
+        inclusive, in the volume's own index space whatever ``axis`` is. Returns labels 1..N (later boxes
+        overwrite earlier ones, as the official multi-object run). Nothing is returned on cancel."""
+        t0 = time.perf_counter()
+        if propagation not in PROPAGATIONS:
+            raise InputError(f"Unknown propagation '{propagation}': use {', '.join(PROPAGATIONS)}.")
+        ax = slicing.axis_index(axis)
+        if volume.ndim != 3:
+            raise InputError(f"Expected a 3-D volume (K, J, I), got shape {volume.shape}: for 2-D images use "
+                             "a 2-D box (X0,Y0,X1,Y1).")
+        if not boxes:
+            raise InputError("No box given: draw at least one box (ROI) around the structure.")
+        if len(boxes) > 255:
+            raise InputError(f"{len(boxes)} boxes given: at most 255 objects fit one label map.")
+        if stop_after < 1:
+            raise InputError(f"stop_after={stop_after}: give the number of empty slices (>= 1) after which "
+                             "propagation stops.")
+        from ..io import validate_array
+
+        validate_array(volume, "volume")
+        rule, why = intensity_rule(intensity, volume)
+        checked = [slicing.check_box(b, volume.shape, what=f"Box {i + 1}", axis=ax) for i, b in enumerate(boxes)]
+        vol_u8 = apply_intensity(volume, rule)
+        blank = _blank_slices(vol_u8, checked, ax)
+        if blank:
+            shown = ", ".join(str(k) for k in blank[:10]) + (", ..." if len(blank) > 10 else "")
+            warnings.warn(f"{len(blank)} slice(s) inside the box(es) are uniform after the intensity window "
+                          f"({rule.describe()}) and were segmented as blank images: {shown}; check the window if "
+                          "the structure is visible there.", MedSegWarning, stacklevel=2)
+        work = slicing.to_slices(vol_u8, ax)
+        labels_work = np.zeros(work.shape, dtype=np.uint8)
+        probs_work = np.zeros(work.shape, dtype=np.float32)
+        enc_before = self.predictor.cache.misses
+        projected = [slicing.project_box(b, ax) for b in checked]
+        total_slices = sum(s1 - s0 + 1 for s0, s1, _ in projected)
+        done = [0]
+        per_box = []
+
+        def tick(msg: str) -> None:
+            done[0] += 1
+            report(progress, done[0] / max(total_slices, 1), msg)
+
+        report(progress, 0.0, f"MedSAM ({self.model_name}, {self.precision}) on {len(checked)} box(es)")
+        for obj, (s0, s1, b2d) in enumerate(projected, start=1):
+            info = propagate(self.predictor, work, labels_work, probs_work, obj, s0, s1, b2d, propagation, stop_after,
+                             cancel, lambda k, o=obj: tick(f"box {o}: slice {k}"))
+            per_box.append(info)
+        labels = slicing.from_slices(labels_work, ax)
+        probs = slicing.from_slices(probs_work, ax)
+        report(progress, 1.0, "done")
+        return MedSAMResult(labels=labels, probabilities=probs, messages=[why],
+                            slices_run=sum(p["slices_run"] for p in per_box),
+                            slices_encoded=self.predictor.cache.misses - enc_before,
+                            seconds=time.perf_counter() - t0, per_box=per_box,
+                            slices=[r for p in per_box for r in p["records"]])
+
+    def encode_ahead(self, volume: np.ndarray, *, axis: str = "axial", intensity: Union[str, IntensityRule] = "auto",
+                     slices: Optional[Sequence[int]] = None, cancel: Optional[CancelToken] = None,
+                     progress: Optional[ProgressCallback] = None) -> Dict:
+        """Fill the embedding cache for slices ``first..last`` (default: all) of ``volume`` along ``axis``, in the
+        order propagation reaches them (middle first), so a later :meth:`segment_volume` only decodes them."""
+        ax = slicing.axis_index(axis)
+        if volume.ndim != 3:
+            raise InputError(f"Encoding ahead needs a 3-D volume (K, J, I), got shape {volume.shape}.")
+        rule, _ = intensity_rule(intensity, volume)
+        work = slicing.to_slices(apply_intensity(volume, rule), ax)
+        first, last = slices or (0, work.shape[0] - 1)
+        first, last = max(0, int(first)), min(work.shape[0] - 1, int(last))
+        order = centre_first(first, last)
+        misses, done = self.predictor.cache.misses, [0]
+
+        def on_batch(n: int) -> None:
+            done[0] += n
+            report(progress, done[0] / len(order), f"encoded {done[0]}/{len(order)} slices")
+
+        self.predictor.embeddings([work[k] for k in order], cancel, on_batch=on_batch)
+        encoded = self.predictor.cache.misses - misses
+        return {"encoded": int(encoded), "cached": int(len(order) - encoded), "order": order}
+
+
+def _blank_slices(vol_u8: np.ndarray, boxes: Sequence[Sequence[int]], ax: int) -> List[int]:
+    """Slices (along ``ax``) inside the boxes whose box region is one grey level after windowing."""
+    out = set()
+    for x0, y0, z0, x1, y1, z1 in boxes:
+        region = vol_u8[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1]
+        other = tuple(a for a in range(3) if a != ax)
+        flat = region.max(axis=other) == region.min(axis=other)
+        start = (z0, y0, x0)[ax]
+        out.update(start + int(i) for i in np.flatnonzero(flat))
+    return sorted(out)
+
+
+def intensity_rule(intensity, array) -> Tuple[IntensityRule, str]:
+    """The intensity rule for ``array`` (a rule as given, or a preset name resolved) and a line saying which."""
+    if isinstance(intensity, IntensityRule):
+        return intensity, f"intensity preset {intensity.describe()}"
+    return resolve_preset(intensity, array)
