@@ -79,7 +79,7 @@ def universeg_state_bytes(seed: int = 0) -> bytes:
     """A UniverSeg v1 checkpoint in the official layout with random weights (no shared data needed)."""
     import torch
 
-    from medseg_backend.models.universeg import build_universeg_v1
+    from medseg_backend.models.universeg_fast import build_universeg_v1
 
     torch.manual_seed(seed)
     buf = io.BytesIO()

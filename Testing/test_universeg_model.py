@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_backend.models.universeg import UNIVERSEG_V1_PARAMS, build_universeg_v1
+from medseg_backend.models.universeg import UNIVERSEG_V1_PARAMS, UniverSeg
+from medseg_backend.models.universeg_fast import build_universeg_v1
 
 CASES = ["", "case2_", "case3_"]
 ATOL = 1e-4
@@ -48,6 +49,19 @@ def test_strict_load_rejects_wrong_layout(universeg_state):
     state.pop("out_conv.conv.bias")
     with pytest.raises(RuntimeError, match="out_conv.conv.bias"):
         build_universeg_v1().load_state_dict(state, strict=True)
+
+
+@pytest.mark.parametrize("pre", CASES[:1])
+def test_reference_network_module_alone_loads_and_reproduces_reference(universeg_state, ref_io, pre):
+    """models/universeg.py on its own (no fast path): the official checkpoint loads strictly and its forward
+    gives the reference outputs."""
+    net = UniverSeg().eval()
+    net.load_state_dict(torch.load(universeg_state, map_location="cpu", weights_only=True), strict=True)
+    assert not hasattr(net, "prepare_support")
+    q, si, sl = _inputs(ref_io, pre)
+    with torch.inference_mode():
+        out = net(q, si, sl).numpy()
+    assert np.abs(out - ref_io[pre + "output"]).max() <= ATOL
 
 
 @pytest.mark.parametrize("pre", CASES)

@@ -297,7 +297,7 @@ def test_2d_rgb_pngs(data_dir):
 
 
 def test_real_network_fast_path_equals_plain_path_in_the_pipeline(universeg_state, ct):
-    from medseg_backend.models.universeg import build_universeg_v1
+    from medseg_backend.models.universeg_fast import build_universeg_v1
 
     net = build_universeg_v1()
     net.load_state_dict(torch.load(universeg_state, weights_only=True), strict=True)

@@ -11,7 +11,7 @@ Each variant runs in its own worker process so that its peak memory is its own: 
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; Python + torch + data + model included; the baseline RSS after
 loading is printed too). Variants:
 
-* ``plain``      - :meth:`UniverSeg.forward_reference`, fp32, every (query, support item) pair materialised
+* ``plain``      - :meth:`UniverSeg.forward_reference` (``models/universeg.py``), fp32, every (query, support item) pair materialised
                    (the released implementation's formulation; the baseline);
 * ``fast-fp32``  - the product network path (split CrossConv, shared support, ...), fp32 (the default);
 * ``fast-bf16``  - the same in bf16 (CPU with AMX/AVX512-BF16, or CUDA);
@@ -59,7 +59,7 @@ def current_rss_mb() -> float:
 
 
 def load_net(device):
-    from medseg_backend.models.universeg import build_universeg_v1
+    from medseg_backend.models.universeg_fast import build_universeg_v1
 
     net = build_universeg_v1()
     state = REF / "random_v1_state.pt"

@@ -30,7 +30,7 @@ ARCH_MODEL = {v: k for k, v in MODEL_ARCH.items()}
 
 def build_arch(arch: str) -> torch.nn.Module:
     if arch == "universeg_v1":
-        from .universeg import build_universeg_v1
+        from .universeg_fast import build_universeg_v1
 
         return build_universeg_v1()
     from .sam import build_sam

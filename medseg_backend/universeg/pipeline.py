@@ -2,7 +2,7 @@
 
 One run = one support set built from the examples (see :mod:`.support` for the exact crop / resize /
 normalisation rules), shared by every query slice: the network's query-independent support work is done
-once per pass (:meth:`UniverSeg.prepare_support`). With more usable example slices than ``support_size``,
+once per pass (:meth:`~medseg_backend.models.universeg_fast.UniverSegFast.prepare_support`). With more usable example slices than ``support_size``,
 ``ensemble`` seeded random subsets are run and their probabilities averaged; ``tta`` adds a left-right
 flipped pass (query and support flipped, prediction flipped back). Probabilities are averaged in model
 space and mapped back through the exact inverse transform; the mask is ``probability > 0.5``. Voxels
