@@ -117,9 +117,9 @@ def screenshots() -> None:
           f"slices, {outcome.seconds:.1f} s")
     # UniverSeg: liver completed from every 4th labelled slice - only with the official weights (a picture made
     # with the test stand-in network would not show what the model does)
-    from medseg_backend import catalogue
+    from medseg_backend.weights import store
 
-    if not (catalogue.status("universeg-v1")["installed"] and catalogue.licence_accepted("universeg-v1")):
+    if not (store.status("universeg-v1")["installed"] and store.licence_accepted("universeg-v1")):
         print("universeg_examples.png skipped: UniverSeg weights not installed / licence not accepted")
         return
     from MedSegSlicerLib import examples as ex

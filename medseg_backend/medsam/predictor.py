@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import confidence as conf
-from ..choices import MEDSAM_MODELS
+from ..choices import MEDSAM_MODELS, PRECISIONS
 from ..confidence import SliceRecord
 from ..devices import configure_cpu_threads, cpu_has_native_bf16, pick_device
 from ..errors import InputError
@@ -124,7 +124,7 @@ class MedSAMPredictor:
         if self.device.type == "cpu":
             configure_cpu_threads()
         if module is None:
-            from ..catalogue import open_model
+            from ..weights import open_model
 
             module = open_model(model, weights=weights, device=self.device)
         self.net = module.to(self.device).eval()
@@ -167,7 +167,7 @@ class MedSAMPredictor:
                 raise InputError("fp16 is not supported on the CPU: use --precision bf16 or fp32.")
             return torch.float16
         if p != "auto":
-            raise InputError(f"Unknown precision '{precision}': use auto, fp32, bf16 or fp16.")
+            raise InputError(f"Unknown precision '{precision}': use {', '.join(PRECISIONS)}.")
         half = DEFAULT_HALF.get((self.model_name, self.device.type))
         if half is torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
             return None

@@ -148,7 +148,7 @@ def load_model(name_or_path, weights=None, device="auto", *, random_init: bool =
     """Build the model named ``name_or_path`` and load the checkpoint file ``weights`` strictly (path -> module).
 
     The loader knows no weights store: to find installed weights and enforce licences use
-    :func:`medseg_backend.load_model` (``catalogue.open_model``). ``random_init=True`` skips weights (tests,
+    :func:`medseg_backend.load_model` (``weights.open_model``). ``random_init=True`` skips weights (tests,
     benchmarks). Returns an eval-mode module on ``device`` with gradients off.
     """
     arch, wpath = resolve_arch(name_or_path, weights)

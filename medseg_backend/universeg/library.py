@@ -287,7 +287,7 @@ def load_library(folder: PathLike) -> Tuple[List[Example], Dict]:
 def libraries_dir() -> Path:
     """Imported libraries live in ``<cache>/libraries`` (the weights cache folder, shared across Slicer
     versions; ``MEDSEG_HOME`` overrides)."""
-    from ..catalogue import cache_dir
+    from ..weights import cache_dir
 
     return Path(cache_dir()) / "libraries"
 
@@ -308,7 +308,7 @@ def resolve_library(name_or_path: PathLike) -> Path:
 
 def import_library(source: PathLike, name: Optional[str] = None, *, overwrite: bool = False) -> Path:
     """Check a library folder (manifest and every file readable) and copy it into the shared collection."""
-    from ..catalogue import cache_dir
+    from ..weights import cache_dir
     from ..io import check_writable_folder
     from ..locking import FileLock
 

@@ -43,7 +43,7 @@ class UniverSegResult:
 class UniverSegEngine:
     """UniverSeg v1 on one device.
 
-    ``weights``: a checkpoint path (else the catalogue's installed ``universeg-v1``; both need the
+    ``weights``: a checkpoint path (else the store's installed ``universeg-v1``; both need the
     OpenRAIL++-M licence accepted: ``medseg models fetch universeg-v1 --accept-licence``). ``model``: any
     ``nn.Module`` with ``forward(target (B,1,H,W), support_images (B,S,1,H,W), support_labels (B,S,1,H,W))
     -> logits`` (tests use deterministic stand-ins); when it also has ``prepare_support`` /
@@ -60,7 +60,7 @@ class UniverSegEngine:
         if self.device.type == "cpu":
             configure_cpu_threads()
         if model is None:
-            from ..catalogue import resolve_weights
+            from ..weights import resolve_weights
             from ..models.loader import load_model
 
             path = resolve_weights("universeg-v1", weights)   # LicenceError until the licence is accepted

@@ -171,16 +171,16 @@ class Handlers:
 
     # ------------------------------------------------------------------------------------------------ weights --
     def weights_verify(self, p, arrays, progress, cancel, local) -> Output:
-        from .. import catalogue
+        from .. import weights
 
         progress(0.0, "Checking the installed weights")
-        return {"results": [_plain(r) for r in catalogue.verify(p.get("name"))]}, {}
+        return {"results": [_plain(r) for r in weights.verify(p.get("name"))]}, {}
 
     def weights_import(self, p, arrays, progress, cancel, local) -> Output:
-        from .. import catalogue
+        from .. import weights
 
         progress(0.0, f"Checking {p.get('path')}")
-        path = catalogue.import_weights(p["name"], p["path"], accept_licence=bool(p.get("accept_licence")))
+        path = weights.import_weights(p["name"], p["path"], accept_licence=bool(p.get("accept_licence")))
         self.engines.clear()
         return {"path": str(path)}, {}
 

@@ -1,8 +1,6 @@
-"""Command line: ``medseg medsam``, ``medseg universeg``, ``medseg library``, ``medseg models``, ``medseg demo``.
+"""``medseg medsam`` (2-D / 3-D box segmentation) and ``medseg demo`` (the bundled sample, embedded weights).
 
-Every user error is a :class:`~medseg_backend.errors.MedSegError`: it is printed as one ``error: ...`` line
-and the command exits with status 2, having written nothing. Warnings (box clipped, few examples, ...) are
-printed as ``warning: ...`` lines.
+Registered by :func:`medseg_backend.cli.build_parser` through :func:`register`.
 """
 from __future__ import annotations
 
@@ -15,11 +13,11 @@ from typing import List, Optional
 
 import numpy as np
 
-from .choices import AXES, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PRECISIONS, PROPAGATIONS
-from .cli_common import progress_printer as _progress_printer, quiet_check as _quiet_check
-from .errors import MedSegError, MedSegWarning
-from .metrics import dice
-from .slicing import bbox3d
+from ..choices import AXES, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PRECISIONS, PROPAGATIONS
+from ..errors import MedSegError, MedSegWarning
+from ..metrics import dice
+from ..slicing import bbox3d
+from .common import ProgressPrinter, parse_box, quiet_check as _quiet_check
 
 INTENSITY_HELP = ("intensity preset: auto (default), raw (8-bit as is), ct-abdomen (40/400), ct-lung, ct-brain, "
                   "ct-mediastinum, mr (0.5/99.5 percentiles of voxels > 0) or window:L,W")
@@ -59,14 +57,13 @@ def _add_medsam(sub) -> None:
 
 
 def cmd_medsam(args) -> int:
-    from .intensity import apply_intensity, resolve_preset
-    from .io import (IMAGE_2D_OUTPUTS, OVERLAY_EXTENSIONS, PROBABILITY_EXTENSIONS, LABEL_EXTENSIONS, _has_ext,
+    from ..intensity import apply_intensity, resolve_preset
+    from ..io import (IMAGE_2D_OUTPUTS, OVERLAY_EXTENSIONS, PROBABILITY_EXTENSIONS, LABEL_EXTENSIONS, _has_ext,
                      check_outputs, check_volume_format, float_image, label_image, read_image, rgb_image,
                      write_images)
-    from .cli_common import parse_box
-    from .medsam import MedSAMEngine
-    from .slicing import check_box
-    from .overlay import overlay_rgb
+    from ..medsam import MedSAMEngine
+    from ..slicing import check_box
+    from ..overlay import overlay_rgb
 
     # 1. Every output path, before anything is read or computed.
     report_path = slice_report_path(args)
@@ -137,7 +134,7 @@ def cmd_medsam(args) -> int:
         n_run = 1
     else:
         res3 = engine.segment_volume(arr, boxes, intensity=args.intensity, propagation=args.propagation,
-                                     stop_after=args.stop_after, axis=args.axis, progress=_progress_printer())
+                                     stop_after=args.stop_after, axis=args.axis, progress=ProgressPrinter())
         labels, prob, messages = res3.labels, res3.probabilities, res3.messages
         n_run = res3.slices_run
 
@@ -192,7 +189,7 @@ def slice_report_path(args) -> Optional[str]:
 
 def slice_report_text(path: str, result, geometry, axis: str) -> str:
     """The per-slice report (CSV, or JSON for a .json path): object, slice, area, confidence, flag."""
-    from .confidence import report_text
+    from ..confidence import report_text
 
     spacing = getattr(geometry, "spacing", None)
     return report_text(result.slices, spacing, axis, "json" if path.lower().endswith(".json") else "csv")
@@ -213,10 +210,10 @@ def _add_demo(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from .intensity import apply_intensity, resolve_preset
-    from .io import read_image, write_label, write_rgb_png
-    from .medsam import MedSAMEngine
-    from .overlay import overlay_rgb, radiological_axial, upscale_nearest
+    from ..intensity import apply_intensity, resolve_preset
+    from ..io import read_image, write_label, write_rgb_png
+    from ..medsam import MedSAMEngine
+    from ..overlay import overlay_rgb, radiological_axial, upscale_nearest
 
     data = Path(args.data) if args.data else Path(__file__).resolve().parents[1] / "Testing" / "Data" / "totalseg_ct_sm"
     ct = read_image(str(data / "ct.nii.gz"))
@@ -230,7 +227,7 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     engine = MedSAMEngine("lite-medsam", device=args.device)
     t_load = time.perf_counter() - t0
-    res = engine.segment_volume(ct.array, boxes, intensity="auto", progress=_progress_printer())
+    res = engine.segment_volume(ct.array, boxes, intensity="auto", progress=ProgressPrinter())
     t_run = time.perf_counter() - t0 - t_load
     for m in res.messages:
         print(m)
@@ -256,48 +253,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(prog="medseg", description="MedSAM / LiteMedSAM / UniverSeg segmentation "
-                                     "of medical images (backend of the MedSegSlicer 3D Slicer extension)")
-    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+def register(sub) -> None:
+    """Add ``medsam`` and ``demo`` to the ``medseg`` sub-commands."""
     _add_medsam(sub)
-    try:
-        from . import cli_universeg
-    except ImportError:  # pragma: no cover - the UniverSeg half is optional while it is being built
-        cli_universeg = None
-    if cli_universeg is not None:
-        cli_universeg.register(sub)
-    from . import cli_models
-
-    cli_models.register(sub)
     _add_demo(sub)
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", MedSegWarning)
-        warnings.showwarning = show
-        try:
-            return int(args.func(args) or 0)
-        except MedSegError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("error: interrupted: nothing was written.", file=sys.stderr)
-            return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

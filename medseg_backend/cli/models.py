@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import List, Optional
+from typing import Optional
 
-from . import catalogue
-from .errors import MedSegError, MedSegWarning
-from .progress import CancelToken
+from .. import weights
+from ..errors import MedSegError, MedSegWarning
+from ..progress import CancelToken
+from .common import ProgressPrinter
 
 __all__ = ["register", "main"]
 
@@ -25,8 +26,8 @@ def _yes_no(flag: Optional[bool]) -> str:
 
 def _cmd_list(args) -> int:
     rows = []
-    for entry in catalogue.entries():
-        st = catalogue.status(entry.name)
+    for entry in weights.entries():
+        st = weights.status(entry.name)
         accepted = _yes_no(st["licence_accepted"]) if entry.requires_acceptance else "-"
         where = st["path"] or "(not installed)"
         if st["recorded_sha256"]:
@@ -39,35 +40,8 @@ def _cmd_list(args) -> int:
     for r in rows:
         out.write("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)).rstrip() + "\n")
         out.write(" " * 4 + r[5] + "\n")
-    out.write(f"cache folder: {catalogue.cache_dir()}\n")
+    out.write(f"cache folder: {weights.cache_dir()}\n")
     return 0
-
-
-class _StderrProgress:
-    """Progress on stderr: one rewritten line on a terminal, a line per 10 % otherwise."""
-
-    def __init__(self, stream=None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.last_decile = -1
-        self.last_message = ""
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if self.tty:
-            self.stream.write(f"\r{message} ({fraction * 100:3.0f} %)".ljust(79))
-            self.stream.flush()
-            return
-        decile = int(fraction * 10)
-        if decile != self.last_decile or not message.startswith("Downloading"):
-            if message != self.last_message:
-                self.stream.write(f"{message} ({fraction * 100:.0f} %)\n")
-                self.last_message = message
-            self.last_decile = decile
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def _show_warnings(caught) -> None:
@@ -79,19 +53,19 @@ def _show_warnings(caught) -> None:
 
 
 def _report_installed(name: str, path) -> None:
-    st = catalogue.status(name)
+    st = weights.status(name)
     sys.stdout.write(f"{name}: {path}\n")
     if st["recorded_sha256"]:
         sys.stdout.write(f"sha256 {st['recorded_sha256']} (recorded {st['recorded_at']})\n")
 
 
 def _cmd_fetch(args) -> int:
-    progress = _StderrProgress()
+    progress = ProgressPrinter()
     cancel = CancelToken()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MedSegWarning)
         try:
-            path = catalogue.fetch(args.name, accept_licence=args.accept_licence, progress=progress, cancel=cancel)
+            path = weights.fetch(args.name, accept_licence=args.accept_licence, progress=progress, cancel=cancel)
         except KeyboardInterrupt:
             cancel.cancel()
             sys.stderr.write("\ncancelled: nothing was installed\n")
@@ -99,7 +73,7 @@ def _cmd_fetch(args) -> int:
         finally:
             progress.close()
             _show_warnings(caught)
-    _report_installed(catalogue.get_entry(args.name).name, path)
+    _report_installed(weights.get_entry(args.name).name, path)
     return 0
 
 
@@ -107,16 +81,16 @@ def _cmd_import(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MedSegWarning)
         try:
-            path = catalogue.import_weights(args.name, args.file, accept_licence=args.accept_licence,
-                                            progress=_StderrProgress())
+            path = weights.import_weights(args.name, args.file, accept_licence=args.accept_licence,
+                                            progress=ProgressPrinter())
         finally:
             _show_warnings(caught)
-    _report_installed(catalogue.get_entry(args.name).name, path)
+    _report_installed(weights.get_entry(args.name).name, path)
     return 0
 
 
 def _cmd_verify(args) -> int:
-    results = catalogue.verify(args.name)
+    results = weights.verify(args.name)
     failed = 0
     for r in results:
         if r["ok"] is None:
@@ -136,22 +110,22 @@ def _cmd_verify(args) -> int:
 
 def _cmd_path(args) -> int:
     if args.name is None:
-        sys.stdout.write(f"{catalogue.cache_dir()}\n")
+        sys.stdout.write(f"{weights.cache_dir()}\n")
         return 0
-    entry = catalogue.get_entry(args.name)
-    path = catalogue.installed_path(entry.name)
+    entry = weights.get_entry(args.name)
+    path = weights.installed_path(entry.name)
     if path is None:
-        raise catalogue._not_installed(entry)
+        raise weights.not_installed_error(entry)
     sys.stdout.write(f"{path}\n")
     return 0
 
 
 def _cmd_delete(args) -> int:
-    entry = catalogue.get_entry(args.name)
-    removed = catalogue.delete(entry.name, progress=_StderrProgress())
+    entry = weights.get_entry(args.name)
+    removed = weights.delete(entry.name, progress=ProgressPrinter())
     for p in removed:
         sys.stdout.write(f"removed {p}\n")
-    remaining = catalogue.installed_path(entry.name)
+    remaining = weights.installed_path(entry.name)
     if remaining is not None:
         sys.stdout.write(f"{entry.name}: the copy at {remaining} belongs to an installed pip package and was kept\n")
     elif not removed:
@@ -160,20 +134,20 @@ def _cmd_delete(args) -> int:
 
 
 def _cmd_accept(args) -> int:
-    entry = catalogue.get_entry(args.name)
+    entry = weights.get_entry(args.name)
     if not entry.requires_acceptance:
         sys.stdout.write(f"{entry.name} ({entry.licence}) needs no acceptance\n")
         return 0
-    rec = catalogue.accept_licence(entry.name)
+    rec = weights.accept_licence(entry.name)
     sys.stdout.write(f"{entry.name}: accepted {entry.licence} ({entry.licence_url}) on {rec['accepted_at']}\n")
     return 0
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``models`` and its sub-commands to ``subparsers`` (from ``parser.add_subparsers()``)."""
-    names = ", ".join(catalogue.ENTRIES)
+    names = ", ".join(weights.ENTRIES)
     p = subparsers.add_parser("models", help="list, fetch, import, verify or delete model weights",
-                              description="Model weights catalogue and cache (shared by the CLI and Slicer). "
+                              description="Model weights registry and cache (shared by the CLI and Slicer). "
                                           f"Models: {names}.")
     p.set_defaults(func=_cmd_list)
     sub = p.add_subparsers(dest="models_command", metavar="COMMAND")
@@ -210,19 +184,3 @@ def register(subparsers) -> argparse.ArgumentParser:
     s.add_argument("name", metavar="NAME")
     s.set_defaults(func=_cmd_accept)
     return p
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Stand-alone entry (``python -m medseg_backend.cli_models list``); the real CLI is ``medseg models``."""
-    parser = argparse.ArgumentParser(prog="medseg")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except MedSegError as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -13,8 +13,8 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .choices import AXES, DEVICES, PRECISIONS
-from .errors import InputError, MedSegWarning
+from ..choices import AXES, DEVICES, PRECISIONS
+from ..errors import InputError, MedSegWarning
 
 INTENSITY_HELP = ("intensity preset for examples and target: auto, raw, ct-abdomen, ct-lung, ct-brain, "
                   "ct-mediastinum, mr or window:L,W (default: the library's preset, else auto)")
@@ -46,7 +46,7 @@ def split_pair(text: str) -> Tuple[str, str]:
 
 
 def _grey_target(img):
-    from .io import to_grey
+    from ..io import to_grey
 
     if img.is_rgb:
         warnings.warn(f"{img.path} is an RGB image: converted to grey levels for UniverSeg.", MedSegWarning,
@@ -65,8 +65,8 @@ def _example_paths(pairs: List[str]) -> List[str]:
 
 
 def _examples_from_pairs(pairs: List[str]):
-    from .io import read_image
-    from .universeg import Example
+    from ..io import read_image
+    from ..universeg import Example
 
     out = []
     for text in pairs:
@@ -122,14 +122,14 @@ def _add_universeg(sub) -> None:
 
 
 def cmd_universeg(args) -> int:
-    from .io import (LABEL_EXTENSIONS, check_outputs, check_volume_format, float_image, label_image, read_image,
+    from ..io import (LABEL_EXTENSIONS, check_outputs, check_volume_format, float_image, label_image, read_image,
                      write_images)
-    from .cli_common import parse_box
-    from .slicing import check_box
-    from .progress import CancelToken
-    from .universeg import UniverSegEngine, examples_from_labelled_slices
-    from .universeg.library import load_library
-    from .slicing import axis_index
+    from .common import parse_box
+    from ..slicing import check_box
+    from ..progress import CancelToken
+    from ..universeg import UniverSegEngine, examples_from_labelled_slices
+    from ..universeg.library import load_library
+    from ..slicing import axis_index
 
     # 1. Every output path, before anything is read or computed.
     inputs = [args.target, args.labelled_slices, args.weights] + _example_paths(args.examples)
@@ -142,7 +142,7 @@ def cmd_universeg(args) -> int:
     check_volume_format(args.probabilities, target.shape, is_volume=target.ndim == 3, what="probability map")
     roi = parse_box(args.roi, target.ndim) if args.roi else None
     if roi is not None:
-        from .cli_common import quiet_check as _quiet_check
+        from .common import quiet_check as _quiet_check
 
         _quiet_check(check_box, roi, target.shape, what="ROI", axis=0 if target.ndim == 2 else axis_index(args.axis))
     label = args.label
@@ -172,17 +172,17 @@ def cmd_universeg(args) -> int:
     value = label if args.output_value is None else args.output_value
     if not 0 < value < 65536:
         raise InputError(f"Output value {value} does not fit a label map: use 1..65535 (--output-value).")
-    from .intensity import resolve_preset
+    from ..intensity import resolve_preset
 
     resolve_preset(intensity, target)  # unknown preset / window outside the data: before the model loads
     # 3. The model, the run.
     t0 = time.perf_counter()
     engine = UniverSegEngine(weights=args.weights, device=args.device, precision=args.precision)
-    from .cli_common import progress_printer as _progress_printer
+    from .common import ProgressPrinter
 
     res = engine.segment_volume(target, examples, roi=roi, axis=args.axis, label=label, intensity=intensity,
                                 support_size=args.support_size, ensemble=args.ensemble, seed=args.seed,
-                                tta=args.tta, neighbour_hint=args.neighbour_hint, progress=_progress_printer(),
+                                tta=args.tta, neighbour_hint=args.neighbour_hint, progress=ProgressPrinter(),
                                 cancel=CancelToken())
     mask = res.mask.astype(bool)
     if keep is not None:
@@ -245,9 +245,9 @@ def _add_library(sub) -> None:
 
 
 def cmd_library_export(args) -> int:
-    from .io import read_image
-    from .universeg import examples_from_volume
-    from .universeg.library import export_library
+    from ..io import read_image
+    from ..universeg import examples_from_volume
+    from ..universeg.library import export_library
 
     if args.volume:
         if not args.labelmap:
@@ -255,7 +255,7 @@ def cmd_library_export(args) -> int:
         vol = read_image(args.volume)
         lab = read_image(args.labelmap, label=True)
         if vol.array.ndim == 2 and not vol.is_rgb:
-            from .universeg import Example
+            from ..universeg import Example
 
             examples = [Example(vol.array, lab.array, os.path.basename(args.volume))]
         else:
@@ -272,7 +272,7 @@ def cmd_library_export(args) -> int:
 
 
 def cmd_library_import(args) -> int:
-    from .universeg.library import import_library, library_summary
+    from ..universeg.library import import_library, library_summary
 
     dest = import_library(args.folder, args.name, overwrite=args.overwrite)
     s = library_summary(dest)
@@ -281,7 +281,7 @@ def cmd_library_import(args) -> int:
 
 
 def cmd_library_list(args) -> int:
-    from .universeg.library import libraries_dir, list_libraries, read_manifest, resolve_library
+    from ..universeg.library import libraries_dir, list_libraries, read_manifest, resolve_library
 
     if args.folder:
         root = resolve_library(args.folder)
