@@ -18,7 +18,7 @@ import pytest
 from medseg_backend import catalogue
 from medseg_backend.errors import InputError, LicenceError
 from medseg_backend.worker import protocol as proto
-from MedSegSlicerLib import jobs, segments
+from MedSegSlicerLib import jobs, labelmaps
 from MedSegSlicerLib.core import MedSegCore
 from MedSegSlicerLib.jobs import JobRunner, Request
 from MedSegSlicerLib.scenarios import slab_box
@@ -154,8 +154,8 @@ def test_worker_killed_mid_run_gives_one_line_and_the_next_run_works(ct):
     lite_installed()
     ctx, volume, labels = ct
     seg = ctx.add_segmentation("seg", volume)
-    sid = segments.write_mask(seg, labels == 5, volume, name="liver")
-    before = segments.segment_to_array(seg, sid, volume)
+    sid = labelmaps.write_mask(seg, labels == 5, volume, name="liver")
+    before = labelmaps.segment_to_array(seg, sid, volume)
     client = WorkerClient()
     core = MedSegCore(ctx, device="cpu", worker=client)
     try:
@@ -168,13 +168,13 @@ def test_worker_killed_mid_run_gives_one_line_and_the_next_run_works(ct):
         assert outcome.status == "failed" and isinstance(outcome.error, WorkerError)
         assert outcome.message.startswith("The model worker stopped unexpectedly (killed by signal 9")
         assert "nothing was written" in outcome.message and "\n" not in outcome.message
-        np.testing.assert_array_equal(segments.segment_to_array(seg, sid, volume), before)
+        np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, volume), before)
         # the next run starts a fresh worker and writes its result
         small = slab_box((labels == 3).astype(np.uint8), 2)
         _, ids, again = core.segment_with_medsam(volume, [small], seg, names=["kidney"], model="lite-medsam")
         assert again.ok and client.pid != pid and not pid_alive(pid)
-        assert segments.segment_to_array(seg, ids[0], volume).sum() == (again.result.labels == 1).sum() > 0
-        np.testing.assert_array_equal(segments.segment_to_array(seg, sid, volume), before)
+        assert labelmaps.segment_to_array(seg, ids[0], volume).sum() == (again.result.labels == 1).sum() > 0
+        np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, volume), before)
     finally:
         client.shutdown()
 

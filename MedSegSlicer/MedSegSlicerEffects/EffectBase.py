@@ -5,6 +5,7 @@ import os
 
 import qt
 import slicer
+from medseg_backend import slicing
 
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
@@ -291,7 +292,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
                 return
             axis = self.axis(volume)
             box = geometry.roi_to_voxel_box(roi, volume)
-            a = geometry.AXIS_BOX_INDEX[axis]
+            a = slicing.BOX_INDEX[slicing.axis_index(axis)]
             if box[a + 3] - box[a] + 1 <= 2:               # drawn on one slice: give it the structure's depth
                 geometry.voxel_box_to_roi(roi, volume, geometry.full_depth_box(box, axis, volume))
         except MedSegError as e:

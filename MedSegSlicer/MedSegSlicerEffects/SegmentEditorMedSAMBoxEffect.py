@@ -5,9 +5,10 @@ Thin Qt: the box, the slicing direction, the slice range and the run all go thro
 the saved parameters)."""
 import ctk
 import qt
+from medseg_backend import slicing
 
 from MedSegSlicerEffects.EffectBase import VIEWS, MedSegEffectBase
-from MedSegSlicerLib import geometry, segments
+from MedSegSlicerLib import geometry, labelmaps, segments
 from MedSegSlicerLib.core import DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS
 from MedSegSlicerLib.errors import MedSegError
 
@@ -229,7 +230,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         except MedSegError as e:
             self.roiInfoLabel.text = str(e)
             return
-        a = geometry.AXIS_BOX_INDEX[axis]
+        a = slicing.BOX_INDEX[slicing.axis_index(axis)]
         r = self.sliceRange()
         first, last = box[a], box[a + 3]
         if r is not None:
@@ -241,8 +242,8 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
             a=first, b=last, view=self.viewCombo.currentText, mm=depth_mm, start=start)
 
     def fitRoiBox(self, volume, segmentation, segment_id):
-        mask = segments.segment_to_array(segmentation, segment_id, volume)
-        return geometry.mask_bounding_box(mask, margin=2) or geometry.default_box(mask.shape)
+        mask = labelmaps.segment_to_array(segmentation, segment_id, volume)
+        return slicing.bbox3d(mask, margin=2) or geometry.default_box(mask.shape)
 
     # ---- run -----------------------------------------------------------------------------------------------
     def modelName(self):
@@ -292,7 +293,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
             volume, segmentation, segment_id = self.inputs()
             name = segmentation.GetSegmentation().GetSegment(segment_id).GetName() + _(" (review)")
             existing = segments.segment_id_by_name(segmentation, name)
-            segments.write_masks(segmentation, volume, [(self.flaggedMask, existing, name)], mode="replace")
+            labelmaps.write_masks(segmentation, volume, [(self.flaggedMask, existing, name)], mode="replace")
         except MedSegError as e:
             self.setStatus(str(e), error=True)
 

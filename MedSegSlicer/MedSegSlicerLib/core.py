@@ -20,13 +20,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from medseg_backend.choices import AXES as _AXES
-from medseg_backend.choices import DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PROPAGATIONS
+from medseg_backend import slicing
+from medseg_backend.choices import AXES, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PROPAGATIONS
 from medseg_backend.worker.handlers import EngineCache, Handlers
 from medseg_backend.worker.protocol import Request
 
 from . import examples as ex
-from . import editing, geometry, segments
+from . import editing, geometry, labelmaps, segments
 from .errors import InputError, MedSegWarning
 
 from . import worker_client
@@ -35,7 +35,6 @@ from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, run_blocking
 __all__ = ["MedSegCore", "PreparedRun", "EngineCache", "volume_key", "raise_unless_ok"]
 
 DEFAULT_MODEL = MEDSAM_MODELS[0]
-AXES = tuple(_AXES)          # axis names, in the backend's order
 
 
 @contextmanager
@@ -175,9 +174,11 @@ class MedSegCore:
         messages: List[str] = []
         boxes = self.boxes_from(volume_node, list(rois), messages)
         if slice_range is not None:
-            boxes = [geometry.restrict_box(b, axis, slice_range[0], slice_range[1]) for b in boxes]
+            boxes = [slicing.restrict_box(b, axis, slice_range[0], slice_range[1]) for b in boxes]
+        shape = geometry.volume_shape(volume_node)
         for box, roi in zip(boxes, rois):
-            geometry.check_prompt_box(box, axis, what=f"ROI '{roi.GetName()}'" if hasattr(roi, "GetName") else "box")
+            slicing.check_box(box, shape, what=f"ROI '{roi.GetName()}'" if hasattr(roi, "GetName") else "Box",
+                              axis=axis, each_side=True)
         data = geometry.volume_to_array(volume_node)
         preset = resolve_intensity(volume_node, intensity)
         request = Request("segment_box", dict(boxes=[list(b) for b in boxes], model=model, weights=weights,
@@ -196,7 +197,7 @@ class MedSegCore:
         the Preview that follows only decodes (cancel it to preview at once; slices already encoded stay cached)."""
         run = prepared.request
         axis = prepared.info["axis"]
-        a = geometry.AXIS_BOX_INDEX[axis]
+        a = slicing.BOX_INDEX[slicing.axis_index(axis)]
         slab = prepared.info["slab"]
         params = {k: run.params[k] for k in ("model", "weights", "device", "precision", "intensity")}
         request = Request("encode", dict(params, axis=axis, slices=[int(slab[a]), int(slab[a + 3])]),
@@ -257,7 +258,7 @@ class MedSegCore:
 
         def finish(result):
             if keep is not None:
-                result.mask = ex.keep_labelled_slices(result.mask, keep, axis)
+                result.mask = slicing.keep_slices(result.mask, keep, axis)
             return result
 
         request = Request("segment_examples",
@@ -324,7 +325,7 @@ class MedSegCore:
         if created:
             segmentation_node = self.ctx.add_segmentation(default_name, volume_node)
         try:
-            ids = segments.write_masks(segmentation_node, volume_node, items, mode=mode)
+            ids = labelmaps.write_masks(segmentation_node, volume_node, items, mode=mode)
         except Exception:
             if created:
                 self.ctx.remove_node(segmentation_node)

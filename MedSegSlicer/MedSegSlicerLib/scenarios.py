@@ -14,10 +14,11 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from medseg_backend import slicing
 from medseg_backend.metrics import dice  # noqa: F401  (used by the scenarios and the self-test)
 
 from . import examples as ex
-from . import editing, geometry, preview, segments
+from . import editing, geometry, labelmaps, preview
 from .core import MedSegCore
 from .jobs import JobRunner, NodeGuard, Request, poll_step
 
@@ -66,14 +67,14 @@ def load_sample(ctx, sample_dir: str) -> Sample:
     truth = ctx.add_segmentation("truth", volume)
     ids = {}
     for value, name in SAMPLE_LABELS.items():
-        ids[name] = segments.write_mask(truth, labels == value, volume, name=name)
+        ids[name] = labelmaps.write_mask(truth, labels == value, volume, name=name)
     return Sample(volume, truth, labels, ids)
 
 
 def slab_box(mask: np.ndarray, slices: int, axis: str = "axial"):
     """Bounding box of ``mask`` limited to ``slices`` slices around the middle of the object along ``axis``."""
-    box = list(geometry.mask_bounding_box(mask))
-    a = geometry.AXIS_BOX_INDEX[axis]
+    box = list(slicing.bbox3d(mask))
+    a = slicing.BOX_INDEX[slicing.axis_index(axis)]
     mid = (box[a] + box[a + 3]) // 2
     half = slices // 2
     box[a], box[a + 3] = max(box[a], mid - half), min(box[a + 3], mid - half + slices - 1)
@@ -105,7 +106,7 @@ def scenario_medsam_box(ctx, sample_dir: str, *, core: Optional[MedSegCore] = No
                                                       model=model, intensity="window:40,400")
     seconds = time.perf_counter() - t0
     result = outcome.result
-    written = segments.segment_to_array(seg_node, ids[0], sample.volume)
+    written = labelmaps.segment_to_array(seg_node, ids[0], sample.volume)
     model_mask = (result.labels == 1).astype(np.uint8)
     assert np.array_equal(written, model_mask), "segment written into the scene differs from the model's mask"
     within = box_mask(truth.shape, box)
@@ -149,8 +150,8 @@ def scenario_universeg_plumbing(ctx, sample_dir: str, *, core: Optional[MedSegCo
     for k in z[::every]:
         labelled[k] = truth[k]
     work_seg = ctx.add_segmentation("work", sample.volume)
-    sid = segments.write_mask(work_seg, labelled, sample.volume, name=structure)
-    roi_box = geometry.mask_bounding_box(truth, margin=2)
+    sid = labelmaps.write_mask(work_seg, labelled, sample.volume, name=structure)
+    roi_box = slicing.bbox3d(truth, margin=2)
     arrays = ex.from_labelled_slices(sample.volume, work_seg, sid, "axial")
     assert arrays.slices == z[::every], "labelled slices collected wrongly"
     prepared = core.prepare_universeg(sample.volume, [arrays], roi=roi_box, support_size=8, module=module,
@@ -166,18 +167,18 @@ def scenario_universeg_plumbing(ctx, sample_dir: str, *, core: Optional[MedSegCo
     predicted = int(mask[unlabelled].sum())
     assert predicted > 0, "nothing predicted on the unlabelled slices"
     # preview leaves the segment untouched; Apply writes through the Segment Editor's modify path
-    before = segments.segment_to_array(work_seg, sid, sample.volume)
+    before = labelmaps.segment_to_array(work_seg, sid, sample.volume)
     target = ctx.editor_target(work_seg, sample.volume, sid, effect_name="UniverSeg examples")
     node = preview.show(ctx.scene, ctx.segment_editor_node, work_seg, sid, mask, sample.volume,
                         slab=prepared.info["slab"], messages=prepared.messages)
-    assert np.array_equal(segments.segment_to_array(work_seg, sid, sample.volume), before), "preview modified segment"
+    assert np.array_equal(labelmaps.segment_to_array(work_seg, sid, sample.volume), before), "preview modified segment"
     pending = preview.current(ctx.scene, ctx.segment_editor_node)
     assert pending is not None and pending.node is node and pending.segment_id == sid
     assert np.array_equal(pending.mask(sample.volume), mask), "preview differs"
     editing.apply_result(target, pending.mask(sample.volume), sample.volume, mode="set", slab=pending.slab)
     assert preview.drop(ctx.scene, ctx.segment_editor_node)
     assert preview.current(ctx.scene, ctx.segment_editor_node) is None and not ctx.scene.IsNodePresent(node)
-    applied = segments.segment_to_array(work_seg, sid, sample.volume)
+    applied = labelmaps.segment_to_array(work_seg, sid, sample.volume)
     assert np.array_equal(applied, mask), "applied segment differs from the result"
     return dict(examples=len(arrays.slices), dice_to_label=dice(mask, truth),
                 predicted_voxels=predicted, seconds=outcome.seconds)
@@ -187,15 +188,15 @@ def scenario_undo_restores(ctx, sample_dir: str) -> dict:
     """Apply through the Segment Editor logic (which saves an undo state), then Undo: the segment is back."""
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids["liver"]
-    before = segments.segment_to_array(sample.truth, sid, sample.volume)
+    before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     target = ctx.editor_target(sample.truth, sample.volume, sid)
     new = box_mask(before.shape, (30, 30, 5, 60, 60, 20)).astype(np.uint8)
     editing.apply_result(target, new, sample.volume, mode="set")
-    after = segments.segment_to_array(sample.truth, sid, sample.volume)
+    after = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     assert np.array_equal(after, new), "Apply did not write the mask"
     assert target.can_undo(), "Apply left no undo state"
     target.undo()
-    restored = segments.segment_to_array(sample.truth, sid, sample.volume)
+    restored = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     assert np.array_equal(restored, before), "Undo did not restore the segment"
     return dict(changed_voxels=int((after != before).sum()), restored=True)
 
@@ -208,8 +209,8 @@ def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, core: Optional[M
     core = core or MedSegCore(ctx, device="auto")
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids[structure]
-    before = segments.segment_to_array(sample.truth, sid, sample.volume)
-    box = geometry.mask_bounding_box(sample.mask(structure))
+    before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
+    box = slicing.bbox3d(sample.mask(structure))
     mid = (box[2] + box[5]) // 2
     first, last = mid - slices // 2, mid - slices // 2 + slices - 1
     roi = ctx.add_roi(f"{structure} ROI")
@@ -222,7 +223,7 @@ def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, core: Optional[M
     assert prepared.info["slab"][2] == first and prepared.info["slab"][5] == last, prepared.info["slab"]
     target = ctx.editor_target(sample.truth, sample.volume, sid)
     editing.apply_result(target, mask, sample.volume, mode="set", slab=prepared.info["slab"])
-    after = segments.segment_to_array(sample.truth, sid, sample.volume)
+    after = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     outside = np.ones(after.shape, bool)
     outside[first:last + 1] = False
     assert np.array_equal(after[outside], before[outside]), "voxels outside the re-run slab changed"
@@ -244,9 +245,9 @@ def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, core: Optional[Med
     core = core or MedSegCore(ctx, device="auto")
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids["liver"]
-    before = segments.segment_to_array(sample.truth, sid, sample.volume)
+    before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     if real_model:
-        prepared = core.prepare_medsam(sample.volume, [geometry.mask_bounding_box(sample.mask("liver"))],
+        prepared = core.prepare_medsam(sample.volume, [slicing.bbox3d(sample.mask("liver"))],
                                        segmentation_node=sample.truth)
         request = prepared.request
     else:
@@ -269,7 +270,7 @@ def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, core: Optional[Med
     assert outcome is not None, "cancelled run did not end"
     assert outcome.status == "cancelled", f"expected cancelled, got {outcome.status}: {outcome.message}"
     assert cancel_seconds <= 1.0, f"the run ended {cancel_seconds:.2f} s after Cancel (at most 1 s)"
-    after = segments.segment_to_array(sample.truth, sid, sample.volume)
+    after = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     assert np.array_equal(after, before), "segment changed by a cancelled run"
     assert not runner.running
     return dict(status=outcome.status, message=outcome.message, seconds=outcome.seconds,
@@ -288,7 +289,7 @@ def scenario_worker_crash_leaves_untouched(ctx, sample_dir: str, *, core: Option
     assert client is not None, "this core runs in-process: no worker to crash"
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids["liver"]
-    before = segments.segment_to_array(sample.truth, sid, sample.volume)
+    before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     runner: JobRunner = core.runner
     runner.start(Request("sleep", {"seconds": timeout, "steps": 1000}), label="crash test",
                  guard=NodeGuard(ctx.scene, sample.volume, [sample.truth]))
@@ -304,7 +305,7 @@ def scenario_worker_crash_leaves_untouched(ctx, sample_dir: str, *, core: Option
     outcome = runner.wait(timeout)
     assert outcome is not None and outcome.status == "failed", outcome and outcome.message
     assert "\n" not in outcome.message and "nothing was written" in outcome.message, outcome.message
-    after = segments.segment_to_array(sample.truth, sid, sample.volume)
+    after = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     assert np.array_equal(after, before), "segment changed by a run whose worker crashed"
     runner.start(Request("sleep", {"seconds": 0.0}), label="after the crash")
     again = runner.wait(timeout)
