@@ -93,13 +93,13 @@ def overlay(grey: np.ndarray, masks, box=None, scale: int = 4) -> np.ndarray:
 def screenshots() -> None:
     sys.path.insert(0, os.path.join(ROOT, "MedSegSlicer"))
     from MedSegSlicerLib import geometry, labelmaps, scenarios
-    from MedSegSlicerLib.core import MedSegCore
+    from MedSegSlicerLib.segmenter import Segmenter
     from MedSegSlicerLib.scene import SceneContext
 
     sample_dir = os.path.join(ROOT, "Testing", "Data", "totalseg_ct_sm")
     ctx = SceneContext.headless()
     sample = scenarios.load_sample(ctx, sample_dir)
-    core = MedSegCore(ctx, device="auto")
+    core = Segmenter(ctx, device="auto")
     truth = sample.mask("kidney_left")
     box = scenarios.slab_box(truth, 5)
     roi = ctx.add_roi("kidney box")

@@ -12,7 +12,7 @@ import pytest
 
 import SimpleITK
 from MedSegSlicerLib import geometry, labelmaps  # noqa: E402
-from MedSegSlicerLib.core import MedSegCore  # noqa: E402
+from MedSegSlicerLib.segmenter import Segmenter  # noqa: E402
 from MedSegSlicerLib.errors import InputError, JobBusyError  # noqa: E402
 from MedSegSlicerLib.jobs import JobRunner, NodeGuard, Request  # noqa: E402
 
@@ -63,7 +63,7 @@ def poll_until_done(runner: JobRunner):
 
 def test_success_result_and_progress_from_the_worker_process(scene_with_segment):
     ctx, vol, seg, sid, labels = scene_with_segment
-    core = MedSegCore(ctx)
+    core = Segmenter(ctx)
     runner = core.runner
     data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
     runner.start(sleep_request(1.0, echo={"data": data}, value=7), label="unit", guard=NodeGuard(ctx.scene, vol, [seg]))
@@ -108,7 +108,7 @@ def test_in_process_callables_still_run_in_a_thread(scene_with_segment):
 def test_cancel_leaves_segment_untouched(scene_with_segment):
     ctx, vol, seg, sid, labels = scene_with_segment
     before = labelmaps.segment_to_array(seg, sid, vol)
-    core = MedSegCore(ctx)
+    core = Segmenter(ctx)
     core.runner.start(sleep_request(600.0), label="long run", guard=NodeGuard(ctx.scene, vol, [seg]))
     t0 = time.monotonic()
     while core.runner.progress()[1] == "long run: starting" and time.monotonic() - t0 < TIMEOUT:
@@ -125,7 +125,7 @@ def test_cancel_leaves_segment_untouched(scene_with_segment):
 
 def test_errors_become_readable_messages(scene_with_segment, caplog):
     ctx, vol, seg, sid, labels = scene_with_segment
-    runner = MedSegCore(ctx).runner
+    runner = Segmenter(ctx).runner
     runner.start(sleep_request(fail={"type": "InputError", "message": "Box 1 is outside the volume: move the ROI."}),
                  label="MedSAM")
     outcome = poll_until_done(runner)
@@ -143,7 +143,7 @@ def test_errors_become_readable_messages(scene_with_segment, caplog):
 
 def test_second_run_is_refused_while_one_runs(scene_with_segment):
     ctx, vol, seg, sid, labels = scene_with_segment
-    core = MedSegCore(ctx)
+    core = Segmenter(ctx)
     core.runner.start(sleep_request(0.5), label="MedSAM (lite-medsam)")
     with pytest.raises(JobBusyError, match=r"'MedSAM \(lite-medsam\)' is still running.*Cancel"):
         core.runner.start(sleep_request(), label="second")
@@ -161,7 +161,7 @@ def test_inputs_changed_during_run_discard_result(scene_with_segment, change):
 
     ctx, vol, seg, sid, labels = scene_with_segment
     before = labelmaps.segment_to_array(seg, sid, vol)
-    runner = MedSegCore(ctx).runner
+    runner = Segmenter(ctx).runner
     runner.start(sleep_request(0.5, value="mask"), label="run", guard=NodeGuard(ctx.scene, vol, [seg]))
     if change == "delete volume":
         ctx.scene.RemoveNode(vol)
@@ -200,7 +200,7 @@ def test_intensity_defaults_to_the_volume_window_level(scene_with_segment):
     display = vol.GetDisplayNode()
     display.SetAutoWindowLevel(False)
     display.SetWindowLevel(350, 50)
-    core = MedSegCore(ctx)
+    core = Segmenter(ctx)
     prepared = core.prepare_medsam(vol, [(40, 30, 10, 60, 50, 12)])
     assert prepared.info["intensity"] == "window:50,350"
     assert core.prepare_medsam(vol, [(40, 30, 10, 60, 50, 12)], intensity="mr").info["intensity"] == "mr"
@@ -221,7 +221,7 @@ def test_missing_weights_and_unaccepted_licence_fail_readably(scene_with_segment
     and nothing is written."""
     ctx, vol, seg, sid, labels = scene_with_segment
     before = labelmaps.segment_to_array(seg, sid, vol)
-    core = MedSegCore(ctx, device="cpu")
+    core = Segmenter(ctx, device="cpu")
     outcome = core.run(core.prepare_medsam(vol, [(40, 30, 10, 60, 50, 12)], model="medsam-vit-b",
                                            segmentation_node=seg))
     assert outcome.status == "failed"

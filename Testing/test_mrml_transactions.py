@@ -9,7 +9,7 @@ import pytest
 
 from medseg_backend import slicing
 from MedSegSlicerLib import geometry, labelmaps, segments
-from MedSegSlicerLib.core import MedSegCore
+from MedSegSlicerLib.segmenter import Segmenter
 from MedSegSlicerLib.errors import InputError
 from MedSegSlicerLib.jobs import JobOutcome
 
@@ -20,7 +20,7 @@ def sample(ct_sample):
     seg = slicer_scene.add_segmentation("seg", vol)
     a = labelmaps.write_mask(seg, labels == 3, vol, name="kidney_left")
     b = labelmaps.write_mask(seg, labels == 2, vol, name="kidney_right")
-    core = MedSegCore(slicer_scene, device="cpu")
+    core = Segmenter(slicer_scene, device="cpu")
     return slicer_scene, vol, labels, seg, (a, b), core
 
 

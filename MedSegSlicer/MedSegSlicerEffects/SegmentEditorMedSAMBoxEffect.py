@@ -1,15 +1,15 @@
 """Segment Editor effect "MedSAM box": LiteMedSAM / MedSAM ViT-B from a 3-D ROI box.
 
 Thin Qt: the box, the slicing direction, the slice range and the run all go through the Qt-free layer
-(``MedSegSlicerLib.geometry`` for boxes and views, ``core`` for the run, ``editing`` for Apply, ``effect_state`` for
-the saved parameters)."""
+(``MedSegSlicerLib.geometry`` for boxes and views, the logic's ``segmenter`` for the run, ``editing`` for Apply,
+``effect_state`` for the saved parameters)."""
 import ctk
 import qt
 from medseg_backend import slicing
 
 from MedSegSlicerEffects.EffectBase import VIEWS, MedSegEffectBase
 from MedSegSlicerLib import geometry, labelmaps, segments
-from MedSegSlicerLib.core import DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS
+from MedSegSlicerLib.segmenter import DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS
 from MedSegSlicerLib.errors import MedSegError
 
 #: propagation modes offered in the effect (``stop`` never differed from ``official`` on any measured case)
@@ -251,7 +251,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
 
     def prepareRun(self, volume, segmentation, segment_id):
         roi = self.roiSelector.currentNode()
-        return self.logic.core.prepare_medsam(
+        return self.logic.segmenter.prepare_medsam(
             volume, [roi], model=self.modelCombo.currentText, intensity=self.intensityValue(self.intensityCombo),
             propagation=self.propagationCombo.currentText, axis=self.axis(volume), slice_range=self.sliceRange(),
             segmentation_node=segmentation)
@@ -298,7 +298,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
             self.setStatus(str(e), error=True)
 
     def prefetchRun(self, prepared):
-        return self.logic.core.prepare_encode(prepared)
+        return self.logic.segmenter.prepare_encode(prepared)
 
     def maskFromResult(self, result):
         return (result.labels == 1).astype("uint8")

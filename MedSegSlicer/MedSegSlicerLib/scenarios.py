@@ -19,7 +19,7 @@ from medseg_backend.metrics import dice  # noqa: F401  (used by the scenarios an
 
 from . import examples as ex
 from . import editing, geometry, labelmaps, preview
-from .core import MedSegCore
+from .segmenter import Segmenter
 from .jobs import JobRunner, NodeGuard, Request, poll_step
 
 SAMPLE_LABELS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
@@ -89,11 +89,11 @@ def box_mask(shape, box) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------
-def scenario_medsam_box(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None, structure: str = "kidney_left",
+def scenario_medsam_box(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None, structure: str = "kidney_left",
                         slices: int = 7, model: str = "lite-medsam", min_dice: float = MEDSAM_MIN_DICE) -> dict:
     """LiteMedSAM from an ROI: ROI node -> voxel box -> model -> new segment; Dice to the label on the box's
     slices; the written segment equals the model's mask voxel for voxel; a moved box re-encodes nothing."""
-    core = core or MedSegCore(ctx, device="auto")
+    segmenter = segmenter or Segmenter(ctx, device="auto")
     sample = load_sample(ctx, sample_dir)
     truth = sample.mask(structure)
     box = slab_box(truth, slices)
@@ -102,7 +102,7 @@ def scenario_medsam_box(ctx, sample_dir: str, *, core: Optional[MedSegCore] = No
     assert geometry.roi_to_voxel_box(roi, sample.volume) == box, "ROI placed from a box does not map back to it"
     seg_node = ctx.add_segmentation("MedSAM result", sample.volume)
     t0 = time.perf_counter()
-    seg_node, ids, outcome = core.segment_with_medsam(sample.volume, [roi], seg_node, names=[structure],
+    seg_node, ids, outcome = segmenter.segment_with_medsam(sample.volume, [roi], seg_node, names=[structure],
                                                       model=model, intensity="window:40,400")
     seconds = time.perf_counter() - t0
     result = outcome.result
@@ -115,8 +115,8 @@ def scenario_medsam_box(ctx, sample_dir: str, *, core: Optional[MedSegCore] = No
     # move the box one voxel: embeddings of the same slices are reused
     moved = (box[0] + 1, box[1], box[2], box[3] + 1, box[4], box[5])
     geometry.voxel_box_to_roi(roi, sample.volume, moved)
-    prepared = core.prepare_medsam(sample.volume, [roi], model=model, intensity="window:40,400")
-    again = core.run(prepared)
+    prepared = segmenter.prepare_medsam(sample.volume, [roi], model=model, intensity="window:40,400")
+    again = segmenter.run(prepared)
     assert again.ok, again.message
     reencoded = int(getattr(again.result, "slices_encoded", 0))
     assert reencoded == 0, f"moving the box re-encoded {reencoded} slices (embedding cache not reused)"
@@ -136,12 +136,12 @@ def standin_universeg_module():
     return MeanSupportLabel()
 
 
-def scenario_universeg_plumbing(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None, module=None,
+def scenario_universeg_plumbing(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None, module=None,
                                 structure: str = "liver", every: int = 4) -> dict:
     """Few-shot completion with a stand-in network: label every ``every``-th slice of the structure, collect the
     labelled slices as examples, run, show the preview, apply through the Segment Editor logic; checks that the
     user's slices stay exact, slices outside the ROI stay empty and the segment equals the result."""
-    core = core or MedSegCore(ctx, device="cpu")
+    segmenter = segmenter or Segmenter(ctx, device="cpu")
     module = module or standin_universeg_module()
     sample = load_sample(ctx, sample_dir)
     truth = sample.mask(structure)
@@ -154,9 +154,9 @@ def scenario_universeg_plumbing(ctx, sample_dir: str, *, core: Optional[MedSegCo
     roi_box = slicing.bbox3d(truth, margin=2)
     arrays = ex.from_labelled_slices(sample.volume, work_seg, sid, "axial")
     assert arrays.slices == z[::every], "labelled slices collected wrongly"
-    prepared = core.prepare_universeg(sample.volume, [arrays], roi=roi_box, support_size=8, module=module,
+    prepared = segmenter.prepare_universeg(sample.volume, [arrays], roi=roi_box, support_size=8, module=module,
                                       keep_labelled=arrays, intensity="window:40,400", segmentation_node=work_seg)
-    outcome = core.run(prepared)
+    outcome = segmenter.run(prepared)
     assert outcome.ok, outcome.message
     mask = outcome.result.mask.astype(np.uint8)
     for k in z[::every]:
@@ -201,12 +201,12 @@ def scenario_undo_restores(ctx, sample_dir: str) -> dict:
     return dict(changed_voxels=int((after != before).sum()), restored=True)
 
 
-def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None,
+def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None,
                                        structure: str = "kidney_left", slices: int = 3,
                                        model: str = "lite-medsam") -> dict:
     """Correct part of a finished segment: MedSAM re-run on a few slices of an ROI (``slice_range``), applied
     with the effect's Apply in replace mode: the re-run slab changes, every voxel outside it stays as it was."""
-    core = core or MedSegCore(ctx, device="auto")
+    segmenter = segmenter or Segmenter(ctx, device="auto")
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids[structure]
     before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
@@ -215,9 +215,9 @@ def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, core: Optional[M
     first, last = mid - slices // 2, mid - slices // 2 + slices - 1
     roi = ctx.add_roi(f"{structure} ROI")
     geometry.voxel_box_to_roi(roi, sample.volume, box)
-    prepared = core.prepare_medsam(sample.volume, [roi], model=model, intensity="window:40,400",
+    prepared = segmenter.prepare_medsam(sample.volume, [roi], model=model, intensity="window:40,400",
                                    slice_range=(first, last), segmentation_node=sample.truth)
-    outcome = core.run(prepared)
+    outcome = segmenter.run(prepared)
     assert outcome.ok, outcome.message
     mask = (outcome.result.labels == 1).astype(np.uint8)
     assert prepared.info["slab"][2] == first and prepared.info["slab"][5] == last, prepared.info["slab"]
@@ -233,7 +233,7 @@ def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, core: Optional[M
                 dice_in_slab=dice(mask[first:last + 1], sample.mask(structure)[first:last + 1]))
 
 
-def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None,
+def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None,
                                      real_model: bool = False, timeout: float = 600.0) -> dict:
     """Start a run in the model worker, cancel it: the outcome is 'cancelled' within a second and the segment is
     unchanged.
@@ -242,17 +242,17 @@ def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, core: Optional[Med
     model reports its first finished slice; otherwise the worker's diagnostic ``sleep`` request (progress, then a
     long wait that only a cancel ends).
     """
-    core = core or MedSegCore(ctx, device="auto")
+    segmenter = segmenter or Segmenter(ctx, device="auto")
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids["liver"]
     before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     if real_model:
-        prepared = core.prepare_medsam(sample.volume, [slicing.bbox3d(sample.mask("liver"))],
+        prepared = segmenter.prepare_medsam(sample.volume, [slicing.bbox3d(sample.mask("liver"))],
                                        segmentation_node=sample.truth)
         request = prepared.request
     else:
         request = Request("sleep", {"seconds": timeout, "steps": 1000})
-    runner: JobRunner = core.runner
+    runner: JobRunner = segmenter.runner
     runner.start(request, label="cancel test", guard=NodeGuard(ctx.scene, sample.volume, [sample.truth]))
     t0 = time.monotonic()
     started = None
@@ -277,20 +277,20 @@ def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, core: Optional[Med
                 cancel_seconds=cancel_seconds, progress_before_cancel=started)
 
 
-def scenario_worker_crash_leaves_untouched(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None,
+def scenario_worker_crash_leaves_untouched(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None,
                                            timeout: float = 120.0) -> dict:
     """The model worker dies during a run (killed, as by the system when memory runs out): the run fails with one
     line, the segment is unchanged, and the next run starts a fresh worker."""
     import os
     import signal
 
-    core = core or MedSegCore(ctx, device="auto")
-    client = core.worker
-    assert client is not None, "this core runs in-process: no worker to crash"
+    segmenter = segmenter or Segmenter(ctx, device="auto")
+    client = segmenter.worker
+    assert client is not None, "this segmenter runs in-process: no worker to crash"
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids["liver"]
     before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
-    runner: JobRunner = core.runner
+    runner: JobRunner = segmenter.runner
     runner.start(Request("sleep", {"seconds": timeout, "steps": 1000}), label="crash test",
                  guard=NodeGuard(ctx.scene, sample.volume, [sample.truth]))
     t0 = time.monotonic()
