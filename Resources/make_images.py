@@ -92,21 +92,21 @@ def overlay(grey: np.ndarray, masks, box=None, scale: int = 4) -> np.ndarray:
 
 def screenshots() -> None:
     sys.path.insert(0, os.path.join(ROOT, "MedSegSlicer"))
-    from MedSegSlicerLib import geometry, scenarios, segments
-    from MedSegSlicerLib.core import MedSegCore
+    from MedSegSlicerLib import geometry, labelmaps, scenarios
+    from MedSegSlicerLib.segmenter import Segmenter
     from MedSegSlicerLib.scene import SceneContext
 
     sample_dir = os.path.join(ROOT, "Testing", "Data", "totalseg_ct_sm")
     ctx = SceneContext.headless()
     sample = scenarios.load_sample(ctx, sample_dir)
-    core = MedSegCore(ctx, device="auto")
+    core = Segmenter(ctx, device="auto")
     truth = sample.mask("kidney_left")
     box = scenarios.slab_box(truth, 5)
     roi = ctx.add_roi("kidney box")
     geometry.voxel_box_to_roi(roi, sample.volume, box)
     seg, ids, outcome = core.segment_with_medsam(sample.volume, [roi], None, names=["kidney_left"],
                                                  intensity="window:40,400")
-    result = segments.segment_to_array(seg, ids[0], sample.volume)
+    result = labelmaps.segment_to_array(seg, ids[0], sample.volume)
     ct = geometry.volume_to_array(sample.volume).array
     k = (box[2] + box[5]) // 2
     d = scenarios.dice(result[box[2]:box[5] + 1], truth[box[2]:box[5] + 1])
@@ -129,11 +129,11 @@ def screenshots() -> None:
     labelled = np.zeros_like(liver)
     labelled[z[::4]] = liver[z[::4]]
     work = ctx.add_segmentation("work", sample.volume)
-    sid = segments.write_mask(work, labelled, sample.volume, name="liver")
+    sid = labelmaps.write_mask(work, labelled, sample.volume, name="liver")
     arrays = ex.from_labelled_slices(sample.volume, work, sid, "axial")
     seg2, sid2, out = core.segment_with_universeg(sample.volume, [arrays], work, segment_id=sid,
                                                   keep_labelled=arrays, intensity="window:40,400")
-    result = segments.segment_to_array(seg2, sid2, sample.volume)
+    result = labelmaps.segment_to_array(seg2, sid2, sample.volume)
     k = [i for i in z if i not in z[::4]][len(z) // 2 - 1]
     write_png(os.path.join(ROOT, "Resources", "Screenshots", "universeg_examples.png"),
               overlay(window(ct[k]), [(liver[k], (80, 200, 255)), (result[k], (120, 230, 140))]))

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK
 
 from MedSegSlicerLib import jobs
-from MedSegSlicerLib.core import MedSegCore
+from MedSegSlicerLib.segmenter import Segmenter
 from MedSegSlicerLib.scenarios import slab_box
 from MedSegSlicerLib.worker_client import WorkerClient
 
@@ -68,7 +68,7 @@ def test_gil_held_main_loop_does_not_slow_the_models(slicer_scene, data_dir, cap
     box = slab_box((labels == 5).astype(np.uint8), SLICES)
     assert box[5] - box[2] + 1 == SLICES
     client = WorkerClient()
-    core = MedSegCore(slicer_scene, device="cpu", worker=client)
+    core = Segmenter(slicer_scene, device="cpu", worker=client)
     try:
         # warm-up: worker started, torch and the model loaded (a one-slice run), so both measured runs only encode
         warm = core.run(core.prepare_medsam(volume, [box[:2] + (box[2],) + box[3:5] + (box[2],)],

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import slicer
-from MedSegSlicerLib import editing, geometry, segments
+from medseg_backend import slicing
+from MedSegSlicerLib import editing, geometry, labelmaps
 from MedSegSlicerLib.errors import InputError
 
 
@@ -18,14 +19,14 @@ def sample(ct_sample):
 
 def _setup(ctx, vol, labels, value=5):
     seg = ctx.add_segmentation("seg", vol)
-    sid = segments.write_mask(seg, labels == value, vol, name="liver")
-    other = segments.write_mask(seg, labels == 1, vol, name="spleen")
+    sid = labelmaps.write_mask(seg, labels == value, vol, name="liver")
+    other = labelmaps.write_mask(seg, labels == 1, vol, name="spleen")
     target = editing.EditorLogicTarget(ctx.segment_editor(seg, vol, sid))
     return seg, sid, other, target
 
 
 def _read(seg, sid, vol):
-    return segments.segment_to_array(seg, sid, vol)
+    return labelmaps.segment_to_array(seg, sid, vol)
 
 
 @pytest.mark.parametrize("mode", ["set", "add", "remove"])
@@ -85,7 +86,7 @@ def test_slab_along_other_axes(sample, axis):
     ctx, vol, labels = sample
     seg, sid, _, target = _setup(ctx, vol, labels)
     before = _read(seg, sid, vol)
-    a = geometry.AXIS_BOX_INDEX[axis]
+    a = slicing.BOX_INDEX[slicing.axis_index(axis)]
     box = [0, 0, 0, 0, 0, 0]
     box[a], box[a + 3] = 40, 45
     slab = editing.run_slab([box], axis, before.shape)
@@ -153,14 +154,14 @@ def test_slab_on_a_segmentation_with_another_grid(sample):
     coarse = ctx.add_volume_from_array(np.zeros((15, 51, 61), np.int16), coarse_m, "coarse")
     seg = ctx.add_segmentation("coarse seg", coarse)
     full = np.ones((15, 51, 61), np.uint8)
-    sid = segments.write_mask(seg, full, coarse, name="t")
+    sid = labelmaps.write_mask(seg, full, coarse, name="t")
     target = editing.EditorLogicTarget(ctx.segment_editor(seg, vol, sid))
     result = np.zeros(labels.shape, np.uint8)
     result[10:14, 20:40, 20:40] = 1
     slab = editing.run_slab([(0, 0, 10, 0, 0, 13)], "axial", labels.shape)
     report = editing.apply_result(target, result, vol, mode="set", slab=slab)
     assert report.extent[4:] == (5, 6)
-    after = segments.segment_to_array(seg, sid, coarse)
+    after = labelmaps.segment_to_array(seg, sid, coarse)
     np.testing.assert_array_equal(after[:5], 1)
     np.testing.assert_array_equal(after[7:], 1)
     np.testing.assert_array_equal(after[5:7], result[::2, ::2, ::2][5:7, :51, :61])
@@ -178,7 +179,7 @@ def test_set_within_slab_respects_the_editors_masking(sample, masking):
     region = np.zeros(labels.shape, bool)
     region[:, 30:70, 40:90] = True
     if masking == "editable_area":
-        area = segments.write_mask(seg, region, vol, name="editable area")
+        area = labelmaps.write_mask(seg, region, vol, name="editable area")
         target = editing.EditorLogicTarget(ctx.segment_editor(seg, vol, sid))
         node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
         node.SetMaskSegmentID(area)
@@ -250,7 +251,7 @@ def test_editor_logic_guard_for_slicer_before_5_10(sample, monkeypatch):
 
     ctx, vol, labels = sample
     seg = ctx.add_segmentation("seg", vol)
-    sid = segments.write_mask(seg, labels == 5, vol, name="liver")
+    sid = labelmaps.write_mask(seg, labels == 5, vol, name="liver")
     assert scene_mod.has_editor_logic()
     assert isinstance(ctx.editor_target(seg, vol, sid), editing.EditorLogicTarget)
     monkeypatch.delattr(slicer, "vtkSlicerSegmentEditorLogic")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import SimpleITK
+from medseg_backend import slicing
 from MedSegSlicerLib import examples as ex
-from MedSegSlicerLib import geometry, segments
+from MedSegSlicerLib import geometry, labelmaps
 from MedSegSlicerLib.errors import InputError, MedSegWarning
 
 
@@ -31,7 +32,7 @@ def test_labelled_slices_of_target_segment(two_volumes):
     partial = np.zeros_like(liver)
     partial[[4, 9, 14]] = liver[[4, 9, 14]]
     seg = ctx.add_segmentation("work", target)
-    sid = segments.write_mask(seg, partial, target, name="liver")
+    sid = labelmaps.write_mask(seg, partial, target, name="liver")
     got = ex.from_labelled_slices(target, seg, sid, "axial")
     assert got.slices == [4, 9, 14] and got.source == "labelled-slices" and got.name == "liver"
     np.testing.assert_array_equal(got.label, partial)
@@ -40,7 +41,7 @@ def test_labelled_slices_of_target_segment(two_volumes):
     # other axes count the slices along that axis
     assert ex.from_labelled_slices(target, seg, sid, "coronal").slices == \
         [int(j) for j in np.nonzero(partial.any(axis=(0, 2)))[0]]
-    empty = segments.write_mask(seg, np.zeros_like(liver), target, name="empty")
+    empty = labelmaps.write_mask(seg, np.zeros_like(liver), target, name="empty")
     with pytest.raises(InputError, match="'empty' has no labelled slices yet: paint"):
         ex.from_labelled_slices(target, seg, empty, "axial")
 
@@ -48,7 +49,7 @@ def test_labelled_slices_of_target_segment(two_volumes):
 def test_segments_of_another_segmentation_with_its_volume(two_volumes):
     ctx, target, tlabels, other, olabels = two_volumes
     atlas = ctx.add_segmentation("atlas seg", other)        # reference volume = the atlas CT
-    ids = [segments.write_mask(atlas, olabels == v, other, name=n) for v, n in ((5, "liver"), (1, "spleen"))]
+    ids = [labelmaps.write_mask(atlas, olabels == v, other, name=n) for v, n in ((5, "liver"), (1, "spleen"))]
     got = ex.from_segments(atlas, ids)                        # volume found through the reference geometry
     assert [g.name for g in got] == ["atlas seg/liver", "atlas seg/spleen"]
     assert all(g.volume_name == "atlas" and g.source == "segment" for g in got)
@@ -62,10 +63,10 @@ def test_segmentation_drawn_on_other_grid_is_resampled_to_its_volume(two_volumes
     """Example segments stored on the target's grid but meant for the atlas volume: resampled onto the atlas grid."""
     ctx, target, tlabels, other, olabels = two_volumes
     seg = ctx.add_segmentation("drawn on target", target)
-    sid = segments.write_mask(seg, tlabels == 5, target, name="liver")
+    sid = labelmaps.write_mask(seg, tlabels == 5, target, name="liver")
     got = ex.from_segments(seg, [sid], other)[0]
     assert got.label.shape == geometry.volume_shape(other)
-    np.testing.assert_array_equal(got.label, segments.segment_to_array(seg, sid, other))
+    np.testing.assert_array_equal(got.label, labelmaps.segment_to_array(seg, sid, other))
     # ct_sm covers 30 of the 42 slices of the same subject at the same spacing: the liver lands inside
     assert 0 < got.label.sum() and abs(int(got.label.sum()) - int((tlabels == 5).sum())) < 0.02 * (tlabels == 5).sum()
 
@@ -73,13 +74,13 @@ def test_segmentation_drawn_on_other_grid_is_resampled_to_its_volume(two_volumes
 def test_missing_volume_empty_segment_target_exclusion_and_no_examples(two_volumes):
     ctx, target, tlabels, other, olabels = two_volumes
     bare = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "no volume")
-    sid = segments.write_mask(bare, tlabels == 5, target, name="liver")
+    sid = labelmaps.write_mask(bare, tlabels == 5, target, name="liver")
     bare.RemoveNodeReferenceIDs(bare.GetReferenceImageGeometryReferenceRole())
     with pytest.raises(InputError, match="'no volume' has no source volume: choose the volume"):
         ex.from_segments(bare, [sid])
     seg = ctx.add_segmentation("seg", target)
-    full = segments.write_mask(seg, tlabels == 5, target, name="liver")
-    empty = segments.write_mask(seg, np.zeros_like(tlabels), target, name="nothing")
+    full = labelmaps.write_mask(seg, tlabels == 5, target, name="liver")
+    empty = labelmaps.write_mask(seg, np.zeros_like(tlabels), target, name="nothing")
     with pytest.warns(MedSegWarning, match="'nothing' of 'seg' is empty.*skipped"):
         got = ex.from_segments(seg, [full, empty])
     assert [g.name for g in got] == ["seg/liver"]
@@ -88,15 +89,15 @@ def test_missing_volume_empty_segment_target_exclusion_and_no_examples(two_volum
         ex.require_examples([])
 
 
-def test_keep_labelled_slices():
+def test_keep_labelled_slices_keeps_the_users_slices():
     pred = np.zeros((4, 5, 6), np.uint8)
     pred[:, 1:3, 1:3] = 1
     user = np.zeros_like(pred)
     user[2, 3:5, 3:6] = 1
-    out = ex.keep_labelled_slices(pred, user, "axial")
+    out = slicing.keep_slices(pred, user, "axial")
     np.testing.assert_array_equal(out[2], user[2])
     np.testing.assert_array_equal(out[[0, 1, 3]], pred[[0, 1, 3]])
-    out = ex.keep_labelled_slices(pred, user, "sagittal")
+    out = slicing.keep_slices(pred, user, "sagittal")
     for i in (3, 4, 5):
         np.testing.assert_array_equal(out[:, :, i], user[:, :, i])
 
@@ -108,9 +109,9 @@ def test_conversion_to_backend_examples(two_volumes):
     seg = ctx.add_segmentation("work", target)
     partial = np.zeros_like(tlabels, np.uint8)
     partial[[5, 10]] = (tlabels == 5)[[5, 10]]
-    sid = segments.write_mask(seg, partial, target, name="liver")
+    sid = labelmaps.write_mask(seg, partial, target, name="liver")
     atlas = ctx.add_segmentation("atlas seg", other)
-    aid = segments.write_mask(atlas, olabels == 5, other, name="liver")
+    aid = labelmaps.write_mask(atlas, olabels == 5, other, name="liver")
     arrays = [ex.from_labelled_slices(target, seg, sid, "axial")] + ex.from_segments(atlas, [aid])
     out = ex.to_backend_examples(arrays, "axial", max_slices_per_volume=6)
     assert all(isinstance(e, universeg.Example) for e in out)
@@ -147,7 +148,7 @@ def test_chosen_slices_only_are_examples_and_the_default_box_covers_the_structur
     labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
     liver = (labels == 5).astype(np.uint8)
     seg = slicer_scene.add_segmentation("work", target)
-    sid = segments.write_mask(seg, liver, target, name="liver")          # "after an Apply": all slices
+    sid = labelmaps.write_mask(seg, liver, target, name="liver")          # "after an Apply": all slices
     got = ex.from_labelled_slices(target, seg, sid, "axial", slices=[8, 14, 20])
     assert got.slices == [8, 14, 20]
     assert set(np.nonzero(got.label.any(axis=(1, 2)))[0].tolist()) == {8, 14, 20}
@@ -158,11 +159,11 @@ def test_chosen_slices_only_are_examples_and_the_default_box_covers_the_structur
     partial = np.zeros_like(liver)
     partial[[9, 14, 19]] = liver[[9, 14, 19]]
     seg2 = slicer_scene.add_segmentation("few", target)
-    sid2 = segments.write_mask(seg2, partial, target, name="liver")
+    sid2 = labelmaps.write_mask(seg2, partial, target, name="liver")
     arrays = ex.from_labelled_slices(target, seg2, sid2, "axial")
     box = ex.default_roi_box(arrays, "axial")
     assert (box[2], box[5]) == (4, 24)
-    inplane = geometry.mask_bounding_box(partial)
+    inplane = slicing.bbox3d(partial)
     assert box[0] < inplane[0] and box[1] < inplane[1] and box[3] > inplane[3] and box[4] > inplane[4]
     # the box holds most of the liver on its slices
     inside = liver[box[2]:box[5] + 1, box[1]:box[4] + 1, box[0]:box[3] + 1].sum()

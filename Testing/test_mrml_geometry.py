@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import SimpleITK
+from medseg_backend import slicing
 from MedSegSlicerLib import geometry
+from sitk_frames import ijk_to_ras_from_sitk, sitk_geometry
 from MedSegSlicerLib.errors import InputError, MedSegWarning
 
 FIXTURE_VOLUMES = [                              # in Testing/Data (crops keep the source's grid orientation)
@@ -69,7 +71,7 @@ def test_volume_array_and_ijk_to_ras_match_simpleitk(slicer_scene, data_dir, rel
     data = geometry.volume_to_array(node)
     img = SimpleITK.ReadImage(str(path))
     ref = SimpleITK.GetArrayFromImage(img)
-    sitk_ijk_to_ras = geometry.ijk_to_ras_from_sitk(img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    sitk_ijk_to_ras = ijk_to_ras_from_sitk(img.GetSpacing(), img.GetOrigin(), img.GetDirection())
     np.testing.assert_array_equal(in_sitk_index_order(data.array, data.ijk_to_world, sitk_ijk_to_ras), ref)
     # same physical box: the RAS positions of the 8 corner voxels agree as sets
     def corners(shape_kji, m):
@@ -78,8 +80,8 @@ def test_volume_array_and_ijk_to_ras_match_simpleitk(slicer_scene, data_dir, rel
         return np.array(sorted(map(tuple, np.round(geometry.apply(m, pts), 3))))
     np.testing.assert_allclose(corners(data.shape, data.ijk_to_world), corners(ref.shape, sitk_ijk_to_ras), atol=2e-3)
     # the geometry handed to the backend is SimpleITK's LPS convention of the node's own grid
-    g = geometry.sitk_geometry(data.ijk_to_world)
-    np.testing.assert_allclose(geometry.ijk_to_ras_from_sitk(g.spacing, g.origin, g.direction), data.ijk_to_world,
+    g = sitk_geometry(data.ijk_to_world)
+    np.testing.assert_allclose(ijk_to_ras_from_sitk(g.spacing, g.origin, g.direction), data.ijk_to_world,
                                atol=1e-6)
     if np.allclose(data.ijk_to_world, sitk_ijk_to_ras, atol=1e-4):   # same index order: exactly SimpleITK's
         np.testing.assert_array_equal(data.array, ref)
@@ -95,7 +97,7 @@ def test_bundled_sample_round_trip(slicer_scene, data_dir):
     data = geometry.volume_to_array(node)
     np.testing.assert_array_equal(data.array, SimpleITK.GetArrayFromImage(img))
     assert data.shape == (30, 101, 122)
-    np.testing.assert_allclose(data.spacing, (3.0, 3.0, 3.0))
+    np.testing.assert_allclose(geometry.voxel_spacing(node), (3.0, 3.0, 3.0))
 
 
 def test_parent_transform_is_included_and_nonlinear_refused(slicer_scene, data_dir):
@@ -217,14 +219,14 @@ def test_flat_roi_selects_nearest_slice_and_box_helpers(slicer_scene, data_dir):
         warnings.simplefilter("error")
         box = geometry.roi_to_voxel_box(roi, vol)
     assert box[2] == box[5] == 12
-    assert geometry.restrict_box((0, 0, 0, 9, 9, 20), "axial", 5, 8) == (0, 0, 5, 9, 9, 8)
-    assert geometry.restrict_box((0, 0, 0, 9, 9, 20), "sagittal", 3, None) == (3, 0, 0, 9, 9, 20)
+    assert slicing.restrict_box((0, 0, 0, 9, 9, 20), "axial", 5, 8) == (0, 0, 5, 9, 9, 8)
+    assert slicing.restrict_box((0, 0, 0, 9, 9, 20), "sagittal", 3, None) == (3, 0, 0, 9, 9, 20)
     with pytest.raises(InputError, match="does not overlap"):
-        geometry.restrict_box((0, 0, 0, 9, 9, 20), "coronal", 12, 14)
+        slicing.restrict_box((0, 0, 0, 9, 9, 20), "coronal", 12, 14)
     with pytest.raises(InputError, match="inverted"):
         geometry.clip_box((5, 0, 0, 4, 9, 9), (10, 10, 10))
     m = np.zeros((10, 12, 14), np.uint8)
     m[2:5, 3:7, 4:9] = 1
-    assert geometry.mask_bounding_box(m) == (4, 3, 2, 8, 6, 4)
-    assert geometry.mask_bounding_box(m, margin=3) == (1, 0, 0, 11, 9, 7)
-    assert geometry.mask_bounding_box(np.zeros((3, 3, 3))) is None
+    assert slicing.bbox3d(m) == (4, 3, 2, 8, 6, 4)
+    assert slicing.bbox3d(m, margin=3) == (1, 0, 0, 11, 9, 7)
+    assert slicing.bbox3d(np.zeros((3, 3, 3))) is None

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import SimpleITK
-from MedSegSlicerLib import geometry, segments  # noqa: E402
-from MedSegSlicerLib.core import MedSegCore  # noqa: E402
+from MedSegSlicerLib import geometry, labelmaps  # noqa: E402
+from MedSegSlicerLib.segmenter import Segmenter  # noqa: E402
 from MedSegSlicerLib.errors import InputError, JobBusyError  # noqa: E402
 from MedSegSlicerLib.jobs import JobRunner, NodeGuard, Request  # noqa: E402
 
@@ -25,7 +25,7 @@ def scene_with_segment(slicer_scene, data_dir):
     vol = slicer_scene.load_volume(str(d / "ct.nii.gz"), "ct")
     labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(d / "labels.nii.gz")))
     seg = slicer_scene.add_segmentation("seg", vol)
-    sid = segments.write_mask(seg, labels == 5, vol, name="liver")
+    sid = labelmaps.write_mask(seg, labels == 5, vol, name="liver")
     return slicer_scene, vol, seg, sid, labels
 
 
@@ -63,7 +63,7 @@ def poll_until_done(runner: JobRunner):
 
 def test_success_result_and_progress_from_the_worker_process(scene_with_segment):
     ctx, vol, seg, sid, labels = scene_with_segment
-    core = MedSegCore(ctx)
+    core = Segmenter(ctx)
     runner = core.runner
     data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
     runner.start(sleep_request(1.0, echo={"data": data}, value=7), label="unit", guard=NodeGuard(ctx.scene, vol, [seg]))
@@ -107,8 +107,8 @@ def test_in_process_callables_still_run_in_a_thread(scene_with_segment):
 
 def test_cancel_leaves_segment_untouched(scene_with_segment):
     ctx, vol, seg, sid, labels = scene_with_segment
-    before = segments.segment_to_array(seg, sid, vol)
-    core = MedSegCore(ctx)
+    before = labelmaps.segment_to_array(seg, sid, vol)
+    core = Segmenter(ctx)
     core.runner.start(sleep_request(600.0), label="long run", guard=NodeGuard(ctx.scene, vol, [seg]))
     t0 = time.monotonic()
     while core.runner.progress()[1] == "long run: starting" and time.monotonic() - t0 < TIMEOUT:
@@ -119,13 +119,13 @@ def test_cancel_leaves_segment_untouched(scene_with_segment):
     assert time.monotonic() - t0 <= 1.0
     assert outcome.status == "cancelled" and "nothing was written" in outcome.message
     assert outcome.result is None
-    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
+    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, vol), before)
     assert not core.runner.cancel()   # nothing running any more
 
 
 def test_errors_become_readable_messages(scene_with_segment, caplog):
     ctx, vol, seg, sid, labels = scene_with_segment
-    runner = MedSegCore(ctx).runner
+    runner = Segmenter(ctx).runner
     runner.start(sleep_request(fail={"type": "InputError", "message": "Box 1 is outside the volume: move the ROI."}),
                  label="MedSAM")
     outcome = poll_until_done(runner)
@@ -143,7 +143,7 @@ def test_errors_become_readable_messages(scene_with_segment, caplog):
 
 def test_second_run_is_refused_while_one_runs(scene_with_segment):
     ctx, vol, seg, sid, labels = scene_with_segment
-    core = MedSegCore(ctx)
+    core = Segmenter(ctx)
     core.runner.start(sleep_request(0.5), label="MedSAM (lite-medsam)")
     with pytest.raises(JobBusyError, match=r"'MedSAM \(lite-medsam\)' is still running.*Cancel"):
         core.runner.start(sleep_request(), label="second")
@@ -160,8 +160,8 @@ def test_inputs_changed_during_run_discard_result(scene_with_segment, change):
     import vtk
 
     ctx, vol, seg, sid, labels = scene_with_segment
-    before = segments.segment_to_array(seg, sid, vol)
-    runner = MedSegCore(ctx).runner
+    before = labelmaps.segment_to_array(seg, sid, vol)
+    runner = Segmenter(ctx).runner
     runner.start(sleep_request(0.5, value="mask"), label="run", guard=NodeGuard(ctx.scene, vol, [seg]))
     if change == "delete volume":
         ctx.scene.RemoveNode(vol)
@@ -180,7 +180,7 @@ def test_inputs_changed_during_run_discard_result(scene_with_segment, change):
     assert "result discarded" in outcome.message and "\n" not in outcome.message
     if change in ("replace voxels", "move volume"):
         vol.SetAndObserveTransformNodeID(None)
-        np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
+        np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, vol), before)
 
 
 def test_guard_ignores_display_changes(scene_with_segment):
@@ -200,7 +200,7 @@ def test_intensity_defaults_to_the_volume_window_level(scene_with_segment):
     display = vol.GetDisplayNode()
     display.SetAutoWindowLevel(False)
     display.SetWindowLevel(350, 50)
-    core = MedSegCore(ctx)
+    core = Segmenter(ctx)
     prepared = core.prepare_medsam(vol, [(40, 30, 10, 60, 50, 12)])
     assert prepared.info["intensity"] == "window:50,350"
     assert core.prepare_medsam(vol, [(40, 30, 10, 60, 50, 12)], intensity="mr").info["intensity"] == "mr"
@@ -220,8 +220,8 @@ def test_missing_weights_and_unaccepted_licence_fail_readably(scene_with_segment
     """Offline with no weights in the (empty, per-test) cache: the run fails with the weights store's one-line message
     and nothing is written."""
     ctx, vol, seg, sid, labels = scene_with_segment
-    before = segments.segment_to_array(seg, sid, vol)
-    core = MedSegCore(ctx, device="cpu")
+    before = labelmaps.segment_to_array(seg, sid, vol)
+    core = Segmenter(ctx, device="cpu")
     outcome = core.run(core.prepare_medsam(vol, [(40, 30, 10, 60, 50, 12)], model="medsam-vit-b",
                                            segmentation_node=seg))
     assert outcome.status == "failed"
@@ -231,4 +231,4 @@ def test_missing_weights_and_unaccepted_licence_fail_readably(scene_with_segment
     arrays = ex.from_segments(seg, [sid], vol)
     outcome = core.run(core.prepare_universeg(vol, arrays, support_size=4, segmentation_node=seg))
     assert outcome.status == "failed" and "licence" in outcome.message.lower()
-    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
+    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, vol), before)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MedSegSlicerLib import preview, segments
+from MedSegSlicerLib import labelmaps, preview
 from MedSegSlicerLib.errors import InputError
 
 
@@ -14,7 +14,7 @@ from MedSegSlicerLib.errors import InputError
 def sample(ct_sample):
     slicer_scene, vol, labels = ct_sample
     seg = slicer_scene.add_segmentation("seg", vol)
-    sid = segments.write_mask(seg, labels == 5, vol, name="liver", color=(0.2, 0.3, 0.4))
+    sid = labelmaps.write_mask(seg, labels == 5, vol, name="liver", color=(0.2, 0.3, 0.4))
     editor_node = slicer_scene.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "editor")
     return slicer_scene, vol, labels, seg, sid, editor_node
 
@@ -25,7 +25,7 @@ def _n_seg_nodes(ctx):
 
 def test_preview_node_carries_what_apply_needs_and_leaves_the_segment(sample):
     ctx, vol, labels, seg, sid, editor_node = sample
-    before = segments.segment_to_array(seg, sid, vol)
+    before = labelmaps.segment_to_array(seg, sid, vol)
     n = _n_seg_nodes(ctx)
     mask = (labels == 1).astype(np.uint8)
     node = preview.show(ctx.scene, editor_node, seg, sid, mask, vol, slab=(0, 0, 3, 121, 100, 20),
@@ -37,7 +37,7 @@ def test_preview_node_carries_what_apply_needs_and_leaves_the_segment(sample):
     assert (pending.volume_id, pending.segmentation_id, pending.segment_id) == (vol.GetID(), seg.GetID(), sid)
     assert pending.slab == (0, 0, 3, 121, 100, 20) and pending.messages == ["clipped", "ok"]
     np.testing.assert_array_equal(pending.mask(vol), mask)
-    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
+    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, vol), before)
     # a second preview of the same effect replaces the first; another effect keeps its own
     preview.show(ctx.scene, editor_node, seg, sid, labels == 2, vol, owner="MedSAM box")
     assert _n_seg_nodes(ctx) == n + 1
@@ -53,7 +53,7 @@ def test_preview_node_carries_what_apply_needs_and_leaves_the_segment(sample):
     assert ctx.scene.GetNumberOfNodes() == nodes - 2
     assert preview.current(ctx.scene, editor_node, owner="MedSAM box") is None
     assert not preview.drop(ctx.scene, editor_node, owner="MedSAM box")
-    np.testing.assert_array_equal(segments.segment_to_array(seg, sid, vol), before)
+    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, vol), before)
 
 
 def test_preview_of_a_deleted_target_is_not_offered(sample):

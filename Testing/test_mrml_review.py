@@ -7,6 +7,7 @@ import pytest
 
 from medseg_backend.progress import CancelToken
 from medseg_backend.worker.handlers import Handlers
+from medseg_backend import slicing
 from MedSegSlicerLib import geometry, review
 
 
@@ -19,7 +20,7 @@ def test_flagged_rows_from_a_real_run_and_the_review_mask(ct):
     ctx, volume, labels = ct
     kidney = labels == 3
     z = np.nonzero(kidney.any(axis=(1, 2)))[0]
-    box = list(geometry.mask_bounding_box(kidney))
+    box = list(slicing.bbox3d(kidney))
     box[5] = min(labels.shape[0] - 1, int(z[-1]) + 3)          # 3 slices past the kidney's end: doubtful there
     box[2] = int(z[-1]) - 3
     data = geometry.volume_to_array(volume).array

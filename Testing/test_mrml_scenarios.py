@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from MedSegSlicerLib import scenarios  # noqa: E402
-from MedSegSlicerLib.core import EngineCache, MedSegCore  # noqa: E402
+from MedSegSlicerLib.segmenter import EngineCache, Segmenter  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +32,14 @@ def lite_weights_or_skip():
 
 
 def core_for(ctx, engines, device="cpu"):
-    core = MedSegCore(ctx, device=device)
+    core = Segmenter(ctx, device=device)
     core.engines = engines
     return core
 
 
 def test_medsam_box_scenario(slicer_scene, sample_dir, engines):
     lite_weights_or_skip()
-    res = scenarios.scenario_medsam_box(slicer_scene, sample_dir, core=core_for(slicer_scene, engines), slices=5)
+    res = scenarios.scenario_medsam_box(slicer_scene, sample_dir, segmenter=core_for(slicer_scene, engines), slices=5)
     # measured 0.96 (kidney_left, 5 slices, CPU fp32); the scenario asserts >= MEDSAM_MIN_DICE itself
     assert res["dice"] >= scenarios.MEDSAM_MIN_DICE
     assert res["slices"] == 5 and res["reencoded"] == 0
@@ -47,8 +47,8 @@ def test_medsam_box_scenario(slicer_scene, sample_dir, engines):
 
 def test_cancel_scenario_with_real_model(slicer_scene, sample_dir, engines):
     lite_weights_or_skip()
-    res = scenarios.scenario_cancel_leaves_untouched(slicer_scene, sample_dir, core=core_for(slicer_scene, engines),
-                                                     real_model=True)
+    res = scenarios.scenario_cancel_leaves_untouched(slicer_scene, sample_dir,
+                                                     segmenter=core_for(slicer_scene, engines), real_model=True)
     assert res["status"] == "cancelled"
 
 
@@ -63,7 +63,7 @@ def test_undo_scenario(slicer_scene, sample_dir):
 
 
 def test_universeg_plumbing_scenario(slicer_scene, sample_dir, engines):
-    res = scenarios.scenario_universeg_plumbing(slicer_scene, sample_dir, core=core_for(slicer_scene, engines))
+    res = scenarios.scenario_universeg_plumbing(slicer_scene, sample_dir, segmenter=core_for(slicer_scene, engines))
     # the stand-in copies the examples' majority label through the crop/resize/paste-back transforms: on the
     # neighbouring slices of the same liver it overlaps the truth well
     assert res["predicted_voxels"] > 0
@@ -72,7 +72,7 @@ def test_universeg_plumbing_scenario(slicer_scene, sample_dir, engines):
 
 def test_subrange_rerun_keeps_the_rest_scenario(slicer_scene, sample_dir, engines):
     res = scenarios.scenario_subrange_rerun_keeps_rest(slicer_scene, sample_dir,
-                                                       core=core_for(slicer_scene, engines), slices=3)
+                                                       segmenter=core_for(slicer_scene, engines), slices=3)
     # the scenario asserts voxel identity outside the slab itself; the slab is a real LiteMedSAM result
     assert res["voxels_kept_outside"] > 1000 and res["voxels_in_slab"] > 100
     assert res["dice_in_slab"] > 0.8
@@ -84,7 +84,7 @@ def test_worker_crash_scenario(slicer_scene, sample_dir):
     client = WorkerClient()
     try:
         res = scenarios.scenario_worker_crash_leaves_untouched(
-            slicer_scene, sample_dir, core=MedSegCore(slicer_scene, device="cpu", worker=client))
+            slicer_scene, sample_dir, segmenter=Segmenter(slicer_scene, device="cpu", worker=client))
         assert res["restarted"] and res["message"].startswith("The model worker stopped unexpectedly")
     finally:
         client.shutdown()

@@ -7,8 +7,9 @@ import types
 import numpy as np
 import pytest
 
-from MedSegSlicerLib import geometry, segments
-from MedSegSlicerLib.core import MedSegCore
+from medseg_backend import slicing
+from MedSegSlicerLib import geometry, labelmaps, segments
+from MedSegSlicerLib.segmenter import Segmenter
 from MedSegSlicerLib.errors import InputError
 from MedSegSlicerLib.jobs import JobOutcome
 
@@ -17,9 +18,9 @@ from MedSegSlicerLib.jobs import JobOutcome
 def sample(ct_sample):
     slicer_scene, vol, labels = ct_sample
     seg = slicer_scene.add_segmentation("seg", vol)
-    a = segments.write_mask(seg, labels == 3, vol, name="kidney_left")
-    b = segments.write_mask(seg, labels == 2, vol, name="kidney_right")
-    core = MedSegCore(slicer_scene, device="cpu")
+    a = labelmaps.write_mask(seg, labels == 3, vol, name="kidney_left")
+    b = labelmaps.write_mask(seg, labels == 2, vol, name="kidney_right")
+    core = Segmenter(slicer_scene, device="cpu")
     return slicer_scene, vol, labels, seg, (a, b), core
 
 
@@ -31,7 +32,7 @@ def _roi(ctx, vol, box, name="R"):
 
 def _snapshot(ctx, seg, vol):
     ids = segments.segment_ids(seg)
-    return (ctx.scene.GetNumberOfNodes(), ids, [segments.segment_to_array(seg, s, vol).tobytes() for s in ids])
+    return (ctx.scene.GetNumberOfNodes(), ids, [labelmaps.segment_to_array(seg, s, vol).tobytes() for s in ids])
 
 
 def _no_run(core):
@@ -51,8 +52,8 @@ def test_invalid_second_segment_id_changes_nothing_and_runs_nothing(sample):
     ctx, vol, labels, seg, (a, b), core = sample
     before = _snapshot(ctx, seg, vol)
     _no_run(core)
-    rois = [_roi(ctx, vol, geometry.mask_bounding_box(labels == 3), "A"),
-            _roi(ctx, vol, geometry.mask_bounding_box(labels == 2), "B")]
+    rois = [_roi(ctx, vol, slicing.bbox3d(labels == 3), "A"),
+            _roi(ctx, vol, slicing.bbox3d(labels == 2), "B")]
     before = _snapshot(ctx, seg, vol)
     with pytest.raises(InputError, match="not in segmentation"):
         core.segment_with_medsam(vol, rois, seg, segment_ids=[a, "no-such-id"])
@@ -62,7 +63,7 @@ def test_invalid_second_segment_id_changes_nothing_and_runs_nothing(sample):
 def test_count_mismatch_leaves_no_new_node(sample):
     ctx, vol, labels, seg, _, core = sample
     _no_run(core)
-    rois = [_roi(ctx, vol, geometry.mask_bounding_box(labels == 3), "A")]
+    rois = [_roi(ctx, vol, slicing.bbox3d(labels == 3), "A")]
     n = ctx.scene.GetNumberOfNodes()
     with pytest.raises(InputError, match="1 boxes but 2 names"):
         core.segment_with_medsam(vol, rois, None, names=["x", "y"])
@@ -72,7 +73,7 @@ def test_count_mismatch_leaves_no_new_node(sample):
 def test_segment_ids_without_segmentation_refused(sample):
     ctx, vol, labels, seg, (a, _), core = sample
     _no_run(core)
-    rois = [_roi(ctx, vol, geometry.mask_bounding_box(labels == 3), "A")]
+    rois = [_roi(ctx, vol, slicing.bbox3d(labels == 3), "A")]
     n = ctx.scene.GetNumberOfNodes()
     with pytest.raises(InputError, match="without their segmentation"):
         core.segment_with_medsam(vol, rois, None, segment_ids=[a])
@@ -109,7 +110,7 @@ def test_zero_size_roi_node_is_refused(sample):
 def test_empty_result_in_replace_mode_does_not_wipe_the_segment(sample):
     ctx, vol, labels, seg, (a, b), core = sample
     _fake_result(core, np.zeros(labels.shape, np.uint8))
-    roi = _roi(ctx, vol, geometry.mask_bounding_box(labels == 3), "A")
+    roi = _roi(ctx, vol, slicing.bbox3d(labels == 3), "A")
     before = _snapshot(ctx, seg, vol)
     assert int((labels == 3).sum()) > 2000
     with pytest.raises(InputError, match="is empty"):
@@ -123,10 +124,10 @@ def test_several_rois_are_written_all_or_none(sample, monkeypatch):
     result[labels == 3] = 2        # box 1 -> right kidney's segment gets the left kidney, and vice versa
     result[labels == 2] = 1
     _fake_result(core, result)
-    rois = [_roi(ctx, vol, geometry.mask_bounding_box(labels == 3), "A"),
-            _roi(ctx, vol, geometry.mask_bounding_box(labels == 2), "B")]
+    rois = [_roi(ctx, vol, slicing.bbox3d(labels == 3), "A"),
+            _roi(ctx, vol, slicing.bbox3d(labels == 2), "B")]
     before = _snapshot(ctx, seg, vol)
-    real = segments.write_mask
+    real = labelmaps.write_mask
     calls = []
 
     def failing_second(*args, **kwargs):
@@ -135,7 +136,7 @@ def test_several_rois_are_written_all_or_none(sample, monkeypatch):
             raise RuntimeError("disk full while writing")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(segments, "write_mask", failing_second)
+    monkeypatch.setattr(labelmaps, "write_mask", failing_second)
     with pytest.raises(RuntimeError, match="disk full"):
         core.segment_with_medsam(vol, rois, seg, segment_ids=[a, None], names=["A", "new one"])
     assert _snapshot(ctx, seg, vol) == before          # A restored, the new segment removed
@@ -146,7 +147,7 @@ def test_several_rois_are_written_all_or_none(sample, monkeypatch):
         core.segment_with_medsam(vol, rois, None)
     assert ctx.scene.GetNumberOfNodes() == n
     # without the fault both are written
-    monkeypatch.setattr(segments, "write_mask", real)
+    monkeypatch.setattr(labelmaps, "write_mask", real)
     seg2, ids, _ = core.segment_with_medsam(vol, rois, seg, segment_ids=[a, b])
-    np.testing.assert_array_equal(segments.segment_to_array(seg, a, vol), result == 1)
-    np.testing.assert_array_equal(segments.segment_to_array(seg, b, vol), result == 2)
+    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, a, vol), result == 1)
+    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, b, vol), result == 2)

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from medseg_backend import segnrrd
 from medseg_backend.errors import InputError
-from MedSegSlicerLib import segments
+from MedSegSlicerLib import labelmaps, segments
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_file_written_here_opens_in_slicer_with_names_colours_and_voxels(sample,
     np.testing.assert_allclose(seg.GetSegment(segments.segment_id_by_name(node, "liver")).GetColor(),
                                (0.8, 0.3, 0.2), atol=1e-6)
     for name, m in masks.items():
-        np.testing.assert_array_equal(segments.segment_to_array(node, segments.segment_id_by_name(node, name), vol),
+        np.testing.assert_array_equal(labelmaps.segment_to_array(node, segments.segment_id_by_name(node, name), vol),
                                       m.astype(np.uint8))
 
 
@@ -61,7 +61,7 @@ def test_overlapping_segments_go_to_layers_and_read_back_in_slicer(sample, tmp_p
     segnrrd.write(str(path), layers, segs, **_geometry(img))
     node = _slicer_read(ctx, path)
     for name, m in masks.items():
-        np.testing.assert_array_equal(segments.segment_to_array(node, segments.segment_id_by_name(node, name), vol),
+        np.testing.assert_array_equal(labelmaps.segment_to_array(node, segments.segment_id_by_name(node, name), vol),
                                       m.astype(np.uint8))
     back = segnrrd.read(str(path))
     for name, m in masks.items():
@@ -78,7 +78,7 @@ def test_file_saved_by_slicer_reads_here(sample, tmp_path, overlap):
         big[3:25, 10:90, 10:110] = True
         masks["abdomen"] = big
     for name, m in masks.items():
-        segments.write_mask(node, m, vol, name=name, color=(0.2, 0.4, 0.6))
+        labelmaps.write_mask(node, m, vol, name=name, color=(0.2, 0.4, 0.6))
     path = tmp_path / "saved.seg.nrrd"
     storage = node.CreateDefaultStorageNode()
     storage.SetFileName(str(path))

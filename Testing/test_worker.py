@@ -18,8 +18,8 @@ import pytest
 from medseg_backend.weights import store
 from medseg_backend.errors import InputError, LicenceError
 from medseg_backend.worker import protocol as proto
-from MedSegSlicerLib import jobs, segments
-from MedSegSlicerLib.core import MedSegCore
+from MedSegSlicerLib import jobs, labelmaps
+from MedSegSlicerLib.segmenter import Segmenter
 from MedSegSlicerLib.jobs import JobRunner, Request
 from MedSegSlicerLib.scenarios import slab_box
 from MedSegSlicerLib.worker_client import WorkerClient, WorkerError
@@ -117,13 +117,13 @@ CLIENT_RUN = textwrap.dedent("""
     import json, sys, time
     import numpy as np, SimpleITK
     from MedSegSlicerLib import jobs
-    from MedSegSlicerLib.core import MedSegCore
+    from MedSegSlicerLib.segmenter import Segmenter
     from MedSegSlicerLib.scene import SceneContext
     from MedSegSlicerLib.scenarios import slab_box
     ctx = SceneContext.headless()
     volume = ctx.load_volume(sys.argv[1] + "/ct.nii.gz", "ct")
     labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(sys.argv[1] + "/labels.nii.gz"))
-    core = MedSegCore(ctx, device="cpu")
+    core = Segmenter(ctx, device="cpu")
     core.start(core.prepare_medsam(volume, [slab_box((labels == 5).astype(np.uint8), 8)]))
     while True:
         fraction, message, outcome = jobs.poll_step(core.runner)
@@ -154,10 +154,10 @@ def test_worker_killed_mid_run_gives_one_line_and_the_next_run_works(ct):
     lite_installed()
     ctx, volume, labels = ct
     seg = ctx.add_segmentation("seg", volume)
-    sid = segments.write_mask(seg, labels == 5, volume, name="liver")
-    before = segments.segment_to_array(seg, sid, volume)
+    sid = labelmaps.write_mask(seg, labels == 5, volume, name="liver")
+    before = labelmaps.segment_to_array(seg, sid, volume)
     client = WorkerClient()
-    core = MedSegCore(ctx, device="cpu", worker=client)
+    core = Segmenter(ctx, device="cpu", worker=client)
     try:
         core.start(core.prepare_medsam(volume, [slab_box((labels == 5).astype(np.uint8), 20)],
                                        segmentation_node=seg))
@@ -168,13 +168,13 @@ def test_worker_killed_mid_run_gives_one_line_and_the_next_run_works(ct):
         assert outcome.status == "failed" and isinstance(outcome.error, WorkerError)
         assert outcome.message.startswith("The model worker stopped unexpectedly (killed by signal 9")
         assert "nothing was written" in outcome.message and "\n" not in outcome.message
-        np.testing.assert_array_equal(segments.segment_to_array(seg, sid, volume), before)
+        np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, volume), before)
         # the next run starts a fresh worker and writes its result
         small = slab_box((labels == 3).astype(np.uint8), 2)
         _, ids, again = core.segment_with_medsam(volume, [small], seg, names=["kidney"], model="lite-medsam")
         assert again.ok and client.pid != pid and not pid_alive(pid)
-        assert segments.segment_to_array(seg, ids[0], volume).sum() == (again.result.labels == 1).sum() > 0
-        np.testing.assert_array_equal(segments.segment_to_array(seg, sid, volume), before)
+        assert labelmaps.segment_to_array(seg, ids[0], volume).sum() == (again.result.labels == 1).sum() > 0
+        np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, volume), before)
     finally:
         client.shutdown()
 
@@ -232,7 +232,7 @@ def test_broken_torch_in_the_worker_fails_the_run_readably(tmp_path, ct):
     (fake / "__init__.py").write_text("raise ImportError('this torch build is broken')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
     client = WorkerClient(env=env)
-    core = MedSegCore(ctx, device="cpu", worker=client)
+    core = Segmenter(ctx, device="cpu", worker=client)
     try:
         outcome = core.run(core.prepare_medsam(volume, [(40, 30, 10, 60, 50, 12)]))
         assert outcome.status == "failed"
@@ -280,7 +280,7 @@ def test_volume_sent_once_and_prefetched_slices_are_not_encoded_again(ct):
     lite_installed()
     ctx, volume, labels = ct
     client = WorkerClient()
-    core = MedSegCore(ctx, device="cpu", worker=client)
+    core = Segmenter(ctx, device="cpu", worker=client)
     box = slab_box((labels == 3).astype(np.uint8), 3)
     try:
         prepared = core.prepare_medsam(volume, [box], intensity="window:40,400")
@@ -322,7 +322,7 @@ def test_weights_are_checked_in_the_worker_not_in_the_client(slicer_scene, tmp_p
     """The panel's Verify / Import read checkpoints with torch: they run in the worker (issue 10 item 4)."""
     lite_installed()
     client = WorkerClient()
-    core = MedSegCore(slicer_scene, device="cpu", worker=client)
+    core = Segmenter(slicer_scene, device="cpu", worker=client)
     try:
         results = {r["name"]: r for r in core.verify_weights()}
         assert results["lite-medsam"]["ok"] is True and results["medsam-vit-b"]["ok"] is None

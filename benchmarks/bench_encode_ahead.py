@@ -25,7 +25,7 @@ for p in (REPO, os.path.join(REPO, "MedSegSlicer")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from MedSegSlicerLib.core import MedSegCore  # noqa: E402
+from MedSegSlicerLib.segmenter import Segmenter  # noqa: E402
 from MedSegSlicerLib.jobs import poll_step  # noqa: E402
 from MedSegSlicerLib.scenarios import slab_box  # noqa: E402
 from MedSegSlicerLib.scene import SceneContext  # noqa: E402
@@ -67,7 +67,7 @@ def main() -> int:
     rows = []
     for head_start in (args.head_start, 0.0):
         client = WorkerClient()
-        core = MedSegCore(ctx, device="cpu", worker=client)
+        core = Segmenter(ctx, device="cpu", worker=client)
         try:
             warm(core, volume, other)
             prepared = core.prepare_medsam(volume, [box], intensity="window:40,400")

@@ -23,7 +23,7 @@ for p in (REPO, os.path.join(REPO, "MedSegSlicer")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from MedSegSlicerLib.core import MedSegCore  # noqa: E402
+from MedSegSlicerLib.segmenter import Segmenter  # noqa: E402
 from MedSegSlicerLib.jobs import JobRunner, Request  # noqa: E402
 from MedSegSlicerLib.scenarios import slab_box  # noqa: E402
 from MedSegSlicerLib.scene import SceneContext  # noqa: E402
@@ -55,7 +55,7 @@ def handover(client: WorkerClient, repeats: int = 3):
     return statistics.median(times), times
 
 
-def first_preview(core: MedSegCore, volume, labels) -> float:
+def first_preview(core: Segmenter, volume, labels) -> float:
     """Seconds of the first LiteMedSAM run (3 slices) with nothing loaded yet."""
     box = slab_box((labels == 3).astype(np.uint8), 3)
     t0 = time.perf_counter()
@@ -64,7 +64,7 @@ def first_preview(core: MedSegCore, volume, labels) -> float:
     return time.perf_counter() - t0
 
 
-def reprompt(core: MedSegCore, volume, box, shift: int):
+def reprompt(core: Segmenter, volume, box, shift: int):
     """(seconds per slice, seconds outside the engine) of one end-to-end run with the box moved by ``shift``
     voxels (slices already encoded). The second figure is what the path adds around the model: preparing the
     inputs, handing them over, polling, reading the result back."""
@@ -84,11 +84,11 @@ def main() -> None:
     labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(os.path.join(SAMPLE, "labels.nii.gz")))
 
     # in-process first (this process has not imported torch yet: a fair first-preview figure)
-    local = MedSegCore(ctx, device="cpu", worker=False)
+    local = Segmenter(ctx, device="cpu", worker=False)
     local_first = first_preview(local, volume, labels)
     client = WorkerClient()
     try:
-        worker = MedSegCore(ctx, device="cpu", worker=client)
+        worker = Segmenter(ctx, device="cpu", worker=client)
         worker_first = first_preview(worker, volume, labels)
         box = slab_box((labels == 5).astype(np.uint8), 10)
         for core in (local, worker):      # encode the 10 slices once in each

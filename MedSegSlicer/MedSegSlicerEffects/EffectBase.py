@@ -5,12 +5,12 @@ import os
 
 import qt
 import slicer
+from medseg_backend import slicing
 
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from MedSegSlicerLib import editing, preview, segments
 from MedSegSlicerLib.errors import MedSegError
-from MedSegSlicerLib.jobs import poll_step
 
 VIEWS = ("Red", "Yellow", "Green")   # slice views whose orientation sets the slicing axis
 INTENSITY_CHOICES = ("volume window/level", "auto", "ct-abdomen", "ct-lung", "ct-brain", "ct-mediastinum", "mr",
@@ -216,8 +216,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
 
     def startPrefetch(self):
         """Encode the box's slices in the worker while the user still adjusts the box (centre slice first)."""
-        core = self.logic.core
-        if core.runner.running or not self.scriptedEffect.active():
+        if self.logic.busy or not self.scriptedEffect.active():
             return
         try:
             from MedSegSlicerLib import deps
@@ -228,7 +227,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             request = self.prefetchRun(self.prepareRun(volume, segmentation, segment_id))
             if request is None:
                 return
-            core.start(request)
+            self.logic.start(request)
         except Exception:  # noqa: BLE001 - a background convenience: Preview reports real problems
             logging.debug("MedSegSlicer: no encoding ahead", exc_info=True)
             return
@@ -236,7 +235,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.timer.start()
 
     def onAutoUpdate(self):
-        if self.roiSelector.currentNode() is None or self.logic.core.runner.running:
+        if self.roiSelector.currentNode() is None or self.logic.busy:
             return
         if self.autoUpdateEnabled():
             self.onPreview()
@@ -291,7 +290,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
                 return
             axis = self.axis(volume)
             box = geometry.roi_to_voxel_box(roi, volume)
-            a = geometry.AXIS_BOX_INDEX[axis]
+            a = slicing.BOX_INDEX[slicing.axis_index(axis)]
             if box[a + 3] - box[a] + 1 <= 2:               # drawn on one slice: give it the structure's depth
                 geometry.voxel_box_to_roi(roi, volume, geometry.full_depth_box(box, axis, volume))
         except MedSegError as e:
@@ -352,7 +351,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         return geometry.axis_for_slice_node(volume, node) if node is not None else "axial"
 
     def updateButtons(self):
-        running = self.logic.core.runner.running
+        running = self.logic.busy
         self.previewButton.enabled = not running or getattr(self, "prefetching", False)  # preview pre-empts it
         pending = self.pending()
         self.applyButton.enabled = (not running) and pending is not None
@@ -379,7 +378,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         return volume, segmentation, segment_id
 
     def prepareRun(self, volume, segmentation, segment_id):
-        """Subclasses: return a MedSegSlicerLib.core.PreparedRun (raise MedSegError on bad input)."""
+        """Subclasses: return a MedSegSlicerLib.segmenter.PreparedRun (raise MedSegError on bad input)."""
         raise NotImplementedError
 
     def maskFromResult(self, result):
@@ -390,15 +389,14 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
 
     # ---- buttons -----------------------------------------------------------------------------------------------
     def onPreview(self):
-        core = self.logic.core
-        if core.runner.running and getattr(self, "prefetching", False):
+        if self.logic.busy and getattr(self, "prefetching", False):
             # the box's slices are being encoded ahead: stop that (what is encoded stays cached), then preview
-            core.runner.cancel()
+            self.logic.cancel()
             self.previewQueued = True
             self.setStatus("Starting the preview...")
             return
-        if core.runner.running:
-            self.setStatus(f"'{core.runner.label}' is still running: wait for it or press Cancel.", error=True)
+        if self.logic.busy:
+            self.setStatus(f"'{self.logic.running_label}' is still running: wait for it or press Cancel.", error=True)
             return
         try:
             if not self.logic.ensureDependencies(ask=True):
@@ -407,7 +405,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             self.logic.ensureWeights(self.modelName(), ask=True)
             volume, segmentation, segment_id = self.inputs()
             prepared = self.prepareRun(volume, segmentation, segment_id)
-            core.start(prepared)
+            self.logic.start(prepared)
         except MedSegError as e:
             self.setStatus(str(e), error=True)
             return
@@ -424,12 +422,11 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
 
     def onPoll(self):
         # Never blocks: reads only what the worker has already sent (progress, result, error, or its death).
-        runner = self.logic.core.runner
-        fraction, message, outcome = poll_step(runner)
+        fraction, message, outcome = self.logic.poll()
         self.progressBar.value = int(1000 * fraction)
         self.progressBar.setFormat(message or "%p%")
         if outcome is None:
-            if not runner.running:
+            if not self.logic.busy:
                 self.timer.stop()
                 self.updateButtons()
             return
@@ -469,9 +466,8 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.updateButtons()
 
     def onCancel(self):
-        runner = self.logic.core.runner
-        if runner.running:
-            runner.cancel()
+        if self.logic.busy:
+            self.logic.cancel()
             self.setStatus("Cancelling...")
             return
         self.dropPreview()

@@ -1,14 +1,15 @@
 """Segment Editor effect "MedSAM box": LiteMedSAM / MedSAM ViT-B from a 3-D ROI box.
 
 Thin Qt: the box, the slicing direction, the slice range and the run all go through the Qt-free layer
-(``MedSegSlicerLib.geometry`` for boxes and views, ``core`` for the run, ``editing`` for Apply, ``effect_state`` for
-the saved parameters)."""
+(``MedSegSlicerLib.geometry`` for boxes and views, the logic's ``segmenter`` for the run, ``editing`` for Apply,
+``effect_state`` for the saved parameters)."""
 import ctk
 import qt
+from medseg_backend import slicing
 
 from MedSegSlicerEffects.EffectBase import VIEWS, MedSegEffectBase
-from MedSegSlicerLib import geometry, segments
-from MedSegSlicerLib.core import DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS
+from MedSegSlicerLib import geometry, labelmaps, segments
+from MedSegSlicerLib.segmenter import DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS
 from MedSegSlicerLib.errors import MedSegError
 
 #: propagation modes offered in the effect (``stop`` never differed from ``official`` on any measured case)
@@ -229,7 +230,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         except MedSegError as e:
             self.roiInfoLabel.text = str(e)
             return
-        a = geometry.AXIS_BOX_INDEX[axis]
+        a = slicing.BOX_INDEX[slicing.axis_index(axis)]
         r = self.sliceRange()
         first, last = box[a], box[a + 3]
         if r is not None:
@@ -241,8 +242,8 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
             a=first, b=last, view=self.viewCombo.currentText, mm=depth_mm, start=start)
 
     def fitRoiBox(self, volume, segmentation, segment_id):
-        mask = segments.segment_to_array(segmentation, segment_id, volume)
-        return geometry.mask_bounding_box(mask, margin=2) or geometry.default_box(mask.shape)
+        mask = labelmaps.segment_to_array(segmentation, segment_id, volume)
+        return slicing.bbox3d(mask, margin=2) or geometry.default_box(mask.shape)
 
     # ---- run -----------------------------------------------------------------------------------------------
     def modelName(self):
@@ -250,7 +251,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
 
     def prepareRun(self, volume, segmentation, segment_id):
         roi = self.roiSelector.currentNode()
-        return self.logic.core.prepare_medsam(
+        return self.logic.segmenter.prepare_medsam(
             volume, [roi], model=self.modelCombo.currentText, intensity=self.intensityValue(self.intensityCombo),
             propagation=self.propagationCombo.currentText, axis=self.axis(volume), slice_range=self.sliceRange(),
             segmentation_node=segmentation)
@@ -292,12 +293,12 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
             volume, segmentation, segment_id = self.inputs()
             name = segmentation.GetSegmentation().GetSegment(segment_id).GetName() + _(" (review)")
             existing = segments.segment_id_by_name(segmentation, name)
-            segments.write_masks(segmentation, volume, [(self.flaggedMask, existing, name)], mode="replace")
+            labelmaps.write_masks(segmentation, volume, [(self.flaggedMask, existing, name)], mode="replace")
         except MedSegError as e:
             self.setStatus(str(e), error=True)
 
     def prefetchRun(self, prepared):
-        return self.logic.core.prepare_encode(prepared)
+        return self.logic.segmenter.prepare_encode(prepared)
 
     def maskFromResult(self, result):
         return (result.labels == 1).astype("uint8")

@@ -295,7 +295,7 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
         roi = self.roiSelector.currentNode()
         if roi is None and keep is not None:
             roi = examples.default_roi_box(keep, axis)     # the labelled slices plus a margin, not the whole volume
-        return self.logic.core.prepare_universeg(
+        return self.logic.segmenter.prepare_universeg(
             volume, found, roi=roi, support_size=int(self.supportSizeSpin.value),
             ensemble=int(self.ensembleSpin.value), tta=bool(self.ttaCheckBox.checked),
             intensity=self.intensityValue(self.intensityCombo), axis=axis, keep_labelled=keep,

@@ -3,14 +3,18 @@
 Data flows one way: node -> array + geometry -> backend -> mask -> node.
 
 * :mod:`.geometry` - every IJK <-> RAS computation (volumes, ROIs, transforms, voxel boxes);
-* :mod:`.segments` - segments <-> arrays on a volume grid, writing masks (new / replace / add / preview /
-  Segment Editor path), hidden segment checks;
+* :mod:`.segments` - segment lookup, IDs, adding, visibility and the checks before a write;
+* :mod:`.labelmaps` - segments <-> arrays on a volume grid (oriented images, resampling), writing masks (new /
+  replace / add / all or none) and the Segment Editor's modifier labelmap;
 * :mod:`.examples` - UniverSeg examples from segments, other segmentation nodes and example libraries;
 * :mod:`.jobs` - the job runner (model work in the worker process; cancel, progress, stale-input detection);
 * :mod:`.worker_client` - starts the model worker process and talks to it without blocking;
-* :mod:`.core` - the run functions used by the effects and the scripted Logic;
+* :mod:`.logic` - the module's logic without Qt (settings, installs, weights, batch API; questions via callbacks);
+* :mod:`.segmenter` - prepares, starts, polls and cancels runs for the effects and the Logic; batch writes;
 * :mod:`.scene` - a scene with the needed logics, headless or from the running application;
 * :mod:`.scenarios` - scenarios shared by the pytest suite and the Slicer self-test;
-* :mod:`.deps` - which Python packages are missing (installation itself is done by the Qt layer).
+* :mod:`.deps` - which Python packages are missing (installation itself is done by the installer the Qt
+  module gives :mod:`.logic`).
 """
-__all__ = ["geometry", "segments", "examples", "jobs", "worker_client", "core", "scene", "scenarios", "deps"]
+__all__ = ["geometry", "segments", "labelmaps", "examples", "jobs", "worker_client", "segmenter", "logic", "scene",
+           "scenarios", "deps"]

@@ -27,7 +27,9 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import geometry, segments
+from medseg_backend import slicing
+
+from . import geometry, labelmaps, segments
 from .errors import InputError
 
 MODES = ("set", "add", "remove")
@@ -145,7 +147,7 @@ def apply_result(target, mask: np.ndarray, volume_node, *, mode: str = "set",
     if not segment_id:
         raise InputError("No segment selected: select the segment to write into in the segment list.")
     segments.check_segment_writable(segmentation_node, segment_id, allow_hidden=allow_hidden)
-    binary = segments.check_mask(mask, volume_node)
+    binary = labelmaps.check_mask(mask, volume_node)
     shape = geometry.volume_shape(volume_node)
     if slab is not None:
         slab = geometry.clip_box(slab, shape, what="slab to write")
@@ -160,9 +162,9 @@ def apply_result(target, mask: np.ndarray, volume_node, *, mode: str = "set",
     if empty and mode == "set" and not allow_empty:
         raise InputError("The result is empty: nothing was written (applying it would only erase the segment). "
                          "Check the box or the examples and run again.")
-    before = int(segments.segment_to_array(segmentation_node, segment_id, volume_node).sum())
+    before = int(labelmaps.segment_to_array(segmentation_node, segment_id, volume_node).sum())
     reference = target.reference_labelmap()
-    modifier = segments.modifier_labelmap(binary, volume_node, segmentation_node, reference)
+    modifier = labelmaps.modifier_labelmap(binary, volume_node, segmentation_node, reference)
     extent = None
     if slab is not None:
         extent = modifier_extent(slab, volume_node, segmentation_node, modifier)
@@ -174,12 +176,12 @@ def apply_result(target, mask: np.ndarray, volume_node, *, mode: str = "set",
         x0, y0, z0, x1, y1, z1 = slab
         slab_mask = np.zeros(shape, dtype=np.uint8)
         slab_mask[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1] = 1
-        eraser = segments.modifier_labelmap(slab_mask, volume_node, segmentation_node, reference)
+        eraser = labelmaps.modifier_labelmap(slab_mask, volume_node, segmentation_node, reference)
         target.modify(eraser, "remove", extent)
         target.modify(modifier, "add", extent)
     else:
         target.modify(modifier, mode, extent)
-    after = int(segments.segment_to_array(segmentation_node, segment_id, volume_node).sum())
+    after = int(labelmaps.segment_to_array(segmentation_node, segment_id, volume_node).sum())
     return ApplyReport(segment_id=segment_id, mode=mode, extent=extent, voxels_before=before, voxels_after=after)
 
 
@@ -205,10 +207,20 @@ def modifier_extent(slab: Sequence[int], volume_node, segmentation_node, modifie
 
 def run_slab(boxes: Sequence[Sequence[int]], axis: str, shape_kji: Sequence[int]) -> Tuple[int, ...]:
     """The slab a run covered: the slices of ``boxes`` along ``axis`` (union), the whole volume across."""
-    a = geometry.AXIS_BOX_INDEX[axis]
+    a = slicing.BOX_INDEX[slicing.axis_index(axis)]
     size = geometry.box_shape_xyz(shape_kji)
     lo = min(int(b[a]) for b in boxes)
     hi = max(int(b[a + 3]) for b in boxes)
     slab = [0, 0, 0, size[0] - 1, size[1] - 1, size[2] - 1]
     slab[a], slab[a + 3] = lo, hi
     return tuple(slab)
+
+
+def configure_editor_logic(editor_logic, segment_editor_node, segmentation_node, volume_node, segment_id: str):
+    """Point a ``vtkSlicerSegmentEditorLogic`` at a segmentation, source volume and selected segment."""
+    segment_editor_node.SetAndObserveSegmentationNode(segmentation_node)
+    editor_logic.SetSegmentEditorNode(segment_editor_node)
+    editor_logic.SetSourceVolumeNode(volume_node)
+    editor_logic.SetCurrentSegmentID(segment_id)
+    editor_logic.ResetModifierLabelmapToDefault()
+    return editor_logic

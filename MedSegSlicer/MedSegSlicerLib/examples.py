@@ -19,7 +19,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from . import geometry, segments
+from medseg_backend import slicing
+
+from . import geometry, labelmaps, segments
 from .errors import InputError, MedSegWarning
 
 
@@ -35,14 +37,6 @@ class ExampleArrays:
     @property
     def n_slices(self) -> int:
         return len(self.slices)
-
-
-def labelled_slice_indices(label: np.ndarray, axis: str) -> List[int]:
-    if axis not in geometry.AXIS_ARRAY_INDEX:
-        raise InputError(f"Unknown axis '{axis}': use axial, coronal or sagittal.")
-    a = geometry.AXIS_ARRAY_INDEX[axis]
-    other = tuple(i for i in range(3) if i != a)
-    return [int(i) for i in np.nonzero(np.any(label > 0, axis=other))[0]]
 
 
 def source_volume_for(segmentation_node, volume_node=None):
@@ -64,8 +58,8 @@ def from_labelled_slices(volume_node, segmentation_node, segment_id: str, axis: 
     """Source (a): the target segment's labelled slices on the target volume. ``slices``: use only these slices
     as examples (e.g. the ones the user corrected), not every slice that has voxels - after an Apply every slice
     of the result has voxels, and re-running with all of them as examples could change nothing."""
-    label = segments.segment_to_array(segmentation_node, segment_id, volume_node)
-    available = labelled_slice_indices(label, axis)
+    label = labelmaps.segment_to_array(segmentation_node, segment_id, volume_node)
+    available = [int(k) for k in slicing.labelled_slices(label, axis)]
     name = segments.get_segment(segmentation_node, segment_id).GetName()
     if not available:
         raise InputError(f"Segment '{name}' has no labelled slices yet: paint the structure on a few {axis} slices "
@@ -77,7 +71,7 @@ def from_labelled_slices(volume_node, segmentation_node, segment_id: str, axis: 
             raise InputError(f"Slice(s) {empty or chosen} of segment '{name}' hold no voxels: paint the structure "
                              f"there first, or choose example slices among {available[:12]}"
                              f"{'...' if len(available) > 12 else ''}.")
-        a = geometry.AXIS_ARRAY_INDEX[axis]
+        a = slicing.axis_index(axis)
         keep = np.zeros(label.shape[a], dtype=bool)
         keep[chosen] = True
         shape = [1, 1, 1]
@@ -92,10 +86,10 @@ def default_roi_box(arrays: ExampleArrays, axis: str = "axial", margin_slices: O
     """Where to segment when the user gave no ROI for few-shot completion: the labelled slices' in-plane box
     (+25 %, at least 4 voxels, as the pipeline crops examples) and their slice range widened by the usual gap
     between labelled slices (at least 2) - not the whole volume (minutes on a CPU, false positives far away)."""
-    box = geometry.mask_bounding_box(arrays.label)
+    box = slicing.bbox3d(arrays.label)
     if box is None:
         raise InputError(f"'{arrays.name}' has no labelled voxels: paint the structure on a few slices first.")
-    a = geometry.AXIS_BOX_INDEX[axis]
+    a = slicing.BOX_INDEX[slicing.axis_index(axis)]
     size = geometry.box_shape_xyz(arrays.label.shape)
     if margin_slices is None:
         gaps = np.diff(sorted(arrays.slices)) if len(arrays.slices) > 1 else np.array([2])
@@ -126,8 +120,8 @@ def from_segments(segmentation_node, segment_ids: Sequence[str], volume_node=Non
         if exclude is not None and exclude[0] is segmentation_node and exclude[1] == sid:
             continue
         seg = segments.get_segment(segmentation_node, sid)
-        label = segments.segment_to_array(segmentation_node, sid, volume)
-        slices = labelled_slice_indices(label, axis)
+        label = labelmaps.segment_to_array(segmentation_node, sid, volume)
+        slices = [int(k) for k in slicing.labelled_slices(label, axis)]
         if not slices:
             warnings.warn(f"Example segment '{seg.GetName()}' of '{segmentation_node.GetName()}' is empty on volume "
                           f"'{volume.GetName()}': skipped.", MedSegWarning, stacklevel=2)
@@ -195,14 +189,3 @@ def export(folder: str, backend_examples: Sequence, *, structure: str, modality:
         raise InputError("No structure name for the library: type what the examples show (e.g. liver).")
     return export_library(folder, list(backend_examples), structure=structure, modality=modality,
                           intensity=intensity, label=1)
-
-
-def keep_labelled_slices(prediction: np.ndarray, user_label: np.ndarray, axis: str) -> np.ndarray:
-    """Few-shot completion result: the user's own labelled slices stay exactly as drawn, the rest is predicted."""
-    out = (np.asarray(prediction) > 0).astype(np.uint8)
-    a = geometry.AXIS_ARRAY_INDEX[axis]
-    for s in labelled_slice_indices(user_label, axis):
-        idx = [slice(None)] * 3
-        idx[a] = s
-        out[tuple(idx)] = (user_label[tuple(idx)] > 0)
-    return out

@@ -11,28 +11,23 @@ Conventions
   exactly what the backend expects.
 * A voxel ``n`` covers the continuous index interval ``[n - 0.5, n + 0.5]``; a voxel belongs to an ROI when
   its centre lies inside the ROI (ties count as inside).
-
-Slicer stores everything in RAS; SimpleITK / ITK files use LPS. :func:`sitk_geometry` and
-:func:`ijk_to_ras_from_sitk` convert between the two (flip of the first two axes).
+* Slicing axes, voxel boxes of masks, slice ranges and box prompts are the backend's
+  (:mod:`medseg_backend.slicing`): this module only adds what needs MRML nodes.
 """
 from __future__ import annotations
 
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
+
+from medseg_backend import slicing
 
 from .errors import InputError, MedSegWarning
 
 Box = Tuple[int, int, int, int, int, int]
-
-#: voxel-space slicing axes of the backend -> index in the (K, J, I) array / in (x, y, z) box order
-AXIS_ARRAY_INDEX = {"axial": 0, "coronal": 1, "sagittal": 2}
-AXIS_BOX_INDEX = {"axial": 2, "coronal": 1, "sagittal": 0}
-
-LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 _EPS = 1e-4  # voxel units: tolerance for "centre exactly on the ROI face"
 
@@ -88,11 +83,6 @@ def node_to_world(node) -> np.ndarray:
     m = vtk.vtkMatrix4x4()
     tnode.GetMatrixTransformToWorld(m)
     return matrix_to_numpy(m)
-
-
-def node_frame_to_frame(source_node, target_node) -> np.ndarray:
-    """Matrix from the coordinates of ``source_node`` to those of ``target_node`` (both may be transformed)."""
-    return np.linalg.inv(node_to_world(target_node)) @ node_to_world(source_node)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -161,11 +151,6 @@ class VolumeData:
     def shape(self) -> Tuple[int, int, int]:
         return tuple(int(s) for s in self.array.shape)
 
-    @property
-    def spacing(self) -> Tuple[float, float, float]:
-        """Voxel size (x, y, z) in mm, in world space."""
-        return tuple(float(v) for v in np.linalg.norm(self.ijk_to_world[:3, :3], axis=0))
-
 
 def volume_to_array(volume_node) -> VolumeData:
     """Volume node -> :class:`VolumeData` (array copy + IJK-to-world including parent transforms)."""
@@ -173,30 +158,6 @@ def volume_to_array(volume_node) -> VolumeData:
     return VolumeData(array=image_to_array(volume_node.GetImageData(), copy=True),
                       ijk_to_world=volume_ijk_to_world(volume_node),
                       node_id=volume_node.GetID() or "", name=volume_node.GetName() or "")
-
-
-def sitk_geometry(ijk_to_ras: np.ndarray):
-    """IJK-to-RAS 4x4 -> ``medseg_backend.io.Geometry`` (spacing, origin, direction in LPS, as SimpleITK)."""
-    from medseg_backend.io import Geometry
-
-    spacing, origin, direction = _spacing_origin_direction(LPS_FROM_RAS @ np.asarray(ijk_to_ras, dtype=float))
-    return Geometry(tuple(spacing.tolist()), tuple(origin.tolist()), tuple(direction.ravel().tolist()))
-
-
-def _spacing_origin_direction(ijk_to_x: np.ndarray):
-    lin = ijk_to_x[:3, :3]
-    spacing = np.linalg.norm(lin, axis=0)
-    if np.any(spacing <= 0):
-        raise InputError("The volume has a zero voxel size: fix its spacing (Volumes module) and run again.")
-    return spacing, ijk_to_x[:3, 3].copy(), lin / spacing
-
-
-def ijk_to_ras_from_sitk(spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]) -> np.ndarray:
-    """SimpleITK geometry (LPS) -> IJK-to-RAS 4x4."""
-    m = np.eye(4)
-    m[:3, :3] = np.asarray(direction, dtype=float).reshape(3, 3) * np.asarray(spacing, dtype=float)[None, :]
-    m[:3, 3] = np.asarray(origin, dtype=float)
-    return LPS_FROM_RAS @ m
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -207,7 +168,11 @@ def box_shape_xyz(shape_kji: Sequence[int]) -> Tuple[int, int, int]:
 
 
 def clip_box(box: Sequence[int], shape_kji: Sequence[int], *, what: str = "box") -> Box:
-    """Clip an inclusive voxel box to the grid; warn when clipped, :class:`InputError` when fully outside."""
+    """Clip an inclusive voxel box to a volume's grid; warn when clipped, :class:`InputError` when fully outside.
+
+    Unlike :func:`medseg_backend.slicing.check_box` it accepts boxes flat in the slice plane (a UniverSeg ROI, a
+    slab to write) and says that an ROI outside the volume may be in another coordinate frame (parent transform);
+    box prompts are checked afterwards with ``slicing.check_box(..., each_side=True)``."""
     lo = np.asarray(box[:3], dtype=int)
     hi = np.asarray(box[3:], dtype=int)
     size = np.asarray(box_shape_xyz(shape_kji))
@@ -224,50 +189,6 @@ def clip_box(box: Sequence[int], shape_kji: Sequence[int], *, what: str = "box")
         warnings.warn(f"The {what} extends beyond the volume: clipped to voxels "
                       f"{tuple(int(v) for v in clo)}-{tuple(int(v) for v in chi)}.", MedSegWarning, stacklevel=2)
     return tuple(int(v) for v in (*clo, *chi))
-
-
-def restrict_box(box: Sequence[int], axis: str, first: Optional[int], last: Optional[int]) -> Box:
-    """Limit the box along the slicing ``axis`` to slices ``first..last`` (inclusive; ``None`` = no limit)."""
-    if axis not in AXIS_BOX_INDEX:
-        raise InputError(f"Unknown axis '{axis}': use axial, coronal or sagittal.")
-    b = list(int(v) for v in box)
-    a = AXIS_BOX_INDEX[axis]
-    if first is not None:
-        b[a] = max(b[a], int(first))
-    if last is not None:
-        b[a + 3] = min(b[a + 3], int(last))
-    if b[a] > b[a + 3]:
-        raise InputError(f"The slice range {first}-{last} does not overlap the box ({box[a]}-{box[a + 3]} along "
-                         f"the {axis} axis): widen the slice range or move the ROI.")
-    return tuple(b)
-
-
-def check_prompt_box(box: Sequence[int], axis: str, *, what: str = "box") -> None:
-    """A box prompt must enclose something in the slice plane: at least 2 voxels across in both in-plane
-    directions (a zero-size or one-voxel ROI would segment nothing and, written back, erase the segment)."""
-    if axis not in AXIS_BOX_INDEX:
-        raise InputError(f"Unknown axis '{axis}': use axial, coronal or sagittal.")
-    a = AXIS_BOX_INDEX[axis]
-    names = ("x (columns)", "y (rows)", "z (slices)")
-    for d in range(3):
-        if d == a:
-            continue
-        width = int(box[d + 3]) - int(box[d]) + 1
-        if width < 2:
-            raise InputError(f"The {what} is {width} voxel wide along {names[d]} (voxels {int(box[d])}-{int(box[d + 3])}): "
-                             "a box prompt must enclose the structure in the slice view - drag the ROI's handles "
-                             "to make it larger, or draw it again.")
-
-
-def mask_bounding_box(mask: np.ndarray, margin: int = 0) -> Optional[Box]:
-    """Inclusive (x0, y0, z0, x1, y1, z1) box of the non-zero voxels of a (K, J, I) mask, or None if empty."""
-    nz = np.nonzero(mask)
-    if len(nz[0]) == 0:
-        return None
-    k0, j0, i0 = (int(a.min()) - margin for a in nz)
-    k1, j1, i1 = (int(a.max()) + margin for a in nz)
-    K, J, I = mask.shape
-    return (max(i0, 0), max(j0, 0), max(k0, 0), min(i1, I - 1), min(j1, J - 1), min(k1, K - 1))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -387,11 +308,9 @@ def full_depth_box(box: Sequence[int], axis: str, volume_node, *, factor: float 
     the structure: as deep, in millimetres, as ``factor`` x its longer in-plane side, centred on the drawn
     slice(s), clipped to the volume. Organs and lesions are roughly as tall as they are wide, so this covers
     the structure without a second view; the propagation stops where the object ends (adaptive mode)."""
-    if axis not in AXIS_BOX_INDEX:
-        raise InputError(f"Unknown axis '{axis}': use axial, coronal or sagittal.")
+    a = slicing.BOX_INDEX[slicing.axis_index(axis)]
     shape = volume_shape(volume_node)
     b = list(clip_box(box, shape, what="ROI"))
-    a = AXIS_BOX_INDEX[axis]
     spacing = voxel_spacing(volume_node)
     in_plane = [(b[d + 3] - b[d] + 1) * spacing[d] for d in range(3) if d != a]
     depth_mm = factor * max(in_plane)
@@ -427,7 +346,7 @@ def slice_index_for_view(volume_node, slice_node, axis: str) -> int:
     """The voxel slice index along ``axis`` at the view's current position (its SliceToRAS origin)."""
     m = matrix_to_numpy(slice_node.GetSliceToRAS())
     ijk = apply(np.linalg.inv(volume_ijk_to_world(volume_node)), m[:3, 3][None, :])[0]
-    a = AXIS_BOX_INDEX[axis]
+    a = slicing.BOX_INDEX[slicing.axis_index(axis)]
     size = box_shape_xyz(volume_shape(volume_node))[a]
     return int(min(max(int(round(ijk[a])), 0), size - 1))
 
@@ -445,15 +364,6 @@ def mask_volume_ml(mask: np.ndarray, volume_node) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # Grids of images (segmentation labelmaps)
 # ----------------------------------------------------------------------------------------------------------
-def oriented_image_to_world(image, frame_node) -> np.ndarray:
-    """IJK -> world of a vtkOrientedImageData stored in ``frame_node``'s coordinates (e.g. a segmentation)."""
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
-    image.GetImageToWorldMatrix(m)
-    return node_to_world(frame_node) @ matrix_to_numpy(m)
-
-
 def volume_ijk_to_frame(volume_node, frame_node) -> np.ndarray:
     """Volume IJK -> coordinates of ``frame_node`` (e.g. a segmentation node under another transform)."""
     return np.linalg.inv(node_to_world(frame_node)) @ volume_ijk_to_world(volume_node)
@@ -461,11 +371,3 @@ def volume_ijk_to_frame(volume_node, frame_node) -> np.ndarray:
 
 def grids_match(a: np.ndarray, b: np.ndarray, tol: float = 1e-4) -> bool:
     return bool(np.allclose(np.asarray(a), np.asarray(b), atol=tol, rtol=0))
-
-
-def rotation_degrees(matrix: np.ndarray) -> float:
-    """Angle of the rotation part of a rigid 4x4/3x3 matrix (after removing scale), degrees."""
-    lin = np.asarray(matrix, dtype=float)[:3, :3]
-    lin = lin / np.linalg.norm(lin, axis=0)
-    c = (np.trace(lin) - 1.0) / 2.0
-    return float(math.degrees(math.acos(max(-1.0, min(1.0, c)))))

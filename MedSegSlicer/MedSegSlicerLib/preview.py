@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import geometry, segments
+from . import geometry, labelmaps, segments
 
 REFERENCE_ROLE = "MedSegSlicer.Preview"
 PREVIEW_ATTRIBUTE = "MedSegSlicer.Preview"
@@ -36,7 +36,7 @@ class Pending:
         seg = self.node.GetSegmentation()
         if seg.GetNumberOfSegments() == 0:
             return np.zeros(geometry.volume_shape(volume_node), np.uint8)
-        return segments.segment_to_array(self.node, seg.GetNthSegmentID(0), volume_node)
+        return labelmaps.segment_to_array(self.node, seg.GetNthSegmentID(0), volume_node)
 
 
 def is_preview(node) -> bool:
@@ -56,7 +56,7 @@ def show(scene, editor_node, segmentation_node, segment_id: str, mask: np.ndarra
     segments.check_segmentation(segmentation_node)
     target = segments.get_segment(segmentation_node, segment_id)
     geometry.check_scalar_volume(volume_node)
-    binary = segments.check_mask(mask, volume_node)
+    binary = labelmaps.check_mask(mask, volume_node)
     geometry.volume_ijk_to_frame(volume_node, segmentation_node)    # transform checks before any change
     node = editor_node.GetNodeReference(_role(owner))
     if node is None or not scene.IsNodePresent(node):
@@ -71,8 +71,8 @@ def show(scene, editor_node, segmentation_node, segment_id: str, mask: np.ndarra
     node.SetName(f"{segmentation_node.GetName()} preview")
     node.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
     node.GetSegmentation().RemoveAllSegments()
-    segments.ensure_reference_geometry(node, volume_node)
-    sid = segments.write_mask(node, binary, volume_node, name=name or target.GetName(),
+    labelmaps.ensure_reference_geometry(node, volume_node)
+    sid = labelmaps.write_mask(node, binary, volume_node, name=name or target.GetName(),
                               color=color or target.GetColor())
     attributes = {
         "SegmentationID": segmentation_node.GetID(), "SegmentID": segment_id, "VolumeID": volume_node.GetID(),

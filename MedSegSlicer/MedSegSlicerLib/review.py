@@ -7,6 +7,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from medseg_backend import slicing
+
 from . import geometry
 
 
@@ -19,7 +21,7 @@ def flagged_slices(result, obj: int = 1) -> List[Dict]:
 def review_mask(mask: np.ndarray, rows: Sequence[Dict], axis: str = "axial") -> np.ndarray:
     """``mask`` kept on the flagged slices only (along ``axis``): a "review" segment to look at before trusting
     the result."""
-    a = geometry.AXIS_ARRAY_INDEX[axis]
+    a = slicing.axis_index(axis)
     keep = np.zeros(mask.shape[a], dtype=bool)
     for r in rows:
         keep[int(r["slice"])] = True
@@ -32,5 +34,5 @@ def slice_centre_world(volume_node, axis: str, k: int) -> np.ndarray:
     """World (RAS) position of the centre of slice ``k`` along ``axis``: where a view jumps to show it."""
     K, J, I = geometry.volume_shape(volume_node)
     centre = np.array([(I - 1) / 2.0, (J - 1) / 2.0, (K - 1) / 2.0])
-    centre[geometry.AXIS_BOX_INDEX[axis]] = float(k)
+    centre[slicing.BOX_INDEX[slicing.axis_index(axis)]] = float(k)
     return geometry.apply(geometry.volume_ijk_to_world(volume_node), centre[None, :])[0]

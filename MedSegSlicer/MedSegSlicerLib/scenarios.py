@@ -14,11 +14,12 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from medseg_backend import slicing
 from medseg_backend.metrics import dice  # noqa: F401  (used by the scenarios and the self-test)
 
 from . import examples as ex
-from . import editing, geometry, preview, segments
-from .core import MedSegCore
+from . import editing, geometry, labelmaps, preview
+from .segmenter import Segmenter
 from .jobs import JobRunner, NodeGuard, Request, poll_step
 
 SAMPLE_LABELS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
@@ -66,14 +67,14 @@ def load_sample(ctx, sample_dir: str) -> Sample:
     truth = ctx.add_segmentation("truth", volume)
     ids = {}
     for value, name in SAMPLE_LABELS.items():
-        ids[name] = segments.write_mask(truth, labels == value, volume, name=name)
+        ids[name] = labelmaps.write_mask(truth, labels == value, volume, name=name)
     return Sample(volume, truth, labels, ids)
 
 
 def slab_box(mask: np.ndarray, slices: int, axis: str = "axial"):
     """Bounding box of ``mask`` limited to ``slices`` slices around the middle of the object along ``axis``."""
-    box = list(geometry.mask_bounding_box(mask))
-    a = geometry.AXIS_BOX_INDEX[axis]
+    box = list(slicing.bbox3d(mask))
+    a = slicing.BOX_INDEX[slicing.axis_index(axis)]
     mid = (box[a] + box[a + 3]) // 2
     half = slices // 2
     box[a], box[a + 3] = max(box[a], mid - half), min(box[a + 3], mid - half + slices - 1)
@@ -88,11 +89,11 @@ def box_mask(shape, box) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------------
-def scenario_medsam_box(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None, structure: str = "kidney_left",
+def scenario_medsam_box(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None, structure: str = "kidney_left",
                         slices: int = 7, model: str = "lite-medsam", min_dice: float = MEDSAM_MIN_DICE) -> dict:
     """LiteMedSAM from an ROI: ROI node -> voxel box -> model -> new segment; Dice to the label on the box's
     slices; the written segment equals the model's mask voxel for voxel; a moved box re-encodes nothing."""
-    core = core or MedSegCore(ctx, device="auto")
+    segmenter = segmenter or Segmenter(ctx, device="auto")
     sample = load_sample(ctx, sample_dir)
     truth = sample.mask(structure)
     box = slab_box(truth, slices)
@@ -101,11 +102,11 @@ def scenario_medsam_box(ctx, sample_dir: str, *, core: Optional[MedSegCore] = No
     assert geometry.roi_to_voxel_box(roi, sample.volume) == box, "ROI placed from a box does not map back to it"
     seg_node = ctx.add_segmentation("MedSAM result", sample.volume)
     t0 = time.perf_counter()
-    seg_node, ids, outcome = core.segment_with_medsam(sample.volume, [roi], seg_node, names=[structure],
+    seg_node, ids, outcome = segmenter.segment_with_medsam(sample.volume, [roi], seg_node, names=[structure],
                                                       model=model, intensity="window:40,400")
     seconds = time.perf_counter() - t0
     result = outcome.result
-    written = segments.segment_to_array(seg_node, ids[0], sample.volume)
+    written = labelmaps.segment_to_array(seg_node, ids[0], sample.volume)
     model_mask = (result.labels == 1).astype(np.uint8)
     assert np.array_equal(written, model_mask), "segment written into the scene differs from the model's mask"
     within = box_mask(truth.shape, box)
@@ -114,8 +115,8 @@ def scenario_medsam_box(ctx, sample_dir: str, *, core: Optional[MedSegCore] = No
     # move the box one voxel: embeddings of the same slices are reused
     moved = (box[0] + 1, box[1], box[2], box[3] + 1, box[4], box[5])
     geometry.voxel_box_to_roi(roi, sample.volume, moved)
-    prepared = core.prepare_medsam(sample.volume, [roi], model=model, intensity="window:40,400")
-    again = core.run(prepared)
+    prepared = segmenter.prepare_medsam(sample.volume, [roi], model=model, intensity="window:40,400")
+    again = segmenter.run(prepared)
     assert again.ok, again.message
     reencoded = int(getattr(again.result, "slices_encoded", 0))
     assert reencoded == 0, f"moving the box re-encoded {reencoded} slices (embedding cache not reused)"
@@ -135,12 +136,12 @@ def standin_universeg_module():
     return MeanSupportLabel()
 
 
-def scenario_universeg_plumbing(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None, module=None,
+def scenario_universeg_plumbing(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None, module=None,
                                 structure: str = "liver", every: int = 4) -> dict:
     """Few-shot completion with a stand-in network: label every ``every``-th slice of the structure, collect the
     labelled slices as examples, run, show the preview, apply through the Segment Editor logic; checks that the
     user's slices stay exact, slices outside the ROI stay empty and the segment equals the result."""
-    core = core or MedSegCore(ctx, device="cpu")
+    segmenter = segmenter or Segmenter(ctx, device="cpu")
     module = module or standin_universeg_module()
     sample = load_sample(ctx, sample_dir)
     truth = sample.mask(structure)
@@ -149,13 +150,13 @@ def scenario_universeg_plumbing(ctx, sample_dir: str, *, core: Optional[MedSegCo
     for k in z[::every]:
         labelled[k] = truth[k]
     work_seg = ctx.add_segmentation("work", sample.volume)
-    sid = segments.write_mask(work_seg, labelled, sample.volume, name=structure)
-    roi_box = geometry.mask_bounding_box(truth, margin=2)
+    sid = labelmaps.write_mask(work_seg, labelled, sample.volume, name=structure)
+    roi_box = slicing.bbox3d(truth, margin=2)
     arrays = ex.from_labelled_slices(sample.volume, work_seg, sid, "axial")
     assert arrays.slices == z[::every], "labelled slices collected wrongly"
-    prepared = core.prepare_universeg(sample.volume, [arrays], roi=roi_box, support_size=8, module=module,
+    prepared = segmenter.prepare_universeg(sample.volume, [arrays], roi=roi_box, support_size=8, module=module,
                                       keep_labelled=arrays, intensity="window:40,400", segmentation_node=work_seg)
-    outcome = core.run(prepared)
+    outcome = segmenter.run(prepared)
     assert outcome.ok, outcome.message
     mask = outcome.result.mask.astype(np.uint8)
     for k in z[::every]:
@@ -166,18 +167,18 @@ def scenario_universeg_plumbing(ctx, sample_dir: str, *, core: Optional[MedSegCo
     predicted = int(mask[unlabelled].sum())
     assert predicted > 0, "nothing predicted on the unlabelled slices"
     # preview leaves the segment untouched; Apply writes through the Segment Editor's modify path
-    before = segments.segment_to_array(work_seg, sid, sample.volume)
+    before = labelmaps.segment_to_array(work_seg, sid, sample.volume)
     target = ctx.editor_target(work_seg, sample.volume, sid, effect_name="UniverSeg examples")
     node = preview.show(ctx.scene, ctx.segment_editor_node, work_seg, sid, mask, sample.volume,
                         slab=prepared.info["slab"], messages=prepared.messages)
-    assert np.array_equal(segments.segment_to_array(work_seg, sid, sample.volume), before), "preview modified segment"
+    assert np.array_equal(labelmaps.segment_to_array(work_seg, sid, sample.volume), before), "preview modified segment"
     pending = preview.current(ctx.scene, ctx.segment_editor_node)
     assert pending is not None and pending.node is node and pending.segment_id == sid
     assert np.array_equal(pending.mask(sample.volume), mask), "preview differs"
     editing.apply_result(target, pending.mask(sample.volume), sample.volume, mode="set", slab=pending.slab)
     assert preview.drop(ctx.scene, ctx.segment_editor_node)
     assert preview.current(ctx.scene, ctx.segment_editor_node) is None and not ctx.scene.IsNodePresent(node)
-    applied = segments.segment_to_array(work_seg, sid, sample.volume)
+    applied = labelmaps.segment_to_array(work_seg, sid, sample.volume)
     assert np.array_equal(applied, mask), "applied segment differs from the result"
     return dict(examples=len(arrays.slices), dice_to_label=dice(mask, truth),
                 predicted_voxels=predicted, seconds=outcome.seconds)
@@ -187,42 +188,42 @@ def scenario_undo_restores(ctx, sample_dir: str) -> dict:
     """Apply through the Segment Editor logic (which saves an undo state), then Undo: the segment is back."""
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids["liver"]
-    before = segments.segment_to_array(sample.truth, sid, sample.volume)
+    before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     target = ctx.editor_target(sample.truth, sample.volume, sid)
     new = box_mask(before.shape, (30, 30, 5, 60, 60, 20)).astype(np.uint8)
     editing.apply_result(target, new, sample.volume, mode="set")
-    after = segments.segment_to_array(sample.truth, sid, sample.volume)
+    after = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     assert np.array_equal(after, new), "Apply did not write the mask"
     assert target.can_undo(), "Apply left no undo state"
     target.undo()
-    restored = segments.segment_to_array(sample.truth, sid, sample.volume)
+    restored = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     assert np.array_equal(restored, before), "Undo did not restore the segment"
     return dict(changed_voxels=int((after != before).sum()), restored=True)
 
 
-def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None,
+def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None,
                                        structure: str = "kidney_left", slices: int = 3,
                                        model: str = "lite-medsam") -> dict:
     """Correct part of a finished segment: MedSAM re-run on a few slices of an ROI (``slice_range``), applied
     with the effect's Apply in replace mode: the re-run slab changes, every voxel outside it stays as it was."""
-    core = core or MedSegCore(ctx, device="auto")
+    segmenter = segmenter or Segmenter(ctx, device="auto")
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids[structure]
-    before = segments.segment_to_array(sample.truth, sid, sample.volume)
-    box = geometry.mask_bounding_box(sample.mask(structure))
+    before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
+    box = slicing.bbox3d(sample.mask(structure))
     mid = (box[2] + box[5]) // 2
     first, last = mid - slices // 2, mid - slices // 2 + slices - 1
     roi = ctx.add_roi(f"{structure} ROI")
     geometry.voxel_box_to_roi(roi, sample.volume, box)
-    prepared = core.prepare_medsam(sample.volume, [roi], model=model, intensity="window:40,400",
+    prepared = segmenter.prepare_medsam(sample.volume, [roi], model=model, intensity="window:40,400",
                                    slice_range=(first, last), segmentation_node=sample.truth)
-    outcome = core.run(prepared)
+    outcome = segmenter.run(prepared)
     assert outcome.ok, outcome.message
     mask = (outcome.result.labels == 1).astype(np.uint8)
     assert prepared.info["slab"][2] == first and prepared.info["slab"][5] == last, prepared.info["slab"]
     target = ctx.editor_target(sample.truth, sample.volume, sid)
     editing.apply_result(target, mask, sample.volume, mode="set", slab=prepared.info["slab"])
-    after = segments.segment_to_array(sample.truth, sid, sample.volume)
+    after = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     outside = np.ones(after.shape, bool)
     outside[first:last + 1] = False
     assert np.array_equal(after[outside], before[outside]), "voxels outside the re-run slab changed"
@@ -232,7 +233,7 @@ def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, core: Optional[M
                 dice_in_slab=dice(mask[first:last + 1], sample.mask(structure)[first:last + 1]))
 
 
-def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None,
+def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None,
                                      real_model: bool = False, timeout: float = 600.0) -> dict:
     """Start a run in the model worker, cancel it: the outcome is 'cancelled' within a second and the segment is
     unchanged.
@@ -241,17 +242,17 @@ def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, core: Optional[Med
     model reports its first finished slice; otherwise the worker's diagnostic ``sleep`` request (progress, then a
     long wait that only a cancel ends).
     """
-    core = core or MedSegCore(ctx, device="auto")
+    segmenter = segmenter or Segmenter(ctx, device="auto")
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids["liver"]
-    before = segments.segment_to_array(sample.truth, sid, sample.volume)
+    before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     if real_model:
-        prepared = core.prepare_medsam(sample.volume, [geometry.mask_bounding_box(sample.mask("liver"))],
+        prepared = segmenter.prepare_medsam(sample.volume, [slicing.bbox3d(sample.mask("liver"))],
                                        segmentation_node=sample.truth)
         request = prepared.request
     else:
         request = Request("sleep", {"seconds": timeout, "steps": 1000})
-    runner: JobRunner = core.runner
+    runner: JobRunner = segmenter.runner
     runner.start(request, label="cancel test", guard=NodeGuard(ctx.scene, sample.volume, [sample.truth]))
     t0 = time.monotonic()
     started = None
@@ -269,27 +270,27 @@ def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, core: Optional[Med
     assert outcome is not None, "cancelled run did not end"
     assert outcome.status == "cancelled", f"expected cancelled, got {outcome.status}: {outcome.message}"
     assert cancel_seconds <= 1.0, f"the run ended {cancel_seconds:.2f} s after Cancel (at most 1 s)"
-    after = segments.segment_to_array(sample.truth, sid, sample.volume)
+    after = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     assert np.array_equal(after, before), "segment changed by a cancelled run"
     assert not runner.running
     return dict(status=outcome.status, message=outcome.message, seconds=outcome.seconds,
                 cancel_seconds=cancel_seconds, progress_before_cancel=started)
 
 
-def scenario_worker_crash_leaves_untouched(ctx, sample_dir: str, *, core: Optional[MedSegCore] = None,
+def scenario_worker_crash_leaves_untouched(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None,
                                            timeout: float = 120.0) -> dict:
     """The model worker dies during a run (killed, as by the system when memory runs out): the run fails with one
     line, the segment is unchanged, and the next run starts a fresh worker."""
     import os
     import signal
 
-    core = core or MedSegCore(ctx, device="auto")
-    client = core.worker
-    assert client is not None, "this core runs in-process: no worker to crash"
+    segmenter = segmenter or Segmenter(ctx, device="auto")
+    client = segmenter.worker
+    assert client is not None, "this segmenter runs in-process: no worker to crash"
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids["liver"]
-    before = segments.segment_to_array(sample.truth, sid, sample.volume)
-    runner: JobRunner = core.runner
+    before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
+    runner: JobRunner = segmenter.runner
     runner.start(Request("sleep", {"seconds": timeout, "steps": 1000}), label="crash test",
                  guard=NodeGuard(ctx.scene, sample.volume, [sample.truth]))
     t0 = time.monotonic()
@@ -304,7 +305,7 @@ def scenario_worker_crash_leaves_untouched(ctx, sample_dir: str, *, core: Option
     outcome = runner.wait(timeout)
     assert outcome is not None and outcome.status == "failed", outcome and outcome.message
     assert "\n" not in outcome.message and "nothing was written" in outcome.message, outcome.message
-    after = segments.segment_to_array(sample.truth, sid, sample.volume)
+    after = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     assert np.array_equal(after, before), "segment changed by a run whose worker crashed"
     runner.start(Request("sleep", {"seconds": 0.0}), label="after the crash")
     again = runner.wait(timeout)

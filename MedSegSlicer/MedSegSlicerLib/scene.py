@@ -127,7 +127,7 @@ class SceneContext:
         (the C++ logic behind the Segment Editor's modify-segment path; Slicer >= 5.10 and slicer-core)."""
         import slicer
 
-        from .segments import configure_editor_logic
+        from .editing import configure_editor_logic
 
         if not has_editor_logic():
             raise InputError("This Slicer has no vtkSlicerSegmentEditorLogic (it appeared in Slicer 5.10): use "

@@ -1,9 +1,9 @@
-"""Engines and run functions shared by the Segment Editor effects (non-blocking) and the scripted Logic (batch).
+"""The segmenter: prepares and runs the models for the Segment Editor effects (non-blocking) and the Logic (batch).
 
-A run is prepared on the GUI thread (:meth:`MedSegCore.prepare_medsam` / :meth:`MedSegCore.prepare_universeg`):
+A run is prepared on the GUI thread (:meth:`Segmenter.prepare_medsam` / :meth:`Segmenter.prepare_universeg`):
 node -> numpy array + voxel boxes, plus a :class:`~.jobs.NodeGuard`. The returned :class:`PreparedRun` holds a
 :class:`~medseg_backend.worker.protocol.Request` (operation + parameters + arrays) that the model worker process
-executes (:meth:`MedSegCore.start` non-blocking, :meth:`MedSegCore.run` blocking); a request with a stand-in
+executes (:meth:`Segmenter.start` non-blocking, :meth:`Segmenter.run` blocking); a request with a stand-in
 network (tests) runs in-process through the same handler code. Writing the result into the scene is the caller's
 job, on the GUI thread, after success. torch is never imported into this process.
 
@@ -20,22 +20,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from medseg_backend.choices import AXES as _AXES
-from medseg_backend.choices import DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PROPAGATIONS
+from medseg_backend import slicing
+from medseg_backend.choices import AXES, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PROPAGATIONS
 from medseg_backend.worker.handlers import EngineCache, Handlers
 from medseg_backend.worker.protocol import Request
 
 from . import examples as ex
-from . import editing, geometry, segments
+from . import editing, geometry, labelmaps, segments
 from .errors import InputError, MedSegWarning
 
 from . import worker_client
-from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, run_blocking
+from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, poll_step, run_blocking
 
-__all__ = ["MedSegCore", "PreparedRun", "EngineCache", "volume_key", "raise_unless_ok"]
+__all__ = ["Segmenter", "PreparedRun", "EngineCache", "volume_key", "raise_unless_ok"]
 
 DEFAULT_MODEL = MEDSAM_MODELS[0]
-AXES = tuple(_AXES)          # axis names, in the backend's order
 
 
 @contextmanager
@@ -91,8 +90,10 @@ def volume_key(volume_node, array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-class MedSegCore:
-    """The Qt-free heart of the module: one per scene (the scripted Logic and the effects share it)."""
+class Segmenter:
+    """Prepares, starts, polls and cancels model runs, and writes batch results: one per scene (the Logic and
+    the effects share it). The effects use :attr:`busy`, :attr:`running_label`, :meth:`start`, :meth:`poll` and
+    :meth:`cancel`; the job runner behind them stays an implementation detail."""
 
     def __init__(self, ctx, device: str = "auto", precision: str = "auto", worker=True) -> None:
         """``worker``: True - the shared model worker (:func:`.worker_client.shared_client`); a
@@ -133,6 +134,25 @@ class MedSegCore:
     @property
     def scene(self):
         return self.ctx.scene
+
+    # ---- the run in flight (one at a time) ---------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """True while a run (or an encoding ahead) is in flight."""
+        return self.runner.running
+
+    @property
+    def running_label(self) -> str:
+        """What is running (e.g. ``MedSAM (lite-medsam)``)."""
+        return self.runner.label
+
+    def poll(self):
+        """Non-blocking: ``(fraction, message, outcome or None)`` of the run in flight (:func:`.jobs.poll_step`)."""
+        return poll_step(self.runner)
+
+    def cancel(self) -> None:
+        """Ask the run in flight to stop (nothing is written; what the worker encoded stays cached)."""
+        self.runner.cancel()
 
     def set_device(self, device: str) -> None:
         if device not in DEVICES:
@@ -175,9 +195,11 @@ class MedSegCore:
         messages: List[str] = []
         boxes = self.boxes_from(volume_node, list(rois), messages)
         if slice_range is not None:
-            boxes = [geometry.restrict_box(b, axis, slice_range[0], slice_range[1]) for b in boxes]
+            boxes = [slicing.restrict_box(b, axis, slice_range[0], slice_range[1]) for b in boxes]
+        shape = geometry.volume_shape(volume_node)
         for box, roi in zip(boxes, rois):
-            geometry.check_prompt_box(box, axis, what=f"ROI '{roi.GetName()}'" if hasattr(roi, "GetName") else "box")
+            slicing.check_box(box, shape, what=f"ROI '{roi.GetName()}'" if hasattr(roi, "GetName") else "Box",
+                              axis=axis, each_side=True)
         data = geometry.volume_to_array(volume_node)
         preset = resolve_intensity(volume_node, intensity)
         request = Request("segment_box", dict(boxes=[list(b) for b in boxes], model=model, weights=weights,
@@ -196,7 +218,7 @@ class MedSegCore:
         the Preview that follows only decodes (cancel it to preview at once; slices already encoded stay cached)."""
         run = prepared.request
         axis = prepared.info["axis"]
-        a = geometry.AXIS_BOX_INDEX[axis]
+        a = slicing.BOX_INDEX[slicing.axis_index(axis)]
         slab = prepared.info["slab"]
         params = {k: run.params[k] for k in ("model", "weights", "device", "precision", "intensity")}
         request = Request("encode", dict(params, axis=axis, slices=[int(slab[a]), int(slab[a + 3])]),
@@ -257,7 +279,7 @@ class MedSegCore:
 
         def finish(result):
             if keep is not None:
-                result.mask = ex.keep_labelled_slices(result.mask, keep, axis)
+                result.mask = slicing.keep_slices(result.mask, keep, axis)
             return result
 
         request = Request("segment_examples",
@@ -278,8 +300,8 @@ class MedSegCore:
     # Running
     # ------------------------------------------------------------------------------------------------------
     def start(self, prepared: PreparedRun):
-        """Non-blocking: hand the request to the worker (in-process thread for stand-in networks); poll
-        ``self.runner`` (:func:`.jobs.poll_step`) for the outcome."""
+        """Non-blocking: hand the request to the worker (in-process thread for stand-in networks); :meth:`poll`
+        for the outcome."""
         return self.runner.start(prepared.request, label=prepared.label, guard=prepared.guard)
 
     def run(self, prepared: PreparedRun, progress=None, cancel=None) -> JobOutcome:
@@ -324,7 +346,7 @@ class MedSegCore:
         if created:
             segmentation_node = self.ctx.add_segmentation(default_name, volume_node)
         try:
-            ids = segments.write_masks(segmentation_node, volume_node, items, mode=mode)
+            ids = labelmaps.write_masks(segmentation_node, volume_node, items, mode=mode)
         except Exception:
             if created:
                 self.ctx.remove_node(segmentation_node)

@@ -1,0 +1,130 @@
+"""The module's logic without Qt (MedSegSlicerLib.logic.MedSegLogic): questions go through callbacks, a question
+with no one to answer it is a clear error, a declined question installs and downloads nothing, and the effects'
+run-in-flight calls reach the segmenter of the current scene."""
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+
+from medseg_backend import catalogue
+from MedSegSlicerLib import logic as logic_module
+from MedSegSlicerLib.errors import MedSegError
+from MedSegSlicerLib.jobs import Request
+from MedSegSlicerLib.logic import MedSegLogic
+
+EMPTY_PLAN = types.SimpleNamespace(empty=True)
+DOWNLOADED = "medsam-vit-b"        # a download without licence acceptance
+LICENSED = "universeg-v1"          # needs its licence accepted
+
+
+@pytest.fixture
+def no_installs(monkeypatch):
+    """Every dependency counts as installed; a download only records that it was asked for."""
+    monkeypatch.setattr(logic_module.deps, "install_plan", lambda: EMPTY_PLAN)
+    fetched = []
+
+    def fake_fetch(name, progress=None, cancel=None, **_kw):
+        fetched.append(name)
+        progress(0.5, f"half of {name}")
+        return Path("/weights") / f"{name}.pth"
+
+    monkeypatch.setattr(catalogue, "fetch", fake_fetch)
+    return fetched
+
+
+def test_declined_download_raises_and_fetches_nothing(no_installs):
+    questions = []
+    logic = MedSegLogic(ask=lambda question, title: questions.append((question, title)) or False)
+    with pytest.raises(MedSegError, match=f"{DOWNLOADED} weights are not installed: download or import them"):
+        logic.ensureWeights(DOWNLOADED, ask=True)
+    assert no_installs == []
+    assert len(questions) == 1 and questions[0][0].startswith("Download the ") and questions[0][1] == "MedSegSlicer"
+    assert not catalogue.status(DOWNLOADED)["installed"]
+
+
+def test_a_question_without_a_callback_is_an_error_not_a_download(no_installs):
+    with pytest.raises(MedSegError, match="Download the .* no one to ask here.*ask=False"):
+        MedSegLogic().ensureWeights(DOWNLOADED, ask=True)
+    assert no_installs == []
+
+
+def test_accepted_download_runs_through_the_progress_callback(no_installs):
+    shown = []
+
+    def run_with_progress(work, title):
+        from MedSegSlicerLib.jobs import run_blocking
+
+        return run_blocking(work, label=title, progress=lambda f, m: shown.append((title, f, m)))
+
+    logic = MedSegLogic(ask=lambda question, title: True, run_with_progress=run_with_progress)
+    path = logic.ensureWeights(DOWNLOADED, ask=True)
+    assert path == str(Path("/weights") / f"{DOWNLOADED}.pth") and no_installs == [DOWNLOADED]
+    assert (f"Downloading {DOWNLOADED}", 0.5, f"half of {DOWNLOADED}") in shown
+    # without a progress callback the download runs on the calling thread, and ask=False asks nothing
+    assert MedSegLogic().ensureWeights(DOWNLOADED, ask=False) == path
+
+
+def test_licence_question_goes_to_its_own_callback_and_a_refusal_is_remembered_as_none(no_installs):
+    asked = []
+    logic = MedSegLogic(ask=lambda q, t: pytest.fail("the licence is not asked through ask"),
+                        accept_licence=lambda text, title: asked.append(title) or False)
+    with pytest.raises(MedSegError, match="licence of universeg-v1 was not accepted"):
+        logic.ensureWeights(LICENSED, ask=False)
+    assert asked == [f"Licence of {LICENSED}"] and not catalogue.licence_accepted(LICENSED)
+    assert no_installs == []
+    with pytest.raises(MedSegError, match="Do you accept this licence\\?|no one to ask here"):
+        MedSegLogic().askLicence(LICENSED)
+    assert MedSegLogic(ask=lambda q, t: True).askLicence(LICENSED)     # accept_licence defaults to ask
+    assert catalogue.licence_accepted(LICENSED)
+
+
+def test_missing_dependencies_declined_or_without_installer(monkeypatch):
+    plan = types.SimpleNamespace(empty=False, question=lambda: "MedSegSlicer needs to install into Slicer's "
+                                 "Python:\n- torch", summary=lambda: "torch", upgrades=[])
+    monkeypatch.setattr(logic_module.deps, "install_plan", lambda: plan)
+    assert MedSegLogic(ask=lambda q, t: False).ensureDependencies(ask=True) is False
+    with pytest.raises(MedSegError, match="MedSegSlicer needs to install into Slicer's Python: - there is no one"):
+        MedSegLogic().ensureDependencies(ask=True)
+    with pytest.raises(MedSegError, match="torch cannot be installed here"):
+        MedSegLogic(ask=lambda q, t: True).ensureDependencies(ask=True)
+    installed, told = [], []
+    remaining = iter([plan, EMPTY_PLAN])
+    monkeypatch.setattr(logic_module.deps, "install_plan", lambda: next(remaining))
+    plan.upgrades = ["numpy"]
+    logic = MedSegLogic(ask=lambda q, t: True, inform=told.append,
+                        installer=types.SimpleNamespace(install=installed.append))
+    assert logic.ensureDependencies(ask=True) is True
+    assert installed == [plan] and told == ["Packages were upgraded: restart Slicer before using MedSegSlicer."]
+
+
+def test_settings_go_through_remember_and_the_device_reaches_the_segmenter(slicer_scene, monkeypatch, tmp_path):
+    saved = {}
+
+    class Remembering(MedSegLogic):
+        def _remember(self, key, value):
+            saved[key] = value
+
+    logic = Remembering(context_factory=lambda: slicer_scene)
+    segmenter = logic.segmenter
+    assert segmenter.ctx is slicer_scene and logic.segmenter is segmenter        # one per scene
+    logic.setDevice("cpu")
+    assert segmenter.device == "cpu" and saved[MedSegLogic.SETTINGS_DEVICE] == "cpu"
+    logic.setCacheFolder(str(tmp_path))
+    assert logic.cacheFolder() == str(tmp_path) and saved[MedSegLogic.SETTINGS_CACHE] == str(tmp_path)
+
+
+def test_the_run_in_flight_for_the_effects(slicer_scene):
+    logic = MedSegLogic(context_factory=lambda: slicer_scene)
+    assert not logic.busy
+    # a request with in-process parts runs in a thread of this process: no worker needed for this check
+    request = Request("sleep", {"seconds": 30.0, "steps": 300}, local={"in_process": True})
+    run = types.SimpleNamespace(request=request, label="nap", guard=None)
+    logic.start(run)
+    assert logic.busy and logic.running_label == "nap"
+    logic.cancel()
+    outcome = logic.segmenter.runner.wait(10)
+    assert outcome is not None and outcome.status == "cancelled"
+    fraction, _message, last = logic.poll()
+    assert last is None and not logic.busy
