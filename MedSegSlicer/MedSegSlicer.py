@@ -363,10 +363,10 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
 
     def test_MedSAMBox(self):
         self._needsBackend()
-        from medseg_backend import catalogue
+        from medseg_backend import weights
         from MedSegSlicerLib import scenarios
 
-        if not catalogue.status("lite-medsam")["installed"]:
+        if not weights.status("lite-medsam")["installed"]:
             self.skipTest("LiteMedSAM weights are not installed (MedSeg panel > download lite-medsam)")
         ctx, sampleDir = self._context()
         result = scenarios.scenario_medsam_box(ctx, sampleDir, segmenter=MedSegSlicerLogic.shared().segmenter)
@@ -375,10 +375,10 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
 
     def test_SubrangeRerunKeepsRest(self):
         self._needsBackend()
-        from medseg_backend import catalogue
+        from medseg_backend import weights
         from MedSegSlicerLib import scenarios
 
-        if not catalogue.status("lite-medsam")["installed"]:
+        if not weights.status("lite-medsam")["installed"]:
             self.skipTest("LiteMedSAM weights are not installed (MedSeg panel > download lite-medsam)")
         ctx, sampleDir = self._context()
         result = scenarios.scenario_subrange_rerun_keeps_rest(ctx, sampleDir,

