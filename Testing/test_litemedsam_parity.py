@@ -3,7 +3,7 @@ Testing/Data/litemedsam_reference): 2-D per case Dice >= 0.99, 3-D per case Dice
 import numpy as np
 import pytest
 
-from medseg_backend.cli import dice
+from medseg_backend.metrics import dice
 from medseg_backend.medsam import MedSAMEngine
 
 

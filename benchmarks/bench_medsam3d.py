@@ -218,7 +218,7 @@ def main() -> None:
         return
     import tempfile
 
-    from medseg_backend.cli import dice
+    from medseg_backend.metrics import dice
 
     rows = []
     for kind in args.models.split(","):
