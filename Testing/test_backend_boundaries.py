@@ -47,9 +47,8 @@ def test_example_libraries_and_slicer_example_collection_do_not_load_torch(tmp_p
         "img = np.arange(400, dtype=np.int16).reshape(20, 20); lab = np.zeros((20, 20), np.uint8); lab[5:9, 5:9] = 1\n"
         f"out = export_library({str(tmp_path / 'lib')!r}, [Example(img, lab, 'a')], structure='x', modality='CT')\n"
         "loaded, manifest = load_library(out)\n"
-        "arrays = ex.ExampleArrays(image=np.stack([img] * 3), label=np.stack([lab] * 3), name='s', source='segment',"
-        " slices=[0, 1, 2])\n"
-        "backend = ex.to_backend_examples([arrays], 'axial')\n"
+        "vol = Example(np.stack([img] * 3), np.stack([lab] * 3), 's', source='volume', slices=(0, 1, 2))\n"
+        "backend = ex.cut_into_slices([vol], 'axial')\n"
         "assert len(loaded) == 1 and len(backend) == 3, (len(loaded), len(backend))\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

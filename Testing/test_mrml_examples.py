@@ -34,13 +34,13 @@ def test_labelled_slices_of_target_segment(two_volumes):
     seg = ctx.add_segmentation("work", target)
     sid = labelmaps.write_mask(seg, partial, target, name="liver")
     got = ex.from_labelled_slices(target, seg, sid, "axial")
-    assert got.slices == [4, 9, 14] and got.source == "labelled-slices" and got.name == "liver"
+    assert got.slices == (4, 9, 14) and got.source == "labelled-slices" and got.name == "liver"
     np.testing.assert_array_equal(got.label, partial)
     np.testing.assert_array_equal(got.image, SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(
         target.GetStorageNode().GetFileName())))
     # other axes count the slices along that axis
     assert ex.from_labelled_slices(target, seg, sid, "coronal").slices == \
-        [int(j) for j in np.nonzero(partial.any(axis=(0, 2)))[0]]
+        tuple(int(j) for j in np.nonzero(partial.any(axis=(0, 2)))[0])
     empty = labelmaps.write_mask(seg, np.zeros_like(liver), target, name="empty")
     with pytest.raises(InputError, match="'empty' has no labelled slices yet: paint"):
         ex.from_labelled_slices(target, seg, empty, "axial")
@@ -52,10 +52,10 @@ def test_segments_of_another_segmentation_with_its_volume(two_volumes):
     ids = [labelmaps.write_mask(atlas, olabels == v, other, name=n) for v, n in ((5, "liver"), (1, "spleen"))]
     got = ex.from_segments(atlas, ids)                        # volume found through the reference geometry
     assert [g.name for g in got] == ["atlas seg/liver", "atlas seg/spleen"]
-    assert all(g.volume_name == "atlas" and g.source == "segment" for g in got)
+    assert all(g.source == "volume" for g in got)
     np.testing.assert_array_equal(got[0].label, olabels == 5)
     np.testing.assert_array_equal(got[0].image, geometry.volume_to_array(other).array)
-    assert got[0].slices == [int(k) for k in np.nonzero((olabels == 5).any(axis=(1, 2)))[0]]
+    assert got[0].slices == tuple(int(k) for k in np.nonzero((olabels == 5).any(axis=(1, 2)))[0])
     assert got[0].image is got[1].image                        # one copy of the volume per segmentation
 
 
@@ -102,7 +102,7 @@ def test_keep_labelled_slices_keeps_the_users_slices():
         np.testing.assert_array_equal(out[:, :, i], user[:, :, i])
 
 
-def test_conversion_to_backend_examples(two_volumes):
+def test_scene_examples_cut_into_the_slices_the_engine_uses(two_volumes):
     from medseg_backend import universeg
 
     ctx, target, tlabels, other, olabels = two_volumes
@@ -113,7 +113,8 @@ def test_conversion_to_backend_examples(two_volumes):
     atlas = ctx.add_segmentation("atlas seg", other)
     aid = labelmaps.write_mask(atlas, olabels == 5, other, name="liver")
     arrays = [ex.from_labelled_slices(target, seg, sid, "axial")] + ex.from_segments(atlas, [aid])
-    out = ex.to_backend_examples(arrays, "axial", max_slices_per_volume=6)
+    assert all(isinstance(e, universeg.Example) for e in arrays)   # one example type from the scene to the engine
+    out = ex.cut_into_slices(arrays, "axial", max_slices_per_volume=6)
     assert all(isinstance(e, universeg.Example) for e in out)
     assert 2 < len(out) <= 2 + 6
     first = [e for e in out[:2]]
@@ -150,7 +151,7 @@ def test_chosen_slices_only_are_examples_and_the_default_box_covers_the_structur
     seg = slicer_scene.add_segmentation("work", target)
     sid = labelmaps.write_mask(seg, liver, target, name="liver")          # "after an Apply": all slices
     got = ex.from_labelled_slices(target, seg, sid, "axial", slices=[8, 14, 20])
-    assert got.slices == [8, 14, 20]
+    assert got.slices == (8, 14, 20)
     assert set(np.nonzero(got.label.any(axis=(1, 2)))[0].tolist()) == {8, 14, 20}
     np.testing.assert_array_equal(got.label[14], liver[14])
     with pytest.raises(InputError, match=r"Slice\(s\) \[40\].*hold no voxels"):

@@ -8,35 +8,22 @@ Three sources, as in the effect's panel:
   segmentation's reference-geometry volume), resampled onto that volume's grid;
 * **an example library folder** - through ``medseg_backend.universeg.library``.
 
-The collectors return :class:`ExampleArrays` (plain numpy, no backend import), so they are testable without the
-model code; :func:`to_backend_examples` turns them into ``medseg_backend.universeg.Example`` objects.
+The collectors return the backend's one example type, ``medseg_backend.universeg.Example`` (plain numpy; the
+module it lives in needs no torch): 3-D examples whose ``source`` says how the engine cuts them into slices
+(``labelled-slices``: every labelled slice of the target; ``volume``: the labelled slices of another case).
 """
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 import numpy as np
 
 from medseg_backend import slicing
+from medseg_backend.universeg.examples import Example, cut_examples
 
 from . import geometry, labelmaps, segments
 from .errors import InputError, MedSegWarning
-
-
-@dataclass
-class ExampleArrays:
-    image: np.ndarray              # (K, J, I) raw intensities of the example's volume
-    label: np.ndarray              # (K, J, I) uint8 0/1
-    name: str
-    source: str                    # "labelled-slices" | "segment"
-    volume_name: str = ""
-    slices: List[int] = field(default_factory=list)   # indices (along the axis) that contain the label
-
-    @property
-    def n_slices(self) -> int:
-        return len(self.slices)
 
 
 def source_volume_for(segmentation_node, volume_node=None):
@@ -54,7 +41,7 @@ def source_volume_for(segmentation_node, volume_node=None):
 
 
 def from_labelled_slices(volume_node, segmentation_node, segment_id: str, axis: str = "axial",
-                         slices: Optional[Sequence[int]] = None) -> ExampleArrays:
+                         slices: Optional[Sequence[int]] = None) -> Example:
     """Source (a): the target segment's labelled slices on the target volume. ``slices``: use only these slices
     as examples (e.g. the ones the user corrected), not every slice that has voxels - after an Apply every slice
     of the result has voxels, and re-running with all of them as examples could change nothing."""
@@ -78,21 +65,21 @@ def from_labelled_slices(volume_node, segmentation_node, segment_id: str, axis: 
         shape[a] = -1
         label = (label * keep.reshape(shape)).astype(np.uint8)
         available = chosen
-    return ExampleArrays(image=geometry.volume_to_array(volume_node).array, label=label, name=name,
-                         source="labelled-slices", volume_name=volume_node.GetName(), slices=available)
+    return Example(geometry.volume_to_array(volume_node).array, label, name, source="labelled-slices",
+                   slices=tuple(available))
 
 
-def default_roi_box(arrays: ExampleArrays, axis: str = "axial", margin_slices: Optional[int] = None):
+def default_roi_box(example: Example, axis: str = "axial", margin_slices: Optional[int] = None):
     """Where to segment when the user gave no ROI for few-shot completion: the labelled slices' in-plane box
     (+25 %, at least 4 voxels, as the pipeline crops examples) and their slice range widened by the usual gap
     between labelled slices (at least 2) - not the whole volume (minutes on a CPU, false positives far away)."""
-    box = slicing.bbox3d(arrays.label)
+    box = slicing.bbox3d(example.label)
     if box is None:
-        raise InputError(f"'{arrays.name}' has no labelled voxels: paint the structure on a few slices first.")
+        raise InputError(f"'{example.name}' has no labelled voxels: paint the structure on a few slices first.")
     a = slicing.BOX_INDEX[slicing.axis_index(axis)]
-    size = geometry.box_shape_xyz(arrays.label.shape)
+    size = geometry.box_shape_xyz(example.label.shape)
     if margin_slices is None:
-        gaps = np.diff(sorted(arrays.slices)) if len(arrays.slices) > 1 else np.array([2])
+        gaps = np.diff(sorted(example.slices)) if len(example.slices) > 1 else np.array([2])
         margin_slices = max(2, int(np.median(gaps)))
     b = list(box)
     for d in range(3):
@@ -106,7 +93,7 @@ def default_roi_box(arrays: ExampleArrays, axis: str = "axial", margin_slices: O
 
 
 def from_segments(segmentation_node, segment_ids: Sequence[str], volume_node=None, axis: str = "axial",
-                  exclude=None) -> List[ExampleArrays]:
+                  exclude=None) -> List[Example]:
     """Source (b): segments of a segmentation node, each on the grid of the volume it was drawn on.
 
     ``exclude`` = (segmentation node, segment id) of the target: it is skipped (its labelled slices are source
@@ -128,8 +115,8 @@ def from_segments(segmentation_node, segment_ids: Sequence[str], volume_node=Non
             continue
         if image is None:
             image = geometry.volume_to_array(volume).array
-        out.append(ExampleArrays(image=image, label=label, name=f"{segmentation_node.GetName()}/{seg.GetName()}",
-                                 source="segment", volume_name=volume.GetName(), slices=slices))
+        out.append(Example(image, label, f"{segmentation_node.GetName()}/{seg.GetName()}", source="volume",
+                           slices=tuple(slices)))
     return out
 
 
@@ -139,26 +126,12 @@ def require_examples(examples: Sequence) -> None:
                          "that show the same structure, or choose an example library folder.")
 
 
-def to_backend_examples(arrays: Sequence[ExampleArrays], axis: str = "axial",
-                        max_slices_per_volume: Optional[int] = None) -> list:
-    """:class:`ExampleArrays` -> list of ``medseg_backend.universeg.Example`` (2-D slices that hold the label)."""
-    from medseg_backend.universeg import examples_from_labelled_slices, examples_from_volume
-
-    require_examples(arrays)
-    out = []
-    for ex in arrays:
-        if ex.source == "labelled-slices":
-            got = examples_from_labelled_slices(ex.image, ex.label, label=1, axis=axis)
-        else:
-            got = examples_from_volume(ex.image, ex.label, label=1, axis=axis, empty_policy="skip",
-                                       max_slices=max_slices_per_volume)
-        for e in got:
-            if not getattr(e, "name", ""):
-                try:
-                    e.name = ex.name
-                except AttributeError:
-                    pass
-        out.extend(got)
+def cut_into_slices(examples: Sequence[Example], axis: str = "axial",
+                    max_slices_per_volume: Optional[int] = None) -> List[Example]:
+    """The examples as the 2-D slices the engine will use (for an example library); see
+    ``medseg_backend.universeg.cut_examples``."""
+    require_examples(examples)
+    out = cut_examples(examples, axis, max_slices_per_volume)
     require_examples(out)
     return out
 
@@ -166,8 +139,6 @@ def to_backend_examples(arrays: Sequence[ExampleArrays], axis: str = "axial",
 def from_library(folder: str):
     """Source (c): ``(examples, manifest)`` from an example library folder."""
     from medseg_backend.universeg.library import load_library
-
-    from medseg_backend.universeg import Example
 
     examples, manifest = load_library(folder)
     require_examples(examples)

@@ -324,7 +324,4 @@ class MedSegLogic:
     def exportExampleLibrary(self, folder, examples, structure, modality="CT", axis="axial"):
         from . import examples as ex
 
-        arrays = [e for e in examples if isinstance(e, ex.ExampleArrays)]
-        backend = [e for e in examples if not isinstance(e, ex.ExampleArrays)]
-        backend += ex.to_backend_examples(arrays, axis) if arrays else []
-        return str(ex.export(folder, backend, structure=structure, modality=modality))
+        return str(ex.export(folder, ex.cut_into_slices(examples, axis), structure=structure, modality=modality))

@@ -153,7 +153,7 @@ def scenario_universeg_plumbing(ctx, sample_dir: str, *, segmenter: Optional[Seg
     sid = labelmaps.write_mask(work_seg, labelled, sample.volume, name=structure)
     roi_box = slicing.bbox3d(truth, margin=2)
     arrays = ex.from_labelled_slices(sample.volume, work_seg, sid, "axial")
-    assert arrays.slices == z[::every], "labelled slices collected wrongly"
+    assert list(arrays.slices) == list(z[::every]), "labelled slices collected wrongly"
     prepared = segmenter.prepare_universeg(sample.volume, [arrays], roi=roi_box, support_size=8, module=module,
                                       keep_labelled=arrays, intensity="window:40,400", segmentation_node=work_seg)
     outcome = segmenter.run(prepared)

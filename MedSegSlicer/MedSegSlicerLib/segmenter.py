@@ -232,9 +232,10 @@ class Segmenter:
     def prepare_universeg(self, volume_node, examples: Sequence, *, roi=None, support_size: int = 64,
                           ensemble: int = 1, seed: int = 0, tta: bool = False, intensity: Optional[str] = "auto",
                           axis: str = "axial", weights: Optional[str] = None, module=None,
-                          keep_labelled: Optional[ex.ExampleArrays] = None, segmentation_node=None,
+                          keep_labelled: Optional[ex.Example] = None, segmentation_node=None,
                           max_slices_per_volume: Optional[int] = None) -> PreparedRun:
-        """Inputs for UniverSeg. ``examples``: backend ``Example`` objects and/or :class:`ExampleArrays`;
+        """Inputs for UniverSeg. ``examples``: ``medseg_backend.universeg.Example`` objects (from the collectors in
+        :mod:`.examples` or a library);
         ``roi``: ROI node, voxel box or None; ``module``: a stand-in network (tests); ``keep_labelled``: the
         target segment's own labelled slices, kept exactly in the result (few-shot completion)."""
         geometry.check_scalar_volume(volume_node)
@@ -267,14 +268,9 @@ class Segmenter:
             return name
 
         specs = []
-        for e in examples:
-            if isinstance(e, ex.ExampleArrays):
-                kind = "labelled-slices" if e.source == "labelled-slices" else "segment"
-                specs.append(dict(kind=kind, image=add(e.image, "image"), label=add(e.label, "label"), name=e.name,
-                                  max_slices=max_slices_per_volume if kind == "segment" else None))
-            else:     # a backend Example (e.g. from an example library): image + label of one slice or volume
-                specs.append(dict(kind="example", image=add(e.image, "image"), label=add(e.label, "label"),
-                                  name=getattr(e, "name", "")))
+        for e in examples:    # backend Examples: 3-D ones are cut into slices by the worker, by their source
+            specs.append(dict(kind=e.source or "example", image=add(e.image, "image"), label=add(e.label, "label"),
+                              name=e.name, max_slices=max_slices_per_volume if e.source == "volume" else None))
         keep = keep_labelled.label.copy() if keep_labelled is not None else None
 
         def finish(result):

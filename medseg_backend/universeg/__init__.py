@@ -11,7 +11,7 @@ Public API (used by the CLI and the Slicer effect)::
     result = engine.segment_volume(volume, examples, roi=(x0, y0, z0, x1, y1, z1), label=1)
     result.mask, result.probabilities, result.messages
 """
-from .examples import Example, examples_from_labelled_slices, examples_from_volume
+from .examples import Example, cut_examples, examples_from_labelled_slices, examples_from_volume
 
 
 def __getattr__(name):
@@ -22,5 +22,5 @@ def __getattr__(name):
         return getattr(pipeline, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["Example", "UniverSegEngine", "UniverSegResult", "examples_from_labelled_slices",
+__all__ = ["Example", "cut_examples", "UniverSegEngine", "UniverSegResult", "examples_from_labelled_slices",
            "examples_from_volume"]

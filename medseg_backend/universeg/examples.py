@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,6 +19,8 @@ DEFAULT_MARGIN = 0.25
 DEFAULT_MIN_PAD = 4
 EMPTY_POLICIES = ("skip", "warn", "error")
 FEW_EXAMPLES = 8
+#: How a 3-D example is cut into slices (see :class:`Example`).
+EXAMPLE_SOURCES = ("", "labelled-slices", "volume")
 
 
 # ------------------------------------------------------------------------------------------------ examples --
@@ -26,11 +28,18 @@ FEW_EXAMPLES = 8
 class Example:
     """One example segmentation: a 2-D slice (H, W) or a 3-D volume (K, J, I) of raw intensities and a label
     of the same shape (binary mask or label map; the run's ``label`` value selects the structure).
-    An RGB 2-D image (H, W, 3|4) with a (H, W) label is converted to grey (ITU-R 601) with a warning."""
+    An RGB 2-D image (H, W, 3|4) with a (H, W) label is converted to grey (ITU-R 601) with a warning.
+
+    The same type travels from the Slicer effect to the engine. ``source`` says how a 3-D example is cut into
+    slices: ``"labelled-slices"`` (the target's own labelled slices, few-shot completion: every one is used),
+    ``"volume"`` (another labelled case: its labelled slices, at most ``max_slices`` of them evenly spread) or
+    ``""`` (given as is). ``slices``: the labelled slice indices along the run's axis, where known."""
 
     image: np.ndarray
     label: np.ndarray
     name: str = ""
+    source: str = ""
+    slices: Tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         image = np.asarray(self.image)
@@ -61,7 +70,9 @@ class Example:
             label = label.astype(np.int64)
         if label.dtype.kind == "b":
             label = label.astype(np.uint8)
-        self.image, self.label = image, label
+        if self.source not in EXAMPLE_SOURCES:
+            raise InputError(f"{who} has source '{self.source}': use one of {', '.join(map(repr, EXAMPLE_SOURCES))}.")
+        self.image, self.label, self.slices = image, label, tuple(int(k) for k in self.slices)
 
     @property
     def ndim(self) -> int:
@@ -164,6 +175,26 @@ def examples_from_volume(volume, labelmap, label: int = 1, axis: str = "axial", 
             idx = idx[pick]
     prefix = f"{name} " if name else ""
     return _slice_examples(vol, lab, value, ax, idx, axis.strip().lower(), prefix)
+
+
+def cut_examples(examples: Sequence[Example], axis: str = "axial",
+                 max_slices_per_volume: Optional[int] = None) -> List[Example]:
+    """Examples as 2-D slices, each 3-D example cut by its ``source``: ``labelled-slices`` -> every labelled
+    slice (:func:`examples_from_labelled_slices`), ``volume`` -> its labelled slices, at most
+    ``max_slices_per_volume`` (:func:`examples_from_volume`); others are kept as they are. Label value 1."""
+    out: List[Example] = []
+    for e in examples:
+        if e.source == "labelled-slices":
+            got = examples_from_labelled_slices(e.image, e.label, label=1, axis=axis)
+        elif e.source == "volume":
+            got = examples_from_volume(e.image, e.label, label=1, axis=axis, empty_policy="skip",
+                                       max_slices=max_slices_per_volume)
+        else:
+            got = [e]
+        for g in got:
+            g.name = g.name if g is e else (f"{e.name} {g.name}".strip() if e.name else g.name)
+        out.extend(got)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- intensity --

@@ -134,25 +134,16 @@ class Handlers:
 
     # ------------------------------------------------------------------------------------------ UniverSeg --
     def segment_examples(self, p, arrays, progress, cancel, local) -> Output:
-        from ..universeg import Example, examples_from_labelled_slices, examples_from_volume
+        from ..universeg import Example, cut_examples
 
         volume = _volume(arrays)
         axis = p.get("axis", "axial")
-        examples: List[Any] = []
+        examples = []
         for spec in p.get("examples") or []:
-            image, label = arrays[spec["image"]], arrays[spec["label"]]
-            kind, name = spec.get("kind", "example"), spec.get("name", "")
-            if kind == "labelled-slices":
-                got = examples_from_labelled_slices(image, label, label=1, axis=axis)
-            elif kind == "segment":
-                got = examples_from_volume(image, label, label=1, axis=axis, empty_policy="skip",
-                                           max_slices=spec.get("max_slices"))
-            else:
-                got = [Example(image, label, name)]
-            for e in got:
-                if not getattr(e, "name", ""):
-                    e.name = name
-            examples.extend(got)
+            kind = spec.get("kind", "")
+            examples += cut_examples([Example(arrays[spec["image"]], arrays[spec["label"]], spec.get("name", ""),
+                                              source="" if kind == "example" else kind)],
+                                     axis, spec.get("max_slices"))
         if not examples:
             raise InputError(NO_EXAMPLES)
         device = p.get("device", "auto")

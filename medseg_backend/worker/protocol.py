@@ -36,7 +36,7 @@ exactly one of the events ``done``, ``error`` or ``cancelled`` carrying its ``id
                      ``slice``, ``area_voxels``, ``confidence``, ``flagged``, ``source``) with arrays ``{"labels",
                      ["probabilities"]}``.
 ``segment_examples`` UniverSeg: arrays ``{"volume", <example images and labels>}``, params ``{"examples": [{"image":
-                     NAME, "label": NAME, "name", "kind": "example" | "labelled-slices" | "segment",
+                     NAME, "label": NAME, "name", "kind": "example" | "labelled-slices" | "volume",
                      "max_slices"}], "roi", "axis", "intensity", "support_size", "ensemble", "seed", "tta",
                      "weights", "device", "precision", "outputs": ["mask", "probabilities"]}``; result
                      ``{"messages", "seconds", "slices_run"}`` with arrays ``{"mask", ["probabilities"]}``.
