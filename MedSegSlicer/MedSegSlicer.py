@@ -129,7 +129,9 @@ class MedSegSlicerWidget(ScriptedLoadableModuleWidget):
         self.logic = MedSegSlicerLogic.shared()
 
         self.ui.deviceComboBox.clear()
-        for device in ("auto", "cpu", "cuda", "mps"):
+        from medseg_backend.choices import DEVICES
+
+        for device in DEVICES:
             self.ui.deviceComboBox.addItem(device)
         self.ui.deviceComboBox.currentText = self.logic.device
         self.ui.cacheFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs

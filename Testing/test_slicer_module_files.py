@@ -156,9 +156,10 @@ def test_effects_and_module_follow_slicer_conventions():
                         ("SegmentEditorUniverSegEffect.py", "SegmentEditorUniverSegEffect")):
         assert effect in mod
         src = (MODULE / "MedSegSlicerEffects" / effect).read_text()
-        # setPythonSource: module = folder name, class = file name
-        assert f"class {cls}(" in src and "def clone(self)" in src
+        # setPythonSource: module = folder name, class = file name; clone() (in the base) uses the subclass's file
+        assert f"class {cls}(MedSegEffectBase)" in src
         assert f"from .{cls} import {cls}" in (MODULE / "MedSegSlicerEffects" / "__init__.py").read_text()
+    assert "sys.modules[type(self).__module__].__file__" in (MODULE / "MedSegSlicerEffects" / "EffectBase.py").read_text()
     # Apply (undo state, then the editor's modify path) is executed in test_mrml_apply.py through the same
     # editing.apply_result the effect calls
     # no package is installed at import time: only inside functions

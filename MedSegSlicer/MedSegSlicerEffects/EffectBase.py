@@ -35,6 +35,16 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.running = None        # dict(volumeID, segmentationID, segmentID) of the run in flight
 
     # ---- Slicer effect hooks ----------------------------------------------------------------------------------
+    def clone(self):
+        """A new instance of the concrete effect: its own source file (the subclass's module, not this one)."""
+        import sys
+
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        cloned = effects.qSlicerSegmentEditorScriptedEffect(None)
+        cloned.setPythonSource(sys.modules[type(self).__module__].__file__.replace("\\", "/"))
+        return cloned
+
     def icon(self):
         path = os.path.join(os.path.dirname(__file__), self.iconFile)
         return qt.QIcon(path) if os.path.exists(path) else qt.QIcon()

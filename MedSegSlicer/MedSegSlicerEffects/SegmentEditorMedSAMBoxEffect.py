@@ -30,13 +30,6 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         MedSegEffectBase.__init__(self, scriptedEffect)  # sets scriptedEffect.name = effectName (never translated)
         scriptedEffect.title = _("MedSAM box")
 
-    def clone(self):
-        import qSlicerSegmentationsEditorEffectsPythonQt as effects
-
-        cloned = effects.qSlicerSegmentEditorScriptedEffect(None)
-        cloned.setPythonSource(__file__.replace("\\", "/"))
-        return cloned
-
     def helpText(self):
         return _("<html>Segment one structure with MedSAM from a box.<p>"
                  "1. Select the segment to fill. 2. <b>Draw ROI</b> (Ctrl+Shift+R): drag or click two corners around "

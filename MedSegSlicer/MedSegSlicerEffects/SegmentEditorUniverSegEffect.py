@@ -24,13 +24,6 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
         MedSegEffectBase.__init__(self, scriptedEffect)  # sets scriptedEffect.name = effectName (never translated)
         scriptedEffect.title = _("UniverSeg examples")
 
-    def clone(self):
-        import qSlicerSegmentationsEditorEffectsPythonQt as effects
-
-        cloned = effects.qSlicerSegmentEditorScriptedEffect(None)
-        cloned.setPythonSource(__file__.replace("\\", "/"))
-        return cloned
-
     def helpText(self):
         return _("<html>Segment a structure from examples, without training (UniverSeg).<p>"
                  "Examples: the <b>labelled slices of this segment</b> (paint the structure on 3 or more slices, "
