@@ -88,3 +88,24 @@ def test_worker_crash_scenario(slicer_scene, sample_dir):
         assert res["restarted"] and res["message"].startswith("The model worker stopped unexpectedly")
     finally:
         client.shutdown()
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_correct_one_slice_and_repropagate_scenario(slicer_scene, sample_dir, engines, direction):
+    """Issue 16: a corrected slice re-propagates and only the slab changes (voxel identity outside it, the
+    corrected slice kept as drawn, asserted inside the scenario); the walk from a true slice is at least as
+    good as the first run on the same slices."""
+    lite_weights_or_skip()
+    res = scenarios.scenario_correct_and_repropagate(slicer_scene, sample_dir, segmenter=core_for(slicer_scene, engines),
+                                                     direction=direction)
+    lo, hi = res["slab"]
+    assert (lo == res["slice"]) if direction == "up" else (hi == res["slice"])
+    assert res["voxels_kept_outside"] > 200      # the slices on the other side of the corrected one, kept
+    assert res["dice_walk_after"] > 0.85 and res["dice_walk_after"] >= res["dice_walk_before"] - 0.02
+
+
+def test_batch_subrange_rerun_keeps_the_rest_scenario(slicer_scene, sample_dir, engines):
+    lite_weights_or_skip()
+    res = scenarios.scenario_batch_subrange_keeps_rest(slicer_scene, sample_dir,
+                                                       segmenter=core_for(slicer_scene, engines), slices=3)
+    assert res["voxels_kept_outside"] > 1000 and res["voxels_in_slab"] > 100

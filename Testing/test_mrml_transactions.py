@@ -146,8 +146,12 @@ def test_several_rois_are_written_all_or_none(sample, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         core.segment_with_medsam(vol, rois, None)
     assert ctx.scene.GetNumberOfNodes() == n
-    # without the fault both are written
+    # without the fault both are written, each replaced on its own ROI's slices and kept as it was elsewhere
     monkeypatch.setattr(labelmaps, "write_mask", real)
+    old = {sid: labelmaps.segment_to_array(seg, sid, vol) for sid in (a, b)}
     seg2, ids, _ = core.segment_with_medsam(vol, rois, seg, segment_ids=[a, b])
-    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, a, vol), result == 1)
-    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, b, vol), result == 2)
+    for sid, value, mask in ((a, 1, labels == 3), (b, 2, labels == 2)):
+        box = slicing.bbox3d(mask)
+        expected = old[sid].copy()
+        expected[box[2]:box[5] + 1] = (result == value)[box[2]:box[5] + 1]
+        np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, vol), expected)

@@ -12,3 +12,5 @@ DEFAULT_PROPAGATION = "official"
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Which way a walk from a corrected slice goes: towards higher slice indices, lower ones, or both.
+DIRECTIONS = ("both", "up", "down")

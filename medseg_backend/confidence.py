@@ -39,7 +39,7 @@ class SliceRecord:
     area: int
     confidence: float
     flagged: bool
-    source: str            # prompt used: "roi" (the user's box) or "carried" (from the neighbouring mask)
+    source: str            # prompt used: "roi" (the user's box), "carried" (from the neighbouring mask) or "user" (a corrected seed slice, kept)
     iou: float
     stability: float
     agreement: float

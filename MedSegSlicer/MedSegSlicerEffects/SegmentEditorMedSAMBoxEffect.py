@@ -21,6 +21,10 @@ except ImportError:
     def _(text):
         return text
 
+#: directions of "Propagate from this slice", in the viewer's terms (slice numbers of the chosen view)
+DIRECTION_TEXTS = (("both", _("both ways")), ("up", _("to higher slice numbers")),
+                   ("down", _("to lower slice numbers")))
+
 
 class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
     effectName = "MedSAM box"
@@ -37,7 +41,9 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
                  "its faces in another view to adjust). <b>Fit to segment</b> fits it to the segment. 3. "
                  "<b>Preview</b> (Ctrl+Shift+P); with <i>Auto-update</i> on, moving the box previews again (cached, "
                  "fast). 4. <b>Apply</b> (Ctrl+Shift+A, undoable) or <b>Cancel</b> (Ctrl+Shift+X).<p>"
-                 "Slices are taken as the chosen view shows them. To correct part of a result, set the slice range "
+                 "Slices are taken as the chosen view shows them. To correct a result, fix one slice with Paint / "
+                 "Erase, come back and press <b>Propagate from this slice</b> (Ctrl+Shift+G): your slice is kept and "
+                 "the slices beyond it are re-run from it; Apply changes only those. Or set the slice range "
                  "(<i>First / Last = current slice</i> or <i>This slice only</i>) and preview again: Apply changes "
                  "only those slices. Intensity defaults to the volume's displayed window/level.</html>")
 
@@ -80,6 +86,22 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         rangeRow.addWidget(self.thisSliceButton)
         self.scriptedEffect.addLabeledOptionsWidget(_("Slice range:"), rangeRow)
 
+        self.propagateButton = qt.QPushButton(_("Propagate from this slice"))
+        self.propagateButton.setToolTip(_("After correcting the segment on the slice shown in the chosen view (Paint / "
+                                          "Erase), run MedSAM again from that slice: your slice is kept as drawn, "
+                                          "its outline gives the box of the next slice, and only the slices it walks "
+                                          "through (to the end of the box) change on Apply (Ctrl+Shift+G)."))
+        self.directionCombo = qt.QComboBox()
+        for key, text in DIRECTION_TEXTS:
+            self.directionCombo.addItem(text, key)
+        self.directionCombo.setToolTip(_("Which slices to re-run from the corrected one, by slice number in the chosen "
+                                         "view."))
+        propagateRow = qt.QHBoxLayout()
+        propagateRow.addWidget(self.propagateButton)
+        propagateRow.addWidget(self.directionCombo)
+        self.scriptedEffect.addLabeledOptionsWidget(_("Correct:"), propagateRow)
+        self.seed = None
+
         self.intensityCombo = self.addIntensityCombo(_("How intensities are mapped to the model's 0-255 input."))
         self.scriptedEffect.addLabeledOptionsWidget(_("Intensity:"), self.intensityCombo)
         self.autoUpdateCheckBox = qt.QCheckBox(_("Auto-update"))
@@ -118,6 +140,8 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         self.firstHereButton.connect("clicked()", lambda: self.setRangeFromView(first=True))
         self.lastHereButton.connect("clicked()", lambda: self.setRangeFromView(last=True))
         self.thisSliceButton.connect("clicked()", lambda: self.setRangeFromView(first=True, last=True))
+        self.propagateButton.connect("clicked()", self.onPropagateFromSlice)
+        self.addShortcut("Ctrl+Shift+G", self.onPropagateFromSlice)
         for combo in (self.modelCombo, self.propagationCombo, self.viewCombo):
             combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.intensityCombo.connect("currentTextChanged(QString)", self.updateMRMLFromGUI)
@@ -244,10 +268,25 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
 
     def prepareRun(self, volume, segmentation, segment_id):
         roi = self.roiSelector.currentNode()
+        seed = self.seed or {}
         return self.logic.segmenter.prepare_medsam(
             volume, [roi], model=self.modelCombo.currentText, intensity=self.intensityValue(self.intensityCombo),
-            propagation=self.propagationCombo.currentText, axis=self.axis(volume), slice_range=self.sliceRange(),
-            segmentation_node=segmentation)
+            propagation=self.propagationCombo.currentText, axis=self.axis(volume),
+            slice_range=None if seed else self.sliceRange(), segmentation_node=segmentation, segment_id=segment_id,
+            seed_slice=seed.get("slice"), direction=seed.get("direction", "both"))
+
+    def onPropagateFromSlice(self):
+        """Preview a run seeded with the segment's slice in the chosen view (see ``Segmenter.prepare_medsam``)."""
+        try:
+            volume, _segmentation, _sid = self.inputs()
+            self.seed = dict(slice=self.currentSlice(volume), direction=self.directionCombo.currentData)
+        except MedSegError as e:
+            self.setStatus(str(e), error=True)
+            return
+        try:
+            self.onPreview()
+        finally:
+            self.seed = None
 
     # ---- doubtful slices (per-slice confidence) --------------------------------------------------------------
     def afterPreview(self, result, mask, volume, segmentation, segment_id):

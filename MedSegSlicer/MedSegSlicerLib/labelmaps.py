@@ -199,12 +199,14 @@ def write_mask(segmentation_node, mask: np.ndarray, volume_node, *, segment_id: 
 
 
 def write_masks(segmentation_node, volume_node, items: Sequence[Tuple[np.ndarray, Optional[str], Optional[str]]], *,
-                mode: str = "replace", allow_hidden: bool = True) -> List[str]:
+                mode: str = "replace", allow_hidden: bool = True, slab=None) -> List[str]:
     """Write several masks - ``items`` = (mask, segment ID or None for a new segment, name) - all or none.
 
     Everything is checked first (targets exist and are writable, masks on the volume grid, no empty mask in
     replace mode, transforms usable); if a write still fails, segments added by this call are removed and
-    replaced segments are restored, so the segmentation is as before. Returns the segment IDs."""
+    replaced segments are restored, so the segmentation is as before. ``slab`` (an inclusive voxel box, the
+    slices a run covered; or one such box per item): an existing segment is replaced inside it only and kept as
+    it was outside it (a re-run on a sub-range never erases the rest). Returns the segment IDs."""
     slicer = _slicer()
     check_segmentation(segmentation_node)
     geometry.check_scalar_volume(volume_node)
@@ -213,8 +215,14 @@ def write_masks(segmentation_node, volume_node, items: Sequence[Tuple[np.ndarray
     check_write_targets(segmentation_node, [sid for _, sid, _ in items], allow_hidden=allow_hidden)
     geometry.volume_ijk_to_frame(volume_node, segmentation_node)
     binaries = []
-    for n, (mask, sid, name) in enumerate(items, start=1):
+    slabs = [slab] * len(items) if slab is None or np.ndim(slab[0]) == 0 else list(slab)
+    for n, ((mask, sid, name), item_slab) in enumerate(zip(items, slabs), start=1):
         binary = check_mask(mask, volume_node)
+        if mode == "replace" and sid is not None and item_slab is not None:
+            x0, y0, z0, x1, y1, z1 = (int(v) for v in item_slab)
+            inside = np.zeros(binary.shape, bool)
+            inside[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1] = True
+            binary = np.where(inside, binary, segment_to_array(segmentation_node, sid, volume_node)).astype(np.uint8)
         if mode == "replace" and sid is not None and not binary.any():
             label = name or get_segment(segmentation_node, sid).GetName()
             raise InputError(f"The result for '{label}' is empty: nothing was written (replacing the segment with "

@@ -233,6 +233,74 @@ def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, segmenter: Optio
                 dice_in_slab=dice(mask[first:last + 1], sample.mask(structure)[first:last + 1]))
 
 
+def scenario_correct_and_repropagate(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None,
+                                     structure: str = "kidney_left", slices: int = 9, direction: str = "up",
+                                     model: str = "lite-medsam") -> dict:
+    """The radiologist's loop: segment a structure, correct one slice by hand, *Propagate from this slice*.
+
+    A MedSAM result is applied to a working segment; one slice of it is replaced by the hand-drawn truth (the
+    correction); a run seeded with that slice re-propagates ``direction`` and is applied with the effect's Apply
+    limited to the run's slab. Asserted: the corrected slice stays as drawn, every voxel outside the slab is
+    unchanged, the slab holds the new run."""
+    segmenter = segmenter or Segmenter(ctx, device="auto")
+    sample = load_sample(ctx, sample_dir)
+    truth = sample.mask(structure)
+    box = slab_box(truth, slices)
+    roi = ctx.add_roi(f"{structure} ROI")
+    geometry.voxel_box_to_roi(roi, sample.volume, box)
+    work = ctx.add_segmentation("work", sample.volume)
+    work, (sid,), _ = segmenter.segment_with_medsam(sample.volume, [roi], work, names=[structure], model=model,
+                                                    intensity="window:40,400")
+    first = labelmaps.segment_to_array(work, sid, sample.volume)
+    # the user corrects one slice (a third of the way up the box) by painting the structure as it is
+    k = box[2] + (box[5] - box[2]) // 3
+    corrected = first.copy()
+    corrected[k] = truth[k]
+    labelmaps.write_mask(work, corrected, sample.volume, segment_id=sid)
+    before = labelmaps.segment_to_array(work, sid, sample.volume)
+    prepared = segmenter.prepare_medsam(sample.volume, [roi], model=model, intensity="window:40,400",
+                                        segmentation_node=work, segment_id=sid, seed_slice=k, direction=direction)
+    slab = prepared.info["slab"]
+    outcome = segmenter.run(prepared)
+    assert outcome.ok, outcome.message
+    mask = (outcome.result.labels == 1).astype(np.uint8)
+    target = ctx.editor_target(work, sample.volume, sid)
+    editing.apply_result(target, mask, sample.volume, mode="set", slab=slab)
+    after = labelmaps.segment_to_array(work, sid, sample.volume)
+    inside = box_mask(after.shape, slab)
+    assert np.array_equal(after[~inside], before[~inside]), "voxels outside the re-propagated slab changed"
+    assert np.array_equal(after[k], truth[k]), "the corrected slice was not kept as drawn"
+    assert np.array_equal(after[inside], mask[inside]), "the slab is not the re-run's result"
+    walk = list(range(k + 1, slab[5] + 1)) if direction == "up" else list(range(slab[2], k))
+    return dict(slice=k, slab=(int(slab[2]), int(slab[5])), voxels_kept_outside=int(before[~inside].sum()),
+                dice_walk_before=dice(first[walk], truth[walk]), dice_walk_after=dice(after[walk], truth[walk]),
+                flagged=[int(r["slice"]) for r in getattr(outcome.result, "slices", []) if r.get("flagged")])
+
+
+def scenario_batch_subrange_keeps_rest(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None,
+                                       structure: str = "kidney_left", slices: int = 3,
+                                       model: str = "lite-medsam") -> dict:
+    """The Python console's batch call re-run on a slice range into an existing segment (replace mode): the
+    segment changes inside the range only."""
+    segmenter = segmenter or Segmenter(ctx, device="auto")
+    sample = load_sample(ctx, sample_dir)
+    sid = sample.segment_ids[structure]
+    before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
+    box = slicing.bbox3d(sample.mask(structure))
+    mid = (box[2] + box[5]) // 2
+    first, last = mid - slices // 2, mid - slices // 2 + slices - 1
+    roi = ctx.add_roi(f"{structure} ROI")
+    geometry.voxel_box_to_roi(roi, sample.volume, box)
+    segmenter.segment_with_medsam(sample.volume, [roi], sample.truth, segment_ids=[sid], mode="replace", model=model,
+                                  intensity="window:40,400", slice_range=(first, last))
+    after = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
+    outside = np.ones(after.shape, bool)
+    outside[first:last + 1] = False
+    assert np.array_equal(after[outside], before[outside]), "the batch re-run erased voxels outside its slices"
+    return dict(slab=(first, last), voxels_kept_outside=int(before[outside].sum()),
+                voxels_in_slab=int(after[first:last + 1].sum()))
+
+
 def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None,
                                      real_model: bool = False, timeout: float = 600.0) -> dict:
     """Start a run in the model worker, cancel it: the outcome is 'cancelled' within a second and the segment is

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from medseg_backend import slicing
-from medseg_backend.choices import AXES, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PROPAGATIONS
+from medseg_backend.choices import AXES, DEFAULT_PROPAGATION, DEVICES, DIRECTIONS, MEDSAM_MODELS, PROPAGATIONS
 from medseg_backend.worker.handlers import EngineCache, Handlers
 from medseg_backend.worker.protocol import Request
 
@@ -177,8 +177,14 @@ class Segmenter:
     def prepare_medsam(self, volume_node, rois, *, model: str = DEFAULT_MODEL, weights: Optional[str] = None,
                        intensity: Optional[str] = None, propagation: str = DEFAULT_PROPAGATION, axis: str = "axial",
                        slice_range: Optional[Tuple[Optional[int], Optional[int]]] = None,
-                       segmentation_node=None) -> PreparedRun:
-        """Inputs for MedSAM from a volume and ROI node(s) (or voxel boxes). Raises InputError on bad input."""
+                       segmentation_node=None, seed_slice: Optional[int] = None, direction: str = "both",
+                       segment_id: Optional[str] = None) -> PreparedRun:
+        """Inputs for MedSAM from a volume and ROI node(s) (or voxel boxes). Raises InputError on bad input.
+
+        Correct and re-propagate: with ``seed_slice`` (a slice index along ``axis``), the slice of segment
+        ``segment_id`` of ``segmentation_node`` there - as the user corrected it - seeds the propagation, which
+        runs ``direction`` (``up`` = towards higher slice indices, ``down``, ``both``) to the ROI's end; the run's
+        slab (``info["slab"]``, what Apply may change) is just that walk, so the rest of the segment is kept."""
         geometry.check_scalar_volume(volume_node)
         if model not in MEDSAM_MODELS:
             raise InputError(f"Unknown MedSAM model '{model}': use {' or '.join(MEDSAM_MODELS)}.")
@@ -202,16 +208,47 @@ class Segmenter:
                               axis=axis, each_side=True)
         data = geometry.volume_to_array(volume_node)
         preset = resolve_intensity(volume_node, intensity)
-        request = Request("segment_box", dict(boxes=[list(b) for b in boxes], model=model, weights=weights,
-                                              device=self.device, precision=self.precision, intensity=preset,
-                                              propagation=propagation, axis=axis, outputs=["labels"]),
-                          arrays={"volume": data.array}, keys={"volume": volume_key(volume_node, data.array)})
+        params = dict(boxes=[list(b) for b in boxes], model=model, weights=weights, device=self.device,
+                      precision=self.precision, intensity=preset, propagation=propagation, axis=axis,
+                      outputs=["labels"])
+        arrays = {"volume": data.array}
+        walk = boxes
+        if seed_slice is not None:
+            seed = self._seed(volume_node, boxes, axis, seed_slice, direction, segmentation_node, segment_id)
+            arrays["seed"] = seed
+            params.update(seeds=[{"slice": int(seed_slice), "mask": "seed"}], direction=direction)
+            first, last = (seed_slice, None) if direction == "up" else (None, seed_slice) if direction == "down" \
+                else (None, None)
+            walk = [slicing.restrict_box(boxes[0], axis, first, last)]
+        request = Request("segment_box", params, arrays=arrays, keys={"volume": volume_key(volume_node, data.array)})
         guard = NodeGuard(self.scene, volume_node, [segmentation_node] if segmentation_node is not None else [])
         names = [r.GetName() if hasattr(r, "GetName") else f"box {i + 1}" for i, r in enumerate(rois)]
         return PreparedRun(label=f"MedSAM ({model})", request=request, guard=guard, messages=messages,
                            info=dict(boxes=boxes, intensity=preset, names=names, volume=volume_node.GetName(),
-                                     axis=axis, model=model,
-                                     slab=editing.run_slab(boxes, axis, data.array.shape)))
+                                     axis=axis, model=model, seed_slice=seed_slice,
+                                     slab=editing.run_slab(walk, axis, data.array.shape),
+                                     slabs=[editing.run_slab([b], axis, data.array.shape) for b in walk]))
+
+    @staticmethod
+    def _seed(volume_node, boxes, axis: str, k: int, direction: str, segmentation_node, segment_id) -> np.ndarray:
+        """The corrected slice ``k`` of the segment, checked: one ROI, the slice inside it, voxels on it."""
+        if direction not in DIRECTIONS:
+            raise InputError(f"Unknown direction '{direction}': use {', '.join(DIRECTIONS)}.")
+        if len(boxes) != 1:
+            raise InputError(f"Propagate from a slice works on one ROI at a time ({len(boxes)} given): pick the ROI "
+                             "of the structure you corrected.")
+        if segmentation_node is None or segment_id is None:
+            raise InputError("Propagate from a slice needs the corrected segment: select it in the Segment Editor.")
+        s0, s1, _ = slicing.project_box(boxes[0], axis)
+        if not s0 <= int(k) <= s1:
+            raise InputError(f"The current slice {int(k)} is outside the ROI (slices {s0}-{s1} along {axis}): go to the "
+                             "slice you corrected, inside the box, or widen the ROI.")
+        name = segments.get_segment(segmentation_node, segment_id).GetName()
+        mask = slicing.take_slice(labelmaps.segment_to_array(segmentation_node, segment_id, volume_node), axis, k)
+        if not mask.any():
+            raise InputError(f"Slice {int(k)} of segment '{name}' is empty: paint (or correct) the structure on this "
+                             "slice first, then propagate from it.")
+        return np.ascontiguousarray(mask, dtype=np.uint8)
 
     def prepare_encode(self, prepared: PreparedRun) -> PreparedRun:
         """Encode ahead of the click: the slices a prepared MedSAM run will need, centre slice first, so that
@@ -335,14 +372,14 @@ class Segmenter:
     # ------------------------------------------------------------------------------------------------------
     # Batch helpers: run + write segments
     # ------------------------------------------------------------------------------------------------------
-    def _write_results(self, segmentation_node, volume_node, default_name: str, items, mode: str):
+    def _write_results(self, segmentation_node, volume_node, default_name: str, items, mode: str, slab=None):
         """Write all result masks into ``segmentation_node`` (created here if None) - all or none: a failed write
-        leaves no new node and no segment changed."""
+        leaves no new node and no segment changed; existing segments change inside the run's ``slab`` only."""
         created = segmentation_node is None
         if created:
             segmentation_node = self.ctx.add_segmentation(default_name, volume_node)
         try:
-            ids = labelmaps.write_masks(segmentation_node, volume_node, items, mode=mode)
+            ids = labelmaps.write_masks(segmentation_node, volume_node, items, mode=mode, slab=slab)
         except Exception:
             if created:
                 self.ctx.remove_node(segmentation_node)
@@ -373,7 +410,8 @@ class Segmenter:
         labels = outcome.result.labels
         items = [(labels == obj, targets[obj - 1], names[obj - 1]) for obj in range(1, n + 1)]
         segmentation_node, written = self._write_results(segmentation_node, volume_node,
-                                                         f"{volume_node.GetName()} MedSAM", items, mode)
+                                                         f"{volume_node.GetName()} MedSAM", items, mode,
+                                                         slab=prepared.info["slabs"])
         outcome.result.messages = prepared.messages + list(outcome.result.messages)
         return segmentation_node, written, outcome
 
@@ -393,7 +431,8 @@ class Segmenter:
         raise_unless_ok(outcome)
         items = [(outcome.result.mask, segment_id, None if segment_id else name)]
         segmentation_node, (sid,) = self._write_results(segmentation_node, volume_node,
-                                                        f"{volume_node.GetName()} UniverSeg", items, mode)
+                                                        f"{volume_node.GetName()} UniverSeg", items, mode,
+                                                        slab=prepared.info.get("slab"))
         outcome.result.messages = prepared.messages + list(outcome.result.messages)
         return segmentation_node, sid, outcome
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import slicing
-from ..choices import DEFAULT_PROPAGATION, PROPAGATIONS
+from ..choices import DEFAULT_PROPAGATION, DIRECTIONS, PROPAGATIONS
 from ..confidence import SliceRecord
 from ..errors import InputError, MedSegWarning
 from ..intensity import IntensityRule, apply_intensity, resolve_preset
@@ -96,10 +96,17 @@ class MedSAMEngine:
     def segment_volume(self, volume: np.ndarray, boxes: Sequence[Sequence[int]], *,
                        intensity: Union[str, IntensityRule] = "auto", propagation: str = DEFAULT_PROPAGATION,
                        stop_after: int = 2, axis: str = "axial", progress: Optional[ProgressCallback] = None,
-                       cancel: Optional[CancelToken] = None) -> MedSAMResult:
+                       cancel: Optional[CancelToken] = None,
+                       seeds: Optional[Sequence[Optional[Tuple[int, np.ndarray]]]] = None,
+                       direction: str = "both") -> MedSAMResult:
         """Segment ``volume`` (K, J, I) slice-wise from 3-D boxes (x0, y0, z0, x1, y1, z1), voxel indices,
         inclusive, in the volume's own index space whatever ``axis`` is. Returns labels 1..N (later boxes
-        overwrite earlier ones, as the official multi-object run). Nothing is returned on cancel."""
+        overwrite earlier ones, as the official multi-object run). Nothing is returned on cancel.
+
+        Correct and re-propagate: ``seeds`` (one per box, or None) = (slice index k along ``axis``, the corrected
+        2-D mask of that slice as :func:`medseg_backend.slicing.take_slice` cuts it). The seed slice is kept as
+        given and propagation starts there, ``direction`` ``up`` (k + 1 to the box's last slice), ``down`` or
+        ``both``; slices outside that walk stay 0 in the result."""
         t0 = time.perf_counter()
         if propagation not in PROPAGATIONS:
             raise InputError(f"Unknown propagation '{propagation}': use {', '.join(PROPAGATIONS)}.")
@@ -114,11 +121,14 @@ class MedSAMEngine:
         if stop_after < 1:
             raise InputError(f"stop_after={stop_after}: give the number of empty slices (>= 1) after which "
                              "propagation stops.")
+        if direction not in DIRECTIONS:
+            raise InputError(f"Unknown direction '{direction}': use {', '.join(DIRECTIONS)}.")
         from ..io import validate_array
 
         validate_array(volume, "volume")
         rule, why = intensity_rule(intensity, volume)
         checked = [slicing.check_box(b, volume.shape, what=f"Box {i + 1}", axis=ax) for i, b in enumerate(boxes)]
+        seeds = _check_seeds(seeds, checked, volume.shape, ax)
         vol_u8 = apply_intensity(volume, rule)
         blank = _blank_slices(vol_u8, checked, ax)
         if blank:
@@ -131,7 +141,7 @@ class MedSAMEngine:
         probs_work = np.zeros(work.shape, dtype=np.float32)
         enc_before = self.predictor.cache.misses
         projected = [slicing.project_box(b, ax) for b in checked]
-        total_slices = sum(s1 - s0 + 1 for s0, s1, _ in projected)
+        total_slices = sum(_walk_length(s0, s1, seed, direction) for (s0, s1, _), seed in zip(projected, seeds))
         done = [0]
         per_box = []
 
@@ -140,9 +150,9 @@ class MedSAMEngine:
             report(progress, done[0] / max(total_slices, 1), msg)
 
         report(progress, 0.0, f"MedSAM ({self.model_name}, {self.precision}) on {len(checked)} box(es)")
-        for obj, (s0, s1, b2d) in enumerate(projected, start=1):
+        for obj, ((s0, s1, b2d), seed) in enumerate(zip(projected, seeds), start=1):
             info = propagate(self.predictor, work, labels_work, probs_work, obj, s0, s1, b2d, propagation, stop_after,
-                             cancel, lambda k, o=obj: tick(f"box {o}: slice {k}"))
+                             cancel, lambda k, o=obj: tick(f"box {o}: slice {k}"), seed=seed, direction=direction)
             per_box.append(info)
         labels = slicing.from_slices(labels_work, ax)
         probs = slicing.from_slices(probs_work, ax)
@@ -175,6 +185,38 @@ class MedSAMEngine:
         self.predictor.embeddings([work[k] for k in order], cancel, on_batch=on_batch)
         encoded = self.predictor.cache.misses - misses
         return {"encoded": int(encoded), "cached": int(len(order) - encoded), "order": order}
+
+
+def _check_seeds(seeds, boxes, shape, ax: int) -> List[Optional[Tuple[int, np.ndarray]]]:
+    """One (slice, 2-D bool mask) or None per box; the slice inside its box, the mask of that slice's shape."""
+    if seeds is None:
+        return [None] * len(boxes)
+    if len(seeds) != len(boxes):
+        raise InputError(f"{len(seeds)} seed(s) for {len(boxes)} box(es): give one corrected slice (or None) per box.")
+    plane = tuple(n for a, n in enumerate(shape) if a != ax)
+    out: List[Optional[Tuple[int, np.ndarray]]] = []
+    for i, (seed, box) in enumerate(zip(seeds, boxes)):
+        if seed is None:
+            out.append(None)
+            continue
+        k, mask = int(seed[0]), np.asarray(seed[1])
+        s0, s1, _ = slicing.project_box(box, ax)
+        if not s0 <= k <= s1:
+            raise InputError(f"Box {i + 1}: the corrected slice {k} is outside the box's slices {s0}-{s1}: move to a "
+                             "slice inside the box (or widen the box) before propagating from it.")
+        if mask.shape != plane:
+            raise InputError(f"Box {i + 1}: the corrected slice's mask has shape {mask.shape}, but a slice of this "
+                             f"volume along the run's axis is {plane}.")
+        out.append((k, mask > 0))
+    return out
+
+
+def _walk_length(s0: int, s1: int, seed, direction: str) -> int:
+    """How many slices a walk decodes (for progress)."""
+    if seed is None:
+        return s1 - s0 + 1
+    k = seed[0]
+    return (s1 - k if direction in ("both", "up") else 0) + (k - s0 if direction in ("both", "down") else 0)
 
 
 def _blank_slices(vol_u8: np.ndarray, boxes: Sequence[Sequence[int]], ax: int) -> List[int]:

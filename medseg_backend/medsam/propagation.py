@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..choices import DIRECTIONS
 from ..confidence import SliceRecord
 from ..progress import CancelToken, check
 from .predictor import MedSAMPredictor, SliceView
@@ -50,19 +51,38 @@ def centre_first(first: int, last: int) -> List[int]:
 
 def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, probs: np.ndarray, obj: int,
               s0: int, s1: int, box2d: Tuple[int, int, int, int], mode: str, stop_after: int,
-              cancel: Optional[CancelToken], tick: Callable[[int], None]) -> Dict:
+              cancel: Optional[CancelToken], tick: Callable[[int], None],
+              seed: Optional[Tuple[int, np.ndarray]] = None, direction: str = "both") -> Dict:
     """Run object ``obj`` through slices ``s0..s1`` of ``work`` (a slice view, slices first) from its 2-D box
     (x0, y0, x1, y1); writes ``obj`` into ``labels`` (later objects overwrite) and the max probability into
-    ``probs``. Returns the run's summary with one :class:`SliceRecord` per slice written (key ``records``)."""
+    ``probs``. Returns the run's summary with one :class:`SliceRecord` per slice written (key ``records``).
+
+    ``seed`` = (slice k, 2-D mask): a slice the user corrected. It is kept exactly as given (confidence 1) and the
+    walk starts from it instead of the middle slice: its mask gives the box of slice k + 1 (up) and k - 1 (down),
+    by the mode's rule. ``direction``: ``up`` (k + 1 .. s1), ``down`` (k - 1 .. s0) or ``both``."""
     depth, h, w = work.shape
-    mid = middle_slice(s0, s1)
-    up = list(range(mid, min(s1 + 1, depth)))
-    down = list(range(mid - 1, max(-1, s0 - 1), -1))
-    roi_box = predictor.box_to_model(box2d, h, w)
-    sources = {"middle": 0, "previous": 0, "fallback": 0, "roi": 0}
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     masks: Dict[int, np.ndarray] = {}
     views: Dict[int, SliceView] = {}
     records: Dict[int, SliceRecord] = {}
+    if seed is None:
+        mid = middle_slice(s0, s1)
+        first_up = mid
+    else:
+        mid, seed_mask = int(seed[0]), np.asarray(seed[1]) > 0
+        labels[mid][seed_mask] = obj
+        np.maximum(probs[mid], seed_mask.astype(np.float32), out=probs[mid])
+        masks[mid] = seed_mask
+        area = int(np.count_nonzero(seed_mask))
+        records[mid] = SliceRecord(object=obj, slice=mid, area=area, confidence=1.0 if area else 0.0,
+                                   flagged=area == 0, source="user", iou=1.0, stability=1.0, agreement=1.0,
+                                   neighbour=1.0)
+        first_up = mid + 1
+    up = list(range(first_up, min(s1 + 1, depth))) if direction in ("both", "up") else []
+    down = list(range(mid - 1, max(-1, s0 - 1), -1)) if direction in ("both", "down") else []
+    roi_box = predictor.box_to_model(box2d, h, w)
+    sources = {"middle": 0, "previous": 0, "fallback": 0, "roi": 0}
     ends: Dict[str, Optional[int]] = {"up": None, "down": None}
     for order, step, side in ((up, -1, "up"), (down, +1, "down")):
         empty_run = 0
@@ -73,8 +93,8 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
             embs = predictor.embeddings([work[k] for k in chunk], cancel)
             stop = False
             for k, emb in zip(chunk, embs):
-                view = _choose(predictor, emb, mode, k == mid, masks.get(k + step), views.get(k + step), obj,
-                               roi_box, h, w)
+                view = _choose(predictor, emb, mode, k == mid and seed is None, masks.get(k + step),
+                               views.get(k + step), obj, roi_box, h, w)
                 sources[view.source] += 1
                 if mode == "adaptive" and ended.update(view):
                     ends[side] = k
@@ -96,7 +116,8 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
             if stop:
                 break
     recs = [records[k] for k in sorted(records)]
-    return {"z_middle": mid, "slices_run": len(masks), **sources, "ended_at": ends, "records": recs}
+    return {"z_middle": mid, "slices_run": len(masks) - (seed is not None), **sources, "ended_at": ends,
+            "records": recs}
 
 
 def _choose(predictor: MedSAMPredictor, emb, mode: str, is_mid: bool, prev: Optional[np.ndarray],

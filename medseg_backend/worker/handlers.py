@@ -120,8 +120,10 @@ class Handlers:
             if "probabilities" in outputs:
                 out["probabilities"] = res.probabilities
             return dict(messages=res.messages, box=list(res.box), slices_run=1, **common), out
+        seeds = [None if s is None else (int(s["slice"]), arrays[s["mask"]]) for s in p.get("seeds") or []] or None
         res = engine.segment_volume(volume, boxes, intensity=intensity, propagation=p.get("propagation", "official"),
-                                    axis=p.get("axis", "axial"), progress=progress, cancel=cancel)
+                                    axis=p.get("axis", "axial"), progress=progress, cancel=cancel, seeds=seeds,
+                                    direction=p.get("direction", "both"))
         out = {"labels": res.labels}
         if "probabilities" in outputs and res.probabilities is not None:
             out["probabilities"] = res.probabilities

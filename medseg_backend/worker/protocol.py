@@ -31,7 +31,8 @@ exactly one of the events ``done``, ``error`` or ``cancelled`` carrying its ``id
 ``segment_box``      MedSAM / LiteMedSAM: arrays ``{"volume"}`` (3-D (K, J, I) or a 2-D image), params ``{"boxes":
                      [[x0, y0, z0, x1, y1, z1], ...] (or one [x0, y0, x1, y1] for 2-D), "model", "weights",
                      "device", "precision", "intensity", "propagation", "axis", "outputs": ["labels",
-                     "probabilities"]}``; result ``{"messages", "slices_run", "slices_encoded", "seconds", "device",
+                     "probabilities"], "seeds": [{"slice": k, "mask": NAME} or null per box], "direction":
+                     "both" | "up" | "down"}`` (``seeds``: corrected 2-D slices that start the propagation); result ``{"messages", "slices_run", "slices_encoded", "seconds", "device",
                      "precision", "per_box", "slices"}`` (``slices``: one row per object and slice - ``object``,
                      ``slice``, ``area_voxels``, ``confidence``, ``flagged``, ``source``) with arrays ``{"labels",
                      ["probabilities"]}``.
