@@ -63,6 +63,7 @@ class MedSegSlicer(ScriptedLoadableModule):
         # the effects reach the shared logic through MedSegSlicerLib.service (they do not import this module)
         service.register_logic_factory(lambda: MedSegSlicerLogic.shared())
         slicer.app.connect("startupCompleted()", registerEffects)
+        slicer.app.connect("startupCompleted()", registerSampleData)
         slicer.app.connect("aboutToQuit()", shutdownWorker)
 
 
@@ -80,6 +81,35 @@ def registerEffects():
             instance.self().register()
     except Exception:  # noqa: BLE001 - never break Slicer's startup
         logging.exception("MedSegSlicer: could not register the Segment Editor effects")
+
+
+SAMPLE_NAME = "MedSegAbdomenCT"
+
+
+def registerSampleData():
+    """The bundled abdominal CT (TotalSegmentator test case, Apache-2.0; installed with the module) in the Sample
+    Data module, so the tutorials start from Sample Data > MedSegSlicer. It is a local file: the button loads it
+    (no download)."""
+    try:
+        import SampleData
+        from MedSegSlicerLib import scenarios
+
+        folder = scenarios.find_sample_dir(__file__)
+        if folder is None:
+            return
+        path = os.path.join(folder, "ct.nii.gz")
+        icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MedSegSlicer.png")
+
+        def load(source=None):     # Slicer 5.6+ passes the source; older releases nothing
+            node = slicer.util.loadVolume(path, {"name": SAMPLE_NAME})
+            slicer.util.setSliceViewerLayers(background=node, fit=True)
+            return node
+
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="MedSegSlicer", sampleName=SAMPLE_NAME, uris=["file:///" + path.replace("\\", "/").lstrip("/")],
+            fileNames=["ct.nii.gz"], nodeNames=[SAMPLE_NAME], thumbnailFileName=icon, customDownloader=load)
+    except Exception:  # noqa: BLE001 - never break Slicer's startup
+        logging.exception("MedSegSlicer: could not register the sample CT in Sample Data")
 
 
 #
@@ -147,7 +177,72 @@ class MedSegSlicerWidget(ScriptedLoadableModuleWidget):
         self.ui.acceptLicenceButton.connect("clicked()", lambda: self.onModelAction("licence"))
         self.ui.refreshButton.connect("clicked()", self.refresh)
         self.ui.openSegmentEditorButton.connect("clicked()", self.onOpenSegmentEditor)
+        self.setupSeveralStructures()
         self.refresh()
+
+    def setupSeveralStructures(self):
+        """Several structures at once: every ROI of the scene -> its own segment, named, coloured and coded from
+        the standard list (MedSegSlicerLib.terminology), in one MedSAM run."""
+        from MedSegSlicerLib import terminology
+
+        section = ctk.ctkCollapsibleButton()
+        section.text = "Several structures at once (MedSAM)"
+        section.collapsed = True
+        form = qt.QFormLayout(section)
+        self.multiVolumeSelector = slicer.qMRMLNodeComboBox()
+        self.multiVolumeSelector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+        self.multiVolumeSelector.addEnabled = False
+        self.multiVolumeSelector.removeEnabled = False
+        self.multiVolumeSelector.setMRMLScene(slicer.mrmlScene)
+        self.multiVolumeSelector.setToolTip("The image to segment.")
+        form.addRow("Volume:", self.multiVolumeSelector)
+        self.multiTable = qt.QTableWidget(0, 2)
+        self.multiTable.setHorizontalHeaderLabels(["ROI", "Structure"])
+        self.multiTable.horizontalHeader().setStretchLastSection(True)
+        self.multiTable.setToolTip("One row per ROI (box) of the scene: pick the structure each one holds. Rows set "
+                                   "to '(skip)' are not run.")
+        form.addRow(self.multiTable)
+        self.multiStructureNames = ["(skip)"] + terminology.names()
+        refresh = qt.QPushButton("List the ROIs")
+        refresh.setToolTip("Fill the table with the ROIs (boxes) of the scene.")
+        run = qt.QPushButton("Segment them")
+        run.setToolTip("One MedSAM run for all rows: each ROI becomes a new segment with the structure's standard "
+                       "name, colour and terminology codes, in a new segmentation.")
+        row = qt.QHBoxLayout()
+        row.addWidget(refresh)
+        row.addWidget(run)
+        form.addRow(row)
+        refresh.connect("clicked()", self.onListRois)
+        run.connect("clicked()", self.onSegmentSeveral)
+        self.layout.addWidget(section)
+
+    def onListRois(self):
+        from MedSegSlicerLib import terminology
+
+        rois = list(slicer.util.getNodesByClass("vtkMRMLMarkupsROINode"))
+        self.multiTable.setRowCount(len(rois))
+        for r, roi in enumerate(rois):
+            item = qt.QTableWidgetItem(roi.GetName())
+            item.setData(qt.Qt.UserRole, roi.GetID())
+            self.multiTable.setItem(r, 0, item)
+            combo = qt.QComboBox()
+            combo.addItems(self.multiStructureNames)
+            guess = terminology.lookup(roi.GetName())
+            combo.currentText = guess.name if guess else "(skip)"
+            self.multiTable.setCellWidget(r, 1, combo)
+
+    def onSegmentSeveral(self):
+        volume = self.multiVolumeSelector.currentNode()
+        rois, structures = [], []
+        for r in range(self.multiTable.rowCount):
+            structure = self.multiTable.cellWidget(r, 1).currentText
+            if structure != "(skip)":
+                rois.append(slicer.mrmlScene.GetNodeByID(self.multiTable.item(r, 0).data(qt.Qt.UserRole)))
+                structures.append(structure)
+        with slicer.util.tryWithErrorDisplay("Segmenting the structures failed.", waitCursor=True):
+            if volume is None or not rois:
+                raise MedSegError("Choose the volume and at least one ROI with a structure (List the ROIs first).")
+            self.logic.segmentWithMedSAM(volume, rois, structures=structures)
 
     def cleanup(self):
         shutdownWorker()
@@ -244,6 +339,8 @@ class SlicerInstaller:
         packaging = deps.slicer_packaging()
         for name, args, kwargs in deps.pip_calls(plan.pip, has_pip_ensure=packaging is not None):
             getattr(packaging if name == "pip_ensure" else slicer.util, name)(*args, **kwargs)
+        if plan.lite_weights:
+            self.pip_install(deps.LITE_WEIGHTS_PIP_ARGS)
 
     def pip_install(self, args):
         slicer.util.pip_install(args)

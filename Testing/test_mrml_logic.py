@@ -128,3 +128,23 @@ def test_the_run_in_flight_for_the_effects(slicer_scene):
     assert outcome is not None and outcome.status == "cancelled"
     fraction, _message, last = logic.poll()
     assert last is None and not logic.busy
+
+
+def test_time_estimate_before_a_long_cpu_run(slicer_scene):
+    """Issue 16: a CPU run gets a time estimate (slices x measured seconds per slice) before it starts; a GPU or
+    an unknown device gets none."""
+    import numpy as np
+
+    from MedSegSlicerLib import geometry
+    from MedSegSlicerLib.segmenter import CPU_SECONDS_PER_SLICE, Segmenter
+
+    vol = slicer_scene.add_volume_from_array(np.zeros((40, 32, 32), np.int16), name="v")
+    seg = Segmenter(slicer_scene, device="cpu")
+    box = (4, 4, 5, 20, 20, 34)                       # 30 axial slices
+    lite = seg.prepare_medsam(vol, [box], model="lite-medsam")
+    vit = seg.prepare_medsam(vol, [box], model="medsam-vit-b", slice_range=(10, 19))
+    assert Segmenter.estimate_seconds(lite, on_cpu=True) == 30 * CPU_SECONDS_PER_SLICE["lite-medsam"]
+    assert Segmenter.estimate_seconds(vit, on_cpu=True) == 10 * CPU_SECONDS_PER_SLICE["medsam-vit-b"]
+    assert Segmenter.estimate_seconds(lite, on_cpu=False) is None
+    assert Segmenter.estimate_seconds(lite, on_cpu=None) is None
+    assert geometry.volume_shape(vol) == (40, 32, 32)

@@ -155,3 +155,38 @@ def test_several_rois_are_written_all_or_none(sample, monkeypatch):
         expected = old[sid].copy()
         expected[box[2]:box[5] + 1] = (result == value)[box[2]:box[5] + 1]
         np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, vol), expected)
+
+
+def test_several_rois_become_several_standard_structures(sample):
+    """Issue 16: several ROIs -> several segments with standard names, colours and terminology codes."""
+    from MedSegSlicerLib import terminology
+
+    ctx, vol, labels, seg, (a, b), core = sample
+    result = np.zeros(labels.shape, np.uint8)
+    result[labels == 3] = 1
+    result[labels == 1] = 2
+    _fake_result(core, result)
+    rois = [_roi(ctx, vol, slicing.bbox3d(labels == 3), "A"), _roi(ctx, vol, slicing.bbox3d(labels == 1), "B")]
+    out, ids, _ = core.segment_with_medsam(vol, rois, None, structures=["kidney_left", "Spleen"])
+    segs = [out.GetSegmentation().GetSegment(i) for i in ids]
+    assert [s.GetName() for s in segs] == ["left kidney", "spleen"]
+    for s, name in zip(segs, ("left kidney", "spleen")):
+        std = terminology.lookup(name)
+        np.testing.assert_allclose(s.GetColor(), std.color01, atol=1e-6)
+        tag = vtk_reference_tag(s)
+        assert tag == std.tag() and "SCT^64033007^Kidney" in terminology.lookup("left kidney").tag()
+    np.testing.assert_array_equal(labelmaps.segment_to_array(out, ids[0], vol), labels == 3)
+    # an unknown structure is refused before the run, naming the list
+    _no_run(core)
+    n = ctx.scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match="'kidney' is not in the list of standard structures: use one of liver"):
+        core.segment_with_medsam(vol, rois, None, structures=["kidney", "spleen"])
+    assert ctx.scene.GetNumberOfNodes() == n
+
+
+def vtk_reference_tag(segment):
+    import vtk
+
+    value = vtk.reference("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), value)
+    return str(value)

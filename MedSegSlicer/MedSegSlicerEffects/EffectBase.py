@@ -17,6 +17,10 @@ INTENSITY_CHOICES = ("volume window/level", "auto", "ct-abdomen", "ct-lung", "ct
                      "raw")
 
 
+#: Runs estimated longer than this on a CPU are confirmed first (with the estimate).
+LONG_RUN_SECONDS = 60
+
+
 class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
     """Preview runs the model in the worker process and shows the result in a preview segmentation; Apply writes it
     through the editor's modify-segment path after saving an undo state; Cancel stops a run or drops the preview."""
@@ -248,7 +252,11 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         if self.roiSelector.currentNode() is None or self.logic.busy:
             return
         if self.autoUpdateEnabled():
-            self.onPreview()
+            self.autoTriggered = True    # a moved box: mostly cached, never a confirmation dialog
+            try:
+                self.onPreview()
+            finally:
+                self.autoTriggered = False
         else:
             self.startPrefetch()
 
@@ -415,6 +423,16 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             self.logic.ensureWeights(self.modelName(), ask=True)
             volume, segmentation, segment_id = self.inputs()
             prepared = self.prepareRun(volume, segmentation, segment_id)
+            seconds = self.logic.segmenter.estimate_seconds(prepared, self.logic.onCpu())
+            if seconds is not None and seconds > LONG_RUN_SECONDS and not getattr(self, "autoTriggered", False):
+                if not slicer.util.confirmOkCancelDisplay(
+                        f"{prepared.label} will take about {self.duration(seconds)} on this computer's CPU "
+                        "(a GPU would take seconds). Cancel stops it at any time and changes nothing. Run it?",
+                        windowTitle="MedSegSlicer"):
+                    self.setStatus("Not run: make the box or the slice range smaller for a quicker preview.")
+                    return
+            if seconds is not None:
+                prepared.messages.append(f"about {self.duration(seconds)} on the CPU")
             self.logic.start(prepared)
         except MedSegError as e:
             self.setStatus(str(e), error=True)
@@ -429,6 +447,10 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.setStatus("; ".join(prepared.messages + [f"{prepared.label}: running..."]))
         self.timer.start()
         self.updateButtons()
+
+    @staticmethod
+    def duration(seconds):
+        return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
     def onPoll(self):
         # Never blocks: reads only what the worker has already sent (progress, result, error, or its death).

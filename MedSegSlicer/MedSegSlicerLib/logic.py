@@ -162,12 +162,21 @@ class MedSegLogic:
         if self.device in ("cuda", "mps") and info and not info.get(self.device):
             return (f"Device '{self.device}' was chosen but the model worker's torch ({info.get('version', '?')}) "
                     "does not see it: choose auto or cpu, or install a matching torch build.")
-        onCpu = self.device == "cpu" or (self.device == "auto" and info and not info.get("cuda")
-                                         and not info.get("mps"))
-        if onCpu:
+        if self.onCpu():
             return ("Running on the CPU: LiteMedSAM takes about 1 s per slice (2-core laptop CPU), MedSAM ViT-B about "
                     "10 s. A CUDA GPU is far faster (LiteMedSAM about 0.01 s per slice measured on an H200).")
         return ""
+
+    def onCpu(self):
+        """True when runs go to the CPU, False when to a GPU, None while unknown (the worker has not started)."""
+        if self.device == "cpu":
+            return True
+        info = worker_client.shared_client().info
+        if not info:
+            return None
+        if self.device == "auto":
+            return not info.get("cuda") and not info.get("mps")
+        return not info.get(self.device)
 
     def _installer(self, what: str):
         if self.installer is None:
@@ -273,17 +282,19 @@ class MedSegLogic:
     # ---- batch segmentation -------------------------------------------------------------------------------
     def segmentWithMedSAM(self, volumeNode, roiNodes, segmentationNode=None, segmentNames=None,
                           model="lite-medsam", intensity=None, propagation=None, axis="axial",
-                          sliceRange=None, mode="replace"):
+                          sliceRange=None, mode="replace", structures=None):
         """MedSAM from one or more ROI nodes (or voxel boxes): one segment per ROI. ``intensity=None`` uses the
-        volume's window/level; ``propagation=None`` the default mode (official). Returns
-        ``(segmentationNode, [segmentIds])``."""
+        volume's window/level; ``propagation=None`` the default mode (official). ``structures``: one standard
+        structure name per ROI (e.g. ``["left kidney", "spleen"]``, see ``MedSegSlicerLib.terminology``): named,
+        coloured and coded as Slicer's terminology does. Returns ``(segmentationNode, [segmentIds])``."""
         from .segmenter import DEFAULT_PROPAGATION
 
         self.ensureWeights(model, ask=True)
         if not isinstance(roiNodes, (list, tuple)) or (len(roiNodes) == 6 and all(isinstance(v, int) for v in roiNodes)):
             roiNodes = [roiNodes]
         seg, ids, outcome = self.segmenter.segment_with_medsam(
-            volumeNode, list(roiNodes), segmentationNode, names=segmentNames, mode=mode, model=model,
+            volumeNode, list(roiNodes), segmentationNode, names=segmentNames, mode=mode, structures=structures,
+            model=model,
             intensity=intensity, propagation=propagation or DEFAULT_PROPAGATION, axis=axis, slice_range=sliceRange)
         for message in outcome.result.messages:
             logging.info("MedSegSlicer: %s", message)

@@ -26,7 +26,7 @@ from medseg_backend.worker.handlers import EngineCache, Handlers
 from medseg_backend.worker.protocol import Request
 
 from . import examples as ex
-from . import editing, geometry, labelmaps, segments
+from . import editing, geometry, labelmaps, segments, terminology
 from .errors import InputError, MedSegWarning
 
 from . import worker_client
@@ -35,6 +35,10 @@ from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, poll_step, ru
 __all__ = ["Segmenter", "PreparedRun", "EngineCache", "volume_key", "raise_unless_ok"]
 
 DEFAULT_MODEL = MEDSAM_MODELS[0]
+#: Seconds per slice on a 2-core CPU, fp32 (benchmarks/bench_medsam3d.py, bench_universeg.py; README "Speed"),
+#: rounded up: what the time estimate before a long CPU run uses.
+CPU_SECONDS_PER_SLICE = {"lite-medsam": 1.0, "medsam-vit-b": 10.0, "universeg": 1.0}
+UNIVERSEG_SUPPORT_SECONDS = 0.6   # once per support set (pass)
 
 
 @contextmanager
@@ -326,8 +330,33 @@ class Segmenter:
         guard = NodeGuard(self.scene, volume_node, [segmentation_node] if segmentation_node is not None else [])
         return PreparedRun(label="UniverSeg", request=request, guard=guard, messages=messages,
                            info=dict(box=box, intensity=preset, n_examples=n_examples, axis=axis,
+                                     n_slices=int(data.array.shape[slicing.axis_index(axis)]),
                                      volume=volume_node.GetName(),
                                      slab=editing.run_slab([box], axis, data.array.shape) if box else None))
+
+    # ------------------------------------------------------------------------------------------------------
+    # Time estimate (before a long CPU run)
+    # ------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def estimate_seconds(prepared: PreparedRun, on_cpu: Optional[bool]) -> Optional[float]:
+        """About how long a prepared run takes on the CPU (None on a GPU or when unknown): slices x the per-slice
+        time measured on a 2-core CPU (:data:`CPU_SECONDS_PER_SLICE`, README "Speed"); a workstation with more
+        cores is faster, slices already encoded ahead are not counted off."""
+        if not on_cpu or prepared.info.get("prefetch"):
+            return None
+        info, params = prepared.info, prepared.request.params
+        axis = info.get("axis", "axial")
+        a = slicing.BOX_INDEX[slicing.axis_index(axis)]
+        if prepared.request.op == "segment_box":
+            walk = info.get("slabs") or [info["slab"]]
+            slices = sum(int(b[a + 3]) - int(b[a]) + 1 for b in walk)
+            return slices * CPU_SECONDS_PER_SLICE[params.get("model", DEFAULT_MODEL)]
+        if prepared.request.op == "segment_examples":
+            slab = info.get("slab")
+            n = int(slab[a + 3]) - int(slab[a]) + 1 if slab else int(info.get("n_slices") or 0)
+            passes = int(params.get("ensemble", 1)) * (2 if params.get("tta") else 1)
+            return n * passes * CPU_SECONDS_PER_SLICE["universeg"] + passes * UNIVERSEG_SUPPORT_SECONDS
+        return None
 
     # ------------------------------------------------------------------------------------------------------
     # Running
@@ -388,13 +417,17 @@ class Segmenter:
 
     def segment_with_medsam(self, volume_node, rois, segmentation_node=None, *, names: Optional[Sequence[str]] = None,
                             segment_ids: Optional[Sequence[Optional[str]]] = None, mode: str = "replace",
-                            progress=None, cancel=None, **options):
+                            structures: Optional[Sequence[str]] = None, progress=None, cancel=None, **options):
         """Run MedSAM and write one segment per ROI. Returns ``(segmentation_node, segment_ids, outcome)``.
 
-        All-or-nothing: names / segment IDs / targets are checked before the run, and the scene changes only
-        when the run succeeded and every segment could be written (else the error is raised, nothing changed)."""
+        ``structures``: one standard structure per ROI (names of :mod:`.terminology`, e.g. ``"left kidney"``):
+        new segments get its name, colour and terminology codes. All-or-nothing: names / structures / segment IDs /
+        targets are checked before the run, and the scene changes only when the run succeeded and every segment
+        could be written (else the error is raised, nothing changed)."""
         if mode not in ("replace", "add"):
             raise InputError(f"Unknown write mode '{mode}': use replace or add.")
+        if structures is not None:
+            names = [self.structure(n) for n in structures]
         if segmentation_node is not None:
             segments.check_write_targets(segmentation_node, list(segment_ids or []))
         prepared = self.prepare_medsam(volume_node, rois, segmentation_node=segmentation_node, **options)
@@ -414,6 +447,17 @@ class Segmenter:
                                                          slab=prepared.info["slabs"])
         outcome.result.messages = prepared.messages + list(outcome.result.messages)
         return segmentation_node, written, outcome
+
+    @staticmethod
+    def structure(name):
+        """The standard structure (:mod:`.terminology`) of ``name``; InputError naming the list otherwise."""
+        if isinstance(name, terminology.Structure):
+            return name
+        found = terminology.lookup(name)
+        if found is None:
+            raise InputError(f"'{name}' is not in the list of standard structures: use one of "
+                             f"{', '.join(terminology.names())}, or give segment names instead.")
+        return found
 
     def segment_with_universeg(self, volume_node, examples, segmentation_node=None, *, name: str = "UniverSeg",
                                segment_id: Optional[str] = None, mode: str = "replace", progress=None,
