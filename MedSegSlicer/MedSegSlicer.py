@@ -419,7 +419,8 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         for test in (self.test_UndoRestores, self.test_CancelLeavesUntouched, self.test_UniverSegPlumbing,
-                     self.test_MedSAMBox, self.test_SubrangeRerunKeepsRest, self.test_WorkerCrashLeavesUntouched):
+                     self.test_MedSAMBox, self.test_SubrangeRerunKeepsRest, self.test_CorrectAndRepropagate,
+                     self.test_WorkerCrashLeavesUntouched):
             self.setUp()
             try:
                 test()
@@ -483,6 +484,20 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
         result = scenarios.scenario_subrange_rerun_keeps_rest(ctx, sampleDir,
                                                               segmenter=MedSegSlicerLogic.shared().segmenter)
         self.delayDisplay(f"Re-run on slices {result['slab']}: {result['voxels_kept_outside']} voxels outside kept")
+
+    def test_CorrectAndRepropagate(self):
+        self._needsBackend()
+        from medseg_backend import weights
+        from MedSegSlicerLib import scenarios
+
+        if not weights.status("lite-medsam")["installed"]:
+            self.skipTest("LiteMedSAM weights are not installed (MedSeg panel > download lite-medsam)")
+        ctx, sampleDir = self._context()
+        result = scenarios.scenario_correct_and_repropagate(ctx, sampleDir,
+                                                            segmenter=MedSegSlicerLogic.shared().segmenter)
+        self.delayDisplay(f"Propagated from corrected slice {result['slice']} over {result['slab']}: Dice "
+                          f"{result['dice_walk_before']:.3f} -> {result['dice_walk_after']:.3f}, "
+                          f"{result['voxels_kept_outside']} voxels outside kept")
 
     def test_WorkerCrashLeavesUntouched(self):
         self._needsBackend()
