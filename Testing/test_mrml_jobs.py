@@ -232,3 +232,30 @@ def test_missing_weights_and_unaccepted_licence_fail_readably(scene_with_segment
     outcome = core.run(core.prepare_universeg(vol, arrays, support_size=4, segmentation_node=seg))
     assert outcome.status == "failed" and "licence" in outcome.message.lower()
     np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, vol), before)
+
+
+def test_progressive_preview_slices_arrive_before_the_result_and_match_it(scene_with_segment):
+    """Issue 15: a MedSAM run through the worker sends each finished slice (middle slice first, encoded on its
+    own) before the complete result; every partial slice equals that slice of the result."""
+    from medseg_backend import slicing
+
+    ctx, vol, seg, sid, labels = scene_with_segment
+    core = Segmenter(ctx, device="cpu")
+    box = list(slicing.bbox3d(labels == 3))
+    mid = (box[2] + box[5]) // 2
+    box[2], box[5] = mid - 2, mid + 2
+    prepared = core.prepare_medsam(vol, [tuple(box)], intensity="window:40,400", segmentation_node=seg)
+    assert prepared.request.params["partial"] is True
+    core.start(prepared)
+    got, outcome, t0 = [], None, time.monotonic()
+    while outcome is None and time.monotonic() - t0 < 300:
+        got += core.partial_slices()
+        _f, _m, outcome = core.poll()
+        time.sleep(0.01)
+    got += core.partial_slices()                      # nothing after the outcome: the job is gone
+    assert outcome is not None and outcome.ok, outcome and outcome.message
+    labels_out = outcome.result.labels
+    assert [k for _o, _a, k, _m in got][0] == mid and sorted(k for _o, _a, k, _m in got) == list(range(box[2], box[5] + 1))
+    for obj, axis, k, mask in got:
+        assert obj == 1 and axis == "axial"
+        np.testing.assert_array_equal(mask, labels_out[k] == 1)

@@ -348,3 +348,20 @@ def test_centre_first_order_matches_where_propagation_starts():
     assert centre_first(0, 5) == [2, 3, 1, 4, 0, 5]
     assert centre_first(3, 8) == [5, 6, 4, 7, 3, 8]
     assert sorted(centre_first(7, 30)) == list(range(7, 31))
+
+
+def test_the_worker_leaves_slicer_a_core_and_runs_niced(monkeypatch):
+    """Issue 15, item 4: the worker beside Slicer uses every core on 1-2 core machines (it is niced, so Slicer's
+    UI still wins), one core fewer from 3 up; an explicit MEDSEG_NUM_THREADS wins."""
+    from medseg_backend.worker import server
+
+    assert [server.worker_threads(n) for n in (1, 2, 3, 8, 16)] == [1, 2, 2, 7, 15]
+    niced = []
+    monkeypatch.setattr(server.os, "nice", lambda inc: niced.append(inc) or 0, raising=False)
+    environ = {}                                   # the worker's environment (this process's stays as it is)
+    monkeypatch.setattr(server.os, "environ", environ)
+    monkeypatch.setattr(server, "available_cores", lambda: 8)
+    assert server.configure_worker_process() == 7 and niced == [server.WORKER_NICENESS]
+    assert environ == {"MEDSEG_NUM_THREADS": "7"}
+    environ["MEDSEG_NUM_THREADS"] = "3"
+    assert server.configure_worker_process() == 3

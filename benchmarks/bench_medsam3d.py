@@ -212,6 +212,7 @@ def main() -> None:
     ap.add_argument("--worker", choices=["plain", "product"])
     ap.add_argument("--kind")
     ap.add_argument("--mask-out")
+    ap.add_argument("--threads", default="", help="also time the product path at these thread counts, e.g. 1,2")
     args = ap.parse_args()
     if args.worker:
         worker(args)
@@ -242,6 +243,24 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print("| %s | %d | %d | %.3f | %.3f | %.2fx | %.1f | %d | %.0f | %.0f | %.4f | %s |" % r)
+    if args.threads:
+        # Scaling with cores: the product path at each thread count, each in its own process.
+        print("\n| model | threads | product s/slice | speed-up over 1 thread |")
+        print("|---|---|---|---|")
+        for kind in args.models.split(","):
+            base = None
+            for n in (int(t) for t in args.threads.split(",")):
+                with tempfile.NamedTemporaryFile(suffix=".npy", delete=False) as fh:
+                    mask_path = fh.name
+                env = dict(os.environ, MEDSEG_NUM_THREADS=str(n))
+                cmd = [sys.executable, __file__, "--worker", "product", "--kind", kind, "--slices", str(args.slices),
+                       "--precision", args.precision, "--mask-out", mask_path]
+                out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                                env=env).stdout.strip().splitlines()[-1])
+                os.unlink(mask_path)
+                per = out["seconds"] / out["slices"]
+                base = base or per
+                print("| %s | %d | %.3f | %.2fx |" % (kind, out["threads"], per, base / per))
 
 
 if __name__ == "__main__":

@@ -1,21 +1,23 @@
-"""Device selection, CPU features and CPU thread settings."""
+"""Device selection, CPU features and CPU thread settings (torch is imported only where a function needs it)."""
 from __future__ import annotations
 
 import os
-
-import torch
 
 from .choices import DEVICES
 from .errors import InputError
 
 
 def mps_available() -> bool:
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 
 
 def pick_device(name="auto") -> torch.device:
     """``auto`` -> CUDA, else Apple MPS, else CPU. Asking for a device that is absent is an error."""
+    import torch
+
     if isinstance(name, torch.device):
         return name
     text = (name or "auto").strip().lower()
@@ -50,17 +52,21 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        return os.cpu_count() or 1
+
+
 def configure_cpu_threads() -> int:
     """Use the physical cores available to this process (torch's default can oversubscribe in containers).
     Respects an explicit OMP_NUM_THREADS / MEDSEG_NUM_THREADS."""
     explicit = os.environ.get("MEDSEG_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    if explicit:
-        n = max(1, int(explicit))
-    else:
-        try:
-            n = len(os.sched_getaffinity(0))
-        except AttributeError:  # macOS / Windows
-            n = os.cpu_count() or 1
+    import torch
+
+    n = max(1, int(explicit)) if explicit else available_cores()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -448,21 +448,57 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.timer.start()
         self.updateButtons()
 
+    def showPartial(self, partials, final=False):
+        """Progressive preview: the slices finished so far, shown at most every half second (the complete
+        result replaces it; Apply stays off until then)."""
+        import time
+
+        import numpy as np
+        from medseg_backend import slicing
+
+        run = self.running
+        volume = slicer.mrmlScene.GetNodeByID(run["volumeID"])
+        segmentation = slicer.mrmlScene.GetNodeByID(run["segmentationID"])
+        if volume is None or segmentation is None:
+            return
+        if run.get("partial") is None:
+            from MedSegSlicerLib import geometry
+
+            run["partial"] = np.zeros(geometry.volume_shape(volume), np.uint8)
+            run["shownAt"] = 0.0
+        for obj, axis, k, mask in partials:
+            if obj == 1:
+                slicing.take_slice(run["partial"], axis, k)[...] = mask
+        if final or time.monotonic() - run["shownAt"] < 0.5:
+            return
+        run["shownAt"] = time.monotonic()
+        try:
+            preview.show(slicer.mrmlScene, self.scriptedEffect.parameterSetNode(), segmentation, run["segmentID"],
+                         run["partial"], volume, slab=run.get("slab"), messages=["partial"], owner=self.effectName)
+        except MedSegError:
+            pass      # the complete result reports any problem
+
     @staticmethod
     def duration(seconds):
         return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
     def onPoll(self):
         # Never blocks: reads only what the worker has already sent (progress, result, error, or its death).
+        partials = self.logic.partialSlices()
         fraction, message, outcome = self.logic.poll()
         self.progressBar.value = int(1000 * fraction)
         self.progressBar.setFormat(message or "%p%")
+        if partials and self.running is not None:
+            self.showPartial(partials, final=outcome is not None)
         if outcome is None:
             if not self.logic.busy:
                 self.timer.stop()
                 self.updateButtons()
             return
         self.timer.stop()
+        if not outcome.ok and self.running is not None and self.running.get("partial") is not None:
+            # a cancelled or failed run leaves no partial result behind
+            preview.drop(slicer.mrmlScene, self.scriptedEffect.parameterSetNode(), owner=self.effectName)
         if getattr(self, "prefetching", False):
             self.prefetching = False
             if outcome.ok:

@@ -29,7 +29,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from medseg_backend.progress import CancelToken
 from medseg_backend.worker import protocol as proto
@@ -117,6 +117,7 @@ class _Job:
         self.trace = ""
         self.finished = False
         self.progress: Tuple[float, str] = (0.0, f"{label}: starting")
+        self.partials: List[Dict[str, Any]] = []     # finished slices of a progressive run, not yet taken
 
     def update(self) -> None:
         raise NotImplementedError
@@ -126,8 +127,11 @@ class _Job:
 
 
 class _ThreadJob(_Job):
-    def __init__(self, work: Work, label: str, token: CancelToken, guard: Optional[NodeGuard]) -> None:
+    def __init__(self, work: Work, label: str, token: CancelToken, guard: Optional[NodeGuard],
+                 partials: Optional[List[Dict[str, Any]]] = None) -> None:
         super().__init__(label, token, guard)
+        if partials is not None:
+            self.partials = partials      # filled by the work's thread
         self._queue: "queue.Queue[Tuple[float, str]]" = queue.Queue()
         self._done = threading.Event()
 
@@ -186,6 +190,8 @@ class _WorkerJob(_Job):
                 continue
             if event == "progress":
                 self.progress = (float(msg.get("fraction", 0.0)), str(msg.get("message", "")))
+            elif event == "partial":
+                self.partials.append({k: v for k, v in msg.items() if k not in ("event", "id")})
             elif event == "done":
                 try:
                     result = proto.make_result(msg.get("result") or {}, self.client.load_results(msg))
@@ -218,9 +224,10 @@ class _WorkerJob(_Job):
         self.client.wait_readable(seconds)
 
 
-def execute_local(handlers, request: Request, progress, cancel: CancelToken) -> RunResult:
+def execute_local(handlers, request: Request, progress, cancel: CancelToken, partial=None) -> RunResult:
     """Run ``request`` in this process through the same handler code as the worker."""
-    fields, arrays = handlers.run(request.op, request.params, request.arrays, progress, cancel, request.local)
+    fields, arrays = handlers.run(request.op, request.params, request.arrays, progress, cancel, request.local,
+                                  partial=partial)
     result = proto.make_result(fields, arrays)
     return request.finish(result) if request.finish is not None else result
 
@@ -235,6 +242,7 @@ class JobRunner:
         self._local = local
         self._job: Optional[_Job] = None
         self._last_progress: Tuple[float, str] = (0.0, "")
+        self._leftover: List[Dict[str, Any]] = []
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------------
@@ -273,12 +281,15 @@ class JobRunner:
             if isinstance(work, Request):
                 if work.in_process_only or self.client is None:
                     request, handlers = work, self.local
-                    job: _Job = _ThreadJob(lambda p, c: execute_local(handlers, request, p, c), label, token, guard)
+                    partials: List[Dict[str, Any]] = []
+                    job: _Job = _ThreadJob(lambda p, c: execute_local(handlers, request, p, c, partials.append),
+                                           label, token, guard, partials)
                 else:
                     job = _WorkerJob(self.client, work, label, token, guard)
             else:
                 job = _ThreadJob(work, label, token, guard)
             self._last_progress = job.progress
+            self._leftover = []
             self._job = job
             return token
 
@@ -299,6 +310,18 @@ class JobRunner:
             self._last_progress = job.progress
         return self._last_progress
 
+    def partials(self) -> List[Dict[str, Any]]:
+        """The slices a progressive run has finished since the last call (taken: each is returned once)."""
+        job = self._job
+        if job is None:                # what arrived with the end of the last job, once
+            out, self._leftover = self._leftover, []
+            return out
+        job.update()
+        n = len(job.partials)          # a worker thread may append meanwhile: take only what is there now
+        out = job.partials[:n]
+        del job.partials[:n]
+        return out
+
     def poll(self) -> Optional[JobOutcome]:
         """Call on the GUI thread; never blocks. ``None`` while running (or idle); the :class:`JobOutcome` once at
         the end."""
@@ -310,6 +333,7 @@ class JobRunner:
         if not job.finished:
             return None
         self._job = None
+        self._leftover = list(job.partials)
         return _outcome(job)
 
     def wait(self, timeout: Optional[float] = None, progress: Optional[Callable[[float, str], None]] = None,

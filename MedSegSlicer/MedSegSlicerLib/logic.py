@@ -120,6 +120,10 @@ class MedSegLogic:
     def cancel(self) -> None:
         self.segmenter.cancel()
 
+    def partialSlices(self):
+        """Slices the run in flight has finished since the last call (progressive preview)."""
+        return self.segmenter.partial_slices()
+
     # ---- settings ------------------------------------------------------------------------------------------
     SETTINGS_DEVICE = "MedSegSlicer/Device"
     SETTINGS_CACHE = "MedSegSlicer/CacheFolder"

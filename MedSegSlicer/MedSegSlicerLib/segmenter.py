@@ -23,6 +23,7 @@ import numpy as np
 from medseg_backend import slicing
 from medseg_backend.choices import AXES, DEFAULT_PROPAGATION, DEVICES, DIRECTIONS, MEDSAM_MODELS, PROPAGATIONS
 from medseg_backend.worker.handlers import EngineCache, Handlers
+from medseg_backend.worker import protocol as proto
 from medseg_backend.worker.protocol import Request
 
 from . import examples as ex
@@ -158,6 +159,12 @@ class Segmenter:
         """Ask the run in flight to stop (nothing is written; what the worker encoded stays cached)."""
         self.runner.cancel()
 
+    def partial_slices(self):
+        """Slices a MedSAM run has finished since the last call, as ``(object, axis, k, 2-D mask)`` - what a
+        progressive preview shows before the run completes (never blocks)."""
+        return [(int(p["object"]), str(p["axis"]), int(p["slice"]), proto.unpack_mask(p["mask"]))
+                for p in self.runner.partials()]
+
     def set_device(self, device: str) -> None:
         if device not in DEVICES:
             raise InputError(f"Unknown device '{device}': use {', '.join(DEVICES)}.")
@@ -214,7 +221,7 @@ class Segmenter:
         preset = resolve_intensity(volume_node, intensity)
         params = dict(boxes=[list(b) for b in boxes], model=model, weights=weights, device=self.device,
                       precision=self.precision, intensity=preset, propagation=propagation, axis=axis,
-                      outputs=["labels"])
+                      outputs=["labels"], partial=True)
         arrays = {"volume": data.array}
         walk = boxes
         if seed_slice is not None:

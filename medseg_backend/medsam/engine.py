@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -98,7 +98,8 @@ class MedSAMEngine:
                        stop_after: int = 2, axis: str = "axial", progress: Optional[ProgressCallback] = None,
                        cancel: Optional[CancelToken] = None,
                        seeds: Optional[Sequence[Optional[Tuple[int, np.ndarray]]]] = None,
-                       direction: str = "both") -> MedSAMResult:
+                       direction: str = "both",
+                       on_slice: Optional[Callable[[int, int, np.ndarray], None]] = None) -> MedSAMResult:
         """Segment ``volume`` (K, J, I) slice-wise from 3-D boxes (x0, y0, z0, x1, y1, z1), voxel indices,
         inclusive, in the volume's own index space whatever ``axis`` is. Returns labels 1..N (later boxes
         overwrite earlier ones, as the official multi-object run). Nothing is returned on cancel.
@@ -106,7 +107,10 @@ class MedSAMEngine:
         Correct and re-propagate: ``seeds`` (one per box, or None) = (slice index k along ``axis``, the corrected
         2-D mask of that slice as :func:`medseg_backend.slicing.take_slice` cuts it). The seed slice is kept as
         given and propagation starts there, ``direction`` ``up`` (k + 1 to the box's last slice), ``down`` or
-        ``both``; slices outside that walk stay 0 in the result."""
+        ``both``; slices outside that walk stay 0 in the result.
+
+        ``on_slice(object, k, mask)`` is called as each slice is finished (k along ``axis``, the slice's 2-D mask as
+        :func:`medseg_backend.slicing.take_slice` cuts it): a progressive preview."""
         t0 = time.perf_counter()
         if propagation not in PROPAGATIONS:
             raise InputError(f"Unknown propagation '{propagation}': use {', '.join(PROPAGATIONS)}.")
@@ -145,14 +149,16 @@ class MedSAMEngine:
         done = [0]
         per_box = []
 
-        def tick(msg: str) -> None:
+        def tick(obj: int, k: int, mask: np.ndarray) -> None:
             done[0] += 1
-            report(progress, done[0] / max(total_slices, 1), msg)
+            if on_slice is not None:
+                on_slice(obj, int(k), mask)
+            report(progress, done[0] / max(total_slices, 1), f"box {obj}: slice {k}")
 
         report(progress, 0.0, f"MedSAM ({self.model_name}, {self.precision}) on {len(checked)} box(es)")
         for obj, ((s0, s1, b2d), seed) in enumerate(zip(projected, seeds), start=1):
             info = propagate(self.predictor, work, labels_work, probs_work, obj, s0, s1, b2d, propagation, stop_after,
-                             cancel, lambda k, o=obj: tick(f"box {o}: slice {k}"), seed=seed, direction=direction)
+                             cancel, lambda k, mask, o=obj: tick(o, k, mask), seed=seed, direction=direction)
             per_box.append(info)
         labels = slicing.from_slices(labels_work, ax)
         probs = slicing.from_slices(probs_work, ax)

@@ -51,11 +51,13 @@ def centre_first(first: int, last: int) -> List[int]:
 
 def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, probs: np.ndarray, obj: int,
               s0: int, s1: int, box2d: Tuple[int, int, int, int], mode: str, stop_after: int,
-              cancel: Optional[CancelToken], tick: Callable[[int], None],
+              cancel: Optional[CancelToken], tick: Callable[[int, np.ndarray], None],
               seed: Optional[Tuple[int, np.ndarray]] = None, direction: str = "both") -> Dict:
     """Run object ``obj`` through slices ``s0..s1`` of ``work`` (a slice view, slices first) from its 2-D box
     (x0, y0, x1, y1); writes ``obj`` into ``labels`` (later objects overwrite) and the max probability into
-    ``probs``. Returns the run's summary with one :class:`SliceRecord` per slice written (key ``records``).
+    ``probs``; ``tick(k, mask)`` is called as each slice is done (the first one, the middle slice, is encoded on its
+    own so that it is ready after one encoder pass). Returns the run's summary with one :class:`SliceRecord` per
+    slice written (key ``records``).
 
     ``seed`` = (slice k, 2-D mask): a slice the user corrected. It is kept exactly as given (confidence 1) and the
     walk starts from it instead of the middle slice: its mask gives the box of slice k + 1 (up) and k - 1 (down),
@@ -84,11 +86,12 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
     roi_box = predictor.box_to_model(box2d, h, w)
     sources = {"middle": 0, "previous": 0, "fallback": 0, "roi": 0}
     ends: Dict[str, Optional[int]] = {"up": None, "down": None}
+    first_chunk = True
     for order, step, side in ((up, -1, "up"), (down, +1, "down")):
         empty_run = 0
         ended = _EndOfObject()
-        for start in range(0, len(order), predictor.batch_size):
-            chunk = order[start: start + predictor.batch_size]
+        for chunk in _chunks(order, predictor.batch_size, first_alone=first_chunk and seed is None):
+            first_chunk = False
             check(cancel)
             embs = predictor.embeddings([work[k] for k in chunk], cancel)
             stop = False
@@ -107,7 +110,7 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
                 masks[k] = mask
                 views[k] = view
                 records[k] = view.record(obj, k, int(np.count_nonzero(mask)))
-                tick(k)
+                tick(k, mask)
                 if mode == "stop":
                     empty_run = 0 if mask.any() else empty_run + 1
                     if empty_run >= stop_after:
@@ -118,6 +121,14 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
     recs = [records[k] for k in sorted(records)]
     return {"z_middle": mid, "slices_run": len(masks) - (seed is not None), **sources, "ended_at": ends,
             "records": recs}
+
+
+def _chunks(order: List[int], size: int, first_alone: bool) -> List[List[int]]:
+    """Encoder batches along a walk; with ``first_alone`` the first slice is a batch of its own (the user sees it
+    after one encoder pass instead of a whole batch)."""
+    head = order[:1] if first_alone else []
+    rest = order[len(head):]
+    return ([head] if head else []) + [rest[i: i + size] for i in range(0, len(rest), size)]
 
 
 def _choose(predictor: MedSAMPredictor, emb, mode: str, is_mid: bool, prev: Optional[np.ndarray],

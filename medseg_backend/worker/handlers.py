@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import InputError, MedSegWarning
 from ..progress import CancelToken
+from . import protocol as proto
 
 Progress = Callable[[float, str], None]
 Output = Tuple[Dict[str, Any], Dict[str, np.ndarray]]
@@ -74,7 +75,10 @@ class Handlers:
         self.engines = engines if engines is not None else EngineCache()
 
     def run(self, op: str, params: Dict[str, Any], arrays: Dict[str, np.ndarray], progress: Progress,
-            cancel: CancelToken, local: Optional[Dict[str, Any]] = None) -> Output:
+            cancel: CancelToken, local: Optional[Dict[str, Any]] = None,
+            partial: Optional[Callable[[Dict[str, Any]], None]] = None) -> Output:
+        """Run one request. ``partial(payload)`` receives the finished slices of a run asked with ``partial``
+        (see the protocol's ``partial`` event)."""
         if op not in self.OPS:
             raise InputError(f"Unknown worker request '{op}': use one of {', '.join(self.OPS)}.")
 
@@ -84,7 +88,10 @@ class Handlers:
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", MedSegWarning)
-            fields, out = getattr(self, op)(dict(params or {}), arrays, report, cancel, local or {})
+            local = dict(local or {})
+            if partial is not None:
+                local["partial"] = partial
+            fields, out = getattr(self, op)(dict(params or {}), arrays, report, cancel, local)
         notes = [str(w.message) for w in caught if issubclass(w.category, MedSegWarning)]
         for w in caught:
             if not issubclass(w.category, MedSegWarning):
@@ -121,9 +128,15 @@ class Handlers:
                 out["probabilities"] = res.probabilities
             return dict(messages=res.messages, box=list(res.box), slices_run=1, **common), out
         seeds = [None if s is None else (int(s["slice"]), arrays[s["mask"]]) for s in p.get("seeds") or []] or None
+        on_slice = None
+        if p.get("partial") and local.get("partial") is not None:
+            send, axis = local["partial"], p.get("axis", "axial")
+
+            def on_slice(obj: int, k: int, mask: np.ndarray) -> None:
+                send({"object": obj, "slice": k, "axis": axis, "mask": proto.pack_mask(mask)})
         res = engine.segment_volume(volume, boxes, intensity=intensity, propagation=p.get("propagation", "official"),
                                     axis=p.get("axis", "axial"), progress=progress, cancel=cancel, seeds=seeds,
-                                    direction=p.get("direction", "both"))
+                                    direction=p.get("direction", "both"), on_slice=on_slice)
         out = {"labels": res.labels}
         if "probabilities" in outputs and res.probabilities is not None:
             out["probabilities"] = res.probabilities

@@ -61,6 +61,9 @@ Events (worker -> client): ``{"event": E, "id": N, ...}``
 ``ready``            first message: ``{"token", "pid", "protocol", "python"}``.
 ``info``             once torch is loaded: ``{"torch": {"version", "cuda", "mps", "cuda_devices"}}``.
 ``progress``         ``{"fraction": 0..1, "message"}`` (at most every 50 ms per request).
+``partial``          one finished slice of a ``segment_box`` run asked with ``"partial": true`` (a progressive
+                     preview): ``{"object", "slice" (index along the run's axis), "axis", "mask"}`` with the slice's
+                     mask packed by :func:`pack_mask` (its box and bits, base64).
 ``done``             ``{"result": {...}, "arrays": {NAME: REF}}``.
 ``error``            ``{"type": class name, "message": one line, "medseg": true for a MedSegError (a problem the
                      user can fix), "trace": traceback text for other errors}``.
@@ -130,6 +133,32 @@ class LineBuffer:
 
 
 # -------------------------------------------------------------------------------------------- session folder --
+def pack_mask(mask: np.ndarray) -> Dict[str, Any]:
+    """A 2-D boolean mask as JSON: its shape, the box of its voxels and their bits (``np.packbits``, base64)."""
+    import base64
+
+    m = np.asarray(mask) != 0
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
+        return {"shape": list(m.shape), "box": None, "bits": ""}
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    bits = np.packbits(m[r0:r1 + 1, c0:c1 + 1], axis=None).tobytes()
+    return {"shape": list(m.shape), "box": [r0, c0, r1, c1], "bits": base64.b64encode(bits).decode("ascii")}
+
+
+def unpack_mask(packed: Dict[str, Any]) -> np.ndarray:
+    """Inverse of :func:`pack_mask`: the 2-D uint8 mask."""
+    import base64
+
+    out = np.zeros(tuple(int(n) for n in packed["shape"]), np.uint8)
+    if packed.get("box"):
+        r0, c0, r1, c1 = (int(v) for v in packed["box"])
+        n = (r1 - r0 + 1) * (c1 - c0 + 1)
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(packed["bits"]), np.uint8), count=n)
+        out[r0:r1 + 1, c0:c1 + 1] = bits.reshape(r1 - r0 + 1, c1 - c0 + 1)
+    return out
+
+
 def make_session_folder(prefix: str = "medseg-worker-") -> str:
     """A private (0700) temporary folder, in memory (``/dev/shm``) on Linux when possible."""
     root = None
