@@ -203,9 +203,10 @@ def scenario_undo_restores(ctx, sample_dir: str) -> dict:
 
 def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None,
                                        structure: str = "kidney_left", slices: int = 3,
-                                       model: str = "lite-medsam") -> dict:
-    """Correct part of a finished segment: MedSAM re-run on a few slices of an ROI (``slice_range``), applied
-    with the effect's Apply in replace mode: the re-run slab changes, every voxel outside it stays as it was."""
+                                       model: str = "lite-medsam", through: str = "effect") -> dict:
+    """Correct part of a finished segment: MedSAM re-run on a few slices of an ROI (``slice_range``), written in
+    replace mode ``through`` the effect's Apply (``effect``) or the Python console's batch call (``batch``): the
+    re-run slab changes, every voxel outside it stays as it was."""
     segmenter = segmenter or Segmenter(ctx, device="auto")
     sample = load_sample(ctx, sample_dir)
     sid = sample.segment_ids[structure]
@@ -215,18 +216,23 @@ def scenario_subrange_rerun_keeps_rest(ctx, sample_dir: str, *, segmenter: Optio
     first, last = mid - slices // 2, mid - slices // 2 + slices - 1
     roi = ctx.add_roi(f"{structure} ROI")
     geometry.voxel_box_to_roi(roi, sample.volume, box)
-    prepared = segmenter.prepare_medsam(sample.volume, [roi], model=model, intensity="window:40,400",
-                                   slice_range=(first, last), segmentation_node=sample.truth)
-    outcome = segmenter.run(prepared)
-    assert outcome.ok, outcome.message
+    options = dict(model=model, intensity="window:40,400", slice_range=(first, last))
+    if through == "batch":
+        _seg, _ids, outcome = segmenter.segment_with_medsam(sample.volume, [roi], sample.truth, segment_ids=[sid],
+                                                            mode="replace", **options)
+    else:
+        prepared = segmenter.prepare_medsam(sample.volume, [roi], segmentation_node=sample.truth, **options)
+        assert prepared.info["slab"][2] == first and prepared.info["slab"][5] == last, prepared.info["slab"]
+        outcome = segmenter.run(prepared)
+        assert outcome.ok, outcome.message
+        target = ctx.editor_target(sample.truth, sample.volume, sid)
+        editing.apply_result(target, (outcome.result.labels == 1).astype(np.uint8), sample.volume, mode="set",
+                             slab=prepared.info["slab"])
     mask = (outcome.result.labels == 1).astype(np.uint8)
-    assert prepared.info["slab"][2] == first and prepared.info["slab"][5] == last, prepared.info["slab"]
-    target = ctx.editor_target(sample.truth, sample.volume, sid)
-    editing.apply_result(target, mask, sample.volume, mode="set", slab=prepared.info["slab"])
     after = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
     outside = np.ones(after.shape, bool)
     outside[first:last + 1] = False
-    assert np.array_equal(after[outside], before[outside]), "voxels outside the re-run slab changed"
+    assert np.array_equal(after[outside], before[outside]), f"voxels outside the re-run slab changed ({through})"
     assert np.array_equal(after[first:last + 1], mask[first:last + 1]), "the slab is not the re-run's result"
     kept = int(before[outside].sum())
     return dict(slab=(first, last), voxels_kept_outside=kept, voxels_in_slab=int(after[first:last + 1].sum()),
@@ -275,30 +281,6 @@ def scenario_correct_and_repropagate(ctx, sample_dir: str, *, segmenter: Optiona
     return dict(slice=k, slab=(int(slab[2]), int(slab[5])), voxels_kept_outside=int(before[~inside].sum()),
                 dice_walk_before=dice(first[walk], truth[walk]), dice_walk_after=dice(after[walk], truth[walk]),
                 flagged=[int(r["slice"]) for r in getattr(outcome.result, "slices", []) if r.get("flagged")])
-
-
-def scenario_batch_subrange_keeps_rest(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None,
-                                       structure: str = "kidney_left", slices: int = 3,
-                                       model: str = "lite-medsam") -> dict:
-    """The Python console's batch call re-run on a slice range into an existing segment (replace mode): the
-    segment changes inside the range only."""
-    segmenter = segmenter or Segmenter(ctx, device="auto")
-    sample = load_sample(ctx, sample_dir)
-    sid = sample.segment_ids[structure]
-    before = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
-    box = slicing.bbox3d(sample.mask(structure))
-    mid = (box[2] + box[5]) // 2
-    first, last = mid - slices // 2, mid - slices // 2 + slices - 1
-    roi = ctx.add_roi(f"{structure} ROI")
-    geometry.voxel_box_to_roi(roi, sample.volume, box)
-    segmenter.segment_with_medsam(sample.volume, [roi], sample.truth, segment_ids=[sid], mode="replace", model=model,
-                                  intensity="window:40,400", slice_range=(first, last))
-    after = labelmaps.segment_to_array(sample.truth, sid, sample.volume)
-    outside = np.ones(after.shape, bool)
-    outside[first:last + 1] = False
-    assert np.array_equal(after[outside], before[outside]), "the batch re-run erased voxels outside its slices"
-    return dict(slab=(first, last), voxels_kept_outside=int(before[outside].sum()),
-                voxels_in_slab=int(after[first:last + 1].sum()))
 
 
 def scenario_cancel_leaves_untouched(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None,
