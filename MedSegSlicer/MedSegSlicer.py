@@ -480,10 +480,12 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
 
         if not weights.status("lite-medsam")["installed"]:
             self.skipTest("LiteMedSAM weights are not installed (MedSeg panel > download lite-medsam)")
-        ctx, sampleDir = self._context()
-        result = scenarios.scenario_subrange_rerun_keeps_rest(ctx, sampleDir,
-                                                              segmenter=MedSegSlicerLogic.shared().segmenter)
-        self.delayDisplay(f"Re-run on slices {result['slab']}: {result['voxels_kept_outside']} voxels outside kept")
+        for through in ("effect", "batch"):
+            ctx, sampleDir = self._context()
+            result = scenarios.scenario_subrange_rerun_keeps_rest(ctx, sampleDir, through=through,
+                                                                  segmenter=MedSegSlicerLogic.shared().segmenter)
+            self.delayDisplay(f"Re-run on slices {result['slab']} ({through}): {result['voxels_kept_outside']} "
+                              "voxels outside kept")
 
     def test_CorrectAndRepropagate(self):
         self._needsBackend()
