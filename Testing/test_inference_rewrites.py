@@ -2,7 +2,6 @@
 numbers: encoder and decoder outputs of the rewritten model equal the plain model's within 1e-4."""
 import copy
 
-import numpy as np
 import torch
 
 from medseg_backend.medsam import MedSAMEngine

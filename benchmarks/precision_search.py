@@ -81,6 +81,8 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=30, help="how many of the 30 reference cases (every n-th)")
+    ap.add_argument("--kinds", default="bf16,int8", help="which reduced precisions to try (bf16 is emulated, and "
+                    "very slow, on CPUs without AMX / AVX512-BF16)")
     args = ap.parse_args()
     torch.manual_seed(0)
     cases = litemedsam_2d_cases()
@@ -99,8 +101,14 @@ def main() -> int:
           f"fp32 {base:.3f} s/slice (unfused encoder)")
     print("| candidate | median Dice to fp32 | min Dice | encoder s/slice | speed vs fp32 | meets the bar |")
     print("|---|---|---|---|---|---|")
-    candidates = [(f"{g} bf16", "bf16", g) for g in groups(encoder)] + [("all bf16", "bf16", None)]
-    candidates += [(f"{g} int8 (linear)", "int8", g) for g in ("stage1", "stage2", "stage3")]
+    kinds = args.kinds.split(",")
+    candidates = [(f"{g} bf16", "bf16", g) for g in groups(encoder)] + [("all bf16", "bf16", None)] \
+        if "bf16" in kinds else []
+    if "int8" in kinds:
+        candidates += [(f"{g} int8 (linear)", "int8", g) for g in ("stage1", "stage2", "stage3")]
+    from medseg_backend.devices import cpu_has_native_bf16
+
+    print(f"native bf16 on this CPU: {cpu_has_native_bf16()}")
     for label, kind, group in candidates:
         if kind == "bf16":
             targets = list(groups(encoder).values()) if group is None else [groups(encoder)[group]]

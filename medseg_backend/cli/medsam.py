@@ -4,17 +4,15 @@ Registered by :func:`medseg_backend.cli.build_parser` through :func:`register`.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 
 from ..choices import AXES, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PRECISIONS, PROPAGATIONS
-from ..errors import MedSegError, MedSegWarning
+from ..errors import MedSegError
 from ..metrics import dice
 from ..slicing import bbox3d
 from .common import ProgressPrinter, parse_box, quiet_check as _quiet_check
