@@ -169,3 +169,10 @@ def test_2d_tiff_and_jpeg_inputs(capsys, tmp_path, data_dir, ext):
     a, b = outs["png"], outs[ext]
     d = 2 * (a & b).sum() / (a.sum() + b.sum())
     assert d == 1.0 if ext == ".tif" else d > 0.95, d
+
+
+def test_demo_finds_the_bundled_sample_by_default():
+    """`make demo` runs `medseg demo` without --data: the default folder is the checkout's bundled CT."""
+    from medseg_backend.cli.medsam import DEMO_DATA
+
+    assert (DEMO_DATA / "ct.nii.gz").is_file() and (DEMO_DATA / "labels.nii.gz").is_file(), DEMO_DATA

@@ -199,6 +199,10 @@ def slice_report_text(path: str, result, geometry, axis: str) -> str:
 DEMO_ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
 
 
+#: The bundled sample of a source checkout (medseg_backend/cli/medsam.py -> the repository root).
+DEMO_DATA = Path(__file__).resolve().parents[2] / "Testing" / "Data" / "totalseg_ct_sm"
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="segment the bundled abdominal CT sample with the embedded LiteMedSAM")
     p.add_argument("--data", help="folder with ct.nii.gz and labels.nii.gz (default: Testing/Data/totalseg_ct_sm)")
@@ -213,7 +217,7 @@ def cmd_demo(args) -> int:
     from ..medsam import MedSAMEngine
     from ..overlay import overlay_rgb, radiological_axial, upscale_nearest
 
-    data = Path(args.data) if args.data else Path(__file__).resolve().parents[1] / "Testing" / "Data" / "totalseg_ct_sm"
+    data = Path(args.data) if args.data else DEMO_DATA
     ct = read_image(str(data / "ct.nii.gz"))
     gt = read_image(str(data / "labels.nii.gz")).array
     out = Path(args.output)

@@ -18,7 +18,6 @@ from ..errors import InputError, MedSegWarning
 
 INTENSITY_HELP = ("intensity preset for examples and target: auto, raw, ct-abdomen, ct-lung, ct-brain, "
                   "ct-mediastinum, mr or window:L,W (default: the library's preset, else auto)")
-PROB_EXTS = (".nrrd", ".nii", ".nii.gz", ".mha", ".tif", ".tiff")
 
 
 def register(subparsers) -> None:
@@ -122,7 +121,7 @@ def _add_universeg(sub) -> None:
 
 
 def cmd_universeg(args) -> int:
-    from ..io import (LABEL_EXTENSIONS, check_outputs, check_volume_format, float_image, label_image, read_image,
+    from ..io import (LABEL_EXTENSIONS, PROBABILITY_EXTENSIONS, check_outputs, check_volume_format, float_image, label_image, read_image,
                      write_images)
     from .common import parse_box
     from ..slicing import check_box
@@ -133,7 +132,7 @@ def cmd_universeg(args) -> int:
 
     # 1. Every output path, before anything is read or computed.
     inputs = [args.target, args.labelled_slices, args.weights] + _example_paths(args.examples)
-    check_outputs([(args.output, "output", LABEL_EXTENSIONS), (args.probabilities, "probability map", PROB_EXTS)],
+    check_outputs([(args.output, "output", LABEL_EXTENSIONS), (args.probabilities, "probability map", PROBABILITY_EXTENSIONS)],
                   inputs=inputs)
     # 2. Inputs, ROI and options, before the model is loaded.
     img = read_image(args.target)
