@@ -88,17 +88,23 @@ def box_mask(shape, box) -> np.ndarray:
     return m
 
 
-# ----------------------------------------------------------------------------------------------------------
-def scenario_medsam_box(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None, structure: str = "kidney_left",
-                        slices: int = 7, model: str = "lite-medsam", min_dice: float = MEDSAM_MIN_DICE) -> dict:
-    """LiteMedSAM from an ROI: ROI node -> voxel box -> model -> new segment; Dice to the label on the box's
-    slices; the written segment equals the model's mask voxel for voxel; a moved box re-encodes nothing."""
+def _sample_and_roi(ctx, sample_dir: str, segmenter: Optional[Segmenter], structure: str, slices: int):
+    """The bundled sample loaded, and an ROI node on ``slices`` slices around the middle of ``structure``."""
     segmenter = segmenter or Segmenter(ctx, device="auto")
     sample = load_sample(ctx, sample_dir)
     truth = sample.mask(structure)
     box = slab_box(truth, slices)
     roi = ctx.add_roi(f"{structure} ROI")
     geometry.voxel_box_to_roi(roi, sample.volume, box)
+    return segmenter, sample, truth, box, roi
+
+
+# ----------------------------------------------------------------------------------------------------------
+def scenario_medsam_box(ctx, sample_dir: str, *, segmenter: Optional[Segmenter] = None, structure: str = "kidney_left",
+                        slices: int = 7, model: str = "lite-medsam", min_dice: float = MEDSAM_MIN_DICE) -> dict:
+    """LiteMedSAM from an ROI: ROI node -> voxel box -> model -> new segment; Dice to the label on the box's
+    slices; the written segment equals the model's mask voxel for voxel; a moved box re-encodes nothing."""
+    segmenter, sample, truth, box, roi = _sample_and_roi(ctx, sample_dir, segmenter, structure, slices)
     assert geometry.roi_to_voxel_box(roi, sample.volume) == box, "ROI placed from a box does not map back to it"
     seg_node = ctx.add_segmentation("MedSAM result", sample.volume)
     t0 = time.perf_counter()
@@ -248,12 +254,7 @@ def scenario_correct_and_repropagate(ctx, sample_dir: str, *, segmenter: Optiona
     correction); a run seeded with that slice re-propagates ``direction`` and is applied with the effect's Apply
     limited to the run's slab. Asserted: the corrected slice stays as drawn, every voxel outside the slab is
     unchanged, the slab holds the new run."""
-    segmenter = segmenter or Segmenter(ctx, device="auto")
-    sample = load_sample(ctx, sample_dir)
-    truth = sample.mask(structure)
-    box = slab_box(truth, slices)
-    roi = ctx.add_roi(f"{structure} ROI")
-    geometry.voxel_box_to_roi(roi, sample.volume, box)
+    segmenter, sample, truth, box, roi = _sample_and_roi(ctx, sample_dir, segmenter, structure, slices)
     work = ctx.add_segmentation("work", sample.volume)
     work, (sid,), _ = segmenter.segment_with_medsam(sample.volume, [roi], work, names=[structure], model=model,
                                                     intensity="window:40,400")
