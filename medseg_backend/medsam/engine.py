@@ -133,18 +133,17 @@ class MedSAMEngine:
         rule, why = intensity_rule(intensity, volume)
         checked = [slicing.check_box(b, volume.shape, what=f"Box {i + 1}", axis=ax) for i, b in enumerate(boxes)]
         seeds = _check_seeds(seeds, checked, volume.shape, ax)
-        vol_u8 = apply_intensity(volume, rule)
-        blank = _blank_slices(vol_u8, checked, ax)
+        work = slicing.to_slices(apply_intensity(volume, rule), ax)
+        projected = [slicing.project_box(b, ax) for b in checked]
+        blank = _blank_slices(work, projected)
         if blank:
             shown = ", ".join(str(k) for k in blank[:10]) + (", ..." if len(blank) > 10 else "")
             warnings.warn(f"{len(blank)} slice(s) inside the box(es) are uniform after the intensity window "
                           f"({rule.describe()}) and were segmented as blank images: {shown}; check the window if "
                           "the structure is visible there.", MedSegWarning, stacklevel=2)
-        work = slicing.to_slices(vol_u8, ax)
         labels_work = np.zeros(work.shape, dtype=np.uint8)
         probs_work = np.zeros(work.shape, dtype=np.float32)
         enc_before = self.predictor.cache.misses
-        projected = [slicing.project_box(b, ax) for b in checked]
         total_slices = sum(_walk_length(s0, s1, seed, direction) for (s0, s1, _), seed in zip(projected, seeds))
         done = [0]
         per_box = []
@@ -225,15 +224,14 @@ def _walk_length(s0: int, s1: int, seed, direction: str) -> int:
     return (s1 - k if direction in ("both", "up") else 0) + (k - s0 if direction in ("both", "down") else 0)
 
 
-def _blank_slices(vol_u8: np.ndarray, boxes: Sequence[Sequence[int]], ax: int) -> List[int]:
-    """Slices (along ``ax``) inside the boxes whose box region is one grey level after windowing."""
+def _blank_slices(work: np.ndarray, projected) -> List[int]:
+    """Slices of the slice view ``work`` inside the boxes (``projected`` by :func:`slicing.project_box`) whose box
+    region is one grey level after windowing."""
     out = set()
-    for x0, y0, z0, x1, y1, z1 in boxes:
-        region = vol_u8[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1]
-        other = tuple(a for a in range(3) if a != ax)
-        flat = region.max(axis=other) == region.min(axis=other)
-        start = (z0, y0, x0)[ax]
-        out.update(start + int(i) for i in np.flatnonzero(flat))
+    for s0, s1, (x0, y0, x1, y1) in projected:
+        region = work[s0:s1 + 1, y0:y1 + 1, x0:x1 + 1]
+        flat = region.max(axis=(1, 2)) == region.min(axis=(1, 2))
+        out.update(s0 + int(i) for i in np.flatnonzero(flat))
     return sorted(out)
 
 

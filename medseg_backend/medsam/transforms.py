@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..slicing import bbox2d
 from .resize import resize_area_u8, resize_skimage_bicubic
 
 LITE_SIZE = 256
@@ -126,14 +127,12 @@ class LiteMedSAMTransform:
         """Next slice's prompt from the previous mask (official rule): the previous slice's label image (values
         ``obj``, as the official script keeps them) resized to the 256 grid with INTER_AREA; the box of its
         non-zero pixels +-3 px, clipped to [0, 256]. None when nothing is left."""
-        nh, nw = lite_resized_size(h, w)
-        m = resize_area_u8(mask.astype(np.uint8) * np.uint8(obj), (nh, nw))
-        ys, xs = np.nonzero(m)
-        if ys.size == 0:
+        box = bbox2d(resize_area_u8(mask.astype(np.uint8) * np.uint8(obj), lite_resized_size(h, w)))
+        if box is None:
             return None
+        x0, y0, x1, y1 = box
         s, c = LITE_SIZE, CARRY_MARGIN
-        return np.array([max(0, xs.min() - c), max(0, ys.min() - c), min(s, xs.max() + c), min(s, ys.max() + c)],
-                        dtype=np.float32)
+        return np.array([max(0, x0 - c), max(0, y0 - c), min(s, x1 + c), min(s, y1 + c)], dtype=np.float32)
 
 
 class MedSAMViTTransform:
@@ -169,11 +168,11 @@ class MedSAMViTTransform:
 
     def box_from_mask(self, mask: np.ndarray, obj: int, h: int, w: int) -> Optional[np.ndarray]:
         """The official margin (3 px of a 256 grid) expressed in original pixels, then scaled to 1024-space."""
-        ys, xs = np.nonzero(mask)
-        if ys.size == 0:
+        tight = bbox2d(mask)
+        if tight is None:
             return None
         margin = float(CARRY_MARGIN) * max(h, w) / LITE_SIZE
-        box = np.array([xs.min() - margin, ys.min() - margin, xs.max() + margin, ys.max() + margin])
+        box = np.asarray(tight, dtype=np.float64) + np.array([-margin, -margin, margin, margin])
         box = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1])
         return vit_box(box, h, w)
 

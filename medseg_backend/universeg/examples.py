@@ -126,9 +126,10 @@ def _slice_examples(vol, lab, value, ax, indices, axis_name, prefix) -> List[Exa
     return out
 
 
-def examples_from_labelled_slices(volume, labelmap, label: int = 1, axis: str = "axial") -> List[Example]:
+def examples_from_labelled_slices(volume, labelmap, label: int = 1, axis: str = "axial",
+                                  name: str = "") -> List[Example]:
     """Few-shot completion: the slices of the *target* volume (along ``axis``) whose label map contains
-    ``label``, as 2-D examples (label value kept, other structures removed)."""
+    ``label``, as 2-D examples (label value kept, other structures removed; named ``"<name> axial slice k"``)."""
     value = _check_label_value(label)
     ax = axis_index(axis)
     vol, lab = _volume_and_labelmap(volume, labelmap, "Labelled slices")
@@ -137,7 +138,7 @@ def examples_from_labelled_slices(volume, labelmap, label: int = 1, axis: str = 
         present = _values_text(label_values(lab))
         raise InputError(f"Labelled slices: label {value} is not in the label map (values {present}): label a few "
                          "slices of the structure with that value, or pass --label with one of those.")
-    return _slice_examples(vol, lab, value, ax, idx, axis.strip().lower(), "")
+    return _slice_examples(vol, lab, value, ax, idx, axis.strip().lower(), f"{name} " if name else "")
 
 
 def examples_from_volume(volume, labelmap, label: int = 1, axis: str = "axial", empty_policy: str = "skip",
@@ -185,15 +186,12 @@ def cut_examples(examples: Sequence[Example], axis: str = "axial",
     out: List[Example] = []
     for e in examples:
         if e.source == "labelled-slices":
-            got = examples_from_labelled_slices(e.image, e.label, label=1, axis=axis)
+            out += examples_from_labelled_slices(e.image, e.label, label=1, axis=axis, name=e.name)
         elif e.source == "volume":
-            got = examples_from_volume(e.image, e.label, label=1, axis=axis, empty_policy="skip",
-                                       max_slices=max_slices_per_volume)
+            out += examples_from_volume(e.image, e.label, label=1, axis=axis, empty_policy="skip",
+                                        max_slices=max_slices_per_volume, name=e.name)
         else:
-            got = [e]
-        for g in got:
-            g.name = g.name if g is e else (f"{e.name} {g.name}".strip() if e.name else g.name)
-        out.extend(got)
+            out.append(e)
     return out
 
 

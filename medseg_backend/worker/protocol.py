@@ -134,16 +134,19 @@ class LineBuffer:
 
 # -------------------------------------------------------------------------------------------- session folder --
 def pack_mask(mask: np.ndarray) -> Dict[str, Any]:
-    """A 2-D boolean mask as JSON: its shape, the box of its voxels and their bits (``np.packbits``, base64)."""
+    """A 2-D boolean mask as JSON: its shape, the box (x0, y0, x1, y1) of its voxels and their bits
+    (``np.packbits``, base64)."""
     import base64
 
+    from ..slicing import bbox2d
+
     m = np.asarray(mask) != 0
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    if rows.size == 0:
+    box = bbox2d(m)
+    if box is None:
         return {"shape": list(m.shape), "box": None, "bits": ""}
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-    bits = np.packbits(m[r0:r1 + 1, c0:c1 + 1], axis=None).tobytes()
-    return {"shape": list(m.shape), "box": [r0, c0, r1, c1], "bits": base64.b64encode(bits).decode("ascii")}
+    x0, y0, x1, y1 = box
+    bits = np.packbits(m[y0:y1 + 1, x0:x1 + 1], axis=None).tobytes()
+    return {"shape": list(m.shape), "box": list(box), "bits": base64.b64encode(bits).decode("ascii")}
 
 
 def unpack_mask(packed: Dict[str, Any]) -> np.ndarray:
@@ -152,10 +155,10 @@ def unpack_mask(packed: Dict[str, Any]) -> np.ndarray:
 
     out = np.zeros(tuple(int(n) for n in packed["shape"]), np.uint8)
     if packed.get("box"):
-        r0, c0, r1, c1 = (int(v) for v in packed["box"])
-        n = (r1 - r0 + 1) * (c1 - c0 + 1)
+        x0, y0, x1, y1 = (int(v) for v in packed["box"])
+        n = (y1 - y0 + 1) * (x1 - x0 + 1)
         bits = np.unpackbits(np.frombuffer(base64.b64decode(packed["bits"]), np.uint8), count=n)
-        out[r0:r1 + 1, c0:c1 + 1] = bits.reshape(r1 - r0 + 1, c1 - c0 + 1)
+        out[y0:y1 + 1, x0:x1 + 1] = bits.reshape(y1 - y0 + 1, x1 - x0 + 1)
     return out
 
 
