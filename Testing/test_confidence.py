@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from medseg_backend.cli import main
-from medseg_backend.confidence import FLAG_BELOW, REPORT_COLUMNS, SliceRecord, report_text
+from medseg_backend.confidence import (FLAG_BELOW, PROFILE_FLAG_BELOW, REPORT_COLUMNS, SliceRecord, intensity_range,
+                                       is_flagged, profile_match, report_text)
 from medseg_backend.io import read_image
 from medseg_backend.choices import DEFAULT_PROPAGATION, PROPAGATIONS
 from medseg_backend.medsam import MedSAMEngine
@@ -64,7 +65,8 @@ def test_slice_records_describe_what_was_written(case, runs):
             assert isinstance(r, SliceRecord) and r.object == 1
             assert r.area == int(np.count_nonzero(res.labels[r.slice] == 1))
             assert 0.0 <= r.confidence <= 1.0
-            assert r.flagged == (r.area == 0 or r.confidence < FLAG_BELOW)
+            assert 0.0 <= r.profile <= 1.0
+            assert r.flagged == (r.area == 0 or r.confidence < FLAG_BELOW or r.profile < PROFILE_FLAG_BELOW)
             assert r.source in ("roi", "carried")
         assert res.flagged() == [r for r in recs if r.flagged]
 
@@ -82,6 +84,24 @@ def test_confidence_separates_kidney_slices_from_slices_past_its_end(case, runs)
     assert np.mean([r.confidence for r in past]) < np.mean([r.confidence for r in good]) - 0.15
 
 
+def test_profile_match_measures_how_much_of_a_mask_lies_in_the_objects_intensity_range():
+    img = np.zeros((20, 20), np.uint8)
+    img[:, :10] = 100 + np.arange(10, dtype=np.uint8)[None, :]   # the object: 100..109
+    img[:, 10:] = 200                                            # another tissue
+    obj = np.zeros((20, 20), bool)
+    obj[:, :10] = True
+    rng = intensity_range(img, obj)
+    assert rng == pytest.approx((np.percentile(np.arange(100, 110), 10), np.percentile(np.arange(100, 110), 90)))
+    assert profile_match(img, obj, rng) == pytest.approx(0.8)           # the 10 % tails fall outside
+    slid = np.zeros((20, 20), bool)
+    slid[:, 5:15] = True                                                # half on the other tissue
+    assert profile_match(img, slid, rng) == pytest.approx(0.4)
+    assert profile_match(img, np.zeros_like(obj), rng) == 0.0          # empty mask
+    assert profile_match(img, slid, None) == 1.0 and intensity_range(img, np.zeros_like(obj)) is None
+    assert is_flagged(50, 0.95, PROFILE_FLAG_BELOW - 0.01) and not is_flagged(50, 0.95, PROFILE_FLAG_BELOW)
+    assert is_flagged(0, 1.0) and is_flagged(50, FLAG_BELOW - 0.01)
+
+
 def test_report_text_csv_and_json():
     recs = [SliceRecord(1, 12, 100, 0.91234, False, "carried", 0.9, 0.9, 0.9, 0.95),
             SliceRecord(1, 11, 0, 0.0, True, "roi", 0.2, 1.0, 1.0, 0.0),
@@ -95,6 +115,7 @@ def test_report_text_csv_and_json():
     # coronal slices are x-z planes
     cor = json.loads(report_text(recs, (0.5, 0.8, 3.0), "coronal", fmt="json"))
     assert cor["axis"] == "coronal" and cor["flag_below"] == FLAG_BELOW
+    assert cor["profile_flag_below"] == PROFILE_FLAG_BELOW and cor["slices"][0]["profile"] == 1.0
     assert cor["slices"][1]["area_mm2"] == pytest.approx(100 * 0.5 * 3.0)
 
 
@@ -136,3 +157,13 @@ def test_cli_refuses_a_bad_report_path_before_any_work(tmp_path, data_dir, capsy
                "--slice-report", str(tmp_path / "r.csv")])
     assert rc == 2 and "--slice-report is for 3-D runs" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_flush_sides_finds_the_box_sides_a_mask_touches():
+    from medseg_backend.medsam.propagation import flush_sides
+
+    m = np.zeros((64, 64), bool)
+    m[10:20, 30:40] = True                      # rows 10..19, columns 30..39
+    assert flush_sides(m, np.array([30, 5, 50, 20], np.float32)) == [True, False, False, True]
+    assert flush_sides(m, np.array([20, 0, 60, 40], np.float32)) == [False] * 4
+    assert flush_sides(np.zeros_like(m), np.array([0, 0, 64, 64], np.float32)) == [False] * 4

@@ -3,9 +3,9 @@ argument parsers and the Slicer layer can use it cheaply)."""
 from __future__ import annotations
 
 MEDSAM_MODELS = ("lite-medsam", "medsam-vit-b")
-#: 3-D propagation modes of MedSAM (see medseg_backend.medsam). ``adaptive`` beats ``official`` on tight boxes
-#: (+0.040 mean Dice over 20 cases) but not on loose ones (+0.010, one case -0.117): it stays opt-in until it
-#: meets the bar on both (README, "3-D propagation modes").
+#: 3-D propagation modes of MedSAM (see medseg_backend.medsam). ``adaptive`` beats ``official`` on the mean (+0.038
+#: tight, +0.021 loose boxes, 20 cases) but is worse than it by more than 0.01 on some cases (worst -0.064 / -0.051):
+#: it stays opt-in until no case falls behind (README, "3-D propagation modes").
 PROPAGATIONS = ("official", "adaptive", "roi", "stop")
 DEFAULT_PROPAGATION = "official"
 #: slicing axes in voxel space: index of the (K, J, I) array axis the slices are taken along

@@ -10,8 +10,15 @@ Four signals, each in [0, 1], computed on the decoder's low-resolution (256 x 25
 * ``neighbour``: IoU with the mask of the slice the propagation came from (1 on the first slice).
 
 The slice confidence is their geometric mean: one doubtful signal pulls it down, none can push a bad slice up
-alone. A slice is flagged for review when its confidence is below :data:`FLAG_BELOW`, or when its mask is
-empty inside the run.
+alone.
+
+A fifth signal looks at the image instead of the model: ``profile``, the share of the mask's pixels whose (windowed)
+intensity lies within the object's own range (10th to 90th percentile under the mask of the slice the walk started
+from: the middle slice, or the slice the user corrected). A mask that has slid onto another tissue (past the end of
+an organ, onto a neighbour) scores low even when the model is sure of it.
+
+A slice is flagged for review when its confidence is below :data:`FLAG_BELOW`, its profile match below
+:data:`PROFILE_FLAG_BELOW`, or its mask is empty inside the run.
 """
 from __future__ import annotations
 
@@ -19,13 +26,15 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 #: Slices whose confidence is below this are flagged for review.
 FLAG_BELOW = 0.8
+#: Slices whose mask has fewer than this share of pixels within the object's intensity range are flagged too.
+PROFILE_FLAG_BELOW = 0.6
 #: Logit offset of the stability score.
 STABILITY_OFFSET = 1.0
 
@@ -44,6 +53,8 @@ class SliceRecord:
     stability: float
     agreement: float
     neighbour: float
+    #: share of the mask's pixels within the object's intensity range (1.0 where there is no reference)
+    profile: float = 1.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +73,31 @@ def stability(low_logits: torch.Tensor, offset: float = STABILITY_OFFSET) -> flo
     return 1.0 if lo == 0 else hi / lo
 
 
+def intensity_range(image: np.ndarray, mask: np.ndarray) -> Optional[Tuple[float, float]]:
+    """The object's intensity range: 10th and 90th percentile of ``image`` under ``mask`` (None when empty)."""
+    vals = image[mask]
+    if vals.size == 0:
+        return None
+    lo, hi = np.percentile(vals, [10, 90])
+    return float(lo), float(hi)
+
+
+def profile_match(image: np.ndarray, mask: np.ndarray, rng: Optional[Tuple[float, float]]) -> float:
+    """Share of the mask's pixels whose intensity lies within ``rng`` (0.0 for an empty mask, 1.0 without a
+    range)."""
+    if rng is None:
+        return 1.0
+    vals = image[mask]
+    if vals.size == 0:
+        return 0.0
+    return float(np.count_nonzero((vals >= rng[0]) & (vals <= rng[1]))) / vals.size
+
+
+def is_flagged(area: int, confidence: float, profile: float = 1.0) -> bool:
+    """The review rule (module docstring)."""
+    return bool(area == 0 or confidence < FLAG_BELOW or profile < PROFILE_FLAG_BELOW)
+
+
 def combine(iou: float, stab: float, agreement: float, neighbour: float) -> float:
     """Geometric mean of the four signals, each clipped to [0, 1]."""
     vals = np.clip(np.array([iou, stab, agreement, neighbour], dtype=np.float64), 0.0, 1.0)
@@ -71,7 +107,7 @@ def combine(iou: float, stab: float, agreement: float, neighbour: float) -> floa
 # --------------------------------------------------------------------------------------------------------
 # Report (CLI, Slicer)
 # --------------------------------------------------------------------------------------------------------
-REPORT_COLUMNS = ("object", "slice", "area_voxels", "area_mm2", "confidence", "flagged", "source")
+REPORT_COLUMNS = ("object", "slice", "area_voxels", "area_mm2", "confidence", "profile", "flagged", "source")
 
 
 def pixel_area_mm2(spacing_xyz: Optional[Sequence[float]], axis: str = "axial") -> float:
@@ -87,7 +123,7 @@ def report_rows(records: Iterable[SliceRecord], spacing_xyz: Optional[Sequence[f
     """One row per object and slice, ordered by object then slice."""
     px = pixel_area_mm2(spacing_xyz, axis)
     return [{"object": r.object, "slice": r.slice, "area_voxels": r.area, "area_mm2": round(r.area * px, 3),
-             "confidence": round(r.confidence, 4), "flagged": int(r.flagged), "source": r.source}
+             "confidence": round(r.confidence, 4), "profile": round(r.profile, 4), "flagged": int(r.flagged), "source": r.source}
             for r in sorted(records, key=lambda r: (r.object, r.slice))]
 
 
@@ -96,7 +132,7 @@ def report_text(records: Iterable[SliceRecord], spacing_xyz: Optional[Sequence[f
     """The slice report as CSV (columns :data:`REPORT_COLUMNS`) or JSON (a list of the same rows)."""
     rows = report_rows(records, spacing_xyz, axis)
     if fmt == "json":
-        return json.dumps({"axis": axis, "flag_below": FLAG_BELOW, "slices": rows}, indent=1) + "\n"
+        return json.dumps({"axis": axis, "flag_below": FLAG_BELOW, "profile_flag_below": PROFILE_FLAG_BELOW, "slices": rows}, indent=1) + "\n"
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=REPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()

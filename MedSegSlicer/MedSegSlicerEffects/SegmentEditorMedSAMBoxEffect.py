@@ -131,8 +131,9 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
             self.propagationCombo.addItem(p)
         self.propagationCombo.setToolTip(_("How the box goes from slice to slice: 'official' is the published "
                                            "LiteMedSAM 3-D procedure (box from the previous slice's mask); 'roi' "
-                                           "uses your box on every slice; 'adaptive' (where available) stops at the "
-                                           "object's end and flags doubtful slices."))
+                                           "uses your box on every slice; 'adaptive' (where available) widens the "
+                                           "carried box where the object outgrows it and stops where the mask leaves "
+                                           "the object's intensities."))
         advancedLayout.addRow(_("Propagation:"), self.propagationCombo)
         self.scriptedEffect.addOptionsWidget(advanced)
         self.setupRunButtons()

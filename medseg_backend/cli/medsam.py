@@ -42,9 +42,9 @@ def _add_medsam(sub) -> None:
     p.add_argument("--axis", default="axial", choices=list(AXES),
                    help="slicing axis in voxel space (axial = along K)")
     p.add_argument("--propagation", default=DEFAULT_PROPAGATION, choices=PROPAGATIONS,
-                   help="official (default): the LiteMedSAM 3-D procedure; adaptive (experimental): carry the "
-                        "previous mask's box, switch to the ROI's box where that is more confident, stop where the "
-                        "object ends; roi: the ROI's box on every slice; stop: official, but stop after "
+                   help="official (default): the LiteMedSAM 3-D procedure; adaptive (opt-in): carry the "
+                        "previous mask's box, widen it where the mask is flush with it, switch to the ROI's box where "
+                        "that is more confident, stop where the mask leaves the object's intensities; roi: the ROI's box on every slice; stop: official, but stop after "
                         "--stop-after empty slices")
     p.add_argument("--stop-after", type=int, default=2)
     p.add_argument("--slice-report", help="3-D: per-slice report (object, slice, area, confidence, flag), .csv or "

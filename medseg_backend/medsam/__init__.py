@@ -8,7 +8,7 @@
 """
 from .engine import MedSAMEngine, MedSAMResult, Result2D, intensity_rule
 from .predictor import DEFAULT_HALF, EmbeddingCache, MedSAMPredictor
-from .propagation import END_BELOW, ROI_BELOW, centre_first
+from .propagation import END_PROFILE_BELOW, ROI_BELOW, centre_first
 
 __all__ = ["MedSAMEngine", "MedSAMResult", "Result2D", "intensity_rule", "DEFAULT_HALF", "EmbeddingCache",
-           "MedSAMPredictor", "END_BELOW", "ROI_BELOW", "centre_first"]
+           "MedSAMPredictor", "END_PROFILE_BELOW", "ROI_BELOW", "centre_first"]

@@ -98,11 +98,12 @@ class SliceView:
             return 0.0
         return conf.combine(self.iou, self.stability, self.agreement, self.neighbour)
 
-    def record(self, obj: int, k: int, area: int) -> SliceRecord:
+    def record(self, obj: int, k: int, area: int, profile: float = 1.0) -> SliceRecord:
         c = self.confidence if area else 0.0
-        return SliceRecord(object=obj, slice=k, area=area, confidence=c, flagged=bool(area == 0 or c < conf.FLAG_BELOW),
+        return SliceRecord(object=obj, slice=k, area=area, confidence=c, flagged=conf.is_flagged(area, c, profile),
                            source="carried" if self.source == "previous" else "roi", iou=self.iou,
-                           stability=self.stability, agreement=self.agreement, neighbour=self.neighbour)
+                           stability=self.stability, agreement=self.agreement, neighbour=self.neighbour,
+                           profile=profile)
 
 
 class MedSAMPredictor:

@@ -6,10 +6,17 @@ Every mode starts at the middle slice of the box and walks up, then down from th
   slice's mask box (+3 px in 256-space, see the transforms), the middle box again when the previous mask is
   empty. Never stops early.
 * ``roi``: the user's 2-D box on every slice. ``stop``: ``official``, stopping after ``stop_after`` empty slices.
-* ``adaptive`` (experimental): the carried box (the official rule, kept within the user's box + 3 px); where its
-  mask's confidence is below :data:`ROI_BELOW` the user's box is decoded too and the more confident mask is
-  kept; the walk stops where the object ends (empty mask, or confidence below :data:`END_BELOW` while the area
-  shrinks).
+* ``adaptive`` (opt-in): three rules on top of the carried box, each from a signal the model or the image gives:
+
+  - *not trapped by the previous mask*: the carried box is kept within the user's box + 3 px, and where the mask
+    is flush with a side of its box (the object goes on past it) that side is pushed out (by max(4 px, 10 %) on a
+    256 grid, at most :data:`GROW_STEPS` times, never past the user's box + 3 px) and the slice decoded again;
+  - *the user's box where the carried one is doubtful*: below confidence :data:`ROI_BELOW` the user's box is
+    decoded too, and its mask kept when it is more confident and no further from the object's intensity range;
+  - *stop at the end of the object*: the walk on one side ends at an empty mask or at the second slice in a row
+    whose mask has fewer than :data:`END_PROFILE_BELOW` of its pixels within the object's intensity range (the
+    profile of :mod:`medseg_backend.confidence`, taken under the mask of the slice the walk started from); that
+    second slice is not written.
 
 Encoder inputs do not depend on the prompt, so slices are encoded in batches ahead of the propagation front
 (:meth:`MedSAMPredictor.embeddings`); decoding is sequential (each box depends on the last mask).
@@ -21,15 +28,25 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..choices import DIRECTIONS
-from ..confidence import SliceRecord
+from ..confidence import SliceRecord, intensity_range, profile_match
 from ..progress import CancelToken, check
+from ..slicing import bbox2d
 from .predictor import MedSAMPredictor, SliceView
 from .transforms import CARRY_MARGIN, LITE_SIZE
 
-#: Adaptive propagation: the object has ended where the confidence falls below this while the area shrinks.
-END_BELOW = 0.5
 #: Adaptive propagation: the user's box is tried too on slices where the carried box's confidence is below this.
-ROI_BELOW = 0.8
+ROI_BELOW = 0.7
+#: Adaptive propagation: a mask with fewer than this share of its pixels in the object's intensity range is off
+#: the object; two such slices in a row end the walk.
+END_PROFILE_BELOW = 0.4
+END_RUN = 2
+#: Adaptive propagation: how often a box side the mask is flush with is pushed out on one slice, and by how much
+#: (256-grid pixels, share of the box's size).
+GROW_STEPS = 2
+GROW_PX = 4.0
+GROW_FRACTION = 0.1
+#: A mask side within this many low-res pixels of its box side is "flush" with it.
+FLUSH_PX = 1.0
 
 
 def middle_slice(first: int, last: int) -> int:
@@ -86,30 +103,36 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
     roi_box = predictor.box_to_model(box2d, h, w)
     sources = {"middle": 0, "previous": 0, "fallback": 0, "roi": 0}
     ends: Dict[str, Optional[int]] = {"up": None, "down": None}
+    # The object's intensity range: under the user's corrected slice, or (set below) under the middle slice's mask.
+    rng = intensity_range(work[mid], masks[mid]) if seed is not None else None
     first_chunk = True
     for order, step, side in ((up, -1, "up"), (down, +1, "down")):
-        empty_run = 0
-        ended = _EndOfObject()
+        empty_run = off_run = 0
         for chunk in _chunks(order, predictor.batch_size, first_alone=first_chunk and seed is None):
             first_chunk = False
             check(cancel)
             embs = predictor.embeddings([work[k] for k in chunk], cancel)
             stop = False
             for k, emb in zip(chunk, embs):
-                view = _choose(predictor, emb, mode, k == mid and seed is None, masks.get(k + step),
-                               views.get(k + step), obj, roi_box, h, w)
-                sources[view.source] += 1
-                if mode == "adaptive" and ended.update(view):
-                    ends[side] = k
-                    stop = True
-                    break
-                _, prob = predictor.upsample(view.low, h, w, want_logits=False)
+                is_mid = k == mid and seed is None
+                view, prob = _choose(predictor, emb, work[k], mode, is_mid, masks.get(k + step),
+                                     views.get(k + step), obj, roi_box, h, w, rng)
                 mask = prob > 0.5
+                if is_mid:
+                    rng = intensity_range(work[k], mask)
+                profile = profile_match(work[k], mask, rng)
+                sources[view.source] += 1
+                if mode == "adaptive" and not is_mid:
+                    off_run = off_run + 1 if (rng is not None and profile < END_PROFILE_BELOW) else 0
+                    if not mask.any() or off_run >= END_RUN:
+                        ends[side] = k
+                        stop = True
+                        break
                 labels[k][mask] = obj
                 np.maximum(probs[k], prob, out=probs[k])
                 masks[k] = mask
                 views[k] = view
-                records[k] = view.record(obj, k, int(np.count_nonzero(mask)))
+                records[k] = view.record(obj, k, int(np.count_nonzero(mask)), profile)
                 tick(k, mask)
                 if mode == "stop":
                     empty_run = 0 if mask.any() else empty_run + 1
@@ -131,9 +154,13 @@ def _chunks(order: List[int], size: int, first_alone: bool) -> List[List[int]]:
     return ([head] if head else []) + [rest[i: i + size] for i in range(0, len(rest), size)]
 
 
-def _choose(predictor: MedSAMPredictor, emb, mode: str, is_mid: bool, prev: Optional[np.ndarray],
-            prev_view: Optional[SliceView], obj: int, roi_box: np.ndarray, h: int, w: int) -> SliceView:
-    """The slice's decoded mask under ``mode``, with its confidence signals."""
+def _choose(predictor: MedSAMPredictor, emb, image: np.ndarray, mode: str, is_mid: bool, prev: Optional[np.ndarray],
+            prev_view: Optional[SliceView], obj: int, roi_box: np.ndarray, h: int, w: int,
+            rng: Optional[Tuple[float, float]]) -> Tuple[SliceView, np.ndarray]:
+    """The slice's decoded mask under ``mode`` with its confidence signals, and its probabilities at (h, w)."""
+    def prob_of(v: SliceView) -> np.ndarray:
+        return predictor.upsample(v.low, h, w, want_logits=False)[1]
+
     carried = None
     if mode != "roi" and not is_mid and prev is not None and prev.any():
         carried = predictor.transform.box_from_mask(prev, obj, h, w)
@@ -141,14 +168,22 @@ def _choose(predictor: MedSAMPredictor, emb, mode: str, is_mid: bool, prev: Opti
             carried = _adapt_box(carried, roi_box, predictor.img_size)
     if carried is None:
         source = "middle" if is_mid else ("roi" if mode in ("roi", "adaptive") else "fallback")
-        return predictor.decode_view(emb, roi_box, source, prev_view, h, w)
+        view = predictor.decode_view(emb, roi_box, source, prev_view, h, w)
+        return view, prob_of(view)
     view = predictor.decode_view(emb, carried, "previous", prev_view, h, w)
-    if mode == "adaptive" and view.confidence < ROI_BELOW:
-        # The carried box looks doubtful here: try the user's box and keep the more confident mask.
+    if mode != "adaptive":
+        return view, prob_of(view)
+    view = _grow(predictor, emb, view, roi_box, prev_view, h, w)
+    prob = prob_of(view)
+    if view.confidence < ROI_BELOW:
+        # The carried box looks doubtful here: try the user's box; keep its mask if the model is surer of it and it
+        # has not slid further off the object's intensities.
         alt = predictor.decode_view(emb, roi_box, "roi", prev_view, h, w)
-        if alt.confidence > view.confidence:
-            view = alt
-    return view
+        alt_prob = prob_of(alt)
+        if alt.confidence > view.confidence and (
+                profile_match(image, alt_prob > 0.5, rng) >= profile_match(image, prob > 0.5, rng)):
+            return alt, alt_prob
+    return view, prob
 
 
 def _adapt_box(carried: np.ndarray, roi_box: np.ndarray, img_size: int) -> np.ndarray:
@@ -161,17 +196,35 @@ def _adapt_box(carried: np.ndarray, roi_box: np.ndarray, img_size: int) -> np.nd
     return np.concatenate([lo, hi]).astype(np.float32)
 
 
-class _EndOfObject:
-    """Adaptive propagation: has the object ended? Yes on an empty mask, or when the confidence has fallen
-    below :data:`END_BELOW` and the area is shrinking."""
+def flush_sides(low_mask: np.ndarray, box_low: np.ndarray, tol: float = FLUSH_PX) -> List[bool]:
+    """Which sides (x0, y0, x1, y1) of a box (low-res grid units, exclusive upper corner) the mask touches."""
+    b = bbox2d(low_mask)
+    if b is None:
+        return [False] * 4
+    x0, y0, x1, y1 = b
+    return [x0 <= box_low[0] + tol, y0 <= box_low[1] + tol, x1 >= box_low[2] - 1 - tol, y1 >= box_low[3] - 1 - tol]
 
-    def __init__(self) -> None:
-        self.prev_area: Optional[int] = None
 
-    def update(self, view: SliceView) -> bool:
-        area = int(np.count_nonzero(view.low_mask))
-        if area == 0:
-            return True
-        shrinking = self.prev_area is not None and area < self.prev_area
-        self.prev_area = area
-        return view.confidence < END_BELOW and shrinking
+def _grow(predictor: MedSAMPredictor, emb, view: SliceView, roi_box: np.ndarray, prev_view: Optional[SliceView],
+          h: int, w: int) -> SliceView:
+    """Where the mask is flush with a side of its box the object likely goes on past it: push that side out
+    (max(:data:`GROW_PX`, :data:`GROW_FRACTION` of the box) on a 256 grid, within the user's box + 3 px) and decode
+    again, at most :data:`GROW_STEPS` times."""
+    scale = predictor.img_size / LITE_SIZE  # model-input units per low-res pixel
+    lim_lo = np.maximum(roi_box[:2] - CARRY_MARGIN * scale, 0.0)
+    lim_hi = np.minimum(roi_box[2:] + CARRY_MARGIN * scale, float(predictor.img_size))
+    for _ in range(GROW_STEPS):
+        sides = flush_sides(view.low_mask, view.box / scale)
+        if not any(sides):
+            break
+        box = view.box.astype(np.float64).copy()
+        step = np.maximum(GROW_PX * scale, GROW_FRACTION * (box[2:] - box[:2]))
+        for i in (0, 1):
+            if sides[i]:
+                box[i] = max(box[i] - step[i], lim_lo[i])
+            if sides[i + 2]:
+                box[i + 2] = min(box[i + 2] + step[i], lim_hi[i])
+        if np.allclose(box, view.box):
+            break
+        view = predictor.decode_view(emb, box.astype(np.float32), view.source, prev_view, h, w)
+    return view
