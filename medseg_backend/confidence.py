@@ -53,7 +53,7 @@ class SliceRecord:
     stability: float
     agreement: float
     neighbour: float
-    #: share of the mask's pixels within the object's intensity range (1.0 where there is no reference)
+    #: share of the mask's pixels within the object's intensity range (1.0 without a reference range)
     profile: float = 1.0
 
     def as_dict(self) -> dict:
@@ -123,7 +123,8 @@ def report_rows(records: Iterable[SliceRecord], spacing_xyz: Optional[Sequence[f
     """One row per object and slice, ordered by object then slice."""
     px = pixel_area_mm2(spacing_xyz, axis)
     return [{"object": r.object, "slice": r.slice, "area_voxels": r.area, "area_mm2": round(r.area * px, 3),
-             "confidence": round(r.confidence, 4), "profile": round(r.profile, 4), "flagged": int(r.flagged), "source": r.source}
+             "confidence": round(r.confidence, 4), "profile": round(r.profile, 4), "flagged": int(r.flagged),
+             "source": r.source}
             for r in sorted(records, key=lambda r: (r.object, r.slice))]
 
 
@@ -132,7 +133,8 @@ def report_text(records: Iterable[SliceRecord], spacing_xyz: Optional[Sequence[f
     """The slice report as CSV (columns :data:`REPORT_COLUMNS`) or JSON (a list of the same rows)."""
     rows = report_rows(records, spacing_xyz, axis)
     if fmt == "json":
-        return json.dumps({"axis": axis, "flag_below": FLAG_BELOW, "profile_flag_below": PROFILE_FLAG_BELOW, "slices": rows}, indent=1) + "\n"
+        return json.dumps({"axis": axis, "flag_below": FLAG_BELOW, "profile_flag_below": PROFILE_FLAG_BELOW,
+                           "slices": rows}, indent=1) + "\n"
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=REPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()

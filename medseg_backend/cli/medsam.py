@@ -44,11 +44,11 @@ def _add_medsam(sub) -> None:
     p.add_argument("--propagation", default=DEFAULT_PROPAGATION, choices=PROPAGATIONS,
                    help="official (default): the LiteMedSAM 3-D procedure; adaptive (opt-in): carry the "
                         "previous mask's box, widen it where the mask is flush with it, switch to the ROI's box where "
-                        "that is more confident, stop where the mask leaves the object's intensities; roi: the ROI's box on every slice; stop: official, but stop after "
-                        "--stop-after empty slices")
+                        "that is more confident, stop where the mask leaves the object's intensities; roi: the ROI's "
+                        "box on every slice; stop: official, but stop after --stop-after empty slices")
     p.add_argument("--stop-after", type=int, default=2)
-    p.add_argument("--slice-report", help="3-D: per-slice report (object, slice, area, confidence, flag), .csv or "
-                                          ".json (default: <output stem>.slices.csv beside the label map)")
+    p.add_argument("--slice-report", help="3-D: per-slice report (object, slice, area, confidence, profile, flag), "
+                                          ".csv or .json (default: <output stem>.slices.csv beside the label map)")
     p.add_argument("--probabilities", help="also write the probability map (float32; .nrrd, .nii.gz, .mha, .tif)")
     p.add_argument("--overlay", help="also write a PNG picture of the result (middle slice of the first box in 3-D)")
     p.set_defaults(func=cmd_medsam)

@@ -186,11 +186,16 @@ def _choose(predictor: MedSAMPredictor, emb, image: np.ndarray, mode: str, is_mi
     return view, prob
 
 
-def _adapt_box(carried: np.ndarray, roi_box: np.ndarray, img_size: int) -> np.ndarray:
-    """The carried box kept inside the user's box plus the official +3 px margin (a 256-grid's 3 px in
-    model-input space): it cannot wander off, and keeps the context the model was trained with."""
+def _roi_limits(roi_box: np.ndarray, img_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The user's box plus the official +3 px margin (a 256-grid's 3 px in model-input space): (x0, y0), (x1, y1)."""
     m = float(CARRY_MARGIN) * img_size / LITE_SIZE
-    lo_lim, hi_lim = roi_box[:2] - m, roi_box[2:] + m
+    return roi_box[:2] - m, roi_box[2:] + m
+
+
+def _adapt_box(carried: np.ndarray, roi_box: np.ndarray, img_size: int) -> np.ndarray:
+    """The carried box kept inside the user's box + 3 px (:func:`_roi_limits`): it cannot wander off, and keeps
+    the context the model was trained with."""
+    lo_lim, hi_lim = _roi_limits(roi_box, img_size)
     lo = np.minimum(np.maximum(carried[:2], lo_lim), hi_lim)
     hi = np.maximum(np.minimum(carried[2:], hi_lim), lo)
     return np.concatenate([lo, hi]).astype(np.float32)
@@ -211,8 +216,8 @@ def _grow(predictor: MedSAMPredictor, emb, view: SliceView, roi_box: np.ndarray,
     (max(:data:`GROW_PX`, :data:`GROW_FRACTION` of the box) on a 256 grid, within the user's box + 3 px) and decode
     again, at most :data:`GROW_STEPS` times."""
     scale = predictor.img_size / LITE_SIZE  # model-input units per low-res pixel
-    lim_lo = np.maximum(roi_box[:2] - CARRY_MARGIN * scale, 0.0)
-    lim_hi = np.minimum(roi_box[2:] + CARRY_MARGIN * scale, float(predictor.img_size))
+    lim_lo, lim_hi = _roi_limits(roi_box, predictor.img_size)
+    lim_lo, lim_hi = np.maximum(lim_lo, 0.0), np.minimum(lim_hi, float(predictor.img_size))
     for _ in range(GROW_STEPS):
         sides = flush_sides(view.low_mask, view.box / scale)
         if not any(sides):
