@@ -129,11 +129,11 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         self.propagationCombo = qt.QComboBox()
         for p in EFFECT_PROPAGATIONS:
             self.propagationCombo.addItem(p)
-        self.propagationCombo.setToolTip(_("How the box goes from slice to slice: 'official' is the published "
-                                           "LiteMedSAM 3-D procedure (box from the previous slice's mask); 'roi' "
-                                           "uses your box on every slice; 'adaptive' (where available) widens the "
-                                           "carried box where the object outgrows it and stops where the mask leaves "
-                                           "the object's intensities."))
+        self.propagationCombo.setToolTip(_("How the box goes from slice to slice: 'adaptive' (default) starts on "
+                                           "the slice the model is surest of, widens the carried box where the "
+                                           "object outgrows it and stops where the object ends; 'official' is the "
+                                           "published LiteMedSAM 3-D procedure (box from the previous slice's "
+                                           "mask); 'roi' uses your box on every slice."))
         advancedLayout.addRow(_("Propagation:"), self.propagationCombo)
         self.scriptedEffect.addOptionsWidget(advanced)
         self.setupRunButtons()

@@ -1,22 +1,30 @@
 """Slice-to-slice propagation of one box through a volume (MedSAM's 3-D procedure), in four modes.
 
-Every mode starts at the middle slice of the box and walks up, then down from the middle:
+Every mode starts at the middle slice of the box (``adaptive``: possibly another slice of its middle third) and
+walks up, then down from there:
 
-* ``official`` (default): the LiteMedSAM procedure (``MODEL_FACTS.md``): each slice prompted with the previous
+* ``official``: the LiteMedSAM procedure (``MODEL_FACTS.md``): each slice prompted with the previous
   slice's mask box (+3 px in 256-space, see the transforms), the middle box again when the previous mask is
   empty. Never stops early.
 * ``roi``: the user's 2-D box on every slice. ``stop``: ``official``, stopping after ``stop_after`` empty slices.
-* ``adaptive`` (opt-in): three rules on top of the carried box, each from a signal the model or the image gives:
+* ``adaptive`` (default): the walk starts where the model is surest of the user's box, with three rules on top of
+  the carried box; each rule uses a signal the model or the image gives, none a threshold fitted per case:
 
+  - *a sure start*: the user's box is decoded on each slice of the middle third of the box's slices (the middle
+    slice +- a sixth of the box's depth, see :func:`start_window`) and the walk starts from the one the model is
+    surest of (confidence, its neighbour term = agreement with the adjacent slices' masks), if it beats the middle
+    slice by :data:`START_GAIN`: the middle slice's mask can be another structure, and every later box follows it;
   - *not trapped by the previous mask*: the carried box is kept within the user's box + 3 px, and where the mask
     is flush with a side of its box (the object goes on past it) that side is pushed out (by max(4 px, 10 %) on a
     256 grid, at most :data:`GROW_STEPS` times, never past the user's box + 3 px) and the slice decoded again;
   - *the user's box where the carried one is doubtful*: below confidence :data:`ROI_BELOW` the user's box is
     decoded too, and its mask kept when it is more confident and no further from the object's intensity range;
-  - *stop at the end of the object*: the walk on one side ends at an empty mask or at the second slice in a row
-    whose mask has fewer than :data:`END_PROFILE_BELOW` of its pixels within the object's intensity range (the
-    profile of :mod:`medseg_backend.confidence`, taken under the mask of the slice the walk started from); that
-    second slice is not written.
+  - *stop at the end of the object*: the walk on one side ends at an empty mask, or at a mask that has left the
+    object (fewer than :data:`END_PROFILE_BELOW` of its pixels within the object's intensity range, the profile
+    of :mod:`medseg_backend.confidence` taken under the start slice's mask) and is no larger than the previous
+    slice's (the object is running out, not turning into a bigger part of itself), or with fewer than
+    :data:`GONE_PROFILE_BELOW` in that range whatever its size (it jumped onto another tissue); that slice is not
+    written.
 
 Encoder inputs do not depend on the prompt, so slices are encoded in batches ahead of the propagation front
 (:meth:`MedSAMPredictor.embeddings`); decoding is sequential (each box depends on the last mask).
@@ -28,7 +36,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..choices import DIRECTIONS
-from ..confidence import SliceRecord, intensity_range, profile_match
+from ..confidence import SliceRecord, combine, intensity_range, mask_iou, profile_match
 from ..progress import CancelToken, check
 from ..slicing import bbox2d
 from .predictor import MedSAMPredictor, SliceView
@@ -36,10 +44,17 @@ from .transforms import CARRY_MARGIN, LITE_SIZE
 
 #: Adaptive propagation: the user's box is tried too on slices where the carried box's confidence is below this.
 ROI_BELOW = 0.7
-#: Adaptive propagation: a mask with fewer than this share of its pixels in the object's intensity range is off
-#: the object; two such slices in a row end the walk.
+#: Adaptive propagation: a mask with fewer than this share of its pixels in the object's intensity range has left
+#: the object; if it is also no larger than the previous slice's mask, the walk on that side ends there.
 END_PROFILE_BELOW = 0.4
-END_RUN = 2
+#: ... and a mask with fewer than this share in that range is off the object whatever its size.
+GONE_PROFILE_BELOW = 0.15
+#: Adaptive propagation: the walk may start within the middle slice +- the box's depth // START_DIVISOR (the
+#: middle third of the box's slices).
+START_DIVISOR = 6
+#: ... and leaves the middle slice (the official start) only for a slice whose start score is at least this much
+#: higher than the middle slice's.
+START_GAIN = 0.05
 #: Adaptive propagation: how often a box side the mask is flush with is pushed out on one slice, and by how much
 #: (256-grid pixels, share of the box's size).
 GROW_STEPS = 2
@@ -52,6 +67,13 @@ FLUSH_PX = 1.0
 def middle_slice(first: int, last: int) -> int:
     """Where propagation starts: the official rule ``int((last - first) / 2 + first)``."""
     return int((last - first) / 2 + first)
+
+
+def start_window(first: int, last: int) -> List[int]:
+    """The slices ``adaptive`` may start from: the middle third of first..last (the middle slice +- the depth //
+    :data:`START_DIVISOR`; only the middle slice for boxes under 6 slices)."""
+    mid, half = middle_slice(first, last), (last - first + 1) // START_DIVISOR
+    return [k for k in range(mid - half, mid + half + 1) if first <= k <= last]
 
 
 def centre_first(first: int, last: int) -> List[int]:
@@ -72,9 +94,9 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
               seed: Optional[Tuple[int, np.ndarray]] = None, direction: str = "both") -> Dict:
     """Run object ``obj`` through slices ``s0..s1`` of ``work`` (a slice view, slices first) from its 2-D box
     (x0, y0, x1, y1); writes ``obj`` into ``labels`` (later objects overwrite) and the max probability into
-    ``probs``; ``tick(k, mask)`` is called as each slice is done (the first one, the middle slice, is encoded on its
-    own so that it is ready after one encoder pass). Returns the run's summary with one :class:`SliceRecord` per
-    slice written (key ``records``).
+    ``probs``; ``tick(k, mask)`` is called as each slice is done (the first one, the start slice, is encoded on its
+    own, with ``adaptive`` together with the other slices it may start from, so that it is ready after one encoder
+    pass). Returns the run's summary with one :class:`SliceRecord` per slice written (key ``records``).
 
     ``seed`` = (slice k, 2-D mask): a slice the user corrected. It is kept exactly as given (confidence 1) and the
     walk starts from it instead of the middle slice: its mask gives the box of slice k + 1 (up) and k - 1 (down),
@@ -85,8 +107,12 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
     masks: Dict[int, np.ndarray] = {}
     views: Dict[int, SliceView] = {}
     records: Dict[int, SliceRecord] = {}
+    roi_box = predictor.box_to_model(box2d, h, w)
+    encoded: Dict[int, object] = {}  # embeddings computed ahead of the walk (the adaptive start's candidates)
     if seed is None:
         mid = middle_slice(s0, s1)
+        if mode == "adaptive":
+            mid, encoded = _sure_start(predictor, work, s0, s1, roi_box, cancel)
         first_up = mid
     else:
         mid, seed_mask = int(seed[0]), np.asarray(seed[1]) > 0
@@ -100,50 +126,91 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
         first_up = mid + 1
     up = list(range(first_up, min(s1 + 1, depth))) if direction in ("both", "up") else []
     down = list(range(mid - 1, max(-1, s0 - 1), -1)) if direction in ("both", "down") else []
-    roi_box = predictor.box_to_model(box2d, h, w)
     sources = {"middle": 0, "previous": 0, "fallback": 0, "roi": 0}
     ends: Dict[str, Optional[int]] = {"up": None, "down": None}
-    # The object's intensity range: under the user's corrected slice, or (set below) under the middle slice's mask.
+    # The object's intensity range: under the user's corrected slice, or (set below) under the start slice's mask.
     rng = intensity_range(work[mid], masks[mid]) if seed is not None else None
     first_chunk = True
     for order, step, side in ((up, -1, "up"), (down, +1, "down")):
-        empty_run = off_run = 0
+        empty_run = 0
         for chunk in _chunks(order, predictor.batch_size, first_alone=first_chunk and seed is None):
             first_chunk = False
             check(cancel)
-            embs = predictor.embeddings([work[k] for k in chunk], cancel)
+            todo = [k for k in chunk if k not in encoded]
+            if todo:
+                encoded.update(zip(todo, predictor.embeddings([work[k] for k in todo], cancel)))
             stop = False
-            for k, emb in zip(chunk, embs):
+            for k in chunk:
+                emb = encoded.pop(k)
                 is_mid = k == mid and seed is None
-                view, prob = _choose(predictor, emb, work[k], mode, is_mid, masks.get(k + step),
-                                     views.get(k + step), obj, roi_box, h, w, rng)
+                prev = masks.get(k + step)
+                view, prob = _choose(predictor, emb, work[k], mode, is_mid, prev, views.get(k + step), obj,
+                                     roi_box, h, w, rng)
                 mask = prob > 0.5
                 if is_mid:
                     rng = intensity_range(work[k], mask)
                 profile = profile_match(work[k], mask, rng)
+                area = int(np.count_nonzero(mask))
                 sources[view.source] += 1
-                if mode == "adaptive" and not is_mid:
-                    off_run = off_run + 1 if (rng is not None and profile < END_PROFILE_BELOW) else 0
-                    if not mask.any() or off_run >= END_RUN:
-                        ends[side] = k
-                        stop = True
-                        break
+                if mode == "adaptive" and not is_mid and (area == 0 or _left_object(profile, area, prev, rng)):
+                    ends[side] = k
+                    stop = True
+                    break
                 labels[k][mask] = obj
                 np.maximum(probs[k], prob, out=probs[k])
                 masks[k] = mask
                 views[k] = view
-                records[k] = view.record(obj, k, int(np.count_nonzero(mask)), profile)
+                records[k] = view.record(obj, k, area, profile)
                 tick(k, mask)
                 if mode == "stop":
-                    empty_run = 0 if mask.any() else empty_run + 1
+                    empty_run = 0 if area else empty_run + 1
                     if empty_run >= stop_after:
                         stop = True
                         break
             if stop:
                 break
     recs = [records[k] for k in sorted(records)]
-    return {"z_middle": mid, "slices_run": len(masks) - (seed is not None), **sources, "ended_at": ends,
-            "records": recs}
+    return {"z_middle": middle_slice(s0, s1), "z_start": mid, "slices_run": len(masks) - (seed is not None),
+            **sources, "ended_at": ends, "records": recs}
+
+
+def _sure_start(predictor: MedSAMPredictor, work: np.ndarray, s0: int, s1: int, roi_box: np.ndarray,
+                cancel: Optional[CancelToken]) -> Tuple[int, Dict[int, object]]:
+    """``adaptive``'s start slice and the embeddings of the :func:`start_window` slices (encoded in one batch; the
+    walk reuses them). The user's box is decoded on each window slice; the start is the slice whose mask the model
+    is surest of *and* that agrees with the masks of the box on the adjacent window slices: the slice confidence
+    of :mod:`medseg_backend.confidence` with its neighbour term = the mean IoU with those masks (a mask that
+    jumps to another structure on one slice does not win). The middle slice stays the start unless another one
+    scores at least :data:`START_GAIN` higher (the nearest to the middle wins a tie)."""
+    window = start_window(s0, s1)
+    check(cancel)
+    embs = dict(zip(window, predictor.embeddings([work[k] for k in window], cancel)))
+    if len(window) == 1:
+        return window[0], embs
+    h, w = work.shape[1:]
+    mid = middle_slice(s0, s1)
+    views = {k: predictor.decode_view(embs[k], roi_box, "middle", None, h, w) for k in window}
+
+    def score(k: int) -> float:
+        v = views[k]
+        if not v.low_mask.any():
+            return 0.0
+        nb = [mask_iou(v.low_mask, views[j].low_mask) for j in (k - 1, k + 1) if j in views]
+        return combine(v.iou, v.stability, v.agreement, float(np.mean(nb)))
+
+    scores = {k: score(k) for k in window}
+    best = max(window, key=lambda k: (scores[k], -abs(k - mid)))
+    return (best if scores[best] >= scores[mid] + START_GAIN else mid), embs
+
+
+def _left_object(profile: float, area: int, prev: Optional[np.ndarray], rng) -> bool:
+    """The mask has left the object: off its intensity range (profile below :data:`END_PROFILE_BELOW`) and no
+    larger than the previous slice's mask (the object running out), or almost entirely off it (profile below
+    :data:`GONE_PROFILE_BELOW`: it jumped onto another tissue)."""
+    if rng is None:
+        return False
+    shrinking = prev is not None and area <= int(np.count_nonzero(prev))
+    return profile < GONE_PROFILE_BELOW or (profile < END_PROFILE_BELOW and shrinking)
 
 
 def _chunks(order: List[int], size: int, first_alone: bool) -> List[List[int]]:

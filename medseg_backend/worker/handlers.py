@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..choices import DEFAULT_PROPAGATION
 from ..errors import InputError, MedSegWarning
 from ..progress import CancelToken
 from . import protocol as proto
@@ -134,7 +135,7 @@ class Handlers:
 
             def on_slice(obj: int, k: int, mask: np.ndarray) -> None:
                 send({"object": obj, "slice": k, "axis": axis, "mask": proto.pack_mask(mask)})
-        res = engine.segment_volume(volume, boxes, intensity=intensity, propagation=p.get("propagation", "official"),
+        res = engine.segment_volume(volume, boxes, intensity=intensity, propagation=p.get("propagation", DEFAULT_PROPAGATION),
                                     axis=p.get("axis", "axial"), progress=progress, cancel=cancel, seeds=seeds,
                                     direction=p.get("direction", "both"), on_slice=on_slice)
         out = {"labels": res.labels}
