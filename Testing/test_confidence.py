@@ -76,11 +76,21 @@ def test_adaptive_starts_where_the_model_is_surest_and_beats_official_there(engi
     gt = read_image(str(data_dir / "totalseg_ct_sm" / "labels.nii.gz")).array == SPLEEN
     box = tuple(bbox3d(gt))
     off = engine.segment_volume(img.array, [box], propagation="official")
-    ada = engine.segment_volume(img.array, [box], propagation="adaptive")
-    start = ada.per_box[0]["z_start"]
-    assert off.per_box[0]["z_start"] == middle_slice(box[2], box[5]) == ada.per_box[0]["z_middle"]
-    assert start != middle_slice(box[2], box[5]) and start in start_window(box[2], box[5])
+    events = []
+    ada = engine.segment_volume(img.array, [box], propagation="adaptive",
+                                on_slice=lambda obj, k, mask: events.append((k, mask.copy())))
+    start, mid = ada.per_box[0]["z_start"], middle_slice(box[2], box[5])
+    assert off.per_box[0]["z_start"] == mid == ada.per_box[0]["z_middle"]
+    assert start != mid and start in start_window(box[2], box[5])
     assert dice(off.labels, gt) < 0.88 and dice(ada.labels, gt) > 0.93
+    # progressive preview: the middle slice comes first (one encoder pass), provisionally; the walk from the start
+    # sends it again with its final mask; the last mask sent for every slice is the result's
+    assert events[0][0] == mid and events[1][0] == start
+    assert [k for k, _ in events].count(mid) == 2 and not np.array_equal(events[0][1], ada.labels[mid] == 1)
+    last = dict(events)
+    assert sorted(last) == [r.slice for r in ada.slices]
+    for k, mask in last.items():
+        np.testing.assert_array_equal(mask, ada.labels[k] == 1)
 
 
 def test_slice_records_describe_what_was_written(case, runs):

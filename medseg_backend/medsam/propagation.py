@@ -94,9 +94,10 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
               seed: Optional[Tuple[int, np.ndarray]] = None, direction: str = "both") -> Dict:
     """Run object ``obj`` through slices ``s0..s1`` of ``work`` (a slice view, slices first) from its 2-D box
     (x0, y0, x1, y1); writes ``obj`` into ``labels`` (later objects overwrite) and the max probability into
-    ``probs``; ``tick(k, mask)`` is called as each slice is done (the first one, the start slice, is encoded on its
-    own, with ``adaptive`` together with the other slices it may start from, so that it is ready after one encoder
-    pass). Returns the run's summary with one :class:`SliceRecord` per slice written (key ``records``).
+    ``probs``; ``tick(k, mask)`` is called as each slice is done (the first one, the middle slice, is encoded on its
+    own so that it is ready after one encoder pass; with ``adaptive`` it is provisional until the start is chosen,
+    and ``tick`` is called again for it with its final mask if that differs). Returns the run's summary with one
+    :class:`SliceRecord` per slice written (key ``records``).
 
     ``seed`` = (slice k, 2-D mask): a slice the user corrected. It is kept exactly as given (confidence 1) and the
     walk starts from it instead of the middle slice: its mask gives the box of slice k + 1 (up) and k - 1 (down),
@@ -109,10 +110,15 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
     records: Dict[int, SliceRecord] = {}
     roi_box = predictor.box_to_model(box2d, h, w)
     encoded: Dict[int, object] = {}  # embeddings computed ahead of the walk (the adaptive start's candidates)
+    shown: Dict[int, np.ndarray] = {}  # masks already passed to tick (adaptive: the provisional middle slice)
     if seed is None:
         mid = middle_slice(s0, s1)
         if mode == "adaptive":
-            mid, encoded = _sure_start(predictor, work, s0, s1, roi_box, cancel)
+            def show(k: int, view: SliceView) -> None:
+                shown[k] = predictor.upsample(view.low, h, w, want_logits=False)[1] > 0.5
+                tick(k, shown[k])
+
+            mid, encoded = _sure_start(predictor, work, s0, s1, roi_box, cancel, show)
         first_up = mid
     else:
         mid, seed_mask = int(seed[0]), np.asarray(seed[1]) > 0
@@ -161,7 +167,8 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
                 masks[k] = mask
                 views[k] = view
                 records[k] = view.record(obj, k, area, profile)
-                tick(k, mask)
+                if k not in shown or not np.array_equal(shown.pop(k), mask):
+                    tick(k, mask)
                 if mode == "stop":
                     empty_run = 0 if area else empty_run + 1
                     if empty_run >= stop_after:
@@ -175,21 +182,29 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
 
 
 def _sure_start(predictor: MedSAMPredictor, work: np.ndarray, s0: int, s1: int, roi_box: np.ndarray,
-                cancel: Optional[CancelToken]) -> Tuple[int, Dict[int, object]]:
-    """``adaptive``'s start slice and the embeddings of the :func:`start_window` slices (encoded in one batch; the
-    walk reuses them). The user's box is decoded on each window slice; the start is the slice whose mask the model
-    is surest of *and* that agrees with the masks of the box on the adjacent window slices: the slice confidence
-    of :mod:`medseg_backend.confidence` with its neighbour term = the mean IoU with those masks (a mask that
-    jumps to another structure on one slice does not win). The middle slice stays the start unless another one
-    scores at least :data:`START_GAIN` higher (the nearest to the middle wins a tie)."""
+                cancel: Optional[CancelToken], show: Callable[[int, SliceView], None]) -> Tuple[int, Dict[int, object]]:
+    """``adaptive``'s start slice and the embeddings of the :func:`start_window` slices (the walk reuses them). The
+    user's box is decoded on each window slice; the start is the slice whose mask the model is surest of *and*
+    that agrees with the masks of the box on the adjacent window slices: the slice confidence of
+    :mod:`medseg_backend.confidence` with its neighbour term = the mean IoU with those masks (a mask that jumps to
+    another structure on one slice does not win). The middle slice stays the start unless another one scores at
+    least :data:`START_GAIN` higher (the nearest to the middle wins a tie).
+
+    The middle slice is encoded on its own first and ``show(k, view)``-n at once (a progressive preview is not
+    held up by the rest of the window's encoding); it is final when the walk starts there, and is shown again,
+    as the walk decodes it, when the walk starts elsewhere."""
     window = start_window(s0, s1)
-    check(cancel)
-    embs = dict(zip(window, predictor.embeddings([work[k] for k in window], cancel)))
-    if len(window) == 1:
-        return window[0], embs
     h, w = work.shape[1:]
     mid = middle_slice(s0, s1)
-    views = {k: predictor.decode_view(embs[k], roi_box, "middle", None, h, w) for k in window}
+    check(cancel)
+    embs = {mid: predictor.embeddings([work[mid]], cancel)[0]}
+    views = {mid: predictor.decode_view(embs[mid], roi_box, "middle", None, h, w)}
+    show(mid, views[mid])
+    rest = [k for k in window if k != mid]
+    if not rest:
+        return mid, embs
+    embs.update(zip(rest, predictor.embeddings([work[k] for k in rest], cancel)))
+    views.update({k: predictor.decode_view(embs[k], roi_box, "middle", None, h, w) for k in rest})
 
     def score(k: int) -> float:
         v = views[k]
