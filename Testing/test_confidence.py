@@ -13,7 +13,7 @@ from medseg_backend.confidence import (FLAG_BELOW, PROFILE_FLAG_BELOW, REPORT_CO
 from medseg_backend.io import read_image
 from medseg_backend.choices import DEFAULT_PROPAGATION, PROPAGATIONS
 from medseg_backend.medsam import MedSAMEngine
-from medseg_backend.medsam.propagation import middle_slice, start_window
+from medseg_backend.slicing import middle_slice, start_window
 from medseg_backend.metrics import dice
 from medseg_backend.slicing import bbox3d
 
@@ -82,6 +82,8 @@ def test_adaptive_starts_where_the_model_is_surest_and_beats_official_there(engi
     start, mid = ada.per_box[0]["z_start"], middle_slice(box[2], box[5])
     assert off.per_box[0]["z_start"] == mid == ada.per_box[0]["z_middle"]
     assert start != mid and start in start_window(box[2], box[5])
+    assert f"box 1: propagation started at slice {start}" in " ".join(ada.messages)
+    assert not any("propagation started" in m for m in off.messages)
     assert dice(off.labels, gt) < 0.88 and dice(ada.labels, gt) > 0.93
     # progressive preview: the middle slice comes first (one encoder pass), provisionally; the walk from the start
     # sends it again with its final mask; the last mask sent for every slice is the result's

@@ -34,6 +34,7 @@ def test_flagged_rows_from_a_real_run_and_the_review_mask(ct):
     assert flagged, "no slice flagged although the box runs past the kidney"
     assert all(r["flagged"] for r in flagged)
     assert [r["confidence"] for r in flagged] == sorted(r["confidence"] for r in flagged)
+    assert all(review.reasons(r) for r in flagged)          # every flagged slice says why
     past = {r["slice"] for r in flagged if r["slice"] > z[-1]}
     assert past, "the slices past the kidney's end are not among the flagged ones"
     mask = arrays["labels"] == 1
@@ -59,3 +60,13 @@ def test_jumping_a_view_to_a_flagged_slice_shows_that_slice(ct, axis):
     m[:3, 3] = point
     node.GetSliceToRAS().DeepCopy(geometry.numpy_to_matrix(m))
     assert geometry.slice_index_for_view(volume, node, axis) == k
+
+
+def test_reasons_name_why_a_slice_is_flagged():
+    row = dict(slice=3, area_voxels=120, confidence=0.91, profile=0.95, flagged=0)
+    assert review.reasons(row) == []
+    assert review.reasons(dict(row, confidence=0.5)) == ["confidence"]
+    assert review.reasons(dict(row, profile=0.3)) == ["profile"]
+    assert review.reasons(dict(row, confidence=0.5, profile=0.3)) == ["confidence", "profile"]
+    assert review.reasons(dict(row, area_voxels=0, confidence=0.0)) == ["empty"]
+    assert review.reasons({"slice": 1, "area_voxels": 5, "confidence": 0.95}) == []   # a report without profile

@@ -3,7 +3,8 @@
 Cases: the LiteMedSAM 3-D reference volumes (``volume_u8``, ``gt``, ``box3d``; windowed as the official pipeline
 does) bundled in ``Testing/Data/litemedsam_reference`` (or ``--reference DIR`` with ``3d/*.npz`` files), plus, with ``--extra`` pointing at a folder laid out as the project's
 shared data (``totalseg_examples``, ``dcmqi_ct3slice``, ``pyradiomics_testcases``, ``sct_spinalcord``), the other
-labelled structures there, windowed the same way (CT L40/W400, MR 0.5/99.5 percentiles).
+labelled structures there, windowed the same way (CT L40/W400, MR 0.5/99.5 percentiles) and sliced along the
+patient's axial axis (the SCT T2 scan is stored sagittally: its array is turned so that slices are axial).
 
 Boxes: ``tight`` (the GT bounding box) and ``loose`` (z-range widened by ``--extend`` slices each side and the
 in-plane box by ``max(5 px, 10 %)`` each side, as a user's ROI drawn generously would be).
@@ -70,11 +71,20 @@ def load_cases(reference=None, extra: Path = None, only: str = "") -> List[Dict]
             if not (Path(extra) / image).exists():
                 continue
             if image not in windowed:
-                arr = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(extra) / image)))
-                windowed[image] = apply_intensity(arr, resolve_preset(preset, arr)[0])
+                img = sitk.ReadImage(str(Path(extra) / image))
+                arr = sitk.GetArrayFromImage(img)
+                windowed[image] = (apply_intensity(arr, resolve_preset(preset, arr)[0]), axial_array_axis(img))
+            vol, axis = windowed[image]
             gt = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(extra) / label))) == value
-            cases.append(dict(name=name, vol=windowed[image], gt=gt))
+            # slice along the patient's axial axis, as a radiologist scrolls (the SCT T2 scan is stored sagittally)
+            cases.append(dict(name=name, vol=np.moveaxis(vol, axis, 0), gt=np.moveaxis(gt, axis, 0)))
     return [c for c in cases if only in c["name"]]
+
+
+def axial_array_axis(image) -> int:
+    """The numpy array axis (K, J, I order) whose index direction is closest to the patient's head-foot axis."""
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    return 2 - int(np.argmax(np.abs(direction[2])))
 
 
 def case_boxes(gt: np.ndarray, extend: int = 4, frac: float = 0.10, px: int = 5) -> Dict[str, tuple]:

@@ -15,7 +15,7 @@ needs neither torch nor Slicer). Conventions, used everywhere:
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -186,3 +186,20 @@ def keep_slices(prediction: np.ndarray, label: np.ndarray, axis: Union[str, int]
     for k in (labelled_slices(label, axis) if slices is None else slices):
         work[int(k)] = lab[int(k)] > 0
     return out
+
+
+#: ``adaptive`` propagation may start within the middle slice +- a box's depth // START_DIVISOR (its middle third).
+START_DIVISOR = 6
+
+
+def middle_slice(first: int, last: int) -> int:
+    """Where a propagation over slices first..last starts (the official LiteMedSAM rule
+    ``int((last - first) / 2 + first)``; ``adaptive`` may move off it within :func:`start_window`)."""
+    return int((last - first) / 2 + first)
+
+
+def start_window(first: int, last: int) -> List[int]:
+    """The slices ``adaptive`` propagation may start from: the middle third of first..last (the middle slice +- the
+    depth // :data:`START_DIVISOR`; only the middle slice for boxes under 6 slices)."""
+    mid, half = middle_slice(first, last), (last - first + 1) // START_DIVISOR
+    return [k for k in range(mid - half, mid + half + 1) if first <= k <= last]

@@ -111,8 +111,9 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
 
         self.reviewList = qt.QListWidget()
         self.reviewList.setMaximumHeight(90)
-        self.reviewList.setToolTip(_("Slices where the model was unsure (low confidence or an empty mask), least "
-                                     "confident first: click one to show it in the chosen view."))
+        self.reviewList.setToolTip(_("Slices where the model was unsure (low confidence, a mask mostly outside the "
+                                     "object's intensity range, or an empty mask), least confident first: click one "
+                                     "to show it in the chosen view."))
         self.scriptedEffect.addLabeledOptionsWidget(_("Slices to check:"), self.reviewList)
         self.reviewSegmentCheckBox = qt.QCheckBox(_("Also mark them in a review segment on Apply"))
         self.reviewSegmentCheckBox.setToolTip(_("Apply also writes the doubtful slices of the result into a separate "
@@ -254,10 +255,15 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         if r is not None:
             first, last = max(first, r[0]), min(last, r[1])
         depth_mm = (box[a + 3] - box[a] + 1) * geometry.voxel_spacing(volume)[a]
-        start = int((last - first) / 2 + first)
-        self.roiInfoLabel.text = _("Box: slices {a}-{b} in the {view} view ({mm:.0f} mm deep); propagation starts "
-                                   "at slice {start} and goes up, then down.").format(
-            a=first, b=last, view=self.viewCombo.currentText, mm=depth_mm, start=start)
+        start, window = slicing.middle_slice(first, last), slicing.start_window(first, last)
+        text = _("Box: slices {a}-{b} in the {view} view ({mm:.0f} mm deep); ").format(
+            a=first, b=last, view=self.viewCombo.currentText, mm=depth_mm)
+        if self.propagationCombo.currentText == "adaptive" and len(window) > 1:
+            text += _("propagation starts at slice {start}, or where the model is clearly surer within slices "
+                      "{w0}-{w1}, and goes up, then down.").format(start=start, w0=window[0], w1=window[-1])
+        else:
+            text += _("propagation starts at slice {start} and goes up, then down.").format(start=start)
+        self.roiInfoLabel.text = text
 
     def fitRoiBox(self, volume, segmentation, segment_id):
         mask = labelmaps.segment_to_array(segmentation, segment_id, volume)
@@ -297,8 +303,14 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         self.flaggedMask = review.review_mask(mask, self.flagged, self.axis(volume)) if self.flagged else None
         self.reviewList.clear()
         for row in self.flagged:
-            item = qt.QListWidgetItem(_("slice {k}: confidence {c:.2f}{empty}").format(
-                k=row["slice"], c=float(row["confidence"]), empty=_(" (empty)") if not row.get("area_voxels") else ""))
+            why = review.reasons(row)
+            if "empty" in why:
+                text = _("slice {k}: empty").format(k=row["slice"])
+            else:
+                text = _("slice {k}: confidence {c:.2f}").format(k=row["slice"], c=float(row["confidence"]))
+                if "profile" in why:
+                    text += _(", {p:.0%} in the object's intensity range").format(p=float(row["profile"]))
+            item = qt.QListWidgetItem(text)
             item.setData(qt.Qt.UserRole, int(row["slice"]))
             self.reviewList.addItem(item)
         if self.flagged:

@@ -1,6 +1,6 @@
 """Doubtful slices of a MedSAM run, for the radiologist to check: the flagged rows of the run's per-slice report
-(confidence below the review threshold, or an empty mask), where to jump to see one, and an optional "review"
-mask of those slices (issue 14)."""
+(confidence below the review threshold, a mask off the object's intensities, or an empty mask), why each one is
+flagged, where to jump to see one, and an optional "review" mask of those slices (issue 14)."""
 from __future__ import annotations
 
 from typing import Dict, List, Sequence
@@ -8,6 +8,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from medseg_backend import slicing
+from medseg_backend.confidence import FLAG_BELOW, PROFILE_FLAG_BELOW
 
 from . import geometry
 
@@ -16,6 +17,19 @@ def flagged_slices(result, obj: int = 1) -> List[Dict]:
     """The flagged rows (``slice``, ``confidence``, ``area_voxels``, ...) of object ``obj``, least confident first."""
     rows = [r for r in (getattr(result, "slices", None) or []) if int(r.get("object", 1)) == obj and r.get("flagged")]
     return sorted(rows, key=lambda r: (float(r.get("confidence", 0.0)), int(r["slice"])))
+
+
+def reasons(row: Dict) -> List[str]:
+    """Why a report row is doubtful: ``empty`` (no voxel), ``confidence`` (below the review threshold) and/or
+    ``profile`` (too few of its voxels in the object's intensity range: it may have slid onto another tissue)."""
+    if not int(row.get("area_voxels", 0)):
+        return ["empty"]
+    out = []
+    if float(row.get("confidence", 0.0)) < FLAG_BELOW:
+        out.append("confidence")
+    if float(row.get("profile", 1.0)) < PROFILE_FLAG_BELOW:
+        out.append("profile")
+    return out
 
 
 def review_mask(mask: np.ndarray, rows: Sequence[Dict], axis: str = "axial") -> np.ndarray:

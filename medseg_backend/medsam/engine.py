@@ -162,7 +162,10 @@ class MedSAMEngine:
         labels = slicing.from_slices(labels_work, ax)
         probs = slicing.from_slices(probs_work, ax)
         report(progress, 1.0, "done")
-        return MedSAMResult(labels=labels, probabilities=probs, messages=[why],
+        moved = [f"box {i}: propagation started at slice {p['z_start']}, where the model is surer of the box than on "
+                 f"the middle slice {p['z_middle']}" for i, p in enumerate(per_box, start=1)
+                 if p["z_start"] != p["z_middle"] and seeds[i - 1] is None]
+        return MedSAMResult(labels=labels, probabilities=probs, messages=[why] + moved,
                             slices_run=sum(p["slices_run"] for p in per_box),
                             slices_encoded=self.predictor.cache.misses - enc_before,
                             seconds=time.perf_counter() - t0, per_box=per_box,

@@ -38,7 +38,7 @@ import numpy as np
 from ..choices import DIRECTIONS
 from ..confidence import SliceRecord, combine, intensity_range, mask_iou, profile_match
 from ..progress import CancelToken, check
-from ..slicing import bbox2d
+from ..slicing import bbox2d, middle_slice, start_window
 from .predictor import MedSAMPredictor, SliceView
 from .transforms import CARRY_MARGIN, LITE_SIZE
 
@@ -49,11 +49,9 @@ ROI_BELOW = 0.7
 END_PROFILE_BELOW = 0.4
 #: ... and a mask with fewer than this share in that range is off the object whatever its size.
 GONE_PROFILE_BELOW = 0.15
-#: Adaptive propagation: the walk may start within the middle slice +- the box's depth // START_DIVISOR (the
-#: middle third of the box's slices).
-START_DIVISOR = 6
-#: ... and leaves the middle slice (the official start) only for a slice whose start score is at least this much
-#: higher than the middle slice's.
+#: Adaptive propagation: the walk may start on a slice of :func:`~medseg_backend.slicing.start_window` (the middle
+#: third of the box's slices), but leaves the middle slice (the official start) only for a slice whose start score
+#: is at least this much higher than the middle slice's.
 START_GAIN = 0.05
 #: Adaptive propagation: how often a box side the mask is flush with is pushed out on one slice, and by how much
 #: (256-grid pixels, share of the box's size).
@@ -62,18 +60,6 @@ GROW_PX = 4.0
 GROW_FRACTION = 0.1
 #: A mask side within this many low-res pixels of its box side is "flush" with it.
 FLUSH_PX = 1.0
-
-
-def middle_slice(first: int, last: int) -> int:
-    """Where propagation starts: the official rule ``int((last - first) / 2 + first)``."""
-    return int((last - first) / 2 + first)
-
-
-def start_window(first: int, last: int) -> List[int]:
-    """The slices ``adaptive`` may start from: the middle third of first..last (the middle slice +- the depth //
-    :data:`START_DIVISOR`; only the middle slice for boxes under 6 slices)."""
-    mid, half = middle_slice(first, last), (last - first + 1) // START_DIVISOR
-    return [k for k in range(mid - half, mid + half + 1) if first <= k <= last]
 
 
 def centre_first(first: int, last: int) -> List[int]:
