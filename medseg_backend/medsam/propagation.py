@@ -176,9 +176,10 @@ def _sure_start(predictor: MedSAMPredictor, work: np.ndarray, s0: int, s1: int, 
     another structure on one slice does not win). The middle slice stays the start unless another one scores at
     least :data:`START_GAIN` higher (the nearest to the middle wins a tie).
 
-    The middle slice is encoded on its own first and ``show(k, view)``-n at once (a progressive preview is not
-    held up by the rest of the window's encoding); it is final when the walk starts there, and is shown again,
-    as the walk decodes it, when the walk starts elsewhere."""
+    The middle slice is encoded on its own first and passed to ``show`` at once (a progressive preview is not held
+    up by the rest of the window's encoding); it is final when the walk starts there, and is shown again, as the
+    walk decodes it, when the walk starts elsewhere (if the walk ends before reaching it, the complete result has
+    nothing there and replaces the preview)."""
     window = start_window(s0, s1)
     h, w = work.shape[1:]
     mid = middle_slice(s0, s1)
