@@ -63,7 +63,9 @@ Events (worker -> client): ``{"event": E, "id": N, ...}``
 ``progress``         ``{"fraction": 0..1, "message"}`` (at most every 50 ms per request).
 ``partial``          one finished slice of a ``segment_box`` run asked with ``"partial": true`` (a progressive
                      preview): ``{"object", "slice" (index along the run's axis), "axis", "mask"}`` with the slice's
-                     mask packed by :func:`pack_mask` (its box and bits, base64).
+                     mask packed by :func:`pack_mask` (its box and bits, base64). A slice can come again (the
+                     ``adaptive`` walk's provisional middle slice, when the walk starts on another slice): the last
+                     one sent is the slice's mask in the result.
 ``done``             ``{"result": {...}, "arrays": {NAME: REF}}``.
 ``error``            ``{"type": class name, "message": one line, "medseg": true for a MedSegError (a problem the
                      user can fix), "trace": traceback text for other errors}``.
