@@ -172,7 +172,8 @@ def product(kind: str, vol: np.ndarray, box, box2, precision: str):
         net.load_state_dict(ref.state_dict(), strict=True)
         del ref
         engine = MedSAMEngine("medsam-vit-b", module=net, device="cpu", precision=precision)
-    engine.segment_volume(vol, [(box[0], box[1], 0, box[3], box[4], engine.predictor.batch_size - 1)], intensity="raw", propagation="official")
+    engine.segment_volume(vol, [(box[0], box[1], 0, box[3], box[4], engine.predictor.batch_size - 1)], intensity="raw",
+                          propagation="official")
     engine.predictor.cache.clear()  # warm-up (first-call allocations) done, not timed; the timed run starts cold
     t = time.perf_counter()
     res = engine.segment_volume(vol, [box], intensity="raw", propagation="official")

@@ -115,7 +115,7 @@ def confidence_figures(rows) -> Dict[str, float]:
             "flagged": float(f.mean()), "precision": float(low[f].mean()) if f.any() else 1.0}
 
 
-def run(engine, cases, modes=MODES, extend: int = 4, out=print, clear_cache=True):
+def run(engine, cases, modes=MODES, extend: int = 4, out=print):
     out("| case | box | " + " | ".join(modes) + " |")
     out("|---|---|" + "---|" * len(modes))
     dices: Dict[tuple, List[float]] = {}
@@ -130,8 +130,7 @@ def run(engine, cases, modes=MODES, extend: int = 4, out=print, clear_cache=True
                 conf_rows[mode] += slice_scores(res, c["gt"])
                 cells.append(f"{dc:.4f} ({res.slices_run} sl)")
             out(f"| {c['name']} | {bname} | " + " | ".join(cells) + " |")
-        if clear_cache:
-            engine.predictor.cache.clear()
+        engine.predictor.cache.clear()
     n = len(cases)
     for bname in ("tight", "loose"):
         out(f"| **mean of {n}** | {bname} | " + " | ".join(f"{np.mean(dices[(bname, m)]):.4f}" for m in modes) + " |")

@@ -14,7 +14,7 @@ import numpy as np
 from ..choices import AXES, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PRECISIONS, PROPAGATIONS
 from ..errors import MedSegError
 from ..metrics import dice
-from ..slicing import bbox3d
+from ..slicing import bbox3d, middle_slice
 from .common import ProgressPrinter, parse_box, quiet_check as _quiet_check
 
 INTENSITY_HELP = ("intensity preset: auto (default), raw (8-bit as is), ct-abdomen (40/400), ct-lung, ct-brain, "
@@ -142,7 +142,7 @@ def cmd_medsam(args) -> int:
             b = boxes[0]
             ax = AXES[args.axis]
             lo, hi = b[2 - ax], b[5 - ax]  # box range along the slicing axis (z, y or x)
-            mid = min(max(int((hi - lo) / 2 + lo), 0), arr.shape[ax] - 1)
+            mid = min(max(middle_slice(lo, hi), 0), arr.shape[ax] - 1)
             rule, _ = resolve_preset(args.intensity, arr)
             shown = np.take(apply_intensity(arr, rule), mid, axis=ax)
             box2d = [(b[0], b[1], b[3], b[4]), (b[0], b[2], b[3], b[5]), (b[1], b[2], b[4], b[5])][ax]

@@ -97,6 +97,7 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
     roi_box = predictor.box_to_model(box2d, h, w)
     encoded: Dict[int, object] = {}  # embeddings computed ahead of the walk (the adaptive start's candidates)
     shown: Dict[int, np.ndarray] = {}  # masks already passed to tick (adaptive: the provisional middle slice)
+    start_view: Optional[SliceView] = None  # adaptive: the start slice's ROI decode, made while choosing it
     if seed is None:
         mid = middle_slice(s0, s1)
         if mode == "adaptive":
@@ -104,7 +105,7 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
                 shown[k] = predictor.upsample(view.low, h, w, want_logits=False)[1] > 0.5
                 tick(k, shown[k])
 
-            mid, encoded = _sure_start(predictor, work, s0, s1, roi_box, cancel, show)
+            mid, encoded, start_view = _sure_start(predictor, work, s0, s1, roi_box, cancel, show)
         first_up = mid
     else:
         mid, seed_mask = int(seed[0]), np.asarray(seed[1]) > 0
@@ -136,15 +137,19 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
                 emb = encoded.pop(k)
                 is_mid = k == mid and seed is None
                 prev = masks.get(k + step)
-                view, prob = _choose(predictor, emb, work[k], mode, is_mid, prev, views.get(k + step), obj,
-                                     roi_box, h, w, rng)
+                if is_mid and start_view is not None:  # decoded (ROI box, no neighbour) while choosing the start
+                    view, prob = start_view, predictor.upsample(start_view.low, h, w, want_logits=False)[1]
+                else:
+                    view, prob = _choose(predictor, emb, work[k], mode, is_mid, prev, views.get(k + step), obj,
+                                         roi_box, h, w, rng)
                 mask = prob > 0.5
                 if is_mid:
                     rng = intensity_range(work[k], mask)
                 profile = profile_match(work[k], mask, rng)
                 area = int(np.count_nonzero(mask))
                 sources[view.source] += 1
-                if mode == "adaptive" and not is_mid and (area == 0 or _left_object(profile, area, prev, rng)):
+                prev_area = records[k + step].area if prev is not None else None
+                if mode == "adaptive" and not is_mid and (area == 0 or _left_object(profile, area, prev_area, rng)):
                     ends[side] = k
                     stop = True
                     break
@@ -168,8 +173,10 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
 
 
 def _sure_start(predictor: MedSAMPredictor, work: np.ndarray, s0: int, s1: int, roi_box: np.ndarray,
-                cancel: Optional[CancelToken], show: Callable[[int, SliceView], None]) -> Tuple[int, Dict[int, object]]:
-    """``adaptive``'s start slice and the embeddings of the :func:`start_window` slices (the walk reuses them). The
+                cancel: Optional[CancelToken],
+                show: Callable[[int, SliceView], None]) -> Tuple[int, Dict[int, object], SliceView]:
+    """``adaptive``'s start slice, the embeddings of the :func:`start_window` slices and the start slice's view
+    (the walk reuses both instead of encoding and decoding them again). The
     user's box is decoded on each window slice; the start is the slice whose mask the model is surest of *and*
     that agrees with the masks of the box on the adjacent window slices: the slice confidence of
     :mod:`medseg_backend.confidence` with its neighbour term = the mean IoU with those masks (a mask that jumps to
@@ -189,7 +196,7 @@ def _sure_start(predictor: MedSAMPredictor, work: np.ndarray, s0: int, s1: int, 
     show(mid, views[mid])
     rest = [k for k in window if k != mid]
     if not rest:
-        return mid, embs
+        return mid, embs, views[mid]
     embs.update(zip(rest, predictor.embeddings([work[k] for k in rest], cancel)))
     views.update({k: predictor.decode_view(embs[k], roi_box, "middle", None, h, w) for k in rest})
 
@@ -202,16 +209,17 @@ def _sure_start(predictor: MedSAMPredictor, work: np.ndarray, s0: int, s1: int, 
 
     scores = {k: score(k) for k in window}
     best = max(window, key=lambda k: (scores[k], -abs(k - mid)))
-    return (best if scores[best] >= scores[mid] + START_GAIN else mid), embs
+    start = best if scores[best] >= scores[mid] + START_GAIN else mid
+    return start, embs, views[start]
 
 
-def _left_object(profile: float, area: int, prev: Optional[np.ndarray], rng) -> bool:
+def _left_object(profile: float, area: int, prev_area: Optional[int], rng) -> bool:
     """The mask has left the object: off its intensity range (profile below :data:`END_PROFILE_BELOW`) and no
     larger than the previous slice's mask (the object running out), or almost entirely off it (profile below
     :data:`GONE_PROFILE_BELOW`: it jumped onto another tissue)."""
     if rng is None:
         return False
-    shrinking = prev is not None and area <= int(np.count_nonzero(prev))
+    shrinking = prev_area is not None and area <= prev_area
     return profile < GONE_PROFILE_BELOW or (profile < END_PROFILE_BELOW and shrinking)
 
 

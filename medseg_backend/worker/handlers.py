@@ -135,8 +135,9 @@ class Handlers:
 
             def on_slice(obj: int, k: int, mask: np.ndarray) -> None:
                 send({"object": obj, "slice": k, "axis": axis, "mask": proto.pack_mask(mask)})
-        res = engine.segment_volume(volume, boxes, intensity=intensity, propagation=p.get("propagation", DEFAULT_PROPAGATION),
-                                    axis=p.get("axis", "axial"), progress=progress, cancel=cancel, seeds=seeds,
+        res = engine.segment_volume(volume, boxes, intensity=intensity,
+                                    propagation=p.get("propagation", DEFAULT_PROPAGATION), axis=p.get("axis", "axial"),
+                                    progress=progress, cancel=cancel, seeds=seeds,
                                     direction=p.get("direction", "both"), on_slice=on_slice)
         out = {"labels": res.labels}
         if "probabilities" in outputs and res.probabilities is not None:
