@@ -1,4 +1,4 @@
-"""Per-slice confidence, flagged slices, the slice report and the adaptive (default) propagation, on the bundled
+"""Per-slice confidence, flagged slices, the slice report and the opt-in adaptive propagation, on the bundled
 abdominal CT with the official LiteMedSAM weights. The left kidney with the benchmark's loose box (GT box + max(5 px,
 10 %) in-plane, z-range + 4 slices: it runs 4 slices past the kidney's lower end) is run once per mode and shared."""
 import csv
@@ -48,11 +48,11 @@ def _slices_with_voxels(labels, after):
     return [k for k in range(after + 1, labels.shape[0]) if labels[k].any()]
 
 
-def test_adaptive_is_the_default_and_stops_at_the_objects_end(case, runs):
+def test_official_is_the_default_and_adaptive_stops_at_the_objects_end(case, runs):
     _, gt, box, end = case
-    # adaptive: +0.096 / +0.076 mean Dice over official, no case more than 0.007 below it (README): the default;
-    # official stays selectable for exact parity with the published procedure
-    assert DEFAULT_PROPAGATION == "adaptive" and "official" in PROPAGATIONS
+    # adaptive won on the 20 structures it was tuned on but lost on held-out tumour MR (issue 23, worst -0.34):
+    # the published procedure is the default until a mode beats it on held-back data; adaptive stays selectable
+    assert DEFAULT_PROPAGATION == "official" and "adaptive" in PROPAGATIONS
     off, ada = runs["official"], runs["adaptive"]
     # official never returns an empty slice with a carried box: it labels every slice past the kidney's end
     assert _slices_with_voxels(off.labels, end) == list(range(end + 1, box[5] + 1))

@@ -130,11 +130,12 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         self.propagationCombo = qt.QComboBox()
         for p in EFFECT_PROPAGATIONS:
             self.propagationCombo.addItem(p)
-        self.propagationCombo.setToolTip(_("How the box goes from slice to slice: 'adaptive' (default) starts on "
-                                           "the slice the model is surest of, widens the carried box where the "
-                                           "object outgrows it and stops where the object ends; 'official' is the "
+        self.propagationCombo.setToolTip(_("How the box goes from slice to slice: 'official' (default) is the "
                                            "published LiteMedSAM 3-D procedure (box from the previous slice's "
-                                           "mask); 'roi' uses your box on every slice."))
+                                           "mask); 'adaptive' starts on the slice the model is surest of, widens "
+                                           "the carried box where the object outgrows it and stops where the "
+                                           "object ends (it can lose on tumours with a bright rim); 'roi' uses "
+                                           "your box on every slice."))
         advancedLayout.addRow(_("Propagation:"), self.propagationCombo)
         self.scriptedEffect.addOptionsWidget(advanced)
         self.setupRunButtons()

@@ -288,7 +288,7 @@ class MedSegLogic:
                           model="lite-medsam", intensity=None, propagation=None, axis="axial",
                           sliceRange=None, mode="replace", structures=None):
         """MedSAM from one or more ROI nodes (or voxel boxes): one segment per ROI. ``intensity=None`` uses the
-        volume's window/level; ``propagation=None`` the default mode (adaptive). ``structures``: one standard
+        volume's window/level; ``propagation=None`` the default mode (official). ``structures``: one standard
         structure name per ROI (e.g. ``["left kidney", "spleen"]``, see ``MedSegSlicerLib.terminology``): named,
         coloured and coded as Slicer's terminology does. Returns ``(segmentationNode, [segmentIds])``."""
         from .segmenter import DEFAULT_PROPAGATION

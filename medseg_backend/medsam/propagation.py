@@ -3,11 +3,11 @@
 Every mode starts at the middle slice of the box (``adaptive``: possibly another slice of its middle third) and
 walks up, then down from there:
 
-* ``official``: the LiteMedSAM procedure (``MODEL_FACTS.md``): each slice prompted with the previous
+* ``official`` (default): the LiteMedSAM procedure (``MODEL_FACTS.md``): each slice prompted with the previous
   slice's mask box (+3 px in 256-space, see the transforms), the middle box again when the previous mask is
   empty. Never stops early.
 * ``roi``: the user's 2-D box on every slice. ``stop``: ``official``, stopping after ``stop_after`` empty slices.
-* ``adaptive`` (default): the walk starts where the model is surest of the user's box, with three rules on top of
+* ``adaptive`` (opt-in; it lost to ``official`` on held-out tumour MR, see ``choices.DEFAULT_PROPAGATION``): the walk starts where the model is surest of the user's box, with three rules on top of
   the carried box; each rule uses a signal the model or the image gives, none a threshold fitted per case:
 
   - *a sure start*: the user's box is decoded on each slice of the middle third of the box's slices (the middle
