@@ -141,8 +141,11 @@ def _interrupted(msg: str) -> DownloadError:
 def download(url: str, dest: Union[str, os.PathLike], *, expected_sha256: Optional[str] = None,
              expected_size: Optional[int] = None, progress: Optional[ProgressCallback] = None,
              cancel: Optional[CancelToken] = None, timeout: Tuple[float, float] = (10, 60), session=None,
-             chunk_size: int = 1 << 20, keep_partial: bool = False) -> str:
+             chunk_size: int = 1 << 20, keep_partial: bool = False, max_size: Optional[int] = None) -> str:
     """Download ``url`` to ``dest`` atomically and return the file's sha256 (hex).
+
+    ``max_size`` bounds what is accepted when neither ``expected_size`` nor the server gives the length (a server
+    that sends no ``Content-Length`` and never stops): more bytes than that end the download with an error.
 
     ``progress(fraction, message)`` gets MB counts; ``cancel`` is checked between chunks. ``timeout`` is
     requests' ``(connect, read)`` pair. ``session`` is an optional ``requests.Session`` (one is created and
@@ -232,6 +235,9 @@ def download(url: str, dest: Union[str, os.PathLike], *, expected_sha256: Option
                 if expected_size is not None and total is not None and total != expected_size:
                     raise DownloadError(f"{_host(url)} offers {total} bytes for {name} but {expected_size} are "
                                         "expected: the file on the server is not the expected one; check the URL.")
+                if max_size is not None and total is not None and total > max_size:
+                    raise DownloadError(f"{_host(url)} offers {total} bytes for {name}, more than the {max_size} "
+                                        "a file of this kind can have: it is not the expected file; check the URL.")
 
                 hasher = hashlib.sha256()
                 if offset:
@@ -273,6 +279,8 @@ def download(url: str, dest: Union[str, os.PathLike], *, expected_sha256: Option
                         hasher.update(chunk)
                         received += len(chunk)
                         limit = expected_size if expected_size is not None else total
+                        if limit is None:
+                            limit = max_size
                         if limit is not None and received > limit:
                             raise DownloadError(f"{_host(url)} sent more than the {limit} bytes expected for {name}: "
                                                 "the file is not the expected one; check the URL.")

