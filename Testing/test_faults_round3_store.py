@@ -127,3 +127,33 @@ def test_import_of_a_file_larger_than_any_weights_refused_before_reading(tmp_pat
     monkeypatch.setattr(store, "sha256_file", lambda *a, **k: pytest.fail("the file was read"))
     with pytest.raises(WeightsError, match="more than any weights file"):
         store.import_weights(UNIVERSEG, src, accept_licence=True)
+
+
+# --------------------------------------------------------------------------------------- 2. infinite numbers --
+@pytest.mark.parametrize("box,bad", [("8,8,0,inf,24,2", "inf"), ("8,8,0,1e400,24,2", "1e400"),
+                                     ("-inf,8,0,24,24,2", "-inf"), ("8,nan,0,24,24,2", "nan")])
+def test_box_with_an_infinite_number_one_line(capsys, tmp_path, box, bad):
+    from faults_util import blob_3d
+
+    img = write_image(tmp_path / "v.nrrd", blob_3d())
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, "medsam", img, f"--box={box}", "-o", tmp_path / "seg.nrrd",
+                           "--model", "medsam-vit-b")
+    assert code == 2, err
+    line = error_line(err)
+    assert f"holds {bad}, which is not a finite number" in line and "not installed" not in line
+    assert snapshot(tmp_path) == before
+
+
+def test_universeg_roi_with_an_infinite_number_one_line(capsys, tmp_path):
+    from faults_util import blob_3d
+
+    img = write_image(tmp_path / "v.nrrd", blob_3d())
+    ex = write_image(tmp_path / "e.nrrd", blob_2d())
+    lab = write_image(tmp_path / "l.nrrd", (blob_2d() > 100).astype(np.uint8))
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, "universeg", img, "--examples", f"{ex}:{lab}", "--roi", "0,0,0,1e400,20,2",
+                           "-o", tmp_path / "m.nrrd")
+    assert code == 2, err
+    assert "holds 1e400, which is not a finite number" in error_line(err)
+    assert snapshot(tmp_path) == before

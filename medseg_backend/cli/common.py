@@ -5,6 +5,7 @@ backend; :mod:`medseg_backend.cli` (the ``medseg`` entry point) imports them, ne
 """
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from contextlib import contextmanager
@@ -62,10 +63,14 @@ def parse_box(text: str, ndim: int) -> Tuple[int, ...]:
         form = "X0,Y0,X1,Y1" if n == 4 else "X0,Y0,Z0,X1,Y1,Z1"
         raise InputError(f"Box '{text}' has {len(parts)} numbers: give {form} (voxel indices, inclusive).")
     try:
-        vals = tuple(int(round(float(p))) for p in parts)
+        numbers = [float(p) for p in parts]
     except ValueError:
         raise InputError(f"Box '{text}' is not a list of numbers: give integers like 10,20,80,90.") from None
-    return vals
+    bad = [p for p, v in zip(parts, numbers) if not math.isfinite(v)]
+    if bad:  # inf, nan, 1e400 (float() gives inf; int() of it would raise OverflowError)
+        raise InputError(f"Box '{text}' holds {bad[0]}, which is not a finite number: give voxel indices like "
+                         "10,20,80,90.")
+    return tuple(int(round(v)) for v in numbers)
 
 
 #: At most this many distinct warnings are printed after a command step (a hostile file may raise many).
