@@ -157,3 +157,80 @@ def test_universeg_roi_with_an_infinite_number_one_line(capsys, tmp_path):
     assert code == 2, err
     assert "holds 1e400, which is not a finite number" in error_line(err)
     assert snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------------ 4. damaged with size and mtime restored --
+RESOLVE = """
+import sys
+from medseg_backend.weights import store
+from medseg_backend.errors import WeightsError
+try:
+    print(store.resolve_weights(sys.argv[1]))
+except WeightsError as e:
+    print("error: " + str(e))
+    sys.exit(2)
+"""
+
+
+def _resolve_in_a_fresh_process(name):
+    p = start_python(RESOLVE, store.cache_dir(), [name])
+    out, err = p.communicate(timeout=120)
+    return p.returncode, out, err
+
+
+def _damage_keeping_size_and_mtime(path, at=None):
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2 if at is None else at
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_damage_with_size_and_mtime_restored_refused_in_a_fresh_process(tmp_path, useg_bytes):
+    src = tmp_path / FNAME
+    src.write_bytes(useg_bytes)
+    path = store.import_weights(UNIVERSEG, src, accept_licence=True)
+    code, out, err = _resolve_in_a_fresh_process(UNIVERSEG)   # a first process uses (and checks) the file
+    assert code == 0 and out.strip() == str(path), err
+    _damage_keeping_size_and_mtime(path)                        # then the disk flips one byte
+    code, out, err = _resolve_in_a_fresh_process(UNIVERSEG)
+    assert code == 2, out + err
+    assert "universeg-v1 weights at" in out and "are damaged or were altered" in out
+    assert "medseg models delete universeg-v1" in out
+
+
+@pytest.mark.skipif(os.name == "nt", reason="st_ctime is the creation time on Windows")
+def test_damage_with_size_and_mtime_restored_refused_in_the_same_process(tmp_path, useg_bytes):
+    """A long-lived worker: the file checked once, damaged, size and mtime put back: the change time gives it
+    away and the next load hashes it again."""
+    src = tmp_path / FNAME
+    src.write_bytes(useg_bytes)
+    path = store.import_weights(UNIVERSEG, src, accept_licence=True)
+    assert store.resolve_weights(UNIVERSEG) == path
+    time.sleep(0.01)
+    _damage_keeping_size_and_mtime(path)
+    with pytest.raises(WeightsError, match="damaged or were altered"):
+        store.resolve_weights(UNIVERSEG)
+
+
+# -------------------------------------------------------------------------------------- file times in the future --
+def test_weights_with_a_future_mtime_are_still_checked(tmp_path, useg_bytes):
+    """A clock set wrong (or a copy from a machine ahead in time): a file dated years ahead is hashed like any
+    other, a damaged one refused, and fetch / verify / delete work."""
+    src = tmp_path / FNAME
+    src.write_bytes(useg_bytes)
+    future = time.time() + 10 * 365 * 86400
+    os.utime(src, (future, future))
+    path = store.import_weights(UNIVERSEG, src, accept_licence=True)
+    os.utime(path, (future, future))
+    assert store.resolve_weights(UNIVERSEG) == path
+    assert _resolve_in_a_fresh_process(UNIVERSEG)[0] == 0
+    _damage_keeping_size_and_mtime(path, at=100)
+    code, out, _ = _resolve_in_a_fresh_process(UNIVERSEG)
+    assert code == 2 and "damaged or were altered" in out
+    [res] = store.verify(UNIVERSEG)
+    assert res["ok"] is False and res["hash_ok"] is False
+    assert store.delete(UNIVERSEG) == [path]
+    assert store.installed_path(UNIVERSEG) is None

@@ -80,10 +80,16 @@ def test_hash_checked_once_per_size_and_mtime(useg_file, monkeypatch):
     assert len(calls) == 2
 
 
-def test_official_package_file_hash_checked_and_remembered():
-    assert store.resolve_weights("lite-medsam") == lite_file()
-    memo = json.loads((_home() / "state.json").read_text())["verified"][str(lite_file())]
-    assert memo["sha256"] == store.ENTRIES["lite-medsam"].sha256
+def test_official_package_file_hash_checked_once_per_process(monkeypatch):
+    monkeypatch.setattr(store, "_VERIFIED_HERE", {})
+    calls = []
+    real = store.sha256_file
+    monkeypatch.setattr(store, "sha256_file", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
+    for _ in range(2):
+        assert store.resolve_weights("lite-medsam") == lite_file()
+    assert calls == [lite_file()]
+    assert store._VERIFIED_HERE[str(lite_file())][-1] == store.ENTRIES["lite-medsam"].sha256
+    assert not store._read_state()["verified"]  # nothing about it is written for other processes to trust
 
 
 class _Evil:

@@ -9,8 +9,7 @@ Cache folder (:func:`cache_dir`): ``$MEDSEG_HOME`` if set, else the platform's u
 
     <cache>/weights/<filename>        installed weights (only complete, verified files ever appear here)
     <cache>/downloads/<filename>.part an interrupted download, resumed by the next `fetch` (removed by `delete`)
-    <cache>/state.json                licence acceptances, recorded sha256 values and the (size, mtime) at which
-                                      each installed file last matched its hash (written atomically)
+    <cache>/state.json                licence acceptances and recorded sha256 values (written atomically)
     <cache>/locks/*.lock              inter-process locks (:mod:`medseg_backend.locking`)
 
 Concurrency: `fetch`, `import` and `delete` of one model hold that model's lock, so several processes (the CLI,
@@ -19,8 +18,10 @@ another process installing NAME", and then find the file installed. Each downloa
 ``<filename>.<pid>-<random>.part``; an interrupted one is kept as ``<filename>.part`` and resumed by the next
 `fetch`. Updates of ``state.json`` hold the state lock (read-modify-write never loses another's change).
 
-Loading: the installed file is checked against its expected sha256 (recorded, or authoritative) once per
-(size, mtime); a flipped byte or an altered record is refused with the fix, before the model is built.
+Loading: the installed file is checked against its expected sha256 (recorded, or authoritative) in full on its
+first use in each process (the worker, a command), and again in that process whenever its size, mtime, ctime or
+inode change; a flipped byte or an altered record is refused with the fix, before the model is built. No check is
+remembered across processes, so a file damaged on disk with its size and mtime restored is still caught.
 
 Hash policy (``sha256`` of a file = its identity):
 
@@ -348,30 +349,40 @@ def _refetch_hint(entry: ModelEntry, source: Optional[str]) -> str:
     return f"run `medseg models delete {entry.name}`, then {how} to get a good copy"
 
 
+#: Installed files hashed in full by this process: path -> (size, mtime_ns, ctime_ns, inode, sha256). A file is
+#: hashed on its first use in each process lifetime (a worker, a command) and again whenever any of these change.
+_VERIFIED_HERE: dict = {}
+
+
+def _identity(st: os.stat_result) -> tuple:
+    """What changes when a file is written or touched, its mtime reset included: ``st_ctime_ns`` is set by the
+    system on every change and cannot be set back (POSIX; on Windows it is the creation time, where the full hash
+    on first use in each process is the guard)."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 def _check_installed_hash(entry: ModelEntry, path: Path, source: Optional[str], rec: Optional[dict]) -> None:
-    """Compare the installed file with its expected sha256 (the record, else the authoritative hash) - hashed
-    once per (size, mtime_ns), the result remembered in state.json; a mismatch raises WeightsError."""
+    """Compare the installed file with its expected sha256 (the record, else the authoritative hash): hashed in
+    full on its first use in this process, then again only when its size, mtime, ctime or inode change; a
+    mismatch raises WeightsError. Nothing is trusted across processes: a file damaged while no process used it,
+    with its size and mtime put back, is caught by the next process's first use."""
     if rec is not None:
         expected, what = rec["sha256"], "the recorded"
     elif entry.sha256 is not None and entry.sha256_authoritative:
         expected, what = entry.sha256, "the official"
     else:
         return
-    st = path.stat()
     key = str(path)
-    memo = _read_state()["verified"].get(key)
-    if isinstance(memo, dict) and memo.get("size") == st.st_size and memo.get("mtime_ns") == st.st_mtime_ns \
-            and memo.get("sha256") == expected:
+    before = _identity(path.stat())
+    if _VERIFIED_HERE.get(key) == before + (expected,):
         return
     digest = sha256_file(path)
     if digest != expected:
+        _VERIFIED_HERE.pop(key, None)
         raise WeightsError(f"{entry.name} weights at {path} are damaged or were altered (sha256 {digest[:16]}..., "
                            f"{what} one is {expected[:16]}...): {_refetch_hint(entry, source)}.")
-    try:
-        _update_state(lambda s: s["verified"].__setitem__(key, {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                                                "sha256": digest}))
-    except (OSError, WeightsError):
-        pass  # a read-only cache: the file is checked again next time
+    if _identity(path.stat()) == before:  # not changed while it was hashed
+        _VERIFIED_HERE[key] = before + (expected,)
 
 
 # ----------------------------------------------------------------------------------------------- file checks --
@@ -641,6 +652,7 @@ def delete(name: str, progress: Optional[ProgressCallback] = None) -> List[Path]
     if not cache_dir().is_dir():
         return []
     with _model_lock(entry, "installing or deleting", progress):
+        _VERIFIED_HERE.pop(str(_cache_file(entry)), None)
         removed = [p for p in (_cache_file(entry), _downloads_dir() / (entry.filename + ".part")) if _unlink(p)]
         if _downloads_dir().is_dir():
             removed += [p for p in _downloads_dir().glob(entry.filename + ".*-*.part") if _unlink(p)]
