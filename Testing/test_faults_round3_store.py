@@ -234,3 +234,89 @@ def test_weights_with_a_future_mtime_are_still_checked(tmp_path, useg_bytes):
     assert res["ok"] is False and res["hash_ok"] is False
     assert store.delete(UNIVERSEG) == [path]
     assert store.installed_path(UNIVERSEG) is None
+
+
+# ------------------------------------------------------------------------------- 5. a file that cannot go --
+class _Protect:
+    """Make ``path`` impossible to change for this process: ``chattr +i`` (root ignores permissions; ext4 and
+    most Linux file systems), else a read-only folder (not root), else - where neither works - ``os.replace``
+    refusing it with the PermissionError the system would raise."""
+
+    def __init__(self):
+        self.undo = []
+
+    def __call__(self, path):
+        path = str(path)
+        if ROOT and _has("chattr") and subprocess.run(["chattr", "+i", path], capture_output=True).returncode == 0:
+            self.undo.append(lambda: subprocess.run(["chattr", "-i", path], capture_output=True))
+            return
+        if not ROOT and os.path.isdir(path):
+            mode = os.stat(path).st_mode
+            os.chmod(path, 0o555)
+            self.undo.append(lambda: os.chmod(path, mode))
+            return
+        real = os.replace
+
+        def replace(src, dst, *a, **k):
+            for p in (os.fspath(src), os.fspath(dst)):
+                if p == path or os.path.dirname(p) == path:
+                    raise PermissionError(1, "Operation not permitted", p)
+            return real(src, dst, *a, **k)
+        os.replace = replace
+        self.undo.append(lambda: setattr(os, "replace", real))
+
+    def release(self):
+        while self.undo:
+            self.undo.pop()()
+
+
+def _has(tool):
+    import shutil
+
+    return shutil.which(tool) is not None
+
+
+ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
+
+
+@pytest.fixture
+def protect():
+    p = _Protect()
+    yield p
+    p.release()
+
+
+def _installed_with_partial(tmp_path, useg_bytes):
+    src = tmp_path / FNAME
+    src.write_bytes(useg_bytes)
+    path = store.import_weights(UNIVERSEG, src, accept_licence=True)
+    part = store.cache_dir() / "downloads" / (FNAME + ".part")
+    part.parent.mkdir(exist_ok=True)
+    part.write_bytes(useg_bytes[:1000])
+    with store._model_lock(store.ENTRIES[UNIVERSEG], "testing"):
+        pass  # the lock file exists (its content is the holder's pid, not part of the comparison)
+    return path, part
+
+
+@pytest.mark.parametrize("which", ["weights folder", "downloads folder", "state file"])
+def test_delete_of_a_file_that_cannot_be_removed_one_line_nothing_changed(capsys, tmp_path, useg_bytes, protect,
+                                                                          which):
+    path, part = _installed_with_partial(tmp_path, useg_bytes)
+    home = store.cache_dir()
+    protect({"weights folder": path.parent, "downloads folder": part.parent,
+             "state file": home / "state.json"}[which])
+    before = snapshot(home / "weights", home / "downloads", home / "state.json")
+    try:
+        code, out, err = run_cli(capsys, "models", "delete", UNIVERSEG)
+    finally:
+        protect.release()
+    assert code == 2, out + err
+    line = error_line(err)
+    assert line.startswith("error: Cannot delete universeg-v1: ") and "nothing was deleted" in line
+    assert "medseg models delete universeg-v1" in line
+    assert out == ""
+    assert snapshot(home / "weights", home / "downloads", home / "state.json") == before
+    assert store.resolve_weights(UNIVERSEG) == path     # still installed, still recorded
+    code, out, err = run_cli(capsys, "models", "delete", UNIVERSEG)   # once writable: deleted
+    assert code == 0 and f"removed {path}" in out and f"removed {part}" in out, err
+    assert sorted(os.listdir(home / "weights")) == [] and sorted(os.listdir(home / "downloads")) == []

@@ -647,19 +647,55 @@ def verify(name: Optional[str] = None, cancel: Optional[CancelToken] = None) -> 
 
 def delete(name: str, progress: Optional[ProgressCallback] = None) -> List[Path]:
     """Remove ``name``'s cached file, its partial download and its recorded hash (licence acceptance is kept).
-    A copy inside an installed pip package is not touched. Returns the removed paths."""
+    A copy inside an installed pip package is not touched. Returns the removed paths.
+
+    All or nothing: each file is first renamed aside in its own folder, then the record is forgotten, and only
+    then are the renamed files removed; a file that cannot be moved (read-only folder, protected file) or a state
+    file that cannot be rewritten puts everything back and raises :class:`WeightsError` naming it."""
     entry = get_entry(name)
     if not cache_dir().is_dir():
         return []
     with _model_lock(entry, "installing or deleting", progress):
         _VERIFIED_HERE.pop(str(_cache_file(entry)), None)
-        removed = [p for p in (_cache_file(entry), _downloads_dir() / (entry.filename + ".part")) if _unlink(p)]
+        targets = [p for p in (_cache_file(entry), _downloads_dir() / (entry.filename + ".part")) if p.is_file()]
         if _downloads_dir().is_dir():
-            removed += [p for p in _downloads_dir().glob(entry.filename + ".*-*.part") if _unlink(p)]
-        state = _read_state()
-        if state["files"].get(entry.name) is not None or str(_cache_file(entry)) in state["verified"]:
-            def forget(s):
-                s["files"].pop(entry.name, None)
-                s["verified"].pop(str(_cache_file(entry)), None)
-            _update_state(forget)
-    return removed
+            targets += sorted(p for p in _downloads_dir().glob(entry.filename + ".*-*.part") if p.is_file())
+        for folder in (weights_dir(), _downloads_dir()):  # left by a delete that was killed half-way
+            for old in folder.glob(f".{entry.filename}.*.deleting"):
+                _unlink_quietly(old)
+        moved: List[tuple] = []
+        where = _state_path()
+        try:
+            for p in targets:
+                where = p
+                aside = p.with_name(f".{entry.filename}.{os.getpid()}-{os.urandom(4).hex()}.deleting")
+                os.replace(p, aside)
+                moved.append((p, aside))
+            where = _state_path()
+            state = _read_state()
+            if state["files"].get(entry.name) is not None or str(_cache_file(entry)) in state["verified"]:
+                def forget(s):
+                    s["files"].pop(entry.name, None)
+                    s["verified"].pop(str(_cache_file(entry)), None)
+                _update_state(forget)
+        except (OSError, WeightsError) as e:
+            for p, aside in reversed(moved):
+                try:
+                    os.replace(aside, p)
+                except OSError:
+                    pass
+            if isinstance(e, WeightsError):
+                raise
+            raise WeightsError(f"Cannot delete {entry.name}: {where} cannot be changed ({e.strerror or e}); make its "
+                               f"folder {where.parent} writable (or ask its owner), then run `medseg models delete "
+                               f"{entry.name}` again; nothing was deleted.") from None
+        for _p, aside in moved:
+            _unlink_quietly(aside)
+    return [p for p, _aside in moved]
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
