@@ -3,6 +3,7 @@ reader and writer (slicer-core's vtkMRMLSegmentationStorageNode): names, colours
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -164,3 +165,58 @@ def test_example_library_labels_are_slicer_segmentations_and_old_label_maps_stil
     again, _ = load_library(out)
     for e, orig in zip(again, exs):
         np.testing.assert_array_equal(e.label, orig.label)
+
+
+# ------------------------------------------------------------------------- names that would corrupt a file --
+BAD_NAMES = [("liver\nright", "a newline"), ("liver\rright", "a carriage return"), ("liver\tright", "a tab"),
+             ("liver\x00", "a NUL"), ("liver\x1b[31m", "U+001B"), ("liver\u2028right", "U+2028")]
+
+
+@pytest.mark.parametrize("name,words", BAD_NAMES)
+def test_control_character_in_a_segment_name_refused_before_writing(tmp_path, name, words):
+    """A newline in a name used to end the header line: the file was written, and failed to read later."""
+    with pytest.raises(InputError, match=re.escape(f"holds a control character ({words}")):
+        segnrrd.write(str(tmp_path / "s.seg.nrrd"), np.ones((2, 3, 4), np.uint8), [segnrrd.Segment(name=name)],
+                      spacing=(1, 1, 1), origin=(0, 0, 0), direction=np.eye(3).ravel())
+    assert os.listdir(tmp_path) == []
+
+
+def test_letters_outside_ascii_refused_in_a_file_written_here(tmp_path):
+    """pynrrd writes an ASCII header: 'Lèvre' gave a UnicodeEncodeError traceback."""
+    with pytest.raises(InputError, match=r"'Lèvre' holds 'è' \(U\+00E8 LATIN SMALL LETTER E WITH GRAVE\).*ASCII"):
+        segnrrd.write(str(tmp_path / "s.seg.nrrd"), np.ones((2, 3, 4), np.uint8), [segnrrd.Segment(name="Lèvre")],
+                      spacing=(1, 1, 1), origin=(0, 0, 0), direction=np.eye(3).ravel())
+    assert os.listdir(tmp_path) == []
+    assert segnrrd.check_name("Lèvre") == "Lèvre"          # a Slicer segment may hold it (Slicer writes its files)
+    assert segnrrd.check_name("left kidney (upper pole)", in_file=True) == "left kidney (upper pole)"
+
+
+@pytest.mark.parametrize("name,words", BAD_NAMES[:1] + [("Lèvre", "ASCII")])
+def test_cli_library_export_with_a_bad_structure_name_one_line(capsys, tmp_path, name, words):
+    from faults_util import blob_2d, error_line, run_cli, snapshot, write_image
+
+    ex = write_image(tmp_path / "e.nrrd", blob_2d())
+    lab = write_image(tmp_path / "l.nrrd", (blob_2d() > 100).astype(np.uint8))
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(capsys, "library", "export", tmp_path / "lib", "--examples", f"{ex}:{lab}",
+                             "--structure", name)
+    assert code == 2, out + err
+    line = error_line(err)
+    assert line.startswith("error: Structure name ") and words in line
+    assert snapshot(tmp_path) == before
+
+
+def test_slicer_route_segment_name_with_a_newline_refused(sample, tmp_path):
+    """The Slicer layer: a segment the module makes and a library exported from segments use the same check."""
+    from MedSegSlicerLib import examples
+    from medseg_backend.universeg.examples import Example
+
+    ctx, vol, labels, img = sample
+    node = ctx.add_segmentation("seg", vol)
+    with pytest.raises(InputError, match="holds a control character \\(a newline"):
+        labelmaps.write_mask(node, (labels == 5).astype(np.uint8), vol, name="liver\nright")
+    assert node.GetSegmentation().GetNumberOfSegments() == 0
+    ex = Example(image=np.zeros((8, 8), np.float32), label=np.eye(8, dtype=np.uint8), name="e")
+    with pytest.raises(InputError, match="holds a control character \\(a newline"):
+        examples.export(str(tmp_path / "lib"), [ex], structure="liver\nright")
+    assert os.listdir(tmp_path) == []

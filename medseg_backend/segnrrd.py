@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -23,6 +24,32 @@ import numpy as np
 from .errors import InputError
 
 SUFFIX = ".seg.nrrd"
+
+
+def check_name(name: str, what: str = "Segment name", *, in_file: bool = False) -> str:
+    """The one check of a segment or structure name, wherever one is made (command line, library export, Slicer
+    segment): no control character (a newline, tab, NUL, escape, line or paragraph separator ...), which would end
+    the header line of a ``.seg.nrrd`` and make the file unreadable. ``in_file``: the name goes into a file
+    written here, whose header is ASCII (pynrrd), so letters outside ASCII are refused too. Returns ``name``."""
+    name = str(name)
+    for i, ch in enumerate(name):
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            raise InputError(f"{what} {name!r} holds a control character ({_char_name(ch)} at position {i + 1}), "
+                             "which would corrupt the segmentation file: type the name on one line, without it.")
+    if in_file and not name.isascii():
+        ch = next(c for c in name if not c.isascii())
+        raise InputError(f"{what} {name!r} holds {ch!r} ({_char_name(ch)}), which a .seg.nrrd header written here "
+                         "cannot hold: use ASCII letters (e.g. 'e' for 'é').")
+    return name
+
+
+_CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL"}
+
+
+def _char_name(ch: str) -> str:
+    if ch in _CONTROL_NAMES:
+        return f"{_CONTROL_NAMES[ch]}, U+{ord(ch):04X}"
+    return f"U+{ord(ch):04X}" + (f" {unicodedata.name(ch)}" if unicodedata.name(ch, "") else "")
 
 
 @dataclass
@@ -78,6 +105,8 @@ def write(path: str, layers: np.ndarray, segments: Sequence[Segment], *, spacing
     if not np.issubdtype(data.dtype, np.integer):
         raise InputError(f"Segment label arrays must be integers, not {data.dtype}.")
     for s in segments:
+        check_name(s.name, in_file=True)
+        check_name(s.id or "Segment", "Segment ID", in_file=True)
         if not (0 <= int(s.layer) < data.shape[0]) or int(s.label_value) < 1:
             raise InputError(f"Segment '{s.name}': layer {s.layer} / label value {s.label_value} do not fit the data "
                              f"({data.shape[0]} layer(s), label values >= 1).")

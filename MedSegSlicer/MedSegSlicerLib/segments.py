@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+from medseg_backend.segnrrd import check_name
+
 from .errors import InputError
 
 
@@ -85,8 +87,10 @@ def segment_id_by_name(segmentation_node, name: str) -> Optional[str]:
 
 
 def add_segment(segmentation_node, name: str, color: Optional[Sequence[float]] = None) -> str:
-    """Add an empty segment called ``name`` (colour from :data:`PALETTE` unless given); returns its ID."""
+    """Add an empty segment called ``name`` (colour from :data:`PALETTE` unless given); returns its ID. A name with
+    a control character (newline, tab ...) is refused (:func:`medseg_backend.segnrrd.check_name`)."""
     check_segmentation(segmentation_node)
+    check_name(name or "Segment")
     seg = segmentation_node.GetSegmentation()
     if color is None:
         color = PALETTE[seg.GetNumberOfSegments() % len(PALETTE)]

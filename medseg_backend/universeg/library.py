@@ -101,6 +101,7 @@ def export_library(folder: PathLike, examples: Sequence[Example], *, structure: 
     if not structure:
         raise InputError("The library needs a structure name (e.g. --structure liver): it is shown when the "
                          "library is listed and used.")
+    segnrrd.check_name(structure, "Structure name", in_file=True)
     parse_preset(intensity)  # unknown preset -> InputError now, not when the library is used
     if not examples:
         raise InputError("No examples to export: give at least one example image with its label.")
