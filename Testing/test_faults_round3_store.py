@@ -320,3 +320,47 @@ def test_delete_of_a_file_that_cannot_be_removed_one_line_nothing_changed(capsys
     code, out, err = run_cli(capsys, "models", "delete", UNIVERSEG)   # once writable: deleted
     assert code == 0 and f"removed {path}" in out and f"removed {part}" in out, err
     assert sorted(os.listdir(home / "weights")) == [] and sorted(os.listdir(home / "downloads")) == []
+
+
+# ----------------------------------------------------------- two processes sharing one cache during a fetch --
+FETCH = """
+import dataclasses, sys
+from medseg_backend.weights import store
+from medseg_backend.cli import main
+store.ENTRIES["universeg-v1"] = dataclasses.replace(store.ENTRIES["universeg-v1"], url=sys.argv[1])
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_model_used_while_another_process_fetches_it(tmp_path, useg_bytes, capsys):
+    """A second Slicer (or the CLI) runs the model while the first one is still downloading it into the shared
+    cache: it is told to wait for that process, not that the model is missing; once installed, both use it."""
+    home = store.cache_dir()
+    lock = store.FileLock(home / "locks" / f"{UNIVERSEG}.lock", what="")
+    with LocalHTTPServer() as server:
+        url = server.add("/u.pt", Resource(useg_bytes, stall_at=len(useg_bytes) // 2, stall_s=4.0, chunk=32 * 1024))
+        fetcher = start_python(FETCH, home, [url, "models", "fetch", UNIVERSEG, "--accept-licence"])
+        try:
+            t0 = time.monotonic()
+            while lock.held_elsewhere() is None:
+                assert fetcher.poll() is None and time.monotonic() - t0 < 120, fetcher.communicate()
+                time.sleep(0.05)
+            with pytest.raises(WeightsError, match=rf"being installed \(or deleted\) by another process \(pid "
+                                                   rf"{fetcher.pid}\) right now: wait until it is done"):
+                store.resolve_weights(UNIVERSEG)
+            img = write_image(tmp_path / "i.nrrd", blob_2d())
+            lab = write_image(tmp_path / "l.nrrd", (blob_2d() > 100).astype(np.uint8))
+            code, out, err = run_cli(capsys, "universeg", img, "--examples", f"{img}:{lab}", "-o", tmp_path / "o.nrrd",
+                                     "--device", "cpu")
+        finally:
+            fetcher.communicate(timeout=120)
+    assert code == 2 and "being installed (or deleted) by another process" in error_line(err), err
+    assert not (tmp_path / "o.nrrd").exists()
+    # the stalled transfer was interrupted; the next fetch resumes it and both processes see one file
+    with LocalHTTPServer() as server:
+        url = server.add("/u.pt", Resource(useg_bytes))
+        p = start_python(FETCH, home, [url, "models", "fetch", UNIVERSEG, "--accept-licence"])
+        out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert store.resolve_weights(UNIVERSEG) == home / "weights" / FNAME
+    assert lock.held_elsewhere() is None

@@ -6,7 +6,8 @@ macOS, ``msvcrt.locking`` on Windows. The OS drops the lock when its holder exit
 never go stale; the holder's pid is written into the file only to be named in messages. The lock files are
 never deleted (deleting one while another process waits on it would let a third one in).
 
-A process that finds the lock taken says so once (``on_wait(message)``), then waits, checking its cancel
+:meth:`FileLock.held_elsewhere` looks without waiting (a model being installed by another process is named as such,
+not as missing). A process that finds the lock taken says so once (``on_wait(message)``), then waits, checking its cancel
 token, until the holder is done or ``timeout`` runs out (then :class:`~medseg_backend.errors.WeightsError`).
 """
 from __future__ import annotations
@@ -76,6 +77,21 @@ class FileLock:
             return f" (pid {pid})" if pid.isdigit() else ""
         except (OSError, IndexError):
             return ""
+
+    def held_elsewhere(self) -> Optional[str]:
+        """None when nobody holds the lock now (or its file does not exist), else `` (pid N)`` (or ``""`` when the
+        holder is not named): a look without waiting and without creating anything."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return None
+        try:
+            if _try_lock(fd):
+                _unlock(fd)
+                return None
+            return self._holder()
+        finally:
+            os.close(fd)
 
     def acquire(self) -> "FileLock":
         folder = os.path.dirname(self.path)

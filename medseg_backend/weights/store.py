@@ -332,6 +332,11 @@ def resolve_weights(name: str, weights: Optional[PathLike] = None) -> Path:
     _require_licence(entry)
     path, source = _installed(entry)
     if path is None:
+        holder = FileLock(_locks_dir() / f"{entry.name}.lock", what="").held_elsewhere()
+        if holder is not None:  # another process (a second Slicer, the CLI) is fetching, importing or deleting it
+            raise WeightsError(f"{entry.name} weights are being installed (or deleted) by another process{holder} "
+                               "right now: wait until it is done (`medseg models list` shows them installed), then "
+                               "run again.")
         raise not_installed_error(entry)
     rec = _record(entry) if source == "cache" else None
     size = _expected_size(entry, rec)
