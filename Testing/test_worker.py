@@ -365,3 +365,67 @@ def test_the_worker_leaves_slicer_a_core_and_runs_niced(monkeypatch):
     assert environ == {"MEDSEG_NUM_THREADS": "7"}
     environ["MEDSEG_NUM_THREADS"] = "3"
     assert server.configure_worker_process() == 3
+
+
+# ------------------------------------------------------------------- paths with spaces and non-ASCII letters --
+CLIENT_FROM_PATH = textwrap.dedent("""
+    import json, os, sys, time
+    import numpy as np
+    from MedSegSlicerLib.jobs import JobRunner, Request, poll_step
+    from MedSegSlicerLib.worker_client import WorkerClient, backend_root
+    client = WorkerClient(python=sys.argv[1])
+    runner = JobRunner(client=client)
+    results = {"backend_root": backend_root(), "log": client.log_path}
+    for op, params, arrays in (("sleep", {"seconds": 0.0, "echo": ["x"]}, {"x": np.arange(7)}),
+                               ("weights_verify", {"name": "lite-medsam"}, {})):
+        runner.start(Request(op, params, arrays=arrays), label=op)
+        t0 = time.monotonic()
+        while True:
+            fraction, message, outcome = poll_step(runner)
+            if outcome is not None or time.monotonic() - t0 > 300:
+                break
+            time.sleep(0.01)
+        results[op] = {"ok": outcome.ok, "message": outcome.message}
+        if outcome.ok and op == "sleep":
+            results[op]["x"] = np.asarray(outcome.result.x).tolist()
+        elif outcome.ok:
+            results[op]["ok_files"] = [r["ok"] for r in outcome.result.results]
+    client.shutdown()
+    print(json.dumps(results))
+""")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the interpreter wrapper is a POSIX shell script")
+@pytest.mark.parametrize("locale", [None, "C"])
+def test_worker_started_from_paths_with_spaces_and_non_ascii_letters(tmp_path, locale):
+    """Slicer installed under 'Program Files', a user called 'Müller', a home folder in Japanese: the backend, the
+    interpreter, the temporary folder (log) and the weights cache all live under such paths."""
+    import shutil
+
+    root = tmp_path / "Slicer 5.8 Müller 肝臓 (test)"
+    lib = root / "lib" / "Python Lib"
+    shutil.copytree(REPO / "medseg_backend", lib / "medseg_backend",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "MedSegSlicer" / "MedSegSlicerLib", lib / "MedSegSlicerLib",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    python = root / "bin" / "Python Slicer"
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
+    python.chmod(0o755)
+    tmp = root / "tmp files"
+    home = root / "weights cache é"
+    tmp.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(lib), TMPDIR=str(tmp), MEDSEG_HOME=str(home))
+    if locale:  # a session started with LC_ALL=C (ssh, cron, a minimal desktop)
+        env["LC_ALL"] = locale
+    out = subprocess.run([sys.executable, "-c", CLIENT_FROM_PATH, str(python)], env=env, cwd=str(root),
+                         capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["backend_root"] == str(lib)
+    assert res["log"].startswith(str(tmp))
+    assert res["sleep"]["ok"] and res["sleep"]["x"] == list(range(7)), res
+    assert res["weights_verify"]["ok"] and res["weights_verify"]["ok_files"] == [True], res
+    log_text = open(res["log"], encoding="utf-8").read()
+    assert f"starting the model worker with {python}" in log_text
+    assert "Traceback" not in log_text
