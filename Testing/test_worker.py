@@ -429,3 +429,45 @@ def test_worker_started_from_paths_with_spaces_and_non_ascii_letters(tmp_path, l
     log_text = open(res["log"], encoding="utf-8").read()
     assert f"starting the model worker with {python}" in log_text
     assert "Traceback" not in log_text
+
+
+# ------------------------------------------------------------------------------ a session left open for days --
+def test_session_left_open_for_days_survives_the_temporary_files_cleaner():
+    """Slicer open over a long weekend: a temporary-files cleaner removes the idle session's folder (and the log).
+    The next run made the folder again - private - and works with the same worker (no new token needed); before,
+    every later run failed with a FileNotFoundError traceback until Slicer was restarted."""
+    import shutil
+
+    client = WorkerClient()
+    runner = JobRunner(client=client)
+    try:
+        def run(label):
+            runner.start(Request("sleep", {"seconds": 0.0, "echo": ["x"]}, arrays={"x": np.arange(5)}), label=label)
+            return poll_until_done(runner, 120)
+
+        first = run("friday")
+        assert first.ok
+        pid, folder = client.pid, client.folder
+        shutil.rmtree(folder)                              # the cleaner, while the session sits idle
+        if os.path.exists(client.log_path):
+            os.remove(client.log_path)
+        monday = run("monday")
+        assert monday.ok, monday.message
+        assert np.asarray(monday.result.x).tolist() == list(range(5))
+        assert client.pid == pid and client.folder == folder  # the same worker and connection
+        assert os.stat(folder).st_mode & 0o777 == 0o700 and os.listdir(folder) == []
+        # something else at that path (not private): refused with one line, never written into
+        shutil.rmtree(folder)
+        os.mkdir(folder)
+        os.chmod(folder, 0o777)
+        from medseg_backend.errors import MedSegError
+
+        with pytest.raises(MedSegError) as err:
+            run("tuesday")
+        assert not runner.running
+        text = str(err.value)
+        assert "session folder" in text and "was replaced" in text and "\n" not in text
+        assert os.listdir(folder) == []
+    finally:
+        client.shutdown()
+    assert not os.path.exists(folder)

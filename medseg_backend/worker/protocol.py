@@ -9,7 +9,8 @@ Transport
 Arrays never travel in JSON. They are ``.npy`` files in the session folder: a private (0700) temporary folder made
 by the client (under ``/dev/shm`` on Linux when it exists, so the files live in memory), named to the worker with
 ``--folder``. The worker opens inputs memory-mapped (no copy); the client reads result files and deletes them; the
-folder is removed when the worker ends (by the client and by the worker). An array reference is one of::
+folder is removed when the worker ends (by the client and by the worker), and made again, private, by the next
+write when a temporary-files cleaner removed it during a session left open for days. An array reference is one of::
 
     {"file": "in-7-examples0.npy", "dtype": "int16", "shape": [300, 512, 512]}     a file in the session folder
     {"file": "r-7-labels.npy", "dtype": "uint8", "shape": [5, 40, 60],
@@ -80,6 +81,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import types
@@ -87,6 +89,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
+
+from ..errors import MedSegError
 
 PROTOCOL_VERSION = 1
 TOKEN_ENV = "MEDSEG_WORKER_TOKEN"
@@ -174,6 +178,22 @@ def make_session_folder(prefix: str = "medseg-worker-") -> str:
     return folder
 
 
+def ensure_folder(folder: str) -> None:
+    """Make the session folder again (private, 0700) when it is gone: a temporary-files cleaner (systemd-tmpfiles,
+    macOS's periodic clean-up of old temporary files) may remove it while a session stays open for days. Something
+    else at that path (a file, a link, a folder of another user or open to others) is refused, never used."""
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        st = os.lstat(folder)
+        mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+        if stat.S_ISDIR(st.st_mode) and mine and (os.name == "nt" or not st.st_mode & 0o077):
+            return
+        raise MedSegError(f"The worker's session folder {folder} was replaced by something this session did not "
+                          "make: restart Slicer (or the worker) to get a new private folder.") from None
+    os.chmod(folder, 0o700)
+
+
 def remove_folder(folder: Optional[str]) -> None:
     if folder:
         shutil.rmtree(folder, ignore_errors=True)
@@ -198,6 +218,7 @@ def save_array(folder: str, stem: str, array: np.ndarray, crop: bool = False) ->
         data = array[box]
         ref.update(offset=[int(s.start) for s in box], full_shape=list(array.shape), shape=list(data.shape))
     name = f"{stem}.npy"
+    ensure_folder(folder)
     np.save(os.path.join(folder, name), np.ascontiguousarray(data), allow_pickle=False)
     ref["file"] = name
     return ref
