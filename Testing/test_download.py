@@ -267,3 +267,15 @@ def test_sha256_file(tmp_path):
     p = tmp_path / "x.bin"
     p.write_bytes(DATA[:100_000])
     assert sha256_file(p, chunk_size=4096) == hashlib.sha256(DATA[:100_000]).hexdigest()
+
+
+@pytest.mark.parametrize("announced", [False, True])
+def test_max_size_bounds_a_download_of_unknown_size(server, tmp_path, announced):
+    """No expected size: a server that keeps sending (no Content-Length) or announces more than ``max_size`` is
+    stopped there, and nothing is kept."""
+    url = server.add("/w.pt", Resource(DATA, content_length=announced, chunk=CHUNK))
+    with pytest.raises(DownloadError, match="than the 1000000 bytes" if not announced else
+                       f"offers {len(DATA)} bytes for w.pt, more than the 1000000"):
+        download(url, tmp_path / "w.pt", chunk_size=CHUNK, max_size=1_000_000)
+    assert _leftovers(tmp_path) == []
+    assert download(url, tmp_path / "w.pt", chunk_size=CHUNK, max_size=len(DATA)) == SHA

@@ -1,13 +1,13 @@
 """Fault catalogue, round 3 (issue 24), the weights store and the command line around it: a checkpoint that makes
-torch warn (pickle protocol 3 or 5), unbounded downloads, boxes of infinite numbers, a damaged weights file whose
+torch warn (pickle protocol 3 or 4), unbounded downloads, boxes of infinite numbers, a damaged weights file whose
 size and mtime were restored, a file that cannot be deleted, two processes sharing one cache during a fetch and
 file times in the future. Each ends with one specific line and nothing lost."""
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import io
-import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +23,7 @@ from medseg_backend.weights import store
 
 UNIVERSEG = "universeg-v1"
 FNAME = "universeg_v1_nf64_ss64_STA.pt"
+ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
 
 def _universeg_bytes(seed: int = 0, protocol: int = 2) -> bytes:
@@ -111,8 +112,7 @@ def test_download_without_length_is_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "MAX_WEIGHTS_BYTES", 100_000)
     with LocalHTTPServer() as server:
         url = server.add("/u.pt", Resource(body, content_length=False, chunk=16 * 1024))
-        monkeypatch.setitem(store.ENTRIES, UNIVERSEG, __import__("dataclasses").replace(store.ENTRIES[UNIVERSEG],
-                                                                                          url=url))
+        monkeypatch.setitem(store.ENTRIES, UNIVERSEG, dataclasses.replace(store.ENTRIES[UNIVERSEG], url=url))
         with pytest.raises(DownloadError, match=r"sent more than the 100000 bytes"):
             store.fetch(UNIVERSEG, accept_licence=True)
     home = store.cache_dir()
@@ -271,12 +271,7 @@ class _Protect:
 
 
 def _has(tool):
-    import shutil
-
     return shutil.which(tool) is not None
-
-
-ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
 
 @pytest.fixture
