@@ -67,7 +67,7 @@ def test_altered_record_refused_at_load(useg_file):
         store.resolve_weights(UNIVERSEG)
 
 
-def test_hash_checked_once_per_size_and_mtime(useg_file, monkeypatch):
+def test_hash_checked_once_per_process_until_the_file_changes(useg_file, monkeypatch):
     path = store.import_weights(UNIVERSEG, useg_file, accept_licence=True)
     calls = []
     real = store.sha256_file
