@@ -65,6 +65,13 @@ def _read(path: str) -> Mapping:
     except (UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
             IndexError, TypeError, AttributeError, ImportError) as exc:  # a random file: any unpickling error
         reason = clip_text(str(exc).strip().splitlines()[0], 100) if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, UnpicklingError) and "Unsupported operand" in str(exc):
+            # torch's weights-only reader knows the opcodes of pickle protocol 2 (torch.save's default); a file
+            # saved with protocol 4 or 5 is not damaged, it is in a form the safe reader refuses to interpret
+            raise WeightsError(f"Cannot read {path} safely: it was saved with a pickle protocol that PyTorch's "
+                               "weights-only reader does not support (torch.save(..., pickle_protocol=4 or 5)); "
+                               "load it in a Python you trust and save the state dict again with a plain "
+                               "torch.save(state_dict, path), then import that file.") from None
         raise WeightsError(f"Cannot read {path} as a PyTorch checkpoint ({reason}): the file is truncated, damaged "
                            "or not a weights file; download it again (`medseg models fetch NAME`) or import the "
                            "original file (`medseg models import NAME FILE`).") from None
