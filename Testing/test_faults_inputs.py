@@ -20,6 +20,24 @@ def _truncate(path, cut=1000):
     os.truncate(path, os.path.getsize(path) - cut)
 
 
+def _nifti1_big_endian(path, array):
+    """A float64 NIfTI-1 file in big-endian byte order (as some scanners' converters write), made byte by byte."""
+    import struct
+
+    header = bytearray(352)
+    K, J, I = array.shape
+    struct.pack_into(">i", header, 0, 348)
+    struct.pack_into(">8h", header, 40, 3, I, J, K, 1, 1, 1, 1)
+    struct.pack_into(">hh", header, 70, 64, 64)                       # datatype FLOAT64, bitpix
+    struct.pack_into(">8f", header, 76, 1, 1, 1, 1, 0, 0, 0, 0)       # pixdim
+    struct.pack_into(">f", header, 108, 352.0)                        # vox_offset
+    struct.pack_into(">f", header, 112, 1.0)                          # scl_slope
+    struct.pack_into(">hh", header, 252, 0, 0)                        # qform_code, sform_code
+    header[344:348] = b"n+1\0"
+    path.write_bytes(bytes(header) + array.astype(">f8").tobytes())
+    return path
+
+
 def _make(kind, d):
     """Write the bad input ``kind`` into folder ``d``; return the path to give the CLI."""
     vol = (np.arange(6 * 20 * 30) % 251).astype(np.int16).reshape(6, 20, 30)
@@ -66,6 +84,16 @@ def _make(kind, d):
         a = np.random.rand(4, 16, 16).astype(np.float32)
         a[2, 5, 5] = np.inf
         return write_image(d / "x.mha", a)
+    if kind in ("NaN .nii.gz", "Inf .nii", "all-NaN .nii.gz", "all-NaN .nrrd"):
+        a = np.random.rand(4, 16, 16).astype(np.float32)
+        a[1, 3, 3], a[2, 5, 5] = np.nan, -np.inf
+        if kind.startswith("all"):
+            a[:] = np.nan
+        return write_image(d / ("x" + kind.split()[1]), a)
+    if kind == "NaN big-endian float64 .nii":
+        a = np.random.rand(4, 16, 16)
+        a[0, 0, 0] = np.nan
+        return _nifti1_big_endian(d / "x.nii", a)
     if kind == "constant":
         return write_image(d / "x.nrrd", np.full((4, 16, 16), 7, np.int16))
     raise AssertionError(kind)
@@ -87,6 +115,12 @@ FILE_CASES = [
     ("NaN", "NaN/Inf"),
     ("Inf", "NaN/Inf"),
     ("constant", "constant (every voxel = 7)"),
+    # SimpleITK reads NaN / Inf of a NIfTI file as 0: found in the file's raw voxels (issue 24, item 3)
+    ("NaN .nii.gz", "has 2 NaN/Inf voxels (1 NaN and 1 Inf)"),
+    ("Inf .nii", "has 2 NaN/Inf voxels (1 NaN and 1 Inf)"),
+    ("NaN big-endian float64 .nii", "has 1 NaN/Inf voxels (1 NaN)"),
+    ("all-NaN .nii.gz", "holds no numbers: every voxel is NaN/Inf (1024 NaN)"),
+    ("all-NaN .nrrd", "holds no numbers: every voxel is NaN/Inf (1024)"),
 ]
 
 
