@@ -338,10 +338,51 @@ def test_oblique_anisotropic_geometry_kept_2d_slice_and_universeg(capsys, tmp_pa
     direction = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
     vol = write_image(tmp_path / "v.nrrd", blob_3d(), spacing=(0.6, 0.9, 4.0), origin=(10.0, -5.0, 3.0),
                       direction=direction)
-    lab = write_image(tmp_path / "l.nrrd", (blob_3d() > 50).astype(np.uint8), spacing=(0.6, 0.9, 4.0))
+    lab = write_image(tmp_path / "l.nrrd", (blob_3d() > 50).astype(np.uint8), spacing=(0.6, 0.9, 4.0),
+                      origin=(10.0, -5.0, 3.0), direction=direction)
     code, _, err = run_cli(capsys, "universeg", vol, "--examples", f"{vol}:{lab}", "-o", tmp_path / "seg.nii.gz")
     assert code == 0, err
     src, seg = sitk.ReadImage(str(vol)), sitk.ReadImage(str(tmp_path / "seg.nii.gz"))
     np.testing.assert_allclose(seg.GetSpacing(), src.GetSpacing(), rtol=1e-6)
     np.testing.assert_allclose(seg.GetDirection(), src.GetDirection(), atol=1e-6)
     np.testing.assert_allclose(seg.GetOrigin(), src.GetOrigin(), atol=1e-4)
+
+
+# Same shape, another grid: a label of another placement would be taken voxel for voxel (issue 24, item 9).
+GRID_CASES = [
+    ("spacing", dict(spacing=(0.6, 0.9, 2.0)), "another spacing"),
+    ("origin", dict(origin=(0.0, 0.0, 50.0)), "another origin"),
+    ("direction", dict(direction=(-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)), "another direction"),
+]
+
+
+@pytest.mark.parametrize("route", ["examples", "labelled-slices", "library export"])
+@pytest.mark.parametrize("kind,change,words", GRID_CASES)
+def test_label_on_another_grid_refused(capsys, tmp_path, standin, route, kind, change, words):
+    grid = dict(spacing=(0.6, 0.9, 4.0), origin=(10.0, -5.0, 3.0), direction=tuple(np.eye(3).ravel()))
+    vol = write_image(tmp_path / "v.nrrd", blob_3d(), **grid)
+    lab = write_image(tmp_path / "l.nrrd", (blob_3d() > 50).astype(np.uint8), **dict(grid, **change))
+    before = snapshot(tmp_path)
+    if route == "examples":
+        argv = ["universeg", vol, "--examples", f"{vol}:{lab}", "-o", tmp_path / "seg.nrrd"]
+    elif route == "labelled-slices":
+        argv = ["universeg", vol, "--labelled-slices", lab, "-o", tmp_path / "seg.nrrd"]
+    else:
+        argv = ["library", "export", tmp_path / "lib", "--volume", vol, "--labelmap", lab, "--structure", "x"]
+    code, _, err = run_cli(capsys, *argv)
+    line = error_line(err)
+    assert code == 2 and words in line and f"{lab} has the shape of {vol}" in line
+    assert "image: spacing (0.6, 0.9, 4), origin (10, -5, 3), direction (1, 0, 0, 0, 1, 0, 0, 0, 1)" in line
+    assert "; label: spacing" in line and "resample the label" in line
+    assert snapshot(tmp_path) == before and not standin
+
+
+def test_label_grid_within_float32_precision_accepted(capsys, tmp_path, standin):
+    """A NIfTI header stores float32: a label saved there and read back places the same grid."""
+    c, s = np.cos(0.3), np.sin(0.3)
+    grid = dict(spacing=(0.7, 0.7, 3.3), origin=(123.456789, -98.7654321, 45.6789),
+                direction=(c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    vol = write_image(tmp_path / "v.nrrd", blob_3d(), **grid)
+    lab = write_image(tmp_path / "l.nii.gz", (blob_3d() > 50).astype(np.uint8), **grid)
+    code, _, err = run_cli(capsys, "universeg", vol, "--examples", f"{vol}:{lab}", "-o", tmp_path / "seg.nrrd")
+    assert code == 0, err

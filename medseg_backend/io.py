@@ -78,6 +78,47 @@ class Geometry:
         return g
 
 
+    def describe(self) -> str:
+        """Spacing, origin and direction in a few words (for messages that name two geometries)."""
+        def nums(values, fmt="{:.4g}"):
+            return "(" + ", ".join(fmt.format(0.0 if abs(v) < 5e-13 else v) for v in values) + ")"
+        return (f"spacing {nums(self.spacing)}, origin {nums(self.origin)}, direction "
+                f"{nums(self.direction, '{:.3g}')}")
+
+    def mismatch(self, other: "Geometry") -> Optional[str]:
+        """None when ``other`` places the same grid (to 1e-4 of a spacing, 1e-2 of a voxel in origin, 1e-4 in
+        direction: the precision of NIfTI's float32 header), else which of spacing / origin / direction differ."""
+        if self.dimension != other.dimension:
+            return "dimension"
+        sp, osp = np.asarray(self.spacing, float), np.asarray(other.spacing, float)
+        differ = []
+        if not np.allclose(sp, osp, rtol=1e-4, atol=0):
+            differ.append("spacing")
+        if np.any(np.abs(np.asarray(self.origin) - np.asarray(other.origin)) > 1e-2 * np.minimum(sp, osp)):
+            differ.append("origin")
+        if not np.allclose(self.direction, other.direction, rtol=0, atol=1e-4):
+            differ.append("direction")
+        return " and ".join(differ) or None
+
+
+def check_same_grid(image: "LoadedImage", label: "LoadedImage", what: str) -> None:
+    """Refuse a label map whose grid has the image's shape but another placement (spacing, origin or direction):
+    its voxels would be taken for the image's voxels at other places. 2-D picture files (PNG, JPEG, BMP, TIFF)
+    carry no reliable geometry and are not compared."""
+    if image.array.shape[:3] != label.array.shape[:3] or \
+            _has_ext(image.path, PICTURE_EXTENSIONS) or _has_ext(label.path, PICTURE_EXTENSIONS):
+        return
+    differ = image.geometry.mismatch(label.geometry)
+    if differ:
+        raise InputError(f"{what}: {label.path} has the shape of {image.path} but another {differ} (image: "
+                         f"{image.geometry.describe()}; label: {label.geometry.describe()}): resample the label onto "
+                         "its image's grid (or save both from one scene) and try again.")
+
+
+#: 2-D picture formats: no spacing, origin or direction in the file (TIFF: at most a print resolution).
+PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
 @dataclass
 class LoadedImage:
     array: np.ndarray

@@ -64,7 +64,7 @@ def _example_paths(pairs: List[str]) -> List[str]:
 
 
 def _examples_from_pairs(pairs: List[str]):
-    from ..io import read_image
+    from ..io import check_same_grid, read_image
     from ..universeg import Example
 
     out = []
@@ -74,6 +74,7 @@ def _examples_from_pairs(pairs: List[str]):
         lab = read_image(lpath, label=True)  # an empty label is an example without the structure: skipped later
         if lab.is_rgb:
             raise InputError(f"Label {lpath} is an RGB image: give a grey label map (0 = background).")
+        check_same_grid(img, lab, f"Example {os.path.basename(ipath)}")
         out.append(Example(img.array, lab.array, os.path.basename(ipath)))
     return out
 
@@ -121,8 +122,8 @@ def _add_universeg(sub) -> None:
 
 
 def cmd_universeg(args) -> int:
-    from ..io import (LABEL_EXTENSIONS, PROBABILITY_EXTENSIONS, check_outputs, check_volume_format, float_image, label_image, read_image,
-                     write_images)
+    from ..io import (LABEL_EXTENSIONS, PROBABILITY_EXTENSIONS, check_outputs, check_same_grid, check_volume_format,
+                      float_image, label_image, read_image, write_images)
     from .common import parse_box
     from ..slicing import check_box
     from ..progress import CancelToken
@@ -160,6 +161,7 @@ def cmd_universeg(args) -> int:
             if lab.array.shape != target.shape:
                 raise InputError(f"Labelled slices {args.labelled_slices} {tuple(lab.array.shape)} and the target "
                                  f"{tuple(target.shape)} differ in shape: label slices of the target itself.")
+            check_same_grid(img, lab, "Labelled slices")
             if target.ndim != 3:
                 raise InputError("--labelled-slices needs a volume target: for a 2-D image give --examples.")
             examples = examples_from_labelled_slices(target, lab.array, label=label, axis=args.axis)
@@ -244,7 +246,7 @@ def _add_library(sub) -> None:
 
 
 def cmd_library_export(args) -> int:
-    from ..io import read_image
+    from ..io import check_same_grid, read_image
     from ..universeg import examples_from_volume
     from ..universeg.library import export_library
 
@@ -253,6 +255,7 @@ def cmd_library_export(args) -> int:
             raise InputError("--volume needs --labelmap: give the label map drawn on that volume.")
         vol = read_image(args.volume)
         lab = read_image(args.labelmap, label=True)
+        check_same_grid(vol, lab, f"Example volume {os.path.basename(args.volume)}")
         if vol.array.ndim == 2 and not vol.is_rgb:
             from ..universeg import Example
 
