@@ -352,22 +352,68 @@ def _check_complete(path: str) -> None:
         _check_metaimage(path)
 
 
-def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False) -> LoadedImage:
+#: At most this many series are listed when a DICOM folder holds several.
+SERIES_LISTED = 20
+
+
+def _series_description(sitk, first_file: str) -> str:
+    """The Series Description (0008,103E) of a DICOM file, '' when absent or unreadable."""
+    try:
+        r = sitk.ImageFileReader()
+        r.SetFileName(first_file)
+        r.ReadImageInformation()
+        return r.GetMetaData("0008|103e").strip() if r.HasMetaDataKey("0008|103e") else ""
+    except RuntimeError:
+        return ""
+
+
+def _pick_series(sitk, reader, folder: str, series: Sequence[str], choice: Optional[str]) -> List[str]:
+    """The files of the one series to read from a DICOM folder: the only one, or ``choice`` (a UID, or its
+    number 1..N in the listed order). Several series and no choice: :class:`InputError` listing them."""
+    series = sorted(series)
+    if choice is not None:
+        text = str(choice).strip()
+        uid = text if text in series else None
+        if uid is None and text.isdigit() and 1 <= int(text) <= len(series):
+            uid = series[int(text) - 1]
+        if uid is None:
+            raise InputError(f"Series '{_clip_text(text, 80)}' is not in DICOM folder {folder} (it holds "
+                             f"{len(series)} series: {_clip_text(', '.join(series), 300)}): give one of those "
+                             f"UIDs or a number 1..{len(series)}.")
+        return list(reader.GetGDCMSeriesFileNames(folder, uid))
+    if len(series) == 1:
+        return list(reader.GetGDCMSeriesFileNames(folder, series[0]))
+    listed = []
+    for n, uid in enumerate(series[:SERIES_LISTED], start=1):
+        files = reader.GetGDCMSeriesFileNames(folder, uid)
+        desc = _series_description(sitk, files[0]) if files else ""
+        listed.append(f"{n}) {uid}" + (f" '{_clip_text(desc, 60)}'" if desc else "") + f", {len(files)} slice(s)")
+    more = f"; and {len(series) - SERIES_LISTED} more" if len(series) > SERIES_LISTED else ""
+    raise InputError(f"DICOM folder {folder} holds {len(series)} series: {'; '.join(listed)}{more}; pick one with "
+                     "--series N or --series UID (or give a folder that holds one series).")
+
+
+def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False,
+               series: Optional[str] = None) -> LoadedImage:
     """Read a 2-D image or a 3-D volume (file or DICOM folder). Raises :class:`InputError` on any problem.
-    ``label=True``: a label map, which may be constant (an example without the structure is all 0)."""
+    ``label=True``: a label map, which may be constant (an example without the structure is all 0).
+    ``series``: in a DICOM folder holding several series, the one to read (its UID or its number as listed in
+    the error that names them); a folder with several series and no ``series`` is refused."""
     sitk = _sitk()
     p = Path(path)
     if not p.exists():
         raise InputError(f"Image not found: {path}: check the path (volume file, 2-D image or DICOM folder).")
+    if series is not None and not p.is_dir():
+        raise InputError(f"--series picks a series of a DICOM folder, but {path} is a file: drop --series or give "
+                         "the folder.")
     try:
         if p.is_dir():
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(p))
-            if not series:
+            found = reader.GetGDCMSeriesIDs(str(p))
+            if not found:
                 raise InputError(f"No DICOM series in folder {path}: point to a folder of .dcm files of one "
                                  "series, or to a volume file.")
-            files = reader.GetGDCMSeriesFileNames(str(p), series[0])
-            reader.SetFileNames(files)
+            reader.SetFileNames(_pick_series(sitk, reader, str(path), found, series))
             img = reader.Execute()
         else:
             if not os.access(str(p), os.R_OK):

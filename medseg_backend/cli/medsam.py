@@ -29,6 +29,8 @@ def _add_medsam(sub) -> None:
                        description="Segment a 2-D image or a 3-D volume from box prompts. Boxes are voxel "
                                    "indices, x = column, y = row, z = slice of the SimpleITK array, inclusive.")
     p.add_argument("image", help="2-D image (PNG, JPEG, TIFF) or volume (NRRD, NIfTI, MHA, DICOM folder)")
+    p.add_argument("--series", metavar="N|UID",
+                   help="DICOM folder holding several series: the one to segment (its number as listed, or its UID)")
     p.add_argument("--box", action="append", required=True,
                    help="X0,Y0,X1,Y1 (2-D or with --slice) or X0,Y0,Z0,X1,Y1,Z1 (3-D); repeat for several "
                         "objects (labels 1..N)")
@@ -72,7 +74,7 @@ def cmd_medsam(args) -> int:
                    (report_path, "slice report", (".csv", ".json"))],
                   inputs=[args.image, args.weights])
     # 2. The input, the boxes and the intensity preset, before the model is loaded.
-    img = read_image(args.image)
+    img = read_image(args.image, series=args.series)
     arr = img.array
     volume = arr.ndim == 3 and not img.is_rgb
     plane_out = False  # --slice with a 2-D picture output: write that slice only

@@ -96,6 +96,9 @@ def _add_universeg(sub) -> None:
     src.add_argument("--labelled-slices", metavar="LABELMAP",
                      help="label map on TARGET's grid with a few slices labelled (few-shot completion)")
     p.add_argument("-o", "--output", required=True, help="label map to write (.nrrd, .nii.gz, .mha, .png, .tif)")
+    p.add_argument("--series", metavar="N|UID",
+                   help="TARGET is a DICOM folder holding several series: the one to segment (its number as listed, "
+                        "or its UID)")
     p.add_argument("--roi", help="X0,Y0,Z0,X1,Y1,Z1 (volume) or X0,Y0,X1,Y1 (2-D), voxel indices, inclusive; "
                                  "voxels outside stay 0 (default: whole target, region from the examples)")
     p.add_argument("--label", type=int, help="value of the structure in the example labels (default: the "
@@ -136,7 +139,7 @@ def cmd_universeg(args) -> int:
     check_outputs([(args.output, "output", LABEL_EXTENSIONS), (args.probabilities, "probability map", PROBABILITY_EXTENSIONS)],
                   inputs=inputs)
     # 2. Inputs, ROI and options, before the model is loaded.
-    img = read_image(args.target)
+    img = read_image(args.target, series=args.series)
     target = _grey_target(img)
     check_volume_format(args.output, target.shape, is_volume=target.ndim == 3, what="output")
     check_volume_format(args.probabilities, target.shape, is_volume=target.ndim == 3, what="probability map")
