@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, MedSegWarning
 from .errors import clip_text as _clip_text
 
 IMAGE_2D_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -30,6 +31,9 @@ class Geometry:
     spacing: Tuple[float, ...]
     origin: Tuple[float, ...]
     direction: Tuple[float, ...]  # row-major, dim x dim
+    #: The NIfTI-1 file's own transform fields (:class:`NiftiTransforms`) when the grid was read from one: written
+    #: back into NIfTI outputs on this grid, so qform and sform (and their codes) stay the input's exactly.
+    nifti: Optional["NiftiTransforms"] = field(default=None, compare=False, repr=False)
 
     @property
     def dimension(self) -> int:
@@ -236,7 +240,8 @@ class _NonFinite:
                          "value) before segmenting.")
 
 
-def _check_nifti(path: str) -> None:
+def _check_nifti(path: str) -> Optional[bytes]:
+    """Refuse a truncated NIfTI file or one with NaN / Inf voxels; returns its header (None when unreadable)."""
     scan: Optional[_NonFinite] = None
     if path.lower().endswith(".gz"):
         import gzip
@@ -261,17 +266,17 @@ def _check_nifti(path: str) -> None:
             raise InputError(f"{path} is truncated or damaged ({_clip_text(str(exc) or type(exc).__name__, 80)}): "
                              "copy or export the file again (the transfer was incomplete).") from None
         except OSError:
-            return  # unreadable: SimpleITK says why
+            return None  # unreadable: SimpleITK says why
     else:
         try:
             with open(path, "rb") as f:
                 header = f.read(540)
             total = os.path.getsize(path)
         except OSError:
-            return
+            return None
     sized = _nifti_expected(header)
     if sized is None:
-        return
+        return header
     offset, nbytes, floats = sized
     if total < offset + nbytes:
         raise _incomplete(path, nbytes, total - offset)
@@ -285,9 +290,125 @@ def _check_nifti(path: str) -> None:
                         break
                     scan.feed(block)
         except OSError:
-            return
+            return None
     if scan is not None:
         scan.check(path)
+    return header
+
+
+@dataclass(frozen=True)
+class NiftiTransforms:
+    """The placement fields of a NIfTI-1 header: pixdim[0..3] (qfac, voxel sizes), qform_code, sform_code,
+    quatern_b/c/d, qoffset_x/y/z and srow_x/y/z, as numbers (any byte order), plus the grid size."""
+
+    pixdim: Tuple[float, float, float, float]
+    codes: Tuple[int, int]                      # qform_code, sform_code
+    quatern: Tuple[float, ...]                  # b, c, d, offset x, y, z
+    srow: Tuple[float, ...]                     # 12 values, row-major 3 x 4
+    dims: Tuple[int, ...]                       # voxels along i, j, k
+
+    @staticmethod
+    def parse(header: bytes) -> Optional["NiftiTransforms"]:
+        """From a NIfTI-1 header (single file or pair); None for anything else."""
+        import struct
+
+        if len(header) < 348:
+            return None
+        for end in ("<", ">"):
+            if struct.unpack(end + "i", header[:4])[0] == 348:
+                break
+        else:
+            return None
+        if header[344:347] not in (b"n+1", b"ni1"):
+            return None
+        dims = struct.unpack(end + "8h", header[40:56])
+        if not 1 <= dims[0] <= 7:
+            return None
+        return NiftiTransforms(struct.unpack(end + "4f", header[76:92]), struct.unpack(end + "2h", header[252:256]),
+                               struct.unpack(end + "6f", header[256:280]), struct.unpack(end + "12f", header[280:328]),
+                               tuple(int(d) for d in dims[1:min(dims[0], 3) + 1]))
+
+    def qform(self) -> np.ndarray:
+        """IJK -> RAS 4x4 of the qform (the NIfTI-1 standard's method 2)."""
+        b, c, d = self.quatern[:3]
+        a = float(np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d))))
+        r = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                      [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                      [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+        qfac = -1.0 if self.pixdim[0] < 0 else 1.0
+        m = np.eye(4)
+        m[:3, :3] = r @ np.diag([self.pixdim[1], self.pixdim[2], qfac * self.pixdim[3]])
+        m[:3, 3] = self.quatern[3:]
+        return m
+
+    def sform(self) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, :] = np.asarray(self.srow, dtype=float).reshape(3, 4)
+        return m
+
+    def corners(self) -> np.ndarray:
+        """The grid's corner voxel indices (homogeneous, 4 x 8)."""
+        size = list(self.dims) + [1] * (3 - len(self.dims))
+        pts = [[i, j, k, 1.0] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)]
+        return np.asarray(pts, dtype=float).T
+
+    def patch(self, header: bytearray) -> bool:
+        """Write these fields into the NIfTI-1 ``header`` (in its own byte order) of a file on the same grid;
+        False when it is not such a header."""
+        import struct
+
+        other = NiftiTransforms.parse(bytes(header[:348]))
+        if other is None or other.dims != self.dims:
+            return False
+        end = "<" if struct.unpack("<i", bytes(header[:4]))[0] == 348 else ">"
+        struct.pack_into(end + "4f", header, 76, *self.pixdim)
+        struct.pack_into(end + "2h", header, 252, *self.codes)
+        struct.pack_into(end + "6f", header, 256, *self.quatern)
+        struct.pack_into(end + "12f", header, 280, *self.srow)
+        return True
+
+
+def _check_qform_sform(path: str, xf: NiftiTransforms, img) -> None:
+    """Warn when a NIfTI file's qform and sform (both set) place the grid more than a tenth of a voxel apart:
+    tools that read the other one put the image elsewhere. The outputs keep both (see :class:`Geometry`)."""
+    if xf.codes[0] <= 0 or xf.codes[1] <= 0 or img.GetDimension() != 3:
+        return
+    corners = xf.corners()
+    q, s = xf.qform() @ corners, xf.sform() @ corners
+    apart = float(np.max(np.linalg.norm((q - s)[:3], axis=0)))
+    spacing = np.asarray(img.GetSpacing(), dtype=float)
+    if not np.isfinite(apart) or apart <= 0.1 * float(spacing.min()):
+        return
+    d = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)
+    read = np.eye(4)
+    read[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ d @ np.diag(spacing)        # SimpleITK's LPS -> RAS
+    read[:3, 3] = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(img.GetOrigin(), dtype=float)
+    r = read @ corners
+    used = "sform" if np.max(np.abs(r - s)) < np.max(np.abs(r - q)) else "qform"
+    warnings.warn(f"{path}: its qform and sform disagree, placing the image up to {apart:.3g} mm apart (qform code "
+                  f"{xf.codes[0]}, sform code {xf.codes[1]}); the {used} is used (as ITK-based viewers such as Slicer "
+                  "read it) and NIfTI outputs keep both of the input's transforms, so they overlay it in any viewer; "
+                  "if the image itself looks misplaced, make the two agree (e.g. fslorient -copysform2qform).",
+                  MedSegWarning, stacklevel=3)
+
+
+def _write_nifti_transforms(tmp: str, xf: NiftiTransforms) -> None:
+    """Put the input's NIfTI transform fields into the header of the NIfTI file ``tmp`` just written (.nii or
+    .nii.gz) on the same grid."""
+    if tmp.lower().endswith(".gz"):
+        import gzip
+
+        with gzip.open(tmp, "rb") as f:
+            data = bytearray(f.read())
+        if xf.patch(data):
+            with gzip.open(tmp, "wb", compresslevel=6) as f:
+                f.write(data)
+        return
+    with open(tmp, "r+b") as f:
+        header = bytearray(f.read(348))
+        if xf.patch(header):
+            f.seek(0)
+            f.write(header)
 
 
 _MET_SIZES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
@@ -344,12 +465,14 @@ def _check_metaimage(path: str) -> None:
         raise _incomplete(path, nbytes, present)
 
 
-def _check_complete(path: str) -> None:
+def _check_complete(path: str) -> Optional[bytes]:
+    """Refuse incomplete (or, NIfTI, non-finite) files before SimpleITK reads them; a NIfTI file's header."""
     low = path.lower()
     if low.endswith(".nii") or low.endswith(".nii.gz"):
-        _check_nifti(path)
-    elif low.endswith(".mha") or low.endswith(".mhd"):
+        return _check_nifti(path)
+    if low.endswith(".mha") or low.endswith(".mhd"):
         _check_metaimage(path)
+    return None
 
 
 #: At most this many series are listed when a DICOM folder holds several.
@@ -406,6 +529,7 @@ def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False
     if series is not None and not p.is_dir():
         raise InputError(f"--series picks a series of a DICOM folder, but {path} is a file: drop --series or give "
                          "the folder.")
+    header = None
     try:
         if p.is_dir():
             reader = sitk.ImageSeriesReader()
@@ -419,7 +543,7 @@ def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False
             if not os.access(str(p), os.R_OK):
                 raise InputError(f"Cannot read {path}: permission denied; make the file readable (or copy it) and "
                                  "try again.")
-            _check_complete(str(p))
+            header = _check_complete(str(p))
             img = sitk.ReadImage(str(p))
     except InputError:
         raise
@@ -434,6 +558,10 @@ def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False
     dim = img.GetDimension()
     array = sitk.GetArrayFromImage(img)
     geometry = Geometry.from_sitk(img)
+    nifti = NiftiTransforms.parse(header) if header else None
+    if nifti is not None and nifti.dims == tuple(img.GetSize()):
+        _check_qform_sform(str(path), nifti, img)
+        geometry = Geometry(geometry.spacing, geometry.origin, geometry.direction, nifti)
     if dim == 3 and array.ndim == 3 and array.shape[0] == 1 and ncomp == 1 and _has_ext(path, IMAGE_2D_EXTENSIONS):
         array = array[0]
         geometry = geometry.slice2d(0)
@@ -597,16 +725,22 @@ def check_volume_format(path: Optional[str], shape: Sequence[int], *, is_volume:
                          f"slices: write .nrrd or .nii.gz (or segment one slice with --slice).")
 
 
-def write_images(items: Sequence[Tuple[str, object]]) -> None:
+def write_images(items: Sequence[Tuple]) -> None:
     """Write SimpleITK images (or text, for a ``str``) ``[(path, image), ...]`` all or nothing: each into a
     temporary file in its target folder; only when every one was written are they moved into place
-    (:func:`os.replace`). On any failure (or an interrupt) no new output and no temporary file remains."""
+    (:func:`os.replace`). On any failure (or an interrupt) no new output and no temporary file remains.
+
+    An item ``(path, image, geometry)`` whose geometry came from a NIfTI file (``geometry.nifti``) and goes to a
+    NIfTI file on the same grid gets that file's qform, sform and codes exactly (SimpleITK would write one
+    transform, as both, from the image's direction)."""
     sitk = _sitk()
     temps: List[Tuple[str, str]] = []
     placed: List[str] = []
     current = ""
     try:
-        for path, img in items:
+        for item in items:
+            path, img = item[0], item[1]
+            xf = item[2].nifti if len(item) > 2 and item[2] is not None else None
             current = path
             folder = os.path.dirname(os.path.abspath(path))
             fd, tmp = tempfile.mkstemp(prefix=".medseg-", suffix=_suffix(path), dir=folder)
@@ -617,6 +751,8 @@ def write_images(items: Sequence[Tuple[str, object]]) -> None:
                     fh.write(img)
             else:
                 sitk.WriteImage(img, tmp, True)
+                if xf is not None and _suffix(path) in (".nii", ".nii.gz"):
+                    _write_nifti_transforms(tmp, xf)
             make_public(tmp)
         for tmp, path in temps:
             current = path
@@ -668,13 +804,13 @@ def write_label(path: str, labels: np.ndarray, geometry: Optional[Geometry]) -> 
     """Write a label map (0 = background) with ``geometry``; PNG/TIFF get uint8 values as they are."""
     check_output_path(path)
     check_volume_format(path, labels.shape, is_volume=labels.ndim == 3)
-    write_images([(path, label_image(labels, geometry))])
+    write_images([(path, label_image(labels, geometry), geometry)])
 
 
 def write_float_image(path: str, data: np.ndarray, geometry: Optional[Geometry]) -> None:
     check_output_path(path, allowed=PROBABILITY_EXTENSIONS, what="probability map")
     check_volume_format(path, data.shape, is_volume=data.ndim == 3, what="probability map")
-    write_images([(path, float_image(data, geometry))])
+    write_images([(path, float_image(data, geometry), geometry)])
 
 
 def write_rgb_png(path: str, rgb: np.ndarray) -> None:

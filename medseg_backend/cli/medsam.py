@@ -153,9 +153,9 @@ def cmd_medsam(args) -> int:
     for m in messages:
         print(m, file=sys.stderr)
     # 4. All outputs together, or none.
-    items = [(args.output, label_image(labels, geometry))]
+    items = [(args.output, label_image(labels, geometry), geometry)]
     if args.probabilities:
-        items.append((args.probabilities, float_image(prob, geometry)))
+        items.append((args.probabilities, float_image(prob, geometry), geometry))
     if args.overlay:
         items.append((args.overlay, rgb_image(picture())))
     report = None

@@ -203,9 +203,9 @@ def cmd_universeg(args) -> int:
     dtype = np.uint8 if value < 256 else np.uint16
     out = mask.astype(dtype) * dtype(value)
     # 4. All outputs together, or none.
-    items = [(args.output, label_image(out, img.geometry))]
+    items = [(args.output, label_image(out, img.geometry), img.geometry)]
     if args.probabilities:
-        items.append((args.probabilities, float_image(res.probabilities, img.geometry)))
+        items.append((args.probabilities, float_image(res.probabilities, img.geometry), img.geometry))
     write_images(items)
     print(f"wrote {args.output}: {int(mask.sum())} voxels labelled ({value}), {res.slices_run} slice(s), "
           f"{dt:.1f} s (universeg-v1, {engine.device.type}, {engine.precision})")
