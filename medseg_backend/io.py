@@ -556,7 +556,7 @@ def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False
                          "NIfTI, MHA or a DICOM folder, and check that the file is complete.") from None
     ncomp = img.GetNumberOfComponentsPerPixel()
     dim = img.GetDimension()
-    array = sitk.GetArrayFromImage(img)
+    array = _array_of(sitk, img)
     geometry = Geometry.from_sitk(img)
     nifti = NiftiTransforms.parse(header) if header else None
     if nifti is not None and nifti.dims == tuple(img.GetSize()):
@@ -584,6 +584,23 @@ def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False
     loaded = LoadedImage(array=array, geometry=geometry, path=str(path), is_rgb=is_rgb)
     validate_array(loaded.array, name=str(path), allow_constant=label)
     return loaded
+
+
+class _ImageBuffer:
+    """Lends a SimpleITK image's pixel buffer to numpy and keeps the image alive as long as an array uses it."""
+
+    def __init__(self, image, view: np.ndarray) -> None:
+        self.image = image
+        self.__array_interface__ = dict(view.__array_interface__, data=(view.__array_interface__["data"][0], False))
+
+
+def _array_of(sitk, img) -> np.ndarray:
+    """The image's voxels as a writable numpy array over SimpleITK's own buffer (no copy: a volume costs its size
+    once, not twice, while it is read)."""
+    view = sitk.GetArrayViewFromImage(img)
+    if not view.flags.c_contiguous or view.size == 0:
+        return sitk.GetArrayFromImage(img)
+    return np.asarray(_ImageBuffer(img, view))
 
 
 def validate_array(array: np.ndarray, name: str = "image", *, allow_constant: bool = False) -> None:
@@ -788,12 +805,12 @@ def atomic_write_image(img, path: str) -> None:
 
 def label_image(labels: np.ndarray, geometry: Optional[Geometry]):
     """A label map (0 = background) as a SimpleITK image with ``geometry`` (uint8, or uint16 above 255)."""
-    arr = np.ascontiguousarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))
+    arr = np.ascontiguousarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16, copy=False))
     return array_to_sitk(arr, geometry)
 
 
 def float_image(data: np.ndarray, geometry: Optional[Geometry]):
-    return array_to_sitk(np.ascontiguousarray(data.astype(np.float32)), geometry)
+    return array_to_sitk(np.ascontiguousarray(data.astype(np.float32, copy=False)), geometry)
 
 
 def rgb_image(rgb: np.ndarray):

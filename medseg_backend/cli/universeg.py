@@ -125,6 +125,15 @@ def _add_universeg(sub) -> None:
 
 
 def cmd_universeg(args) -> int:
+    from .medsam import out_of_memory
+
+    try:
+        return _cmd_universeg(args)
+    except MemoryError:
+        raise out_of_memory(f"segmenting {args.target}") from None
+
+
+def _cmd_universeg(args) -> int:
     from ..io import (LABEL_EXTENSIONS, PROBABILITY_EXTENSIONS, check_outputs, check_same_grid, check_volume_format,
                       float_image, label_image, read_image, write_images)
     from .common import parse_box
