@@ -490,10 +490,16 @@ def _series_description(sitk, first_file: str) -> str:
         return ""
 
 
+#: ``read_image(series=NO_SERIES_CHOICE)``: the caller offers no way to pick a series (the error says so).
+NO_SERIES_CHOICE = "\0no-choice"
+
+
 def _pick_series(sitk, reader, folder: str, series: Sequence[str], choice: Optional[str]) -> List[str]:
     """The files of the one series to read from a DICOM folder: the only one, or ``choice`` (a UID, or its
     number 1..N in the listed order). Several series and no choice: :class:`InputError` listing them."""
     series = sorted(series)
+    can_pick = choice != NO_SERIES_CHOICE
+    choice = choice if can_pick else None
     if choice is not None:
         text = str(choice).strip()
         uid = text if text in series else None
@@ -512,21 +518,23 @@ def _pick_series(sitk, reader, folder: str, series: Sequence[str], choice: Optio
         desc = _series_description(sitk, files[0]) if files else ""
         listed.append(f"{n}) {uid}" + (f" '{_clip_text(desc, 60)}'" if desc else "") + f", {len(files)} slice(s)")
     more = f"; and {len(series) - SERIES_LISTED} more" if len(series) > SERIES_LISTED else ""
-    raise InputError(f"DICOM folder {folder} holds {len(series)} series: {'; '.join(listed)}{more}; pick one with "
-                     "--series N or --series UID (or give a folder that holds one series).")
+    pick = "pick one with --series N or --series UID (or give a folder that holds one series)" if can_pick else \
+        "give a folder that holds one series (copy that series' files into a folder of their own)"
+    raise InputError(f"DICOM folder {folder} holds {len(series)} series: {'; '.join(listed)}{more}; {pick}.")
 
 
 def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False,
-               series: Optional[str] = None) -> LoadedImage:
+               series: Optional[str] = NO_SERIES_CHOICE) -> LoadedImage:
     """Read a 2-D image or a 3-D volume (file or DICOM folder). Raises :class:`InputError` on any problem.
     ``label=True``: a label map, which may be constant (an example without the structure is all 0).
     ``series``: in a DICOM folder holding several series, the one to read (its UID or its number as listed in
-    the error that names them); a folder with several series and no ``series`` is refused."""
+    the error that names them); a folder with several series and no ``series`` is refused (saying ``--series``
+    picks one when the caller passes ``series``, even None)."""
     sitk = _sitk()
     p = Path(path)
     if not p.exists():
         raise InputError(f"Image not found: {path}: check the path (volume file, 2-D image or DICOM folder).")
-    if series is not None and not p.is_dir():
+    if series not in (None, NO_SERIES_CHOICE) and not p.is_dir():
         raise InputError(f"--series picks a series of a DICOM folder, but {path} is a file: drop --series or give "
                          "the folder.")
     header = None
