@@ -20,6 +20,24 @@ def _truncate(path, cut=1000):
     os.truncate(path, os.path.getsize(path) - cut)
 
 
+def _nifti1_big_endian(path, array):
+    """A float64 NIfTI-1 file in big-endian byte order (as some scanners' converters write), made byte by byte."""
+    import struct
+
+    header = bytearray(352)
+    K, J, I = array.shape
+    struct.pack_into(">i", header, 0, 348)
+    struct.pack_into(">8h", header, 40, 3, I, J, K, 1, 1, 1, 1)
+    struct.pack_into(">hh", header, 70, 64, 64)                       # datatype FLOAT64, bitpix
+    struct.pack_into(">8f", header, 76, 1, 1, 1, 1, 0, 0, 0, 0)       # pixdim
+    struct.pack_into(">f", header, 108, 352.0)                        # vox_offset
+    struct.pack_into(">f", header, 112, 1.0)                          # scl_slope
+    struct.pack_into(">hh", header, 252, 0, 0)                        # qform_code, sform_code
+    header[344:348] = b"n+1\0"
+    path.write_bytes(bytes(header) + array.astype(">f8").tobytes())
+    return path
+
+
 def _make(kind, d):
     """Write the bad input ``kind`` into folder ``d``; return the path to give the CLI."""
     vol = (np.arange(6 * 20 * 30) % 251).astype(np.int16).reshape(6, 20, 30)
@@ -66,6 +84,16 @@ def _make(kind, d):
         a = np.random.rand(4, 16, 16).astype(np.float32)
         a[2, 5, 5] = np.inf
         return write_image(d / "x.mha", a)
+    if kind in ("NaN .nii.gz", "Inf .nii", "all-NaN .nii.gz", "all-NaN .nrrd"):
+        a = np.random.rand(4, 16, 16).astype(np.float32)
+        a[1, 3, 3], a[2, 5, 5] = np.nan, -np.inf
+        if kind.startswith("all"):
+            a[:] = np.nan
+        return write_image(d / ("x" + kind.split()[1]), a)
+    if kind == "NaN big-endian float64 .nii":
+        a = np.random.rand(4, 16, 16)
+        a[0, 0, 0] = np.nan
+        return _nifti1_big_endian(d / "x.nii", a)
     if kind == "constant":
         return write_image(d / "x.nrrd", np.full((4, 16, 16), 7, np.int16))
     raise AssertionError(kind)
@@ -87,6 +115,12 @@ FILE_CASES = [
     ("NaN", "NaN/Inf"),
     ("Inf", "NaN/Inf"),
     ("constant", "constant (every voxel = 7)"),
+    # SimpleITK reads NaN / Inf of a NIfTI file as 0: found in the file's raw voxels (issue 24, item 3)
+    ("NaN .nii.gz", "has 2 NaN/Inf voxels (1 NaN and 1 Inf)"),
+    ("Inf .nii", "has 2 NaN/Inf voxels (1 NaN and 1 Inf)"),
+    ("NaN big-endian float64 .nii", "has 1 NaN/Inf voxels (1 NaN)"),
+    ("all-NaN .nii.gz", "holds no numbers: every voxel is NaN/Inf (1024 NaN)"),
+    ("all-NaN .nrrd", "holds no numbers: every voxel is NaN/Inf (1024)"),
 ]
 
 
@@ -304,10 +338,51 @@ def test_oblique_anisotropic_geometry_kept_2d_slice_and_universeg(capsys, tmp_pa
     direction = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
     vol = write_image(tmp_path / "v.nrrd", blob_3d(), spacing=(0.6, 0.9, 4.0), origin=(10.0, -5.0, 3.0),
                       direction=direction)
-    lab = write_image(tmp_path / "l.nrrd", (blob_3d() > 50).astype(np.uint8), spacing=(0.6, 0.9, 4.0))
+    lab = write_image(tmp_path / "l.nrrd", (blob_3d() > 50).astype(np.uint8), spacing=(0.6, 0.9, 4.0),
+                      origin=(10.0, -5.0, 3.0), direction=direction)
     code, _, err = run_cli(capsys, "universeg", vol, "--examples", f"{vol}:{lab}", "-o", tmp_path / "seg.nii.gz")
     assert code == 0, err
     src, seg = sitk.ReadImage(str(vol)), sitk.ReadImage(str(tmp_path / "seg.nii.gz"))
     np.testing.assert_allclose(seg.GetSpacing(), src.GetSpacing(), rtol=1e-6)
     np.testing.assert_allclose(seg.GetDirection(), src.GetDirection(), atol=1e-6)
     np.testing.assert_allclose(seg.GetOrigin(), src.GetOrigin(), atol=1e-4)
+
+
+# Same shape, another grid: a label of another placement would be taken voxel for voxel (issue 24, item 9).
+GRID_CASES = [
+    ("spacing", dict(spacing=(0.6, 0.9, 2.0)), "another spacing"),
+    ("origin", dict(origin=(0.0, 0.0, 50.0)), "another origin"),
+    ("direction", dict(direction=(-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)), "another direction"),
+]
+
+
+@pytest.mark.parametrize("route", ["examples", "labelled-slices", "library export"])
+@pytest.mark.parametrize("kind,change,words", GRID_CASES)
+def test_label_on_another_grid_refused(capsys, tmp_path, standin, route, kind, change, words):
+    grid = dict(spacing=(0.6, 0.9, 4.0), origin=(10.0, -5.0, 3.0), direction=tuple(np.eye(3).ravel()))
+    vol = write_image(tmp_path / "v.nrrd", blob_3d(), **grid)
+    lab = write_image(tmp_path / "l.nrrd", (blob_3d() > 50).astype(np.uint8), **dict(grid, **change))
+    before = snapshot(tmp_path)
+    if route == "examples":
+        argv = ["universeg", vol, "--examples", f"{vol}:{lab}", "-o", tmp_path / "seg.nrrd"]
+    elif route == "labelled-slices":
+        argv = ["universeg", vol, "--labelled-slices", lab, "-o", tmp_path / "seg.nrrd"]
+    else:
+        argv = ["library", "export", tmp_path / "lib", "--volume", vol, "--labelmap", lab, "--structure", "x"]
+    code, _, err = run_cli(capsys, *argv)
+    line = error_line(err)
+    assert code == 2 and words in line and f"{lab} has the shape of {vol}" in line
+    assert "image: spacing (0.6, 0.9, 4), origin (10, -5, 3), direction (1, 0, 0, 0, 1, 0, 0, 0, 1)" in line
+    assert "; label: spacing" in line and "resample the label" in line
+    assert snapshot(tmp_path) == before and not standin
+
+
+def test_label_grid_within_float32_precision_accepted(capsys, tmp_path, standin):
+    """A NIfTI header stores float32: a label saved there and read back places the same grid."""
+    c, s = np.cos(0.3), np.sin(0.3)
+    grid = dict(spacing=(0.7, 0.7, 3.3), origin=(123.456789, -98.7654321, 45.6789),
+                direction=(c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    vol = write_image(tmp_path / "v.nrrd", blob_3d(), **grid)
+    lab = write_image(tmp_path / "l.nii.gz", (blob_3d() > 50).astype(np.uint8), **grid)
+    code, _, err = run_cli(capsys, "universeg", vol, "--examples", f"{vol}:{lab}", "-o", tmp_path / "seg.nrrd")
+    assert code == 0, err

@@ -185,3 +185,87 @@ def test_sigint_during_run_leaves_no_output(tmp_path):
     assert proc.returncode == 130, err
     assert "error: interrupted: nothing was written." in err and "Traceback" not in err
     assert snapshot(d) == before
+
+
+# ------------------------------------------------------------------------------- NIfTI qform / sform kept --
+def _nifti_transform_fields(path):
+    """pixdim[0..3], qform/sform codes, quaternion + offsets, srow: the header bytes that place the grid."""
+    import gzip
+
+    raw = (gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")).read(348)
+    return raw[76:92] + raw[252:328]
+
+
+def _disagreeing_nifti(path, codes=(1, 1), shift=100.0):
+    """A NIfTI-1 volume whose sform is ``shift`` mm along x from its qform (an edited or badly converted file)."""
+    import struct
+
+    write_image(path.with_suffix(".tmp.nii"), blob_3d(), spacing=(0.8, 0.9, 3.0), origin=(10.0, 20.0, 30.0))
+    raw = bytearray(path.with_suffix(".tmp.nii").read_bytes())
+    path.with_suffix(".tmp.nii").unlink()
+    srow = list(struct.unpack("<12f", raw[280:328]))
+    srow[3] += shift
+    struct.pack_into("<12f", raw, 280, *srow)
+    struct.pack_into("<2h", raw, 252, *codes)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def _example_on(vol, tmp_path):
+    """An example pair on the grid SimpleITK reads for ``vol``."""
+    src = sitk.ReadImage(str(vol))
+    grid = dict(spacing=src.GetSpacing(), origin=src.GetOrigin(), direction=src.GetDirection())
+    img = write_image(tmp_path / "e.nrrd", blob_3d(), **grid)
+    lab = write_image(tmp_path / "l.nrrd", (blob_3d() > 50).astype(np.uint8), **grid)
+    return f"{img}:{lab}"
+
+
+@pytest.mark.parametrize("codes,used,command", [((1, 1), "sform", "medsam"), ((1, 2), "qform", "universeg"),
+                                                ((2, 4), "qform", "universeg")])
+def test_nifti_qform_sform_kept_exactly_with_warning(capsys, tmp_path, standin_universeg, codes, used, command):
+    """Issue 24, item 8: SimpleITK reads one of the two and writes it as both; the output must keep the input's
+    qform, sform and codes, so that every viewer puts the label map on the image."""
+    vol = _disagreeing_nifti(tmp_path / "v.nii", codes)
+    if command == "medsam":
+        argv = ["medsam", vol, "--box", "8,8,0,24,24,2", "--device", "cpu"]
+    else:
+        argv = ["universeg", vol, "--examples", _example_on(vol, tmp_path)]
+    code, _, err = run_cli(capsys, *argv, "-o", tmp_path / "seg.nii.gz", "--probabilities", tmp_path / "p.nii")
+    assert code == 0, err
+    assert err.count(f"warning: {vol}: its qform and sform disagree, placing the image up to 100 mm apart "
+                     f"(qform code {codes[0]}, sform code {codes[1]}); the {used} is used") == 1, err
+    assert "fslorient -copysform2qform" in err
+    want = _nifti_transform_fields(vol)
+    assert _nifti_transform_fields(tmp_path / "seg.nii.gz") == want
+    assert _nifti_transform_fields(tmp_path / "p.nii") == want
+    # the label map is still where SimpleITK (and Slicer) put the image
+    src, seg = sitk.ReadImage(str(vol)), sitk.ReadImage(str(tmp_path / "seg.nii.gz"))
+    np.testing.assert_allclose(seg.GetOrigin(), src.GetOrigin(), atol=1e-4)
+    assert sitk.GetArrayFromImage(seg)[1, 16, 16] == 1
+
+
+def test_nifti_codes_kept_when_only_the_qform_is_set(capsys, tmp_path, standin_universeg):
+    vol = _disagreeing_nifti(tmp_path / "v.nii", codes=(1, 0), shift=0.0)
+    code, _, err = run_cli(capsys, "universeg", vol, "--examples", _example_on(vol, tmp_path),
+                           "-o", tmp_path / "seg.nii")
+    assert code == 0, err
+    assert "qform and sform" not in err
+    assert _nifti_transform_fields(tmp_path / "seg.nii") == _nifti_transform_fields(vol)   # sform_code stays 0
+
+
+@pytest.fixture
+def standin_universeg(monkeypatch):
+    import torch
+
+    import medseg_backend.universeg as useg
+
+    class MeanLabel(torch.nn.Module):
+        def forward(self, q, si, sl):
+            p = sl.mean(1).clamp(1e-4, 1 - 1e-4)
+            return torch.log(p / (1 - p))
+
+    real = useg.UniverSegEngine
+    monkeypatch.setattr(useg, "UniverSegEngine",
+                        lambda weights=None, device="auto", precision="auto", **kw: real(model=MeanLabel(),
+                                                                                          device="cpu",
+                                                                                          precision=precision))

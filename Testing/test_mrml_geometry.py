@@ -230,3 +230,54 @@ def test_flat_roi_selects_nearest_slice_and_box_helpers(slicer_scene, data_dir):
     assert slicing.bbox3d(m) == (4, 3, 2, 8, 6, 4)
     assert slicing.bbox3d(m, margin=3) == (1, 0, 0, 11, 9, 7)
     assert slicing.bbox3d(np.zeros((3, 3, 3))) is None
+
+
+# ------------------------------------------------- ROIs and volumes under transforms, through a prepared run --
+def test_rotated_roi_run_gets_the_enclosing_box_and_one_message(slicer_scene, data_dir):
+    """An ROI rotated 45 degrees against the volume: the prepared run's box is the voxel box around the ROI's
+    corners (SimpleITK oracle), and the panel gets one line saying so - not an error, not a silent change."""
+    from MedSegSlicerLib.segmenter import Segmenter
+
+    path = data_dir / "totalseg_ct_sm" / "ct.nii.gz"
+    vol = slicer_scene.load_volume(str(path), "ct")
+    roi = slicer_scene.add_roi("tilted")
+    centre = geometry.apply(geometry.volume_ijk_to_world(vol), [[60, 50, 15]])[0]
+    placed = translate(centre) @ rot("z", 45)
+    roi.SetAndObserveObjectToNodeMatrix(geometry.numpy_to_matrix(placed))
+    roi.SetSize(45.0, 30.0, 15.0)
+    prepared = Segmenter(slicer_scene, worker=False).prepare_medsam(vol, [roi])
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+    oracle = sitk_box(SimpleITK.ReadImage(str(path)), geometry.apply(placed, signs * np.array([22.5, 15.0, 7.5])))
+    assert prepared.request.params["boxes"] == [list(oracle)]
+    assert prepared.messages == ["ROI 'tilted' is rotated 45 degrees relative to the voxel grid of 'ct': using the "
+                                 "voxel-aligned box that encloses it."]
+
+
+@pytest.mark.parametrize("kind", ["vtkMRMLBSplineTransformNode", "vtkMRMLGridTransformNode", "nested"])
+@pytest.mark.parametrize("node", ["volume", "roi"])
+def test_non_linear_transform_refused_before_any_work(slicer_scene, data_dir, kind, node):
+    """A volume or an ROI under a non-linear (B-spline, grid) transform, directly or through a linear transform
+    inside one: one line that says to harden it, before any work; the segmentation is unchanged."""
+    from MedSegSlicerLib import labelmaps
+    from MedSegSlicerLib.segmenter import Segmenter
+
+    vol = slicer_scene.load_volume(str(data_dir / "totalseg_ct_sm" / "ct.nii.gz"), "ct")
+    roi = slicer_scene.add_roi("box")
+    geometry.voxel_box_to_roi(roi, vol, (30, 30, 10, 60, 60, 14))
+    seg = slicer_scene.add_segmentation("seg", vol)
+    sid = labelmaps.write_mask(seg, np.ones(geometry.volume_shape(vol), np.uint8), vol, name="all")
+    if kind == "nested":
+        warp = slicer_scene.scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
+        t = slicer_scene.add_linear_transform(translate((1, 2, 3)), "shift")
+        t.SetAndObserveTransformNodeID(warp.GetID())
+    else:
+        t = warp = slicer_scene.scene.AddNewNodeByClass(kind, "warp")
+    target = vol if node == "volume" else roi
+    target.SetAndObserveTransformNodeID(t.GetID())
+    with pytest.raises(InputError) as info:
+        Segmenter(slicer_scene, worker=False).prepare_medsam(vol, [roi], segmentation_node=seg)
+    name = "ct" if node == "volume" else "box"
+    assert str(info.value) == (f"'{name}' is under the non-linear transform '{t.GetName()}': harden the transform "
+                               "(Data module, right-click > Harden transform) or remove it, then run again.")
+    target.SetAndObserveTransformNodeID(None)
+    assert labelmaps.segment_to_array(seg, sid, vol).all()

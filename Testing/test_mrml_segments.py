@@ -3,6 +3,8 @@ another grid (resampled) and under transforms, hidden segments and segment statu
 (editable area, intensity masking, overwrite, undo)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ import SimpleITK
 import slicer  # slicer-core
 from MedSegSlicerLib import editing, geometry, labelmaps, segments
 from sitk_frames import sitk_geometry
-from MedSegSlicerLib.errors import InputError
+from MedSegSlicerLib.errors import InputError, MedSegWarning
 
 
 @pytest.fixture
@@ -250,3 +252,61 @@ def test_modifier_matches_editor_geometry_when_segmentation_grid_differs(sample)
     _apply(editor, mask, vol)
     on_coarse = labelmaps.segment_to_array(seg, sid, coarse)
     np.testing.assert_array_equal(on_coarse, mask[::2, ::2, ::2][:15, :51, :61])
+
+
+# ---------------------------------------------------------------- a segmentation on another grid (issue 24) --
+def test_writing_into_a_segmentation_on_a_coarser_grid_keeps_its_other_segments(sample):
+    """The result is resampled onto the segmentation's own grid (as the Segment Editor does) with one warning that
+    names both voxel sizes; the segmentation's other segments are not touched (written on the volume's grid as
+    it is, Slicer would resample the whole shared labelmap and change them)."""
+    ctx, vol, labels = sample
+    ct = geometry.volume_to_array(vol)
+    coarse_m = ct.ijk_to_world @ np.diag([2.0, 2.0, 2.0, 1.0])        # coarse voxel c sits on fine voxel 2c
+    coarse_vol = ctx.add_volume_from_array(np.zeros((15, 51, 61), np.int16), coarse_m, "coarse")
+    seg = ctx.add_segmentation("coarse seg", coarse_vol)
+    block = np.zeros(labels.shape, np.uint8)
+    block[10:20, 30:60, 40:80] = 1
+    other = block[::2, ::2, ::2]
+    sid0 = labelmaps.write_mask(seg, other, coarse_vol, name="block")
+    kidney = np.zeros(labels.shape, np.uint8)                 # odd-sized blocks on the volume's grid
+    kidney[11:14, 41:47, 51:58] = kidney[25:29, 90:99, 100:118] = 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sid = labelmaps.write_mask(seg, kidney, vol, name="kidney")
+    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid0, coarse_vol), other)   # untouched
+    assert [str(w.message) for w in caught if issubclass(w.category, MedSegWarning)] == [
+        "Segmentation 'coarse seg' has its own grid (6 x 6 x 6 mm voxels), coarser than volume 'ct' (3 x 3 x 3 mm): "
+        "the result was resampled onto it, as the Segment Editor does, and lost detail; to keep the volume's "
+        "detail, set the segmentation's geometry from the volume first (Segment Editor: Specify geometry)."]
+    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid0, coarse_vol), other)
+    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, coarse_vol), kidney[::2, ::2, ::2])
+
+
+def test_writing_into_a_segmentation_on_a_finer_grid_is_exact(sample):
+    ctx, vol, labels = sample
+    ct = geometry.volume_to_array(vol)
+    fine_m = ct.ijk_to_world @ np.diag([0.5, 0.5, 0.5, 1.0])
+    fine_vol = ctx.add_volume_from_array(np.zeros((59, 201, 243), np.int16), fine_m, "fine")
+    seg = ctx.add_segmentation("fine seg", fine_vol)
+    sid0 = labelmaps.write_mask(seg, np.zeros((59, 201, 243), np.uint8) + 0, fine_vol, name="empty")
+    spleen = (labels == 1).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sid = labelmaps.write_mask(seg, spleen, vol, name="spleen")
+    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, vol), spleen)
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, sid, vol), spleen)
+    assert not labelmaps.segment_to_array(seg, sid0, vol).any()
+
+
+def test_volume_under_a_linear_transform_result_lands_where_it_is_shown(sample):
+    """The volume under a rotation + shift, the segmentation not: the mask is written where the volume is displayed
+    (Slicer's own export onto the transformed volume gives it back voxel for voxel)."""
+    ctx, vol, labels = sample
+    t = ctx.add_linear_transform(np.array([[0.8, -0.6, 0, 12.0], [0.6, 0.8, 0, -7.0], [0, 0, 1, 4.5],
+                                           [0, 0, 0, 1.0]]))
+    vol.SetAndObserveTransformNodeID(t.GetID())
+    seg = ctx.add_segmentation("seg")
+    liver = (labels == 5).astype(np.uint8)
+    sid = labelmaps.write_mask(seg, liver, vol, name="liver")
+    np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, vol), liver)
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, sid, vol), liver)

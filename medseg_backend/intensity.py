@@ -8,6 +8,10 @@ Rules follow MedSAM's ``pre_CT_MR.py`` (see ``MODEL_FACTS.md``), applied over th
   truncate to uint8.
 * raw: 8-bit data as is.
 
+The numbers these rules take from the whole volume (min / max, percentiles) are computed without a float64 copy
+of it (:func:`intensity_stats`), and any part of the volume - the slab of slices a box covers,
+:class:`VolumeSlab` - is mapped with them exactly as the whole volume would be, in pieces of bounded size.
+
 ``auto`` picks ``raw`` for 8-bit images, ``ct-abdomen`` for data that look like Hounsfield units and ``mr``
 otherwise; :func:`resolve_preset` returns the reason so that the CLI / Slicer can say what it chose.
 """
@@ -130,11 +134,106 @@ def _fits_uint8(array: np.ndarray) -> bool:
     if array.size == 0:
         return False
     lo, hi = float(np.min(array)), float(np.max(array))
-    return lo >= 0 and hi <= 255 and bool(np.all(np.mod(array, 1) == 0))
+    if not (lo >= 0 and hi <= 255):
+        return False
+    if array.dtype.kind in "biu":
+        return True
+    return all(bool(np.all(np.mod(c, 1) == 0)) for c in _chunks(array))
 
 
-def apply_intensity(array: np.ndarray, rule: IntensityRule) -> np.ndarray:
-    """Map ``array`` (any shape, whole volume at once) to uint8 with ``rule``. Float64 arithmetic as MedSAM."""
+#: Voxels mapped at once: the float64 temporaries of a mapping stay this size whatever the volume's size.
+CHUNK_VOXELS = 1 << 19
+
+
+def _chunks(array: np.ndarray):
+    """``array`` in pieces along its first axis of about :data:`CHUNK_VOXELS` voxels each (views, no copies)."""
+    if array.ndim == 0 or array.shape[0] == 0:
+        yield array
+        return
+    per = max(1, array.size // max(array.shape[0], 1))
+    step = max(1, CHUNK_VOXELS // per)
+    for i in range(0, array.shape[0], step):
+        yield array[i:i + step]
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """The whole-volume numbers a rule needs (MedSAM's rules look at the whole volume), so that any part of the
+    volume - the slices a box covers - is mapped exactly as the whole volume would be: the clip range
+    ``clip_lo..clip_hi`` and the min-max range ``lo..hi`` of the clipped volume; ``zero_stays`` for MR."""
+
+    clip_lo: float
+    clip_hi: float
+    lo: float
+    hi: float
+    zero_stays: bool = False
+
+
+def _order_statistics(array: np.ndarray, ranks: Tuple[int, ...]) -> Tuple[float, ...]:
+    """The values of rank ``ranks`` (0-based, ascending) among the voxels > 0 of ``array``, without copying the
+    volume: integer data through a histogram of their values, float data through a partition of a copy of the
+    positive voxels in their own type (never float64 unless the data are)."""
+    if array.dtype.kind in "biu":
+        top = int(np.max(array))
+        if top <= (1 << 24):
+            counts = np.zeros(top + 1, dtype=np.int64)
+            for c in _chunks(array):
+                pos = c[c > 0]
+                if pos.size:
+                    counts[:int(pos.max()) + 1] += np.bincount(pos.ravel(), minlength=0)
+            cum = np.cumsum(counts)
+            return tuple(float(np.searchsorted(cum, r, side="right")) for r in ranks)
+    pos = np.concatenate([c[c > 0].ravel() for c in _chunks(array)])
+    part = np.partition(pos, sorted(set(ranks)))
+    return tuple(float(part[r]) for r in ranks)
+
+
+def _percentiles_of_positive(array: np.ndarray, qs: Tuple[float, ...], n: int) -> Tuple[float, ...]:
+    """``np.percentile(array[array > 0].astype(float64), q)`` (linear method) for each ``q``, bit for bit, from the
+    two order statistics around each virtual index (numpy's ``(n - 1) * q`` and its ``_lerp``)."""
+    plan = []
+    for q in qs:
+        virtual = (n - 1) * np.true_divide(q, 100)
+        below = int(np.floor(virtual))
+        above = min(below + 1, n - 1)
+        plan.append((below, above, np.float64(virtual - below)))
+    values = _order_statistics(array, tuple(r for b, a, _ in plan for r in (b, a)))
+    out = []
+    for i, (_, _, t) in enumerate(plan):
+        a, b = np.float64(values[2 * i]), np.float64(values[2 * i + 1])
+        diff = b - a
+        out.append(float(b - diff * (1 - t)) if t >= 0.5 else float(a + diff * t))
+    return tuple(out)
+
+
+def intensity_stats(array: np.ndarray, rule: IntensityRule) -> Optional[IntensityStats]:
+    """The whole-volume numbers of ``rule`` on ``array`` (None for ``raw``), computed without a float64 copy of
+    the volume (min / max in place; MR percentiles from a histogram or a copy of the positive voxels)."""
+    if rule.kind == "raw":
+        return None
+    lo_data, hi_data = float(np.min(array)), float(np.max(array))
+    if rule.kind == "window":
+        lower = rule.level - rule.width / 2.0
+        upper = rule.level + rule.width / 2.0
+        return IntensityStats(lower, upper, float(np.clip(lo_data, lower, upper)),
+                              float(np.clip(hi_data, lower, upper)))
+    if rule.kind == "mr":
+        n = sum(int(np.count_nonzero(c > 0)) for c in _chunks(array))
+        if n == 0:
+            raise InputError("Intensity preset 'mr' found no voxel > 0 in the image: use a CT preset, "
+                             "window:L,W or raw.")
+        lower, upper = _percentiles_of_positive(array, (0.5, 99.5), n)
+        return IntensityStats(lower, upper, float(np.clip(lo_data, lower, upper)),
+                              float(np.clip(hi_data, lower, upper)), zero_stays=True)
+    raise InputError(f"Unknown intensity rule kind '{rule.kind}'.")
+
+
+def apply_intensity(array: np.ndarray, rule: IntensityRule, stats: Optional[IntensityStats] = None) -> np.ndarray:
+    """Map ``array`` (any shape) to uint8 with ``rule``, as MedSAM maps a whole volume (float64 arithmetic).
+
+    ``stats``: the whole volume's :func:`intensity_stats` when ``array`` is only a part of it (the slices a box
+    covers): that part then comes out exactly as it would from the whole volume. Mapped in pieces of
+    :data:`CHUNK_VOXELS` voxels, so no float64 copy of the whole input is made."""
     if rule.kind == "raw":
         if array.dtype == np.uint8:
             return array
@@ -142,32 +241,74 @@ def apply_intensity(array: np.ndarray, rule: IntensityRule) -> np.ndarray:
             raise InputError("Intensity preset 'raw' needs 8-bit data (values 0..255): use --intensity auto, mr, "
                              "a CT preset or window:L,W.")
         return array.astype(np.uint8)
-    data = np.asarray(array, dtype=np.float64)
-    if rule.kind == "window":
-        lower = rule.level - rule.width / 2.0
-        upper = rule.level + rule.width / 2.0
-        clipped = np.clip(data, lower, upper)
-        return _minmax_u8(clipped)
-    if rule.kind == "mr":
-        positive = data[data > 0]
-        if positive.size == 0:
-            raise InputError("Intensity preset 'mr' found no voxel > 0 in the image: use a CT preset, "
-                             "window:L,W or raw.")
-        lo, hi = np.percentile(positive, 0.5), np.percentile(positive, 99.5)
-        clipped = np.clip(data, lo, hi)
-        out = _minmax_float(clipped)
-        out[data == 0] = 0
-        return out.astype(np.uint8)
-    raise InputError(f"Unknown intensity rule kind '{rule.kind}'.")
+    if stats is None:
+        stats = intensity_stats(array, rule)
+    out = np.empty(array.shape, dtype=np.uint8)
+    for src, dst in zip(_chunks(array), _chunks(out)):
+        dst[...] = _map_u8(src, stats)
+    return out
 
 
-def _minmax_float(clipped: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.min(clipped)), float(np.max(clipped))
-    if hi <= lo:
+def _map_u8(part: np.ndarray, st: IntensityStats) -> np.ndarray:
+    """One piece: clip, min-max to 0..255 with the whole volume's range, (MR) zeros kept, truncated to uint8."""
+    if st.hi <= st.lo:
         # Everything falls on one side of the window: the official code would divide by zero.
-        return np.zeros(clipped.shape, dtype=np.float64)
-    return (clipped - lo) / (hi - lo) * 255.0
+        return np.zeros(part.shape, dtype=np.uint8)
+    out = np.array(part, dtype=np.float64)       # the one float64 temporary, changed in place (same arithmetic)
+    np.clip(out, st.clip_lo, st.clip_hi, out=out)
+    out -= st.lo
+    out /= st.hi - st.lo
+    out *= 255.0
+    if st.zero_stays:
+        out[part == 0] = 0
+    return out.astype(np.uint8)
 
 
-def _minmax_u8(clipped: np.ndarray) -> np.ndarray:
-    return _minmax_float(clipped).astype(np.uint8)
+# ------------------------------------------------------------------------------------------- volume slabs --
+@dataclass
+class VolumeSlab:
+    """Slices ``first..last`` along the slicing axis ``axis`` (0 axial, 1 coronal, 2 sagittal) of a volume of
+    ``shape`` (K, J, I): what a box run needs of the volume, with the rule resolved on the whole volume and the whole
+    volume's numbers, so that the slab is windowed exactly as the whole volume would be. A run on a slab needs
+    memory for the slab only; the whole volume may be released once the slab is cut (see :func:`cut_slab`)."""
+
+    array: np.ndarray
+    axis: int
+    first: int
+    last: int
+    shape: Tuple[int, int, int]
+    rule: IntensityRule
+    stats: Optional[IntensityStats]
+    why: str = ""
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def index(self) -> Tuple[slice, ...]:
+        """Where the slab sits in the whole (K, J, I) volume."""
+        return slab_index(self.axis, self.first, self.last)
+
+    def windowed(self) -> np.ndarray:
+        """The slab mapped to uint8 with the whole volume's rule and numbers."""
+        return apply_intensity(self.array, self.rule, self.stats)
+
+
+def slab_index(axis: int, first: int, last: int) -> Tuple[slice, ...]:
+    """Index of slices ``first..last`` along the slicing axis ``axis`` of a (K, J, I) volume."""
+    index = [slice(None)] * 3
+    index[axis] = slice(int(first), int(last) + 1)
+    return tuple(index)
+
+
+def cut_slab(volume: np.ndarray, axis: int, first: int, last: int, rule: IntensityRule, why: str = "", *,
+             copy: bool = False) -> VolumeSlab:
+    """The slab of ``volume`` between slices ``first`` and ``last`` along ``axis``, with ``rule``'s whole-volume
+    numbers (:func:`intensity_stats`). ``copy=True``: the slab owns its voxels, so that ``volume`` can be freed."""
+    if not 0 <= first <= last < volume.shape[axis]:
+        raise InputError(f"Slices {first}-{last} are outside the volume (0..{volume.shape[axis] - 1} along the "
+                         "slicing axis).")
+    part = volume[slab_index(axis, first, last)]
+    return VolumeSlab(np.array(part) if copy else part, int(axis), int(first), int(last),
+                      tuple(int(n) for n in volume.shape), rule, intensity_stats(volume, rule), why)

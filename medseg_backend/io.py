@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, MedSegWarning
 from .errors import clip_text as _clip_text
 
 IMAGE_2D_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -30,6 +31,9 @@ class Geometry:
     spacing: Tuple[float, ...]
     origin: Tuple[float, ...]
     direction: Tuple[float, ...]  # row-major, dim x dim
+    #: The NIfTI-1 file's own transform fields (:class:`NiftiTransforms`) when the grid was read from one: written
+    #: back into NIfTI outputs on this grid, so qform and sform (and their codes) stay the input's exactly.
+    nifti: Optional["NiftiTransforms"] = field(default=None, compare=False, repr=False)
 
     @property
     def dimension(self) -> int:
@@ -78,6 +82,47 @@ class Geometry:
         return g
 
 
+    def describe(self) -> str:
+        """Spacing, origin and direction in a few words (for messages that name two geometries)."""
+        def nums(values, fmt="{:.4g}"):
+            return "(" + ", ".join(fmt.format(0.0 if abs(v) < 5e-13 else v) for v in values) + ")"
+        return (f"spacing {nums(self.spacing)}, origin {nums(self.origin)}, direction "
+                f"{nums(self.direction, '{:.3g}')}")
+
+    def mismatch(self, other: "Geometry") -> Optional[str]:
+        """None when ``other`` places the same grid (to 1e-4 of a spacing, 1e-2 of a voxel in origin, 1e-4 in
+        direction: the precision of NIfTI's float32 header), else which of spacing / origin / direction differ."""
+        if self.dimension != other.dimension:
+            return "dimension"
+        sp, osp = np.asarray(self.spacing, float), np.asarray(other.spacing, float)
+        differ = []
+        if not np.allclose(sp, osp, rtol=1e-4, atol=0):
+            differ.append("spacing")
+        if np.any(np.abs(np.asarray(self.origin) - np.asarray(other.origin)) > 1e-2 * np.minimum(sp, osp)):
+            differ.append("origin")
+        if not np.allclose(self.direction, other.direction, rtol=0, atol=1e-4):
+            differ.append("direction")
+        return " and ".join(differ) or None
+
+
+def check_same_grid(image: "LoadedImage", label: "LoadedImage", what: str) -> None:
+    """Refuse a label map whose grid has the image's shape but another placement (spacing, origin or direction):
+    its voxels would be taken for the image's voxels at other places. 2-D picture files (PNG, JPEG, BMP, TIFF)
+    carry no reliable geometry and are not compared."""
+    if image.array.shape[:3] != label.array.shape[:3] or \
+            _has_ext(image.path, PICTURE_EXTENSIONS) or _has_ext(label.path, PICTURE_EXTENSIONS):
+        return
+    differ = image.geometry.mismatch(label.geometry)
+    if differ:
+        raise InputError(f"{what}: {label.path} has the shape of {image.path} but another {differ} (image: "
+                         f"{image.geometry.describe()}; label: {label.geometry.describe()}): resample the label onto "
+                         "its image's grid (or save both from one scene) and try again.")
+
+
+#: 2-D picture formats: no spacing, origin or direction in the file (TIFF: at most a print resolution).
+PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
 @dataclass
 class LoadedImage:
     array: np.ndarray
@@ -114,16 +159,18 @@ def _has_ext(path: str, exts: Sequence[str]) -> bool:
 
 
 # ------------------------------------------------------------------------------------ completeness checks --
-# SimpleITK reads a NIfTI file whose voxel data stop early without complaint (the missing voxels become 0) and
-# reports a short MetaImage as "No such file or directory". These checks compare the data length with what the
-# header announces, before SimpleITK reads the file.
+# SimpleITK reads a NIfTI file whose voxel data stop early without complaint (the missing voxels become 0),
+# reads NaN / Inf voxels of a float NIfTI file as 0, and reports a short MetaImage as "No such file or
+# directory". These checks compare the data length with what the header announces, and count the non-finite
+# values in a float NIfTI file's raw voxel block, before SimpleITK reads the file.
 def _incomplete(path: str, announced: int, present: int) -> InputError:
     return InputError(f"{path} is truncated: its header announces {announced} bytes of voxel data but only "
                       f"{max(present, 0)} are there; copy or export the file again (the transfer was incomplete).")
 
 
-def _nifti_expected(header: bytes) -> Optional[Tuple[int, int]]:
-    """(vox_offset, data bytes) from a NIfTI-1/-2 single-file header, or None when it is not one we can size."""
+def _nifti_expected(header: bytes) -> Optional[Tuple[int, int, Optional[np.dtype]]]:
+    """(vox_offset, data bytes, float dtype or None) from a NIfTI-1/-2 single-file header, or None when it is not
+    one we can size. The dtype (with the file's byte order) is given for float32 / float64 voxels only."""
     import struct
 
     if len(header) < 348:
@@ -134,12 +181,14 @@ def _nifti_expected(header: bytes) -> Optional[Tuple[int, int]]:
             if header[344:347] != b"n+1":
                 return None
             dims = struct.unpack(end + "8h", header[40:56])
+            datatype = struct.unpack(end + "h", header[70:72])[0]
             bitpix = struct.unpack(end + "h", header[72:74])[0]
             offset = int(struct.unpack(end + "f", header[108:112])[0])
             break
         if size == 540 and len(header) >= 540:
             if header[4:7] != b"n+2":
                 return None
+            datatype = struct.unpack(end + "h", header[12:14])[0]
             bitpix = struct.unpack(end + "h", header[14:16])[0]
             dims = struct.unpack(end + "8q", header[16:80])
             offset = struct.unpack(end + "q", header[168:176])[0]
@@ -152,10 +201,48 @@ def _nifti_expected(header: bytes) -> Optional[Tuple[int, int]]:
     count = 1
     for d in dims[1:nd + 1]:
         count *= int(d)
-    return max(offset, size), count * (bitpix // 8)
+    floats = {(16, 32): "f4", (64, 64): "f8"}.get((datatype, bitpix))
+    return max(offset, size), count * (bitpix // 8), np.dtype(end + floats) if floats else None
 
 
-def _check_nifti(path: str) -> None:
+class _NonFinite:
+    """Counts NaN and Inf voxels in the raw float voxel block of a file fed to it in pieces (any split), in
+    bounded memory: SimpleITK's NIfTI reader turns them into 0, so its array cannot show them."""
+
+    def __init__(self, offset: int, nbytes: int, dtype: np.dtype) -> None:
+        self.offset, self.end, self.dtype = offset, offset + nbytes, dtype
+        self.pos = 0              # bytes of the file seen so far
+        self.rest = b""           # bytes of an element split between two pieces
+        self.nan = self.inf = self.seen = 0
+
+    def feed(self, block: bytes) -> None:
+        lo, hi = max(self.offset - self.pos, 0), min(self.end - self.pos, len(block))
+        self.pos += len(block)
+        if hi <= lo:
+            return
+        data = self.rest + block[lo:hi]
+        usable = len(data) - len(data) % self.dtype.itemsize
+        self.rest = data[usable:]
+        values = np.frombuffer(data[:usable], dtype=self.dtype)
+        self.seen += values.size
+        self.nan += int(np.count_nonzero(np.isnan(values)))
+        self.inf += int(np.count_nonzero(np.isinf(values)))
+
+    def check(self, path: str) -> None:
+        bad = self.nan + self.inf
+        if not bad:
+            return
+        kinds = " and ".join(f"{n} {w}" for n, w in ((self.nan, "NaN"), (self.inf, "Inf")) if n)
+        if bad == self.seen:
+            raise InputError(f"{path} holds no numbers: every voxel is NaN/Inf ({kinds}); export the image again "
+                             "(the conversion that wrote it failed).")
+        raise InputError(f"{path} has {bad} NaN/Inf voxels ({kinds}): replace them (e.g. with the background "
+                         "value) before segmenting.")
+
+
+def _check_nifti(path: str) -> Optional[bytes]:
+    """Refuse a truncated NIfTI file or one with NaN / Inf voxels; returns its header (None when unreadable)."""
+    scan: Optional[_NonFinite] = None
     if path.lower().endswith(".gz"):
         import gzip
         import zlib
@@ -163,30 +250,165 @@ def _check_nifti(path: str) -> None:
         try:
             with gzip.open(path, "rb") as f:
                 header = f.read(540)
+                sized = _nifti_expected(header)
+                if sized is not None and sized[2] is not None:
+                    scan = _NonFinite(*sized)
+                    scan.feed(header)
                 total = len(header)
                 while True:
                     block = f.read(1 << 22)
                     if not block:
                         break
                     total += len(block)
+                    if scan is not None:
+                        scan.feed(block)
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise InputError(f"{path} is truncated or damaged ({_clip_text(str(exc) or type(exc).__name__, 80)}): "
                              "copy or export the file again (the transfer was incomplete).") from None
         except OSError:
-            return  # unreadable: SimpleITK says why
+            return None  # unreadable: SimpleITK says why
     else:
         try:
             with open(path, "rb") as f:
                 header = f.read(540)
             total = os.path.getsize(path)
         except OSError:
-            return
+            return None
     sized = _nifti_expected(header)
     if sized is None:
-        return
-    offset, nbytes = sized
+        return header
+    offset, nbytes, floats = sized
     if total < offset + nbytes:
         raise _incomplete(path, nbytes, total - offset)
+    if floats is not None and scan is None:
+        scan = _NonFinite(offset, nbytes, floats)
+        try:
+            with open(path, "rb") as f:
+                while True:
+                    block = f.read(1 << 22)
+                    if not block:
+                        break
+                    scan.feed(block)
+        except OSError:
+            return None
+    if scan is not None:
+        scan.check(path)
+    return header
+
+
+@dataclass(frozen=True)
+class NiftiTransforms:
+    """The placement fields of a NIfTI-1 header: pixdim[0..3] (qfac, voxel sizes), qform_code, sform_code,
+    quatern_b/c/d, qoffset_x/y/z and srow_x/y/z, as numbers (any byte order), plus the grid size."""
+
+    pixdim: Tuple[float, float, float, float]
+    codes: Tuple[int, int]                      # qform_code, sform_code
+    quatern: Tuple[float, ...]                  # b, c, d, offset x, y, z
+    srow: Tuple[float, ...]                     # 12 values, row-major 3 x 4
+    dims: Tuple[int, ...]                       # voxels along i, j, k
+
+    @staticmethod
+    def parse(header: bytes) -> Optional["NiftiTransforms"]:
+        """From a NIfTI-1 header (single file or pair); None for anything else."""
+        import struct
+
+        if len(header) < 348:
+            return None
+        for end in ("<", ">"):
+            if struct.unpack(end + "i", header[:4])[0] == 348:
+                break
+        else:
+            return None
+        if header[344:347] not in (b"n+1", b"ni1"):
+            return None
+        dims = struct.unpack(end + "8h", header[40:56])
+        if not 1 <= dims[0] <= 7:
+            return None
+        return NiftiTransforms(struct.unpack(end + "4f", header[76:92]), struct.unpack(end + "2h", header[252:256]),
+                               struct.unpack(end + "6f", header[256:280]), struct.unpack(end + "12f", header[280:328]),
+                               tuple(int(d) for d in dims[1:min(dims[0], 3) + 1]))
+
+    def qform(self) -> np.ndarray:
+        """IJK -> RAS 4x4 of the qform (the NIfTI-1 standard's method 2)."""
+        b, c, d = self.quatern[:3]
+        a = float(np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d))))
+        r = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                      [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                      [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+        qfac = -1.0 if self.pixdim[0] < 0 else 1.0
+        m = np.eye(4)
+        m[:3, :3] = r @ np.diag([self.pixdim[1], self.pixdim[2], qfac * self.pixdim[3]])
+        m[:3, 3] = self.quatern[3:]
+        return m
+
+    def sform(self) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, :] = np.asarray(self.srow, dtype=float).reshape(3, 4)
+        return m
+
+    def corners(self) -> np.ndarray:
+        """The grid's corner voxel indices (homogeneous, 4 x 8)."""
+        size = list(self.dims) + [1] * (3 - len(self.dims))
+        pts = [[i, j, k, 1.0] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)]
+        return np.asarray(pts, dtype=float).T
+
+    def patch(self, header: bytearray) -> bool:
+        """Write these fields into the NIfTI-1 ``header`` (in its own byte order) of a file on the same grid;
+        False when it is not such a header."""
+        import struct
+
+        other = NiftiTransforms.parse(bytes(header[:348]))
+        if other is None or other.dims != self.dims:
+            return False
+        end = "<" if struct.unpack("<i", bytes(header[:4]))[0] == 348 else ">"
+        struct.pack_into(end + "4f", header, 76, *self.pixdim)
+        struct.pack_into(end + "2h", header, 252, *self.codes)
+        struct.pack_into(end + "6f", header, 256, *self.quatern)
+        struct.pack_into(end + "12f", header, 280, *self.srow)
+        return True
+
+
+def _check_qform_sform(path: str, xf: NiftiTransforms, img) -> None:
+    """Warn when a NIfTI file's qform and sform (both set) place the grid more than a tenth of a voxel apart:
+    tools that read the other one put the image elsewhere. The outputs keep both (see :class:`Geometry`)."""
+    if xf.codes[0] <= 0 or xf.codes[1] <= 0 or img.GetDimension() != 3:
+        return
+    corners = xf.corners()
+    q, s = xf.qform() @ corners, xf.sform() @ corners
+    apart = float(np.max(np.linalg.norm((q - s)[:3], axis=0)))
+    spacing = np.asarray(img.GetSpacing(), dtype=float)
+    if not np.isfinite(apart) or apart <= 0.1 * float(spacing.min()):
+        return
+    d = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)
+    read = np.eye(4)
+    read[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ d @ np.diag(spacing)        # SimpleITK's LPS -> RAS
+    read[:3, 3] = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(img.GetOrigin(), dtype=float)
+    r = read @ corners
+    used = "sform" if np.max(np.abs(r - s)) < np.max(np.abs(r - q)) else "qform"
+    warnings.warn(f"{path}: its qform and sform disagree, placing the image up to {apart:.3g} mm apart (qform code "
+                  f"{xf.codes[0]}, sform code {xf.codes[1]}); the {used} is used (as ITK-based viewers such as Slicer "
+                  "read it) and NIfTI outputs keep both of the input's transforms, so they overlay it in any viewer; "
+                  "if the image itself looks misplaced, make the two agree (e.g. fslorient -copysform2qform).",
+                  MedSegWarning, stacklevel=3)
+
+
+def _write_nifti_transforms(tmp: str, xf: NiftiTransforms) -> None:
+    """Put the input's NIfTI transform fields into the header of the NIfTI file ``tmp`` just written (.nii or
+    .nii.gz) on the same grid."""
+    if tmp.lower().endswith(".gz"):
+        import gzip
+
+        with gzip.open(tmp, "rb") as f:
+            data = bytearray(f.read())
+        if xf.patch(data):
+            with gzip.open(tmp, "wb", compresslevel=6) as f:
+                f.write(data)
+        return
+    with open(tmp, "r+b") as f:
+        header = bytearray(f.read(348))
+        if xf.patch(header):
+            f.seek(0)
+            f.write(header)
 
 
 _MET_SIZES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
@@ -243,36 +465,93 @@ def _check_metaimage(path: str) -> None:
         raise _incomplete(path, nbytes, present)
 
 
-def _check_complete(path: str) -> None:
+def _check_complete(path: str) -> Optional[bytes]:
+    """Refuse incomplete (or, NIfTI, non-finite) files before SimpleITK reads them; a NIfTI file's header."""
     low = path.lower()
     if low.endswith(".nii") or low.endswith(".nii.gz"):
-        _check_nifti(path)
-    elif low.endswith(".mha") or low.endswith(".mhd"):
+        return _check_nifti(path)
+    if low.endswith(".mha") or low.endswith(".mhd"):
         _check_metaimage(path)
+    return None
 
 
-def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False) -> LoadedImage:
+#: At most this many series are listed when a DICOM folder holds several.
+SERIES_LISTED = 20
+
+
+def _series_description(sitk, first_file: str) -> str:
+    """The Series Description (0008,103E) of a DICOM file, '' when absent or unreadable."""
+    try:
+        r = sitk.ImageFileReader()
+        r.SetFileName(first_file)
+        r.ReadImageInformation()
+        return r.GetMetaData("0008|103e").strip() if r.HasMetaDataKey("0008|103e") else ""
+    except RuntimeError:
+        return ""
+
+
+#: ``read_image(series=NO_SERIES_CHOICE)``: the caller offers no way to pick a series (the error says so).
+NO_SERIES_CHOICE = "\0no-choice"
+
+
+def _pick_series(sitk, reader, folder: str, series: Sequence[str], choice: Optional[str]) -> List[str]:
+    """The files of the one series to read from a DICOM folder: the only one, or ``choice`` (a UID, or its
+    number 1..N in the listed order). Several series and no choice: :class:`InputError` listing them."""
+    series = sorted(series)
+    can_pick = choice != NO_SERIES_CHOICE
+    choice = choice if can_pick else None
+    if choice is not None:
+        text = str(choice).strip()
+        uid = text if text in series else None
+        if uid is None and text.isdigit() and 1 <= int(text) <= len(series):
+            uid = series[int(text) - 1]
+        if uid is None:
+            raise InputError(f"Series '{_clip_text(text, 80)}' is not in DICOM folder {folder} (it holds "
+                             f"{len(series)} series: {_clip_text(', '.join(series), 300)}): give one of those "
+                             f"UIDs or a number 1..{len(series)}.")
+        return list(reader.GetGDCMSeriesFileNames(folder, uid))
+    if len(series) == 1:
+        return list(reader.GetGDCMSeriesFileNames(folder, series[0]))
+    listed = []
+    for n, uid in enumerate(series[:SERIES_LISTED], start=1):
+        files = reader.GetGDCMSeriesFileNames(folder, uid)
+        desc = _series_description(sitk, files[0]) if files else ""
+        listed.append(f"{n}) {uid}" + (f" '{_clip_text(desc, 60)}'" if desc else "") + f", {len(files)} slice(s)")
+    more = f"; and {len(series) - SERIES_LISTED} more" if len(series) > SERIES_LISTED else ""
+    pick = "pick one with --series N or --series UID (or give a folder that holds one series)" if can_pick else \
+        "give a folder that holds one series (copy that series' files into a folder of their own)"
+    raise InputError(f"DICOM folder {folder} holds {len(series)} series: {'; '.join(listed)}{more}; {pick}.")
+
+
+def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False,
+               series: Optional[str] = NO_SERIES_CHOICE) -> LoadedImage:
     """Read a 2-D image or a 3-D volume (file or DICOM folder). Raises :class:`InputError` on any problem.
-    ``label=True``: a label map, which may be constant (an example without the structure is all 0)."""
+    ``label=True``: a label map, which may be constant (an example without the structure is all 0).
+    ``series``: in a DICOM folder holding several series, the one to read (its UID or its number as listed in
+    the error that names them); a folder with several series and no ``series`` is refused (saying ``--series``
+    picks one when the caller passes ``series``, even None)."""
     sitk = _sitk()
     p = Path(path)
     if not p.exists():
         raise InputError(f"Image not found: {path}: check the path (volume file, 2-D image or DICOM folder).")
+    if series not in (None, NO_SERIES_CHOICE) and not p.is_dir():
+        raise InputError(f"--series picks a series of a DICOM folder, but {path} is a file: drop --series or give "
+                         "the folder.")
+    header = None
     try:
         if p.is_dir():
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(p))
-            if not series:
+            found = reader.GetGDCMSeriesIDs(str(p))
+            if not found:
                 raise InputError(f"No DICOM series in folder {path}: point to a folder of .dcm files of one "
                                  "series, or to a volume file.")
-            files = reader.GetGDCMSeriesFileNames(str(p), series[0])
-            reader.SetFileNames(files)
+            reader.SetFileNames(_pick_series(sitk, reader, str(path), found, series))
             img = reader.Execute()
         else:
             if not os.access(str(p), os.R_OK):
                 raise InputError(f"Cannot read {path}: permission denied; make the file readable (or copy it) and "
                                  "try again.")
-            _check_complete(str(p))
+            header = _check_complete(str(p))
             img = sitk.ReadImage(str(p))
     except InputError:
         raise
@@ -285,8 +564,12 @@ def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False
                          "NIfTI, MHA or a DICOM folder, and check that the file is complete.") from None
     ncomp = img.GetNumberOfComponentsPerPixel()
     dim = img.GetDimension()
-    array = sitk.GetArrayFromImage(img)
+    array = _array_of(sitk, img)
     geometry = Geometry.from_sitk(img)
+    nifti = NiftiTransforms.parse(header) if header else None
+    if nifti is not None and nifti.dims == tuple(img.GetSize()):
+        _check_qform_sform(str(path), nifti, img)
+        geometry = Geometry(geometry.spacing, geometry.origin, geometry.direction, nifti)
     if dim == 3 and array.ndim == 3 and array.shape[0] == 1 and ncomp == 1 and _has_ext(path, IMAGE_2D_EXTENSIONS):
         array = array[0]
         geometry = geometry.slice2d(0)
@@ -311,6 +594,23 @@ def read_image(path: str, *, allow_rgb_volume: bool = False, label: bool = False
     return loaded
 
 
+class _ImageBuffer:
+    """Lends a SimpleITK image's pixel buffer to numpy and keeps the image alive as long as an array uses it."""
+
+    def __init__(self, image, view: np.ndarray) -> None:
+        self.image = image
+        self.__array_interface__ = dict(view.__array_interface__, data=(view.__array_interface__["data"][0], False))
+
+
+def _array_of(sitk, img) -> np.ndarray:
+    """The image's voxels as a writable numpy array over SimpleITK's own buffer (no copy: a volume costs its size
+    once, not twice, while it is read)."""
+    view = sitk.GetArrayViewFromImage(img)
+    if not view.flags.c_contiguous or view.size == 0:
+        return sitk.GetArrayFromImage(img)
+    return np.asarray(_ImageBuffer(img, view))
+
+
 def validate_array(array: np.ndarray, name: str = "image", *, allow_constant: bool = False) -> None:
     """Reject arrays no model can use: empty, non-finite or constant (unless ``allow_constant``: labels)."""
     if array.ndim > 4 or array.ndim < 2:
@@ -319,6 +619,9 @@ def validate_array(array: np.ndarray, name: str = "image", *, allow_constant: bo
         raise InputError(f"{name} is empty (shape {tuple(array.shape)}): check the file; it holds no voxels.")
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad == array.size:
+            raise InputError(f"{name} holds no numbers: every voxel is NaN/Inf ({bad}); export the image again "
+                             "(the conversion that wrote it failed).")
         raise InputError(f"{name} has {bad} NaN/Inf voxels: replace them (e.g. with the background value) "
                          "before segmenting.")
     if array.dtype.kind not in "biuf":
@@ -447,16 +750,22 @@ def check_volume_format(path: Optional[str], shape: Sequence[int], *, is_volume:
                          f"slices: write .nrrd or .nii.gz (or segment one slice with --slice).")
 
 
-def write_images(items: Sequence[Tuple[str, object]]) -> None:
+def write_images(items: Sequence[Tuple]) -> None:
     """Write SimpleITK images (or text, for a ``str``) ``[(path, image), ...]`` all or nothing: each into a
     temporary file in its target folder; only when every one was written are they moved into place
-    (:func:`os.replace`). On any failure (or an interrupt) no new output and no temporary file remains."""
+    (:func:`os.replace`). On any failure (or an interrupt) no new output and no temporary file remains.
+
+    An item ``(path, image, geometry)`` whose geometry came from a NIfTI file (``geometry.nifti``) and goes to a
+    NIfTI file on the same grid gets that file's qform, sform and codes exactly (SimpleITK would write one
+    transform, as both, from the image's direction)."""
     sitk = _sitk()
     temps: List[Tuple[str, str]] = []
     placed: List[str] = []
     current = ""
     try:
-        for path, img in items:
+        for item in items:
+            path, img = item[0], item[1]
+            xf = item[2].nifti if len(item) > 2 and item[2] is not None else None
             current = path
             folder = os.path.dirname(os.path.abspath(path))
             fd, tmp = tempfile.mkstemp(prefix=".medseg-", suffix=_suffix(path), dir=folder)
@@ -467,6 +776,8 @@ def write_images(items: Sequence[Tuple[str, object]]) -> None:
                     fh.write(img)
             else:
                 sitk.WriteImage(img, tmp, True)
+                if xf is not None and _suffix(path) in (".nii", ".nii.gz"):
+                    _write_nifti_transforms(tmp, xf)
             make_public(tmp)
         for tmp, path in temps:
             current = path
@@ -502,12 +813,12 @@ def atomic_write_image(img, path: str) -> None:
 
 def label_image(labels: np.ndarray, geometry: Optional[Geometry]):
     """A label map (0 = background) as a SimpleITK image with ``geometry`` (uint8, or uint16 above 255)."""
-    arr = np.ascontiguousarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16))
+    arr = np.ascontiguousarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16, copy=False))
     return array_to_sitk(arr, geometry)
 
 
 def float_image(data: np.ndarray, geometry: Optional[Geometry]):
-    return array_to_sitk(np.ascontiguousarray(data.astype(np.float32)), geometry)
+    return array_to_sitk(np.ascontiguousarray(data.astype(np.float32, copy=False)), geometry)
 
 
 def rgb_image(rgb: np.ndarray):
@@ -518,13 +829,13 @@ def write_label(path: str, labels: np.ndarray, geometry: Optional[Geometry]) -> 
     """Write a label map (0 = background) with ``geometry``; PNG/TIFF get uint8 values as they are."""
     check_output_path(path)
     check_volume_format(path, labels.shape, is_volume=labels.ndim == 3)
-    write_images([(path, label_image(labels, geometry))])
+    write_images([(path, label_image(labels, geometry), geometry)])
 
 
 def write_float_image(path: str, data: np.ndarray, geometry: Optional[Geometry]) -> None:
     check_output_path(path, allowed=PROBABILITY_EXTENSIONS, what="probability map")
     check_volume_format(path, data.shape, is_volume=data.ndim == 3, what="probability map")
-    write_images([(path, float_image(data, geometry))])
+    write_images([(path, float_image(data, geometry), geometry)])
 
 
 def write_rgb_png(path: str, rgb: np.ndarray) -> None:

@@ -35,7 +35,7 @@ from medseg_backend.progress import CancelToken
 from medseg_backend.worker import protocol as proto
 from medseg_backend.worker.protocol import Request, RunResult
 
-from .errors import CancelledError, JobBusyError, MedSegError
+from .errors import CancelledError, InputError, JobBusyError, MedSegError
 
 log = logging.getLogger("MedSegSlicer")
 
@@ -74,6 +74,9 @@ class NodeGuard:
         if volume_node is not None:
             self._volume = (volume_node.GetID(), volume_node.GetName(), self._volume_stamp(volume_node))
         self._others = [(n.GetID(), n.GetName(), n.GetClassName()) for n in other_nodes if n is not None]
+        gone = self.problem(before=True)
+        if gone is not None:  # deleted before the run: refused now, before any work
+            raise InputError(gone)
 
     @staticmethod
     def _volume_stamp(node) -> Tuple:
@@ -87,19 +90,26 @@ class NodeGuard:
                 scalars.GetMTime() if scalars is not None else None,
                 tuple(image.GetDimensions()) if image is not None else None, ijk, node.GetTransformNodeID())
 
-    def problem(self) -> Optional[str]:
-        """None when all inputs are as they were, else a one-line message."""
+    def problem(self, before: bool = False) -> Optional[str]:
+        """None when all inputs are as they were, else a one-line message. ``before``: checked as the run is
+        prepared (a node no longer in the scene was deleted before the run, not while the model ran)."""
         if self._volume is not None:
             vid, name, stamp = self._volume
-            node = self.scene.GetNodeByID(vid)
+            node = self.scene.GetNodeByID(vid) if vid else None
             if node is None:
+                if before:
+                    return (f"Volume '{name}' is no longer in the scene (it was deleted): select a volume of the "
+                            "scene and run again.")
                 return f"Volume '{name}' was deleted while the model ran: result discarded; run again."
             if self._volume_stamp(node) != stamp:
                 return (f"Volume '{name}' was replaced or changed while the model ran: result discarded; "
                         "run again on the current volume.")
         for nid, name, cls in self._others:
-            node = self.scene.GetNodeByID(nid)
+            node = self.scene.GetNodeByID(nid) if nid else None
             if node is None or node.GetClassName() != cls:
+                if before:
+                    return (f"'{name}' is no longer in the scene (it was deleted): select a node of the scene and "
+                            "run again.")
                 return f"'{name}' was deleted while the model ran: result discarded; select it again and rerun."
         return None
 

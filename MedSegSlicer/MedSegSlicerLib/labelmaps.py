@@ -16,12 +16,13 @@ All matrix work is delegated to :mod:`.geometry`; segment lookup and the write c
 """
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import geometry, terminology
-from .errors import InputError
+from .errors import InputError, MedSegWarning
 from .segments import add_segment, check_segment_writable, check_segmentation, check_write_targets, get_segment
 
 
@@ -161,6 +162,36 @@ def ensure_reference_geometry(segmentation_node, volume_node) -> None:
         segmentation_node.CreateDefaultDisplayNodes()
 
 
+def onto_segmentation_grid(segmentation_node, image, volume_node):
+    """``image`` (a mask on ``volume_node``'s grid, in the segmentation's frame) resampled (nearest neighbour, the
+    extent grown to hold all of it) onto the segmentation's own geometry when that differs from the volume's grid,
+    as the Segment Editor does: written as it is, it would make Slicer resample the segmentation's shared labelmap,
+    changing the other segments. Warns when the segmentation's grid is coarser (the result loses detail)."""
+    slicer = _slicer()
+    text = segmentation_node.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    reference = slicer.vtkOrientedImageData()
+    if not text or not slicer.vtkSegmentationConverter.DeserializeImageGeometry(text, reference, False):
+        return image
+    if slicer.vtkOrientedImageDataResample.DoGeometriesMatch(image, reference):
+        return image
+    out = slicer.vtkOrientedImageData()
+    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            image, reference, out, False, True):
+        raise InputError(f"Could not resample the result onto the grid of segmentation "
+                         f"'{segmentation_node.GetName()}': check that it and the volume overlap.")
+    ours, theirs = np.asarray(image.GetSpacing(), float), np.asarray(reference.GetSpacing(), float)
+    if np.prod(theirs) > 1.01 * np.prod(ours):
+        def mm(values) -> str:
+            return " x ".join(f"{v:.3g}" for v in values)
+        warnings.warn(f"Segmentation '{segmentation_node.GetName()}' has its own grid ({mm(theirs)} mm voxels), "
+                      f"coarser than volume '{volume_node.GetName()}' ({mm(ours)} mm): the result was resampled onto "
+                      "it, as the Segment Editor does, and lost detail; to keep the volume's detail, set the "
+                      "segmentation's geometry from the volume first (Segment Editor: Specify geometry).",
+                      MedSegWarning, stacklevel=3)
+    return out
+
+
 def write_mask(segmentation_node, mask: np.ndarray, volume_node, *, segment_id: Optional[str] = None,
                name: Optional[str] = None, color: Optional[Sequence[float]] = None, mode: str = "replace",
                allow_hidden: bool = True) -> str:
@@ -196,6 +227,7 @@ def write_mask(segmentation_node, mask: np.ndarray, volume_node, *, segment_id: 
             segment.SetColor(*[float(c) for c in color[:3]])
     K, J, I = binary.shape
     image = oriented_image_from_array(binary, ijk_to_frame, (0, I - 1, 0, J - 1, 0, K - 1))
+    image = onto_segmentation_grid(segmentation_node, image, volume_node)
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     merge = logic.MODE_REPLACE if mode == "replace" else logic.MODE_MERGE_MAX
     if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, merge, None):

@@ -29,6 +29,8 @@ def _add_medsam(sub) -> None:
                        description="Segment a 2-D image or a 3-D volume from box prompts. Boxes are voxel "
                                    "indices, x = column, y = row, z = slice of the SimpleITK array, inclusive.")
     p.add_argument("image", help="2-D image (PNG, JPEG, TIFF) or volume (NRRD, NIfTI, MHA, DICOM folder)")
+    p.add_argument("--series", metavar="N|UID",
+                   help="DICOM folder holding several series: the one to segment (its number as listed, or its UID)")
     p.add_argument("--box", action="append", required=True,
                    help="X0,Y0,X1,Y1 (2-D or with --slice) or X0,Y0,Z0,X1,Y1,Z1 (3-D); repeat for several "
                         "objects (labels 1..N)")
@@ -55,13 +57,25 @@ def _add_medsam(sub) -> None:
     p.set_defaults(func=cmd_medsam)
 
 
+def out_of_memory(what: str) -> MedSegError:
+    """The one-line error for a MemoryError: what ran out, and what to do."""
+    return MedSegError(f"Out of memory while {what}: nothing was written; close other programs, use a smaller box "
+                       "(a run needs the volume once plus the slices its boxes cover), or crop the volume first.")
+
+
 def cmd_medsam(args) -> int:
-    from ..intensity import apply_intensity, resolve_preset
+    try:
+        return _cmd_medsam(args)
+    except MemoryError:
+        raise out_of_memory(f"segmenting {args.image}") from None
+
+
+def _cmd_medsam(args) -> int:
+    from ..intensity import apply_intensity, cut_slab, intensity_stats, resolve_preset
     from ..io import (IMAGE_2D_OUTPUTS, OVERLAY_EXTENSIONS, PROBABILITY_EXTENSIONS, LABEL_EXTENSIONS, _has_ext,
-                     check_outputs, check_volume_format, float_image, label_image, read_image, rgb_image,
-                     write_images)
-    from ..medsam import MedSAMEngine
-    from ..slicing import check_box
+                      check_outputs, check_volume_format, float_image, label_image, read_image, rgb_image,
+                      write_images)
+    from ..slicing import check_box, project_box
     from ..overlay import overlay_rgb
 
     # 1. Every output path, before anything is read or computed.
@@ -72,7 +86,7 @@ def cmd_medsam(args) -> int:
                    (report_path, "slice report", (".csv", ".json"))],
                   inputs=[args.image, args.weights])
     # 2. The input, the boxes and the intensity preset, before the model is loaded.
-    img = read_image(args.image)
+    img = read_image(args.image, series=args.series)
     arr = img.array
     volume = arr.ndim == 3 and not img.is_rgb
     plane_out = False  # --slice with a 2-D picture output: write that slice only
@@ -100,18 +114,25 @@ def cmd_medsam(args) -> int:
             _quiet_check(check_box, boxes[0], arr.shape[:2])
     else:
         boxes = [parse_box(b, 3) for b in args.box]
-        resolve_preset(args.intensity, arr)
-        for i, b in enumerate(boxes):
-            _quiet_check(check_box, b, arr.shape, what=f"Box {i + 1}", axis=AXES[args.axis])
+        rule, why = resolve_preset(args.intensity, arr)
+        ax = AXES[args.axis]
+        ranges = [project_box(_quiet_check(check_box, b, arr.shape, what=f"Box {i + 1}", axis=ax), ax)[:2]
+                  for i, b in enumerate(boxes)]
         check_volume_format(args.output, arr.shape, is_volume=True, what="output")
         check_volume_format(args.probabilities, arr.shape, is_volume=True, what="probability map")
+        # What the run needs of the volume: the slices the boxes cover, windowed with the whole volume's numbers.
+        # The volume itself is freed before the model is loaded (memory: the volume once, then the slab).
+        slab = cut_slab(arr, ax, min(r[0] for r in ranges), max(r[1] for r in ranges), rule, why, copy=True)
+        arr = img.array = None
     # 3. The model, the run.
+    from ..medsam import MedSAMEngine
+
     t0 = time.perf_counter()
     engine = MedSAMEngine(args.model, weights=args.weights, device=args.device, precision=args.precision)
     geometry = img.geometry
     if not volume or args.slice is not None:
         if volume:
-            plane = np.take(apply_intensity(arr, rule), args.slice, axis=ax)
+            plane = apply_intensity(np.take(arr, args.slice, axis=ax), rule, intensity_stats(arr, rule))
             res = engine.segment_image(plane, boxes[0], intensity=rule)
             if plane_out:
                 labels, prob = res.mask, res.probabilities
@@ -132,28 +153,26 @@ def cmd_medsam(args) -> int:
                                           res.mask, [res.box])
         n_run = 1
     else:
-        res3 = engine.segment_volume(arr, boxes, intensity=args.intensity, propagation=args.propagation,
-                                     stop_after=args.stop_after, axis=args.axis, progress=ProgressPrinter())
+        res3 = engine.segment_volume(slab, boxes, propagation=args.propagation, stop_after=args.stop_after,
+                                     axis=args.axis, progress=ProgressPrinter())
         labels, prob, messages = res3.labels, res3.probabilities, res3.messages
         n_run = res3.slices_run
 
         def picture():
             """Middle slice of the first box along the slicing axis, windowed as the run was."""
             b = boxes[0]
-            ax = AXES[args.axis]
-            lo, hi = b[2 - ax], b[5 - ax]  # box range along the slicing axis (z, y or x)
-            mid = min(max(middle_slice(lo, hi), 0), arr.shape[ax] - 1)
-            rule, _ = resolve_preset(args.intensity, arr)
-            shown = np.take(apply_intensity(arr, rule), mid, axis=ax)
+            lo, hi = ranges[0]  # the first box's slices along the slicing axis, clipped
+            mid = middle_slice(lo, hi)
+            shown = np.take(slab.windowed(), mid - slab.first, axis=ax)
             box2d = [(b[0], b[1], b[3], b[4]), (b[0], b[2], b[3], b[5]), (b[1], b[2], b[4], b[5])][ax]
             return overlay_rgb(shown, np.take(labels, mid, axis=ax), [box2d])
     dt = time.perf_counter() - t0
     for m in messages:
         print(m, file=sys.stderr)
     # 4. All outputs together, or none.
-    items = [(args.output, label_image(labels, geometry))]
+    items = [(args.output, label_image(labels, geometry), geometry)]
     if args.probabilities:
-        items.append((args.probabilities, float_image(prob, geometry)))
+        items.append((args.probabilities, float_image(prob, geometry), geometry))
     if args.overlay:
         items.append((args.overlay, rgb_image(picture())))
     report = None

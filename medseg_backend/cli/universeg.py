@@ -64,7 +64,7 @@ def _example_paths(pairs: List[str]) -> List[str]:
 
 
 def _examples_from_pairs(pairs: List[str]):
-    from ..io import read_image
+    from ..io import check_same_grid, read_image
     from ..universeg import Example
 
     out = []
@@ -74,6 +74,7 @@ def _examples_from_pairs(pairs: List[str]):
         lab = read_image(lpath, label=True)  # an empty label is an example without the structure: skipped later
         if lab.is_rgb:
             raise InputError(f"Label {lpath} is an RGB image: give a grey label map (0 = background).")
+        check_same_grid(img, lab, f"Example {os.path.basename(ipath)}")
         out.append(Example(img.array, lab.array, os.path.basename(ipath)))
     return out
 
@@ -95,6 +96,9 @@ def _add_universeg(sub) -> None:
     src.add_argument("--labelled-slices", metavar="LABELMAP",
                      help="label map on TARGET's grid with a few slices labelled (few-shot completion)")
     p.add_argument("-o", "--output", required=True, help="label map to write (.nrrd, .nii.gz, .mha, .png, .tif)")
+    p.add_argument("--series", metavar="N|UID",
+                   help="TARGET is a DICOM folder holding several series: the one to segment (its number as listed, "
+                        "or its UID)")
     p.add_argument("--roi", help="X0,Y0,Z0,X1,Y1,Z1 (volume) or X0,Y0,X1,Y1 (2-D), voxel indices, inclusive; "
                                  "voxels outside stay 0 (default: whole target, region from the examples)")
     p.add_argument("--label", type=int, help="value of the structure in the example labels (default: the "
@@ -121,8 +125,17 @@ def _add_universeg(sub) -> None:
 
 
 def cmd_universeg(args) -> int:
-    from ..io import (LABEL_EXTENSIONS, PROBABILITY_EXTENSIONS, check_outputs, check_volume_format, float_image, label_image, read_image,
-                     write_images)
+    from .medsam import out_of_memory
+
+    try:
+        return _cmd_universeg(args)
+    except MemoryError:
+        raise out_of_memory(f"segmenting {args.target}") from None
+
+
+def _cmd_universeg(args) -> int:
+    from ..io import (LABEL_EXTENSIONS, PROBABILITY_EXTENSIONS, check_outputs, check_same_grid, check_volume_format,
+                      float_image, label_image, read_image, write_images)
     from .common import parse_box
     from ..slicing import check_box
     from ..progress import CancelToken
@@ -135,7 +148,7 @@ def cmd_universeg(args) -> int:
     check_outputs([(args.output, "output", LABEL_EXTENSIONS), (args.probabilities, "probability map", PROBABILITY_EXTENSIONS)],
                   inputs=inputs)
     # 2. Inputs, ROI and options, before the model is loaded.
-    img = read_image(args.target)
+    img = read_image(args.target, series=args.series)
     target = _grey_target(img)
     check_volume_format(args.output, target.shape, is_volume=target.ndim == 3, what="output")
     check_volume_format(args.probabilities, target.shape, is_volume=target.ndim == 3, what="probability map")
@@ -160,6 +173,7 @@ def cmd_universeg(args) -> int:
             if lab.array.shape != target.shape:
                 raise InputError(f"Labelled slices {args.labelled_slices} {tuple(lab.array.shape)} and the target "
                                  f"{tuple(target.shape)} differ in shape: label slices of the target itself.")
+            check_same_grid(img, lab, "Labelled slices")
             if target.ndim != 3:
                 raise InputError("--labelled-slices needs a volume target: for a 2-D image give --examples.")
             examples = examples_from_labelled_slices(target, lab.array, label=label, axis=args.axis)
@@ -198,9 +212,9 @@ def cmd_universeg(args) -> int:
     dtype = np.uint8 if value < 256 else np.uint16
     out = mask.astype(dtype) * dtype(value)
     # 4. All outputs together, or none.
-    items = [(args.output, label_image(out, img.geometry))]
+    items = [(args.output, label_image(out, img.geometry), img.geometry)]
     if args.probabilities:
-        items.append((args.probabilities, float_image(res.probabilities, img.geometry)))
+        items.append((args.probabilities, float_image(res.probabilities, img.geometry), img.geometry))
     write_images(items)
     print(f"wrote {args.output}: {int(mask.sum())} voxels labelled ({value}), {res.slices_run} slice(s), "
           f"{dt:.1f} s (universeg-v1, {engine.device.type}, {engine.precision})")
@@ -244,7 +258,7 @@ def _add_library(sub) -> None:
 
 
 def cmd_library_export(args) -> int:
-    from ..io import read_image
+    from ..io import check_same_grid, read_image
     from ..universeg import examples_from_volume
     from ..universeg.library import export_library
 
@@ -253,6 +267,7 @@ def cmd_library_export(args) -> int:
             raise InputError("--volume needs --labelmap: give the label map drawn on that volume.")
         vol = read_image(args.volume)
         lab = read_image(args.labelmap, label=True)
+        check_same_grid(vol, lab, f"Example volume {os.path.basename(args.volume)}")
         if vol.array.ndim == 2 and not vol.is_rgb:
             from ..universeg import Example
 

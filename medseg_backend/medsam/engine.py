@@ -1,10 +1,10 @@
 """Box-prompted segmentation with MedSAM (ViT-B) and LiteMedSAM: 2-D images and slice-wise 3-D volumes.
 
 :class:`MedSAMEngine` is what the CLI, the worker and the Python API call. It checks the input once (volume,
-boxes via :mod:`medseg_backend.slicing`, axis, propagation), applies the intensity window, cuts the volume into
-slices along the chosen axis and runs each box through :func:`.propagation.propagate` on its
-:class:`.predictor.MedSAMPredictor` (model, transform, embedding cache), so a second box on the same volume
-re-encodes nothing.
+boxes via :mod:`medseg_backend.slicing`, axis, propagation), windows only the slab of slices the boxes cover
+(with the whole volume's numbers: :class:`~medseg_backend.intensity.VolumeSlab`), cuts it into slices along the
+chosen axis and runs each box through :func:`.propagation.propagate` on its :class:`.predictor.MedSAMPredictor`
+(model, transform, embedding cache), so a second box on the same volume re-encodes nothing.
 
 Every 3-D run returns one :class:`~medseg_backend.confidence.SliceRecord` per object and slice written (area,
 confidence, review flag; see :mod:`medseg_backend.confidence`), from the same decoder pass (no extra cost).
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from .. import slicing
-from ..choices import DEFAULT_PROPAGATION, DIRECTIONS, PROPAGATIONS
+from ..choices import AXES, DEFAULT_PROPAGATION, DIRECTIONS, PROPAGATIONS
 from ..confidence import SliceRecord
 from ..errors import InputError, MedSegWarning
-from ..intensity import IntensityRule, apply_intensity, resolve_preset
+from ..intensity import IntensityRule, VolumeSlab, apply_intensity, cut_slab, resolve_preset
 from ..progress import CancelToken, ProgressCallback, report
 from .predictor import MedSAMPredictor
 from .propagation import centre_first, propagate
@@ -93,7 +93,7 @@ class MedSAMEngine:
         return Result2D(mask, logits, prob.astype(np.float32), tuple(box), [why])
 
     # -- 3-D -----------------------------------------------------------------------------------------------
-    def segment_volume(self, volume: np.ndarray, boxes: Sequence[Sequence[int]], *,
+    def segment_volume(self, volume: Union[np.ndarray, VolumeSlab], boxes: Sequence[Sequence[int]], *,
                        intensity: Union[str, IntensityRule] = "auto", propagation: str = DEFAULT_PROPAGATION,
                        stop_after: int = 2, axis: str = "axial", progress: Optional[ProgressCallback] = None,
                        cancel: Optional[CancelToken] = None,
@@ -110,7 +110,11 @@ class MedSAMEngine:
         ``both``; slices outside that walk stay 0 in the result.
 
         ``on_slice(object, k, mask)`` is called as each slice is finished (k along ``axis``, the slice's 2-D mask as
-        :func:`medseg_backend.slicing.take_slice` cuts it): a progressive preview."""
+        :func:`medseg_backend.slicing.take_slice` cuts it): a progressive preview.
+
+        ``volume`` may be a :class:`~medseg_backend.intensity.VolumeSlab` (cut around the boxes, with the rule and
+        numbers of the whole volume, which the caller may then free): ``intensity`` is then the slab's, and the
+        result is still full-size (zero outside the slab; pages never written take no memory)."""
         t0 = time.perf_counter()
         if propagation not in PROPAGATIONS:
             raise InputError(f"Unknown propagation '{propagation}': use {', '.join(PROPAGATIONS)}.")
@@ -129,13 +133,35 @@ class MedSAMEngine:
             raise InputError(f"Unknown direction '{direction}': use {', '.join(DIRECTIONS)}.")
         from ..io import validate_array
 
-        validate_array(volume, "volume")
-        rule, why = intensity_rule(intensity, volume)
-        checked = [slicing.check_box(b, volume.shape, what=f"Box {i + 1}", axis=ax) for i, b in enumerate(boxes)]
-        seeds = _check_seeds(seeds, checked, volume.shape, ax)
-        work = slicing.to_slices(apply_intensity(volume, rule), ax)
+        if isinstance(volume, VolumeSlab):
+            shape, rule, why = volume.shape, volume.rule, volume.why or f"intensity preset {volume.rule.describe()}"
+            if volume.axis != ax:
+                raise InputError(f"The volume slab was cut along {AXES_BY_INDEX[volume.axis]} but the run is along "
+                                 f"{axis}: cut it along the run's axis.")
+        else:
+            validate_array(volume, "volume")
+            shape = volume.shape
+            rule, why = intensity_rule(intensity, volume)
+        checked = [slicing.check_box(b, shape, what=f"Box {i + 1}", axis=ax) for i, b in enumerate(boxes)]
+        seeds = _check_seeds(seeds, checked, shape, ax)
         projected = [slicing.project_box(b, ax) for b in checked]
-        blank = _blank_slices(work, projected)
+        # Only the slab of slices the boxes cover is windowed and walked (memory bounded by the box, not the
+        # volume); it is windowed with the whole volume's numbers, so each slice is what the whole-volume rule
+        # gives. Indices inside the slab are shifted by ``first``.
+        first, last = min(p[0] for p in projected), max(p[1] for p in projected)
+        if isinstance(volume, VolumeSlab):
+            if first < volume.first or last > volume.last:
+                raise InputError(f"The boxes cover slices {first}-{last} but the volume slab holds {volume.first}-"
+                                 f"{volume.last}: cut the slab around every box.")
+            part = volume
+            first, last = part.first, part.last
+        else:
+            part = cut_slab(volume, ax, first, last, rule, why)
+        slab = part.index
+        work = slicing.to_slices(part.windowed(), ax)
+        local = [(s0 - first, s1 - first, b2d) for s0, s1, b2d in projected]
+        seeds = [None if sd is None else (sd[0] - first, sd[1]) for sd in seeds]
+        blank = [first + k for k in _blank_slices(work, local)]
         if blank:
             shown = ", ".join(str(k) for k in blank[:10]) + (", ..." if len(blank) > 10 else "")
             warnings.warn(f"{len(blank)} slice(s) inside the box(es) are uniform after the intensity window "
@@ -144,23 +170,26 @@ class MedSAMEngine:
         labels_work = np.zeros(work.shape, dtype=np.uint8)
         probs_work = np.zeros(work.shape, dtype=np.float32)
         enc_before = self.predictor.cache.misses
-        total_slices = sum(_walk_length(s0, s1, seed, direction) for (s0, s1, _), seed in zip(projected, seeds))
+        total_slices = sum(_walk_length(s0, s1, seed, direction) for (s0, s1, _), seed in zip(local, seeds))
         done = [0]
         per_box = []
 
         def tick(obj: int, k: int, mask: np.ndarray) -> None:
             done[0] += 1
             if on_slice is not None:
-                on_slice(obj, int(k), mask)
-            report(progress, done[0] / max(total_slices, 1), f"box {obj}: slice {k}")
+                on_slice(obj, first + int(k), mask)
+            report(progress, done[0] / max(total_slices, 1), f"box {obj}: slice {first + k}")
 
         report(progress, 0.0, f"MedSAM ({self.model_name}, {self.precision}) on {len(checked)} box(es)")
-        for obj, ((s0, s1, b2d), seed) in enumerate(zip(projected, seeds), start=1):
+        for obj, ((s0, s1, b2d), seed) in enumerate(zip(local, seeds), start=1):
             info = propagate(self.predictor, work, labels_work, probs_work, obj, s0, s1, b2d, propagation, stop_after,
                              cancel, lambda k, mask, o=obj: tick(o, k, mask), seed=seed, direction=direction)
-            per_box.append(info)
-        labels = slicing.from_slices(labels_work, ax)
-        probs = slicing.from_slices(probs_work, ax)
+            per_box.append(_shifted(info, first))
+        # Full-size results, zero outside the slab (np.zeros: pages never written take no memory).
+        labels = np.zeros(shape, dtype=np.uint8)
+        probs = np.zeros(shape, dtype=np.float32)
+        labels[slab] = slicing.from_slices(labels_work, ax)
+        probs[slab] = slicing.from_slices(probs_work, ax)
         report(progress, 1.0, "done")
         moved = [f"box {i}: propagation started at slice {p['z_start']}, where the model is surer of the box than on "
                  f"the middle slice {p['z_middle']}" for i, p in enumerate(per_box, start=1)
@@ -180,9 +209,10 @@ class MedSAMEngine:
         if volume.ndim != 3:
             raise InputError(f"Encoding ahead needs a 3-D volume (K, J, I), got shape {volume.shape}.")
         rule, _ = intensity_rule(intensity, volume)
-        work = slicing.to_slices(apply_intensity(volume, rule), ax)
-        first, last = slices or (0, work.shape[0] - 1)
-        first, last = max(0, int(first)), min(work.shape[0] - 1, int(last))
+        depth = volume.shape[slicing.PERMUTATIONS[ax][0]]
+        first, last = slices or (0, depth - 1)
+        first, last = max(0, int(first)), min(depth - 1, int(last))
+        work = slicing.to_slices(cut_slab(volume, ax, first, last, rule).windowed(), ax)
         order = centre_first(first, last)
         misses, done = self.predictor.cache.misses, [0]
 
@@ -190,9 +220,21 @@ class MedSAMEngine:
             done[0] += n
             report(progress, done[0] / len(order), f"encoded {done[0]}/{len(order)} slices")
 
-        self.predictor.embeddings([work[k] for k in order], cancel, on_batch=on_batch)
+        self.predictor.embeddings([work[k - first] for k in order], cancel, on_batch=on_batch)
         encoded = self.predictor.cache.misses - misses
         return {"encoded": int(encoded), "cached": int(len(order) - encoded), "order": order}
+
+
+AXES_BY_INDEX = {index: name for name, index in AXES.items()}
+
+
+def _shifted(info: Dict, first: int) -> Dict:
+    """A :func:`propagate` summary of a slab starting at slice ``first``, in the volume's slice numbers."""
+    out = dict(info, z_middle=info["z_middle"] + first, z_start=info["z_start"] + first,
+               ended_at={side: None if k is None else k + first for side, k in info["ended_at"].items()})
+    for r in out["records"]:
+        r.slice += first
+    return out
 
 
 def _check_seeds(seeds, boxes, shape, ax: int) -> List[Optional[Tuple[int, np.ndarray]]]:

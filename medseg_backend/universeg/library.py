@@ -251,7 +251,7 @@ def _item_path(root: Path, rel: str, mpath: Path, i: int) -> Path:
 def load_library(folder: PathLike) -> Tuple[List[Example], Dict]:
     """Read a library: ``(examples, manifest)``. Label files keep their values; ``manifest['label']`` is the
     structure's value. Raises :class:`InputError` for a missing/broken manifest or missing/unreadable files."""
-    from ..io import read_image
+    from ..io import check_same_grid, read_image
 
     root = resolve_library(folder)
     manifest = read_manifest(root)
@@ -275,6 +275,7 @@ def load_library(folder: PathLike) -> Tuple[List[Example], Dict]:
             if lab.is_rgb:
                 raise InputError(f"Library {root}: label file '{item['label']}' is an RGB image: save labels as "
                                  "grey label maps.")
+            check_same_grid(img, lab, f"Library {root}, item {i}")
             label_array = lab.array
         name = str(item.get("name") or Path(item["image"]).stem)
         try:
