@@ -526,7 +526,10 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
                 ml = geometry.mask_volume_ml(mask, volume)
                 self.setStatus("; ".join(messages + [f"Preview ready ({ml:.1f} mL, {outcome.seconds:.1f} s): Apply "
                                                      "writes it into the segment."]))
-                self.afterPreview(outcome.result, mask, volume, segmentation, run["segmentID"])
+                try:
+                    self.afterPreview(outcome.result, mask, volume, segmentation, run["segmentID"])
+                except Exception:  # noqa: BLE001 - the preview is shown; the extras must not stop the poll loop
+                    logging.exception("MedSegSlicer: showing the slices to check failed")
         elif outcome.status == "cancelled":
             self.setStatus(outcome.message or "Cancelled: nothing was written.")
         else:
