@@ -5,7 +5,6 @@ import os
 
 import qt
 import slicer
-from medseg_backend import slicing
 
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
@@ -281,6 +280,10 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         if roi.GetDisplayNode() is not None:
             roi.GetDisplayNode().SetVisibility(True)
         self.roiSelector.setCurrentNode(roi)           # -> onRoiSelected: this segment's box
+        from MedSegSlicerLib import geometry
+
+        self.stopRoiPlacement()
+        self.roiPlacement = geometry.RoiPlacement(roi)  # keeps the first corner the widget defines
         self.placingRoi = True
         selection = slicer.app.applicationLogic().GetSelectionNode()
         selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
@@ -298,19 +301,26 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             if not self.autoUpdateEnabled():
                 self.startPrefetch()
 
+    def stopRoiPlacement(self):
+        placement = getattr(self, "roiPlacement", None)
+        if placement is not None:
+            placement.stop()
+        self.roiPlacement = None
+
     def onRoiPlaced(self):
         from MedSegSlicerLib import geometry
 
         roi = self.roiSelector.currentNode()
+        placement = getattr(self, "roiPlacement", None)
+        self.stopRoiPlacement()
         try:
             volume, _segmentation, _sid = self.inputs()
             if roi is None or roi.GetNumberOfControlPoints() == 0:
                 return
-            axis = self.axis(volume)
-            box = geometry.roi_to_voxel_box(roi, volume)
-            a = slicing.BOX_INDEX[slicing.axis_index(axis)]
-            if box[a + 3] - box[a] + 1 <= 2:               # drawn on one slice: give it the structure's depth
-                geometry.voxel_box_to_roi(roi, volume, geometry.full_depth_box(box, axis, volume))
+            # drawn on one slice: the product gives it the structure's depth (not Slicer's padding)
+            placed = geometry.placed_box(roi, volume, placement.first if placement is not None else None)
+            if placed is not None:
+                geometry.voxel_box_to_roi(roi, volume, placed[1])
         except MedSegError as e:
             self.setStatus(str(e), error=True)
             return
