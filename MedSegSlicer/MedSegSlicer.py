@@ -387,7 +387,11 @@ class SlicerInstaller:
                                   "again.")
         # slicer.packaging (Slicer >= 5.12) is not loaded by `import slicer`: deps.slicer_packaging() imports it.
         packaging = deps.slicer_packaging()
-        for name, args, kwargs in deps.pip_calls(plan.pip, has_pip_ensure=packaging is not None):
+        pins = deps.bundled_pins()     # Slicer's own numpy / scipy / SimpleITK / requests stay as they are
+        constraints = deps.write_constraints(pins, slicer.app.temporaryPath) if packaging is not None and pins \
+            and plan.pip else None
+        for name, args, kwargs in deps.pip_calls(plan.pip, has_pip_ensure=packaging is not None, pins=pins,
+                                                 constraints=constraints):
             getattr(packaging if name == "pip_ensure" else slicer.util, name)(*args, **kwargs)
         if plan.lite_weights:
             self.pip_install(deps.LITE_WEIGHTS_PIP_ARGS)
