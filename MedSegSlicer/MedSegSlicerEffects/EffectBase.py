@@ -20,6 +20,25 @@ INTENSITY_CHOICES = ("volume window/level", "auto", "ct-abdomen", "ct-lung", "ct
 LONG_RUN_SECONDS = 60
 
 
+class _MainWindowShortcut:
+    """A QShortcut on Slicer's main window, disabled until its ShortcutSet enables it; delete() removes it."""
+
+    def __init__(self, keys, callback):
+        self.callback = callback
+        self.shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
+        self.shortcut.setContext(qt.Qt.ApplicationShortcut)
+        self.shortcut.setEnabled(False)
+        self.shortcut.connect("activated()", callback)
+
+    def setEnabled(self, on):
+        self.shortcut.setEnabled(bool(on))
+
+    def delete(self):
+        self.shortcut.disconnect("activated()", self.callback)
+        self.shortcut.setParent(None)
+        self.shortcut.deleteLater()
+
+
 class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
     """Preview runs the model in the worker process and shows the result in a preview segmentation; Apply writes it
     through the editor's modify-segment path after saving an undo state; Cancel stops a run or drops the preview."""
@@ -57,14 +76,19 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
 
 
     def cleanup(self):
+        # Slicer >= 5.10 only (SLICER_API.md G4); on 5.6 / 5.8 the options panel's destroyed() does the same
+        self.shortcutSet().delete()
         self.timer.stop()
         self.timer.disconnect("timeout()", self.onPoll)
+
+    def activate(self):
+        self.shortcutSet().enable()        # only the shown effect's keys exist for Qt: never ambiguous
 
     def deactivate(self):
         # Leaving the effect (or the Segment Editor) keeps a running job and the preview: the timer goes on
         # polling (it stops itself when nothing runs), the preview lives in the scene, and both are there when the
         # user comes back.
-        pass
+        self.shortcutSet().disable()
 
     # ---- shared widgets ----------------------------------------------------------------------------------------
     @property
@@ -116,22 +140,26 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.previewButton.connect("clicked()", self.onPreview)
         self.cancelButton.connect("clicked()", self.onCancel)
         self.applyButton.connect("clicked()", self.onApply)
-        self.previewButton.setToolTip(self.previewButton.toolTip + " Shortcut: Ctrl+Shift+P.")
-        self.applyButton.setToolTip(self.applyButton.toolTip + " Shortcut: Ctrl+Shift+A.")
-        self.cancelButton.setToolTip(self.cancelButton.toolTip + " Shortcut: Ctrl+Shift+X.")
-        self.addShortcut("Ctrl+Shift+P", self.onPreview)
-        self.addShortcut("Ctrl+Shift+A", self.onApply)
-        self.addShortcut("Ctrl+Shift+X", self.onCancel)
+        for button, action, callback in ((self.previewButton, "preview", self.onPreview),
+                                         (self.applyButton, "apply", self.onApply),
+                                         (self.cancelButton, "cancel", self.onCancel)):
+            keys = self.addShortcut(action, callback)
+            button.setToolTip(button.toolTip + f" Shortcut: {keys}.")
+        # Slicer 5.6 / 5.8 never call cleanup(): the shortcuts go with the options panel
+        self.scriptedEffect.optionsFrame().connect("destroyed()", lambda: self.shortcutSet().delete())
         self.updateButtons()
 
-    def addShortcut(self, keys, callback):
-        """A keyboard shortcut active while this effect's options are shown (Slicer's main window)."""
-        if not hasattr(self, "shortcuts"):
-            self.shortcuts = []
-        shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
-        shortcut.setContext(qt.Qt.ApplicationShortcut)
-        shortcut.connect("activated()", lambda: self.onShortcut(callback))
-        self.shortcuts.append(shortcut)
+    def shortcutSet(self):
+        """This effect object's one set of shortcuts (MedSegSlicerLib.shortcuts.ShortcutSet)."""
+        if getattr(self, "shortcuts", None) is None:
+            from MedSegSlicerLib.shortcuts import ShortcutSet
+
+            self.shortcuts = ShortcutSet(_MainWindowShortcut)
+        return self.shortcuts
+
+    def addShortcut(self, action, callback):
+        """The keyboard shortcut of ``action`` (MedSegSlicerLib.shortcuts.KEYS); returns its keys."""
+        return self.shortcutSet().add(action, lambda: self.onShortcut(callback))
 
     def onShortcut(self, callback):
         # one effect object per effect type: act only for the effect the editor shows
@@ -164,7 +192,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.roiSelector.setToolTip(roiTooltip)
         self.drawRoiButton = qt.QPushButton("Draw ROI")
         self.drawRoiButton.setToolTip("Draw the box on one slice (drag, or click two corners); its depth is set from "
-                                      "its size. Re-uses this segment's box. Shortcut: Ctrl+Shift+R.")
+                                      "its size. Re-uses this segment's box.")
         self.fitRoiButton = qt.QPushButton(fitText)
         self.fitRoiButton.setToolTip(fitTooltip)
         row = qt.QHBoxLayout()
@@ -175,7 +203,8 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.drawRoiButton.connect("clicked()", self.onDrawRoi)
         self.fitRoiButton.connect("clicked()", self.onFitRoi)
         self.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRoiSelected)
-        self.addShortcut("Ctrl+Shift+R", self.onDrawRoi)
+        keys = self.addShortcut("draw_roi", self.onDrawRoi)
+        self.drawRoiButton.setToolTip(self.drawRoiButton.toolTip + f" Shortcut: {keys}.")
 
     def autoUpdateEnabled(self):
         box = getattr(self, "autoUpdateCheckBox", None)

@@ -31,7 +31,7 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
                  "slices</i>), <b>other segments</b> that show the same structure (each with its volume), or an "
                  "<b>example library</b>. Without a box the run covers the labelled slices plus a margin; "
                  "<b>Draw ROI</b> or <b>Fit to examples</b> sets it explicitly. <b>Preview</b> (Ctrl+Shift+P), then "
-                 "<b>Apply</b> (Ctrl+Shift+A, undoable; only the box's slices change) or <b>Cancel</b>.<p>The "
+                 "<b>Apply</b> (Ctrl+Shift+Return, undoable; only the box's slices change) or <b>Cancel</b>.<p>The "
                  "UniverSeg weights are for research use only (OpenRAIL++-M); you are asked to accept the licence "
                  "once.</html>")
 
@@ -121,6 +121,7 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
             w.connect(signal, self.updateMRMLFromGUI)
 
     def activate(self):
+        MedSegEffectBase.activate(self)
         self.refreshSegmentList()
 
     # ---- parameters (saved on the Segment Editor node, per effect) -------------------------------------------
