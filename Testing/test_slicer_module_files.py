@@ -178,3 +178,18 @@ def test_shipped_python_runs_on_slicer_5_6_python_3_9():
     assert len(shipped) > 40
     for path in shipped:
         ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+
+
+def test_drawing_the_box_is_described_as_two_clicks_not_a_drag():
+    """Issue 22 item 7: in place mode the markups widget places a control point on the button's release
+    (vtkSlicerMarkupsWidget: LeftButtonReleaseEvent -> WidgetEventControlPointPlace, SLICER_API.md R2), so a drag
+    places one corner; the help, tooltips, status lines and the tutorial say two clicks."""
+    import re
+
+    texts = {p.name: p.read_text() for p in (MODULE / "MedSegSlicerEffects").glob("*.py")}
+    texts["README.md"] = (REPO / "README.md").read_text()
+    wrong = re.compile(r"drag(,)? or click|\(drag|drag\s+a box|and drag\s", re.I)
+    for name, text in texts.items():
+        flat = re.sub(r'"\s*\n\s*"', "", text)            # join adjacent string literals
+        assert not wrong.search(flat), f"{name}: {wrong.search(flat).group(0)!r}"
+    assert "then the opposite corner" in texts["EffectBase.py"] and "two clicks" in texts["README.md"]

@@ -191,8 +191,9 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.roiSelector.setMRMLScene(slicer.mrmlScene)
         self.roiSelector.setToolTip(roiTooltip)
         self.drawRoiButton = qt.QPushButton("Draw ROI")
-        self.drawRoiButton.setToolTip("Draw the box on one slice (drag, or click two corners); its depth is set from "
-                                      "its size. Re-uses this segment's box.")
+        self.drawRoiButton.setToolTip("Draw the box on one slice: click one corner, then the opposite corner (two "
+                                      "clicks, not a drag); its depth is set from its size. Re-uses this segment's "
+                                      "box.")
         self.fitRoiButton = qt.QPushButton(fitText)
         self.fitRoiButton.setToolTip(fitTooltip)
         row = qt.QHBoxLayout()
@@ -319,7 +320,8 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         selection.SetActivePlaceNodeID(roi.GetID())
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         interaction.SetCurrentInteractionMode(interaction.Place)
-        self.setStatus("Draw the box on one slice around the structure: its depth is set automatically.")
+        self.setStatus("Click one corner of a box around the structure on one slice, then the opposite corner: its "
+                       "depth is set automatically.")
 
     def interactionNodeModified(self, interactionNode):
         # Placing an ROI must not deactivate the effect; when placement ends, give the box its depth.

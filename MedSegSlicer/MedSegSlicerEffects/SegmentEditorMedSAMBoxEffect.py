@@ -36,9 +36,9 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
 
     def helpText(self):
         return _("<html>Segment one structure with MedSAM from a box.<p>"
-                 "1. Select the segment to fill. 2. <b>Draw ROI</b> (Ctrl+Shift+R): drag or click two corners around "
-                 "the structure on one slice; the box gets the structure's depth automatically (shown below; drag "
-                 "its faces in another view to adjust). <b>Fit to segment</b> fits it to the segment. 3. "
+                 "1. Select the segment to fill. 2. <b>Draw ROI</b> (Ctrl+Shift+R): click one corner of a box around "
+                 "the structure on one slice, then the opposite corner (two clicks, not a drag); the box gets a depth "
+                 "of 1.2 x its longer side automatically (shown below; drag its faces in another view to adjust). <b>Fit to segment</b> fits it to the segment. 3. "
                  "<b>Preview</b> (Ctrl+Shift+P); with <i>Auto-update</i> on, moving the box previews again (cached, "
                  "fast). 4. <b>Apply</b> (Ctrl+Shift+Return, undoable) or <b>Cancel</b> (Ctrl+Shift+X).<p>"
                  "Slices are taken as the chosen view shows them. To correct a result, fix one slice with Paint / "
