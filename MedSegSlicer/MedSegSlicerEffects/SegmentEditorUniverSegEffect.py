@@ -269,11 +269,16 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
             folder = qt.QFileDialog.getExistingDirectory(None, "Export examples to an (empty) library folder")
             if not folder:
                 return
-            modality = qt.QInputDialog.getItem(None, "Modality", "Modality of the examples:", ["CT", "MR", "other"],
-                                               0, False)
+            # PythonQt's QInputDialog.getItem returns the first item on Cancel too: a dialog whose exec() says
+            dialog = qt.QInputDialog(slicer.util.mainWindow())
+            dialog.setWindowTitle("Modality")
+            dialog.setLabelText("Modality of the examples:")
+            dialog.setComboBoxItems(list(self.logic.MODALITIES))
+            dialog.setComboBoxEditable(False)
+            modality = dialog.textValue() if dialog.exec_() else None
             structure = segmentation.GetSegmentation().GetSegment(segment_id).GetName()
-            path = self.logic.exportExampleLibrary(folder, found, structure, modality or "CT", axis)
-            self.setStatus(f"Examples exported to {path}.")
+            path = self.logic.exportExampleLibrary(folder, found, structure, modality, axis)
+            self.setStatus(f"Examples exported to {path}." if path else "Export cancelled: nothing was written.")
         except MedSegError as e:
             self.setStatus(str(e), error=True)
         except ImportError as e:  # missing after the check, or installed in this session and not loadable yet

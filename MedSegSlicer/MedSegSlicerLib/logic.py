@@ -413,7 +413,16 @@ class MedSegLogic:
             logging.info("MedSegSlicer: %s", message)
         return seg, sid
 
+    #: Choices of the export's modality question (the panel's dialog lists them).
+    MODALITIES = ("CT", "MR", "other")
+
     def exportExampleLibrary(self, folder, examples, structure, modality="CT", axis="axial"):
+        """Write ``examples`` as an example library in ``folder``; returns its path. ``modality`` None (the user
+        cancelled the question) writes nothing and returns None; it must be one of :data:`MODALITIES`."""
         from . import examples as ex
 
+        if modality is None:
+            return None
+        if modality not in self.MODALITIES:
+            raise MedSegError(f"Unknown modality '{modality}': use {', '.join(self.MODALITIES)}.")
         return str(ex.export(folder, ex.cut_into_slices(examples, axis), structure=structure, modality=modality))
