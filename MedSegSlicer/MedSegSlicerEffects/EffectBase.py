@@ -76,10 +76,21 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
 
 
     def cleanup(self):
-        # Slicer >= 5.10 only (SLICER_API.md G4); on 5.6 / 5.8 the options panel's destroyed() does the same
+        # Slicer >= 5.10 only (SLICER_API.md G4); on 5.6 / 5.8 the options panel's destroyed() calls it. Safe twice.
         self.shortcutSet().delete()
+        if getattr(self, "cleanedUp", False):
+            return
+        self.cleanedUp = True
         self.timer.stop()
         self.timer.disconnect("timeout()", self.onPoll)
+        auto = getattr(self, "autoTimer", None)
+        if auto is not None:
+            auto.stop()
+            auto.disconnect("timeout()", self.onAutoUpdate)
+        self.placingRoi = False
+        self.stopRoiPlacement()
+        if hasattr(self, "roiObservations"):
+            self.watchRoi(None)              # no observer left on the scene's ROI nodes
 
     def activate(self):
         self.shortcutSet().enable()        # only the shown effect's keys exist for Qt: never ambiguous
@@ -146,7 +157,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             keys = self.addShortcut(action, callback)
             button.setToolTip(button.toolTip + f" Shortcut: {keys}.")
         # Slicer 5.6 / 5.8 never call cleanup(): the shortcuts go with the options panel
-        self.scriptedEffect.optionsFrame().connect("destroyed()", lambda: self.shortcutSet().delete())
+        self.scriptedEffect.optionsFrame().connect("destroyed()", self.cleanup)
         self.updateButtons()
 
     def shortcutSet(self):
@@ -257,9 +268,12 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         """Subclasses: the request that encodes ahead for a prepared run (None: nothing to prefetch)."""
         return None
 
+    #: True for effects whose prefetchRun encodes ahead (MedSAM): the others never prepare a run for it.
+    encodesAhead = False
+
     def startPrefetch(self):
         """Encode the box's slices in the worker while the user still adjusts the box (centre slice first)."""
-        if self.logic.busy or not self.scriptedEffect.active():
+        if not self.encodesAhead or self.logic.busy or not self.scriptedEffect.active():
             return
         try:
             from MedSegSlicerLib import deps
@@ -313,7 +327,8 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         from MedSegSlicerLib import geometry
 
         self.stopRoiPlacement()
-        self.roiPlacement = geometry.RoiPlacement(roi)  # keeps the first corner the widget defines
+        # keeps the first corner the widget defines; says when the box is complete (also with place persistence)
+        self.roiPlacement = geometry.RoiPlacement(roi, on_complete=lambda: qt.QTimer.singleShot(0, self.onRoiComplete))
         self.placingRoi = True
         selection = slicer.app.applicationLogic().GetSelectionNode()
         selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
@@ -324,13 +339,29 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
                        "depth is set automatically.")
 
     def interactionNodeModified(self, interactionNode):
-        # Placing an ROI must not deactivate the effect; when placement ends, give the box its depth.
+        # Placing an ROI must not deactivate the effect. The box is given its depth when its second corner is
+        # defined (onRoiComplete); leaving Place mode before that (Escape, another tool) ends the placement.
         if getattr(self, "placingRoi", False) and \
                 interactionNode.GetCurrentInteractionMode() != interactionNode.Place:
-            self.placingRoi = False
-            self.onRoiPlaced()
-            if not self.autoUpdateEnabled():
-                self.startPrefetch()
+            placement = getattr(self, "roiPlacement", None)
+            if placement is not None and placement.complete:
+                self.onRoiComplete()
+            else:
+                self.placingRoi = False
+                self.stopRoiPlacement()
+
+    def onRoiComplete(self):
+        """The second corner is placed: give the box its depth, leave Place mode (the Markups toolbar's place
+        persistence would keep it, and placingRoi with it), encode ahead."""
+        if not getattr(self, "placingRoi", False):
+            return
+        self.placingRoi = False
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        if interaction.GetCurrentInteractionMode() == interaction.Place:
+            interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+        self.onRoiPlaced()
+        if not self.autoUpdateEnabled():
+            self.startPrefetch()
 
     def stopRoiPlacement(self):
         placement = getattr(self, "roiPlacement", None)

@@ -343,6 +343,8 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         except MedSegError as e:
             self.setStatus(str(e), error=True)
 
+    encodesAhead = True
+
     def prefetchRun(self, prepared):
         return self.logic.segmenter.prepare_encode(prepared)
 

@@ -339,22 +339,32 @@ class RoiPlacement:
     R1) makes the box the two corners' bounding box, pads a zero side to the **shortest non-zero side**, and
     replaces both corners by one centre point: nothing in the finished node says whether its depth was drawn or
     padded. The first corner, recorded here when it is defined (the ROI still has no size then), tells:
-    :func:`drawn_plane_normal`. ``stop()`` removes the observer."""
+    :func:`drawn_plane_normal`. ``stop()`` removes the observer.
 
-    def __init__(self, roi_node) -> None:
+    ``on_complete()`` is called once, when the second corner is defined and the box has its size: the end of the
+    placement whatever the interaction mode does next (with *place persistence* on, the Markups toolbar keeps the
+    interaction node in Place mode, so "the mode left Place" never comes)."""
+
+    def __init__(self, roi_node, on_complete=None) -> None:
         import slicer
 
         self.roi = roi_node
         self.first: "np.ndarray | None" = None
+        self.complete = False
+        self._on_complete = on_complete
         self._tag = roi_node.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._defined)
 
     def _defined(self, caller, _event) -> None:
-        if self.first is None and caller.GetNumberOfDefinedControlPoints() == 1 and \
-                not np.any(np.asarray(caller.GetSize(), dtype=float)):
+        sized = bool(np.any(np.asarray(caller.GetSize(), dtype=float)))
+        if self.first is None and caller.GetNumberOfDefinedControlPoints() == 1 and not sized:
             for i in range(caller.GetNumberOfControlPoints()):
                 if caller.GetNthControlPointPositionStatus(i) == caller.PositionDefined:
                     self.first = np.asarray(caller.GetNthControlPointPositionWorld(i), dtype=float)
                     return
+        elif self.first is not None and sized and not self.complete:
+            self.complete = True
+            if self._on_complete is not None:
+                self._on_complete()
 
     def stop(self) -> None:
         if self._tag is not None:
