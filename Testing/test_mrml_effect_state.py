@@ -45,3 +45,22 @@ def test_no_editor_node_is_harmless():
     assert s.get("x", "d") == "d" and s.reference("ROI") is None
     s.set("x", 1)
     s.set_reference("ROI", None)
+
+
+def test_a_parameter_change_fires_effect_parameter_modified_not_a_full_refresh(slicer_scene):
+    """Issue 22 item 8: as scriptedEffect.setParameter does, a changed value fires only the editor node's
+    EffectParameterModified (the Segment Editor widget refreshes everything on ModifiedEvent); an unchanged one
+    fires nothing."""
+    import vtk
+
+    editor = slicer_scene.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "editor")
+    events = []
+    editor.AddObserver(vtk.vtkCommand.ModifiedEvent, lambda caller, event: events.append("Modified"))
+    editor.AddObserver(editor.EffectParameterModified, lambda caller, event: events.append("EffectParameter"))
+    state = EffectState(editor, "MedSAM box")
+    state.set("FirstSlice", 3)
+    state.set_default("Model", "lite-medsam")
+    state.set_default("Model", "medsam-vit-b")                 # defined already: nothing
+    state.set("FirstSlice", "3")                               # unchanged: nothing
+    assert events == ["EffectParameter", "EffectParameter"]
+    assert editor.GetAttribute("MedSAM box.FirstSlice") == "3" and state.get("Model") == "lite-medsam"

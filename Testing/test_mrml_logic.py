@@ -148,3 +148,26 @@ def test_time_estimate_before_a_long_cpu_run(slicer_scene):
     assert Segmenter.estimate_seconds(lite, on_cpu=False) is None
     assert Segmenter.estimate_seconds(lite, on_cpu=None) is None
     assert geometry.volume_shape(vol) == (40, 32, 32)
+
+
+def test_a_cancelled_modality_question_exports_nothing(tmp_path):
+    """Issue 22 item 8: PythonQt's QInputDialog.getItem gives the first item on Cancel, so the effect asks with a
+    dialog whose exec() result it passes on: None (cancelled) writes nothing; only the listed modalities are taken."""
+    import json
+
+    import numpy as np
+    from medseg_backend.universeg import Example
+
+    img = np.arange(400, dtype=np.int16).reshape(20, 20)
+    lab = np.zeros((20, 20), np.uint8)
+    lab[5:9, 5:9] = 1
+    examples = [Example(np.stack([img] * 2), np.stack([lab] * 2), "s", source="volume", slices=(0, 1))]
+    logic = MedSegLogic()
+    folder = tmp_path / "lib"
+    assert logic.exportExampleLibrary(str(folder), examples, "liver", None) is None
+    assert not folder.exists() or not any(folder.iterdir())
+    with pytest.raises(MedSegError, match="Unknown modality 'XR': use CT, MR, other"):
+        logic.exportExampleLibrary(str(folder), examples, "liver", "XR")
+    path = logic.exportExampleLibrary(str(folder), examples, "liver", "MR")
+    manifest = json.loads(next(Path(path).glob("*.json")).read_text())
+    assert manifest["modality"] == "MR"

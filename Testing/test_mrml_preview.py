@@ -32,7 +32,7 @@ def test_preview_node_carries_what_apply_needs_and_leaves_the_segment(sample):
                         messages=["clipped", "ok"], owner="MedSAM box")
     assert node.GetHideFromEditors() and not node.GetSaveWithScene() and preview.is_preview(node)
     assert editor_node.GetNodeReference("MedSegSlicer.Preview.MedSAM box") is node
-    np.testing.assert_allclose(node.GetSegmentation().GetNthSegment(0).GetColor(), (0.2, 0.3, 0.4))
+    np.testing.assert_allclose(node.GetSegmentation().GetNthSegment(0).GetColor(), preview.PREVIEW_COLOR)
     pending = preview.current(ctx.scene, editor_node, owner="MedSAM box")
     assert (pending.volume_id, pending.segmentation_id, pending.segment_id) == (vol.GetID(), seg.GetID(), sid)
     assert pending.slab == (0, 0, 3, 121, 100, 20) and pending.messages == ["clipped", "ok"]
@@ -54,6 +54,27 @@ def test_preview_node_carries_what_apply_needs_and_leaves_the_segment(sample):
     assert preview.current(ctx.scene, editor_node, owner="MedSAM box") is None
     assert not preview.drop(ctx.scene, editor_node, owner="MedSAM box")
     np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, vol), before)
+
+
+def test_the_preview_has_its_own_look(sample):
+    """Issue 22 item 6: a re-run over an existing segment must be visible: the preview is a yellow outline (cyan
+    when the segment itself is yellowish), no fill, no 3-D, whatever the segment looks like."""
+    ctx, vol, labels, seg, sid, editor_node = sample
+    target = seg.GetSegmentation().GetSegment(sid)
+    seg_display = seg.GetDisplayNode()
+    node = preview.show(ctx.scene, editor_node, seg, sid, labels == 1, vol, owner="MedSAM box")
+    shown = node.GetSegmentation().GetNthSegment(0)
+    assert tuple(shown.GetColor()) != tuple(target.GetColor())
+    np.testing.assert_allclose(shown.GetColor(), (1.0, 1.0, 0.0))
+    assert shown.GetName() == f"{target.GetName()} (preview)"
+    display = node.GetDisplayNode()
+    assert not display.GetVisibility2DFill() and display.GetVisibility2DOutline()
+    assert display.GetOpacity2DOutline() == 1.0 and not display.GetVisibility3D()
+    assert display.GetSliceIntersectionThickness() > seg_display.GetSliceIntersectionThickness()
+    assert seg_display.GetVisibility2DFill()                       # the user's segmentation is left as it was
+    target.SetColor(0.95, 0.9, 0.1)
+    node = preview.show(ctx.scene, editor_node, seg, sid, labels == 1, vol, owner="MedSAM box")
+    np.testing.assert_allclose(node.GetSegmentation().GetNthSegment(0).GetColor(), preview.PREVIEW_COLOR_ALT)
 
 
 def test_preview_of_a_deleted_target_is_not_offered(sample):

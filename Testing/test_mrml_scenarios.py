@@ -62,6 +62,27 @@ def test_undo_scenario(slicer_scene, sample_dir):
     assert res["restored"] and res["changed_voxels"] > 1000
 
 
+def test_the_undo_check_fails_when_apply_leaves_no_step(slicer_scene, sample_dir, monkeypatch):
+    """Issue 22 item 9: the self-test's "Apply left an undo state" check reads the real undo state (the editor
+    logic's CanUndo headless; the Segment Editor's Undo button, enabled exactly when a step exists, in the
+    application), not the widget's undoEnabled switch: an Apply that saves no step fails it."""
+    real = slicer_scene.editor_target
+
+    def without_undo_step(*args, **kwargs):
+        target = real(*args, **kwargs)
+        target.save_state_for_undo = lambda: None          # an Apply that leaves no undo step
+        return target
+
+    monkeypatch.setattr(slicer_scene, "editor_target", without_undo_step)
+    with pytest.raises(AssertionError, match="Apply left no undo state"):
+        scenarios.scenario_undo_restores(slicer_scene, sample_dir)
+    from pathlib import Path
+
+    scene_py = (Path(scenarios.__file__).parent / "scene.py").read_text()
+    assert "undoEnabled" not in scene_py.replace("``widget.undoEnabled`` only says", "")
+    assert "undo_step_exists(widget)" in scene_py
+
+
 def test_universeg_plumbing_scenario(slicer_scene, sample_dir, engines):
     res = scenarios.scenario_universeg_plumbing(slicer_scene, sample_dir, segmenter=core_for(slicer_scene, engines))
     # the stand-in copies the examples' majority label through the crop/resize/paste-back transforms: on the

@@ -31,10 +31,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-#: Slices whose confidence is below this are flagged for review.
-FLAG_BELOW = 0.8
-#: Slices whose mask has fewer than this share of pixels within the object's intensity range are flagged too.
-PROFILE_FLAG_BELOW = 0.6
+from .flags import FLAG_BELOW, PROFILE_FLAG_BELOW, is_flagged  # noqa: F401 - the review rule lives there (no torch)
+
 #: Logit offset of the stability score.
 STABILITY_OFFSET = 1.0
 
@@ -91,11 +89,6 @@ def profile_match(image: np.ndarray, mask: np.ndarray, rng: Optional[Tuple[float
     if vals.size == 0:
         return 0.0
     return float(np.count_nonzero((vals >= rng[0]) & (vals <= rng[1]))) / vals.size
-
-
-def is_flagged(area: int, confidence: float, profile: float = 1.0) -> bool:
-    """The review rule (module docstring)."""
-    return bool(area == 0 or confidence < FLAG_BELOW or profile < PROFILE_FLAG_BELOW)
 
 
 def combine(iou: float, stab: float, agreement: float, neighbour: float) -> float:

@@ -5,7 +5,6 @@ import os
 
 import qt
 import slicer
-from medseg_backend import slicing
 
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
@@ -19,6 +18,25 @@ INTENSITY_CHOICES = ("volume window/level", "auto", "ct-abdomen", "ct-lung", "ct
 
 #: Runs estimated longer than this on a CPU are confirmed first (with the estimate).
 LONG_RUN_SECONDS = 60
+
+
+class _MainWindowShortcut:
+    """A QShortcut on Slicer's main window, disabled until its ShortcutSet enables it; delete() removes it."""
+
+    def __init__(self, keys, callback):
+        self.callback = callback
+        self.shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
+        self.shortcut.setContext(qt.Qt.ApplicationShortcut)
+        self.shortcut.setEnabled(False)
+        self.shortcut.connect("activated()", callback)
+
+    def setEnabled(self, on):
+        self.shortcut.setEnabled(bool(on))
+
+    def delete(self):
+        self.shortcut.disconnect("activated()", self.callback)
+        self.shortcut.setParent(None)
+        self.shortcut.deleteLater()
 
 
 class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
@@ -58,14 +76,30 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
 
 
     def cleanup(self):
+        # Slicer >= 5.10 only (SLICER_API.md G4); on 5.6 / 5.8 the options panel's destroyed() calls it. Safe twice.
+        self.shortcutSet().delete()
+        if getattr(self, "cleanedUp", False):
+            return
+        self.cleanedUp = True
         self.timer.stop()
         self.timer.disconnect("timeout()", self.onPoll)
+        auto = getattr(self, "autoTimer", None)
+        if auto is not None:
+            auto.stop()
+            auto.disconnect("timeout()", self.onAutoUpdate)
+        self.placingRoi = False
+        self.stopRoiPlacement()
+        if hasattr(self, "roiObservations"):
+            self.watchRoi(None)              # no observer left on the scene's ROI nodes
+
+    def activate(self):
+        self.shortcutSet().enable()        # only the shown effect's keys exist for Qt: never ambiguous
 
     def deactivate(self):
         # Leaving the effect (or the Segment Editor) keeps a running job and the preview: the timer goes on
         # polling (it stops itself when nothing runs), the preview lives in the scene, and both are there when the
         # user comes back.
-        pass
+        self.shortcutSet().disable()
 
     # ---- shared widgets ----------------------------------------------------------------------------------------
     @property
@@ -117,22 +151,26 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.previewButton.connect("clicked()", self.onPreview)
         self.cancelButton.connect("clicked()", self.onCancel)
         self.applyButton.connect("clicked()", self.onApply)
-        self.previewButton.setToolTip(self.previewButton.toolTip + " Shortcut: Ctrl+Shift+P.")
-        self.applyButton.setToolTip(self.applyButton.toolTip + " Shortcut: Ctrl+Shift+A.")
-        self.cancelButton.setToolTip(self.cancelButton.toolTip + " Shortcut: Ctrl+Shift+X.")
-        self.addShortcut("Ctrl+Shift+P", self.onPreview)
-        self.addShortcut("Ctrl+Shift+A", self.onApply)
-        self.addShortcut("Ctrl+Shift+X", self.onCancel)
+        for button, action, callback in ((self.previewButton, "preview", self.onPreview),
+                                         (self.applyButton, "apply", self.onApply),
+                                         (self.cancelButton, "cancel", self.onCancel)):
+            keys = self.addShortcut(action, callback)
+            button.setToolTip(button.toolTip + f" Shortcut: {keys}.")
+        # Slicer 5.6 / 5.8 never call cleanup(): the shortcuts go with the options panel
+        self.scriptedEffect.optionsFrame().connect("destroyed()", self.cleanup)
         self.updateButtons()
 
-    def addShortcut(self, keys, callback):
-        """A keyboard shortcut active while this effect's options are shown (Slicer's main window)."""
-        if not hasattr(self, "shortcuts"):
-            self.shortcuts = []
-        shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
-        shortcut.setContext(qt.Qt.ApplicationShortcut)
-        shortcut.connect("activated()", lambda: self.onShortcut(callback))
-        self.shortcuts.append(shortcut)
+    def shortcutSet(self):
+        """This effect object's one set of shortcuts (MedSegSlicerLib.shortcuts.ShortcutSet)."""
+        if getattr(self, "shortcuts", None) is None:
+            from MedSegSlicerLib.shortcuts import ShortcutSet
+
+            self.shortcuts = ShortcutSet(_MainWindowShortcut)
+        return self.shortcuts
+
+    def addShortcut(self, action, callback):
+        """The keyboard shortcut of ``action`` (MedSegSlicerLib.shortcuts.KEYS); returns its keys."""
+        return self.shortcutSet().add(action, lambda: self.onShortcut(callback))
 
     def onShortcut(self, callback):
         # one effect object per effect type: act only for the effect the editor shows
@@ -164,8 +202,9 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.roiSelector.setMRMLScene(slicer.mrmlScene)
         self.roiSelector.setToolTip(roiTooltip)
         self.drawRoiButton = qt.QPushButton("Draw ROI")
-        self.drawRoiButton.setToolTip("Draw the box on one slice (drag, or click two corners); its depth is set from "
-                                      "its size. Re-uses this segment's box. Shortcut: Ctrl+Shift+R.")
+        self.drawRoiButton.setToolTip("Draw the box on one slice: click one corner, then the opposite corner (two "
+                                      "clicks, not a drag); its depth is set from its size. Re-uses this segment's "
+                                      "box.")
         self.fitRoiButton = qt.QPushButton(fitText)
         self.fitRoiButton.setToolTip(fitTooltip)
         row = qt.QHBoxLayout()
@@ -176,7 +215,8 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.drawRoiButton.connect("clicked()", self.onDrawRoi)
         self.fitRoiButton.connect("clicked()", self.onFitRoi)
         self.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRoiSelected)
-        self.addShortcut("Ctrl+Shift+R", self.onDrawRoi)
+        keys = self.addShortcut("draw_roi", self.onDrawRoi)
+        self.drawRoiButton.setToolTip(self.drawRoiButton.toolTip + f" Shortcut: {keys}.")
 
     def autoUpdateEnabled(self):
         box = getattr(self, "autoUpdateCheckBox", None)
@@ -228,9 +268,12 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         """Subclasses: the request that encodes ahead for a prepared run (None: nothing to prefetch)."""
         return None
 
+    #: True for effects whose prefetchRun encodes ahead (MedSAM): the others never prepare a run for it.
+    encodesAhead = False
+
     def startPrefetch(self):
         """Encode the box's slices in the worker while the user still adjusts the box (centre slice first)."""
-        if self.logic.busy or not self.scriptedEffect.active():
+        if not self.encodesAhead or self.logic.busy or not self.scriptedEffect.active():
             return
         try:
             from MedSegSlicerLib import deps
@@ -281,36 +324,65 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         if roi.GetDisplayNode() is not None:
             roi.GetDisplayNode().SetVisibility(True)
         self.roiSelector.setCurrentNode(roi)           # -> onRoiSelected: this segment's box
+        from MedSegSlicerLib import geometry
+
+        self.stopRoiPlacement()
+        # keeps the first corner the widget defines; says when the box is complete (also with place persistence)
+        self.roiPlacement = geometry.RoiPlacement(roi, on_complete=lambda: qt.QTimer.singleShot(0, self.onRoiComplete))
         self.placingRoi = True
         selection = slicer.app.applicationLogic().GetSelectionNode()
         selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
         selection.SetActivePlaceNodeID(roi.GetID())
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         interaction.SetCurrentInteractionMode(interaction.Place)
-        self.setStatus("Draw the box on one slice around the structure: its depth is set automatically.")
+        self.setStatus("Click one corner of a box around the structure on one slice, then the opposite corner: its "
+                       "depth is set automatically.")
 
     def interactionNodeModified(self, interactionNode):
-        # Placing an ROI must not deactivate the effect; when placement ends, give the box its depth.
+        # Placing an ROI must not deactivate the effect. The box is given its depth when its second corner is
+        # defined (onRoiComplete); leaving Place mode before that (Escape, another tool) ends the placement.
         if getattr(self, "placingRoi", False) and \
                 interactionNode.GetCurrentInteractionMode() != interactionNode.Place:
-            self.placingRoi = False
-            self.onRoiPlaced()
-            if not self.autoUpdateEnabled():
-                self.startPrefetch()
+            placement = getattr(self, "roiPlacement", None)
+            if placement is not None and placement.complete:
+                self.onRoiComplete()
+            else:
+                self.placingRoi = False
+                self.stopRoiPlacement()
+
+    def onRoiComplete(self):
+        """The second corner is placed: give the box its depth, leave Place mode (the Markups toolbar's place
+        persistence would keep it, and placingRoi with it), encode ahead."""
+        if not getattr(self, "placingRoi", False):
+            return
+        self.placingRoi = False
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        if interaction.GetCurrentInteractionMode() == interaction.Place:
+            interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+        self.onRoiPlaced()
+        if not self.autoUpdateEnabled():
+            self.startPrefetch()
+
+    def stopRoiPlacement(self):
+        placement = getattr(self, "roiPlacement", None)
+        if placement is not None:
+            placement.stop()
+        self.roiPlacement = None
 
     def onRoiPlaced(self):
         from MedSegSlicerLib import geometry
 
         roi = self.roiSelector.currentNode()
+        placement = getattr(self, "roiPlacement", None)
+        self.stopRoiPlacement()
         try:
             volume, _segmentation, _sid = self.inputs()
             if roi is None or roi.GetNumberOfControlPoints() == 0:
                 return
-            axis = self.axis(volume)
-            box = geometry.roi_to_voxel_box(roi, volume)
-            a = slicing.BOX_INDEX[slicing.axis_index(axis)]
-            if box[a + 3] - box[a] + 1 <= 2:               # drawn on one slice: give it the structure's depth
-                geometry.voxel_box_to_roi(roi, volume, geometry.full_depth_box(box, axis, volume))
+            # drawn on one slice: the product gives it the structure's depth (not Slicer's padding)
+            placed = geometry.placed_box(roi, volume, placement.first if placement is not None else None)
+            if placed is not None:
+                geometry.voxel_box_to_roi(roi, volume, placed[1])
         except MedSegError as e:
             self.setStatus(str(e), error=True)
             return
@@ -526,7 +598,10 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
                 ml = geometry.mask_volume_ml(mask, volume)
                 self.setStatus("; ".join(messages + [f"Preview ready ({ml:.1f} mL, {outcome.seconds:.1f} s): Apply "
                                                      "writes it into the segment."]))
-                self.afterPreview(outcome.result, mask, volume, segmentation, run["segmentID"])
+                try:
+                    self.afterPreview(outcome.result, mask, volume, segmentation, run["segmentID"])
+                except Exception:  # noqa: BLE001 - the preview is shown; the extras must not stop the poll loop
+                    logging.exception("MedSegSlicer: showing the slices to check failed")
         elif outcome.status == "cancelled":
             self.setStatus(outcome.message or "Cancelled: nothing was written.")
         else:

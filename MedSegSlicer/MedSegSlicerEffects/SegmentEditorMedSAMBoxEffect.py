@@ -36,11 +36,11 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
 
     def helpText(self):
         return _("<html>Segment one structure with MedSAM from a box.<p>"
-                 "1. Select the segment to fill. 2. <b>Draw ROI</b> (Ctrl+Shift+R): drag or click two corners around "
-                 "the structure on one slice; the box gets the structure's depth automatically (shown below; drag "
-                 "its faces in another view to adjust). <b>Fit to segment</b> fits it to the segment. 3. "
+                 "1. Select the segment to fill. 2. <b>Draw ROI</b> (Ctrl+Shift+R): click one corner of a box around "
+                 "the structure on one slice, then the opposite corner (two clicks, not a drag); the box gets a depth "
+                 "of 1.2 x its longer side automatically (shown below; drag its faces in another view to adjust). <b>Fit to segment</b> fits it to the segment. 3. "
                  "<b>Preview</b> (Ctrl+Shift+P); with <i>Auto-update</i> on, moving the box previews again (cached, "
-                 "fast). 4. <b>Apply</b> (Ctrl+Shift+A, undoable) or <b>Cancel</b> (Ctrl+Shift+X).<p>"
+                 "fast). 4. <b>Apply</b> (Ctrl+Shift+Return, undoable) or <b>Cancel</b> (Ctrl+Shift+X).<p>"
                  "Slices are taken as the chosen view shows them. To correct a result, fix one slice with Paint / "
                  "Erase, come back and press <b>Propagate from this slice</b> (Ctrl+Shift+G): your slice is kept and "
                  "the slices beyond it are re-run from it; Apply changes only those. Or set the slice range "
@@ -144,7 +144,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         self.lastHereButton.connect("clicked()", lambda: self.setRangeFromView(last=True))
         self.thisSliceButton.connect("clicked()", lambda: self.setRangeFromView(first=True, last=True))
         self.propagateButton.connect("clicked()", self.onPropagateFromSlice)
-        self.addShortcut("Ctrl+Shift+G", self.onPropagateFromSlice)
+        self.addShortcut("propagate", self.onPropagateFromSlice)
         for combo in (self.modelCombo, self.propagationCombo, self.viewCombo):
             combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.intensityCombo.connect("currentTextChanged(QString)", self.updateMRMLFromGUI)
@@ -342,6 +342,8 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
             labelmaps.write_masks(segmentation, volume, [(self.flaggedMask, existing, name)], mode="replace")
         except MedSegError as e:
             self.setStatus(str(e), error=True)
+
+    encodesAhead = True
 
     def prefetchRun(self, prepared):
         return self.logic.segmenter.prepare_encode(prepared)

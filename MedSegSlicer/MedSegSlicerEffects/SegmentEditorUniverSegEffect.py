@@ -31,7 +31,7 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
                  "slices</i>), <b>other segments</b> that show the same structure (each with its volume), or an "
                  "<b>example library</b>. Without a box the run covers the labelled slices plus a margin; "
                  "<b>Draw ROI</b> or <b>Fit to examples</b> sets it explicitly. <b>Preview</b> (Ctrl+Shift+P), then "
-                 "<b>Apply</b> (Ctrl+Shift+A, undoable; only the box's slices change) or <b>Cancel</b>.<p>The "
+                 "<b>Apply</b> (Ctrl+Shift+Return, undoable; only the box's slices change) or <b>Cancel</b>.<p>The "
                  "UniverSeg weights are for research use only (OpenRAIL++-M); you are asked to accept the licence "
                  "once.</html>")
 
@@ -121,6 +121,7 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
             w.connect(signal, self.updateMRMLFromGUI)
 
     def activate(self):
+        MedSegEffectBase.activate(self)
         self.refreshSegmentList()
 
     # ---- parameters (saved on the Segment Editor node, per effect) -------------------------------------------
@@ -268,11 +269,16 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
             folder = qt.QFileDialog.getExistingDirectory(None, "Export examples to an (empty) library folder")
             if not folder:
                 return
-            modality = qt.QInputDialog.getItem(None, "Modality", "Modality of the examples:", ["CT", "MR", "other"],
-                                               0, False)
+            # PythonQt's QInputDialog.getItem returns the first item on Cancel too: a dialog whose exec() says
+            dialog = qt.QInputDialog(slicer.util.mainWindow())
+            dialog.setWindowTitle("Modality")
+            dialog.setLabelText("Modality of the examples:")
+            dialog.setComboBoxItems(list(self.logic.MODALITIES))
+            dialog.setComboBoxEditable(False)
+            modality = dialog.textValue() if dialog.exec_() else None
             structure = segmentation.GetSegmentation().GetSegment(segment_id).GetName()
-            path = self.logic.exportExampleLibrary(folder, found, structure, modality or "CT", axis)
-            self.setStatus(f"Examples exported to {path}.")
+            path = self.logic.exportExampleLibrary(folder, found, structure, modality, axis)
+            self.setStatus(f"Examples exported to {path}." if path else "Export cancelled: nothing was written.")
         except MedSegError as e:
             self.setStatus(str(e), error=True)
         except ImportError as e:  # missing after the check, or installed in this session and not loadable yet

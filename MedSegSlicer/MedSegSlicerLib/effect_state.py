@@ -25,7 +25,20 @@ class EffectState:
 
     def set(self, name: str, value) -> None:
         if self.node is not None and self.get(name, None) != str(value):
-            self.node.SetAttribute(self.prefix + name, str(value))
+            self._write(self.prefix + name, str(value))
+
+    def _write(self, attribute: str, value: str) -> None:
+        """What ``qSlicerSegmentEditorAbstractEffect::setCommonParameter`` does (5.6 - 5.12, SLICER_API.md row
+        E2): the attribute is set with the node's modified events off, then only ``EffectParameterModified`` is
+        invoked - a plain ``SetAttribute`` fires ``ModifiedEvent``, and the Segment Editor refreshes everything on
+        that (segment list, effects' GUIs, masking widgets) at every slider step or keystroke."""
+        was = self.node.GetDisableModifiedEvent()
+        self.node.SetDisableModifiedEvent(1)
+        try:
+            self.node.SetAttribute(attribute, value)
+        finally:
+            self.node.SetDisableModifiedEvent(was)
+        self.node.InvokeCustomModifiedEvent(self.node.EffectParameterModified)
 
     def get_bool(self, name: str, default: bool = False) -> bool:
         return self.get(name, "1" if default else "0").strip().lower() in ("1", "true", "yes", "on")
@@ -47,7 +60,7 @@ class EffectState:
 
     def set_default(self, name: str, value) -> None:
         if self.node is not None and self.node.GetAttribute(self.prefix + name) is None:
-            self.node.SetAttribute(self.prefix + name, str(value))
+            self._write(self.prefix + name, str(value))
 
     # ---- node references (portable form of scriptedEffect.nodeReference / setNodeReference) --------------------
     def reference(self, name: str):

@@ -303,11 +303,16 @@ def voxel_spacing(volume_node) -> Tuple[float, float, float]:
     return tuple(float(v) for v in np.linalg.norm(volume_ijk_to_node(volume_node)[:3, :3], axis=0))
 
 
-def full_depth_box(box: Sequence[int], axis: str, volume_node, *, factor: float = 1.2) -> Box:
+#: Depth of a box drawn on one slice, as a multiple of its longer in-plane side (see :func:`full_depth_box`).
+DRAWN_DEPTH_FACTOR = 1.2
+
+
+def full_depth_box(box: Sequence[int], axis: str, volume_node, *, factor: float = DRAWN_DEPTH_FACTOR) -> Box:
     """A box drawn on one slice (its extent along ``axis`` is the slice, or a thin slab) made deep enough for
     the structure: as deep, in millimetres, as ``factor`` x its longer in-plane side, centred on the drawn
     slice(s), clipped to the volume. Organs and lesions are roughly as tall as they are wide, so this covers
-    the structure without a second view; the propagation stops where the object ends (adaptive mode)."""
+    most structures without a second view; a structure longer than that along ``axis`` (a kidney on axial slices)
+    is covered by dragging the box's faces in another view."""
     a = slicing.BOX_INDEX[slicing.axis_index(axis)]
     shape = volume_shape(volume_node)
     b = list(clip_box(box, shape, what="ROI"))
@@ -321,6 +326,92 @@ def full_depth_box(box: Sequence[int], axis: str, volume_node, *, factor: float 
     size = box_shape_xyz(shape)[a]
     b[a], b[a + 3] = max(lo, 0), min(hi, size - 1)
     return tuple(b)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A box drawn with the markups widget (Draw ROI): what the user drew, not Slicer's padding
+# ----------------------------------------------------------------------------------------------------------
+class RoiPlacement:
+    """Watches a box ROI while the markups widget places it, and keeps its first corner.
+
+    In place mode the widget defines two control points (two clicks). As soon as the second one is defined,
+    ``vtkMRMLMarkupsROINode::UpdateBoxROIFromControlPoints`` (same code in Slicer 5.6 - 5.12, SLICER_API.md row
+    R1) makes the box the two corners' bounding box, pads a zero side to the **shortest non-zero side**, and
+    replaces both corners by one centre point: nothing in the finished node says whether its depth was drawn or
+    padded. The first corner, recorded here when it is defined (the ROI still has no size then), tells:
+    :func:`drawn_plane_normal`. ``stop()`` removes the observer.
+
+    ``on_complete()`` is called once, when the second corner is defined and the box has its size: the end of the
+    placement whatever the interaction mode does next (with *place persistence* on, the Markups toolbar keeps the
+    interaction node in Place mode, so "the mode left Place" never comes)."""
+
+    def __init__(self, roi_node, on_complete=None) -> None:
+        import slicer
+
+        self.roi = roi_node
+        self.first: "np.ndarray | None" = None
+        self.complete = False
+        self._on_complete = on_complete
+        self._tag = roi_node.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._defined)
+
+    def _defined(self, caller, _event) -> None:
+        sized = bool(np.any(np.asarray(caller.GetSize(), dtype=float)))
+        if self.first is None and caller.GetNumberOfDefinedControlPoints() == 1 and not sized:
+            for i in range(caller.GetNumberOfControlPoints()):
+                if caller.GetNthControlPointPositionStatus(i) == caller.PositionDefined:
+                    self.first = np.asarray(caller.GetNthControlPointPositionWorld(i), dtype=float)
+                    return
+        elif self.first is not None and sized and not self.complete:
+            self.complete = True
+            if self._on_complete is not None:
+                self._on_complete()
+
+    def stop(self) -> None:
+        if self._tag is not None:
+            self.roi.RemoveObserver(self._tag)
+            self._tag = None
+
+
+def drawn_plane_normal(roi_node, first_corner_world) -> "np.ndarray | None":
+    """The world direction of the axis a box ROI was *not* drawn along (the normal of the slice it was drawn on),
+    or None when it was not drawn on one plane (e.g. two clicks on surfaces of a 3-D view, or no corner recorded).
+
+    A corner of a box drawn on one slice lies on a face of the finished box along both drawn axes and at its centre
+    along the padded one (see :class:`RoiPlacement`)."""
+    if first_corner_world is None or roi_node is None:
+        return None
+    size = np.asarray(roi_node.GetSize(), dtype=float)
+    if not np.all(np.isfinite(size)) or np.count_nonzero(size) < 3:
+        return None
+    to_world = roi_object_to_world(roi_node)
+    p = apply(np.linalg.inv(to_world), np.asarray(first_corner_world, dtype=float)[None, :])[0]
+    tol = 1e-4 * float(size.max()) + 1e-6
+    at_face = np.abs(np.abs(p) - size / 2.0) <= tol
+    at_centre = (np.abs(p) <= tol) & ~at_face
+    if int(at_face.sum()) != 2 or int(at_centre.sum()) != 1:
+        return None
+    normal = to_world[:3, int(np.argmax(at_centre))]
+    return normal / np.linalg.norm(normal)
+
+
+def placed_box(roi_node, volume_node, first_corner_world, *,
+               factor: float = DRAWN_DEPTH_FACTOR) -> "Tuple[str, Box] | None":
+    """The product's box for an ROI just placed with the markups widget: ``(axis, box)`` when it was drawn on one
+    slice - the drawn rectangle, on the drawn slice, given the depth of :func:`full_depth_box` along the voxel axis
+    closest to the drawing plane's normal (whatever size Slicer padded it to) - else None (keep the ROI as
+    placed)."""
+    normal = drawn_plane_normal(roi_node, first_corner_world)
+    if normal is None:
+        return None
+    axis = axis_for_view_normal(volume_node, normal)
+    a = slicing.BOX_INDEX[slicing.axis_index(axis)]
+    with warnings.catch_warnings():          # Slicer's padded depth may leave the volume: it is replaced here
+        warnings.simplefilter("ignore", MedSegWarning)
+        box = list(roi_to_voxel_box(roi_node, volume_node))
+    corner_ijk = apply(np.linalg.inv(volume_ijk_to_world(volume_node)), np.asarray(first_corner_world)[None, :])[0]
+    k = int(np.floor(corner_ijk[a] + 0.5))
+    box[a] = box[a + 3] = min(max(k, 0), box_shape_xyz(volume_shape(volume_node))[a] - 1)
+    return axis, full_depth_box(box, axis, volume_node, factor=factor)
 
 
 def axis_for_view_normal(volume_node, normal_ras: Sequence[float]) -> str:

@@ -53,6 +53,7 @@ class MedSegLogic:
         self._context_factory = context_factory
         self._segmenter = None
         self._segmenterScene = None
+        self._task = None          # the panel's run in flight (a segmenter.Pending), finished by pollTask
 
     # ---- callbacks -----------------------------------------------------------------------------------------
     def _confirm(self, question: str, title: str = TITLE, *, licence: bool = False) -> bool:
@@ -114,7 +115,11 @@ class MedSegLogic:
         return self.segmenter.start(prepared)
 
     def poll(self):
-        """``(fraction, message, outcome or None)`` of the run in flight; never blocks."""
+        """``(fraction, message, outcome or None)`` of the run in flight; never blocks. The outcome of a panel
+        task (:meth:`startSegmentSeveral`, ...) is not given here: :meth:`pollTask` finishes it."""
+        if self._task is not None:
+            fraction, message = self.segmenter.runner.progress()
+            return fraction, message, None
         return self.segmenter.poll()
 
     def cancel(self) -> None:
@@ -270,8 +275,12 @@ class MedSegLogic:
         return self.segmenter.import_weights(name, path, accept_licence=acceptLicence)
 
     def verifyReport(self, name=None):
+        return self._reportText(self.segmenter.verify_weights(name))
+
+    @staticmethod
+    def _reportText(results):
         lines = []
-        for res in self.segmenter.verify_weights(name):
+        for res in results:
             state = {True: "OK", False: "PROBLEM", None: "not installed"}[res["ok"]]
             lines.append(f"{res['name']}: {state}" + (f" - {'; '.join(res['problems'])}" if res["problems"] else "")
                          + (f"\n  sha256 {res['sha256']}" if res.get("sha256") else ""))
@@ -303,6 +312,74 @@ class MedSegLogic:
         for message in outcome.result.messages:
             logging.info("MedSegSlicer: %s", message)
         return seg, ids
+
+    # ---- the module panel's runs: started at once, finished through pollTask (never waits on the GUI thread) ---
+    @property
+    def taskRunning(self) -> bool:
+        return self._task is not None
+
+    def _startTask(self, start, describe):
+        if self.busy:
+            raise MedSegError(f"'{self.running_label}' is still running: wait for it or press Cancel, then start "
+                              "again.")
+        pending = start()
+        self._task = (pending, describe)
+        return pending.label
+
+    def startSegmentSeveral(self, volumeNode, roiNodes, structures, model="lite-medsam"):
+        """"Segment them": one MedSAM run for several ROIs, each written as a new segment of its standard
+        structure in a new segmentation. Checks, asks (weights) and starts, then returns at once; :meth:`pollTask`
+        writes the segments when the run ends. Returns the run's label."""
+        rois = [r for r in (roiNodes or []) if r is not None]
+        if volumeNode is None or not rois:
+            raise MedSegError("Choose the volume and at least one ROI with a structure (List the ROIs first), then "
+                              "press Segment them.")
+        if len(list(structures or [])) != len(rois):
+            raise MedSegError(f"{len(rois)} ROIs but {len(list(structures or []))} structures: pick one structure per "
+                              "ROI.")
+        self.ensureWeights(model, ask=True)
+
+        def describe(value):
+            seg, ids, outcome = value
+            messages = list(outcome.result.messages)
+            return "; ".join(messages + [f"{len(ids)} segment(s) written into '{seg.GetName()}'."])
+
+        return self._startTask(lambda: self.segmenter.start_segment_with_medsam(
+            volumeNode, rois, structures=list(structures), model=model), describe)
+
+    def startVerify(self, name=None):
+        """Verify weights in the worker without waiting; :meth:`pollTask` gives the report."""
+        return self._startTask(lambda: self.segmenter.start_verify_weights(name), self._reportText)
+
+    def startImportWeights(self, name, path, acceptLicence=False):
+        """Import a weights file (checked in the worker) without waiting; :meth:`pollTask` says where it went."""
+        return self._startTask(lambda: self.segmenter.start_import_weights(name, path, accept_licence=acceptLicence),
+                               lambda installed: f"{name} weights installed: {installed}")
+
+    def cancelTask(self) -> bool:
+        """Cancel the panel's run (nothing is written). False when none runs."""
+        if self._task is None:
+            return False
+        self.segmenter.cancel()
+        return True
+
+    def pollTask(self):
+        """The panel's QTimer tick; never blocks. ``(fraction, message, None)`` while the run goes on;
+        ``(1.0, text, ok)`` once, when it has ended and was finished here (segments written, report made):
+        ``ok`` False with a one-line reason on failure or cancel. ``None`` when no panel run is in flight."""
+        if self._task is None:
+            return None
+        fraction, message, outcome = self.segmenter.poll()
+        if outcome is None:
+            return fraction, message, None
+        (pending, describe), self._task = self._task, None
+        try:
+            return 1.0, describe(pending.finish(outcome)), True
+        except MedSegError as e:
+            return 1.0, str(e), False
+        except Exception as e:  # noqa: BLE001 - a readable line, the traceback to the log
+            logging.exception("MedSegSlicer: %s failed", pending.label)
+            return 1.0, f"{pending.label} failed: {e}", False
 
     def collectExamples(self, volumeNode=None, labelledSegment=None, exampleSegments=(), libraryFolder=None,
                         axis="axial"):
@@ -336,7 +413,16 @@ class MedSegLogic:
             logging.info("MedSegSlicer: %s", message)
         return seg, sid
 
+    #: Choices of the export's modality question (the panel's dialog lists them).
+    MODALITIES = ("CT", "MR", "other")
+
     def exportExampleLibrary(self, folder, examples, structure, modality="CT", axis="axial"):
+        """Write ``examples`` as an example library in ``folder``; returns its path. ``modality`` None (the user
+        cancelled the question) writes nothing and returns None; it must be one of :data:`MODALITIES`."""
         from . import examples as ex
 
+        if modality is None:
+            return None
+        if modality not in self.MODALITIES:
+            raise MedSegError(f"Unknown modality '{modality}': use {', '.join(self.MODALITIES)}.")
         return str(ex.export(folder, ex.cut_into_slices(examples, axis), structure=structure, modality=modality))

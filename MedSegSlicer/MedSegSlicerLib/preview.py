@@ -16,6 +16,13 @@ import numpy as np
 
 from . import geometry, labelmaps, segments
 
+#: The preview's own look, so that it never looks like the segment it may replace: an outline (no fill) in the
+#: slice views, in yellow - or cyan when the target segment itself is yellowish - thicker than a segment's outline,
+#: and not shown in 3-D.
+PREVIEW_COLOR = (1.0, 1.0, 0.0)
+PREVIEW_COLOR_ALT = (0.0, 1.0, 1.0)
+PREVIEW_OUTLINE_THICKNESS = 3
+
 REFERENCE_ROLE = "MedSegSlicer.Preview"
 PREVIEW_ATTRIBUTE = "MedSegSlicer.Preview"
 _PREFIX = "MedSegSlicer.Preview."
@@ -39,6 +46,12 @@ class Pending:
         return labelmaps.segment_to_array(self.node, seg.GetNthSegmentID(0), volume_node)
 
 
+def preview_color(target_color: Sequence[float]) -> Tuple[float, float, float]:
+    """:data:`PREVIEW_COLOR`, or :data:`PREVIEW_COLOR_ALT` when the target segment's colour is close to it."""
+    distance = float(np.linalg.norm(np.asarray(target_color, dtype=float)[:3] - np.asarray(PREVIEW_COLOR)))
+    return PREVIEW_COLOR_ALT if distance < 0.5 else PREVIEW_COLOR
+
+
 def is_preview(node) -> bool:
     return node is not None and bool(node.GetAttribute(PREVIEW_ATTRIBUTE))
 
@@ -49,10 +62,11 @@ def _role(owner: str) -> str:
 
 def show(scene, editor_node, segmentation_node, segment_id: str, mask: np.ndarray, volume_node, *,
          slab: Optional[Sequence[int]] = None, messages: Sequence[str] = (), name: Optional[str] = None,
-         color: Optional[Sequence[float]] = None, opacity: float = 0.6, owner: str = ""):
+         owner: str = ""):
     """Show ``mask`` as the preview for ``segment_id`` of ``segmentation_node`` (replacing an older preview of
-    this editor and ``owner`` - the effect's name, so two effects keep separate previews); nothing of the user's
-    segmentation changes. Returns the preview node."""
+    this editor and ``owner`` - the effect's name, so two effects keep separate previews), as an outline in the
+    preview colour (:func:`preview_color`); nothing of the user's segmentation changes. Returns the preview
+    node."""
     segments.check_segmentation(segmentation_node)
     target = segments.get_segment(segmentation_node, segment_id)
     geometry.check_scalar_volume(volume_node)
@@ -72,8 +86,8 @@ def show(scene, editor_node, segmentation_node, segment_id: str, mask: np.ndarra
     node.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
     node.GetSegmentation().RemoveAllSegments()
     labelmaps.ensure_reference_geometry(node, volume_node)
-    sid = labelmaps.write_mask(node, binary, volume_node, name=name or target.GetName(),
-                              color=color or target.GetColor())
+    sid = labelmaps.write_mask(node, binary, volume_node, name=f"{name or target.GetName()} (preview)",
+                              color=preview_color(target.GetColor()))
     attributes = {
         "SegmentationID": segmentation_node.GetID(), "SegmentID": segment_id, "VolumeID": volume_node.GetID(),
         "Slab": " ".join(str(int(v)) for v in slab) if slab is not None else "",
@@ -83,7 +97,11 @@ def show(scene, editor_node, segmentation_node, segment_id: str, mask: np.ndarra
         node.SetAttribute(_PREFIX + key, value)
     display = node.GetDisplayNode()
     if display is not None:
-        display.SetOpacity(opacity)
+        display.SetVisibility2DFill(False)
+        display.SetVisibility2DOutline(True)
+        display.SetOpacity2DOutline(1.0)
+        display.SetSliceIntersectionThickness(PREVIEW_OUTLINE_THICKNESS)
+        display.SetVisibility3D(False)
         display.SetSegmentVisibility(sid, True)
     return node
 

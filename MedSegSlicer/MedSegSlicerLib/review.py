@@ -8,7 +8,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from medseg_backend import slicing
-from medseg_backend.confidence import FLAG_BELOW, PROFILE_FLAG_BELOW
+from medseg_backend.flags import flag_reasons
 
 from . import geometry
 
@@ -20,16 +20,10 @@ def flagged_slices(result, obj: int = 1) -> List[Dict]:
 
 
 def reasons(row: Dict) -> List[str]:
-    """Why a report row is doubtful: ``empty`` (no voxel), ``confidence`` (below the review threshold) and/or
-    ``profile`` (too few of its voxels in the object's intensity range: it may have slid onto another tissue)."""
-    if not int(row.get("area_voxels", 0)):
-        return ["empty"]
-    out = []
-    if float(row.get("confidence", 0.0)) < FLAG_BELOW:
-        out.append("confidence")
-    if float(row.get("profile", 1.0)) < PROFILE_FLAG_BELOW:
-        out.append("profile")
-    return out
+    """Why a report row is doubtful (:func:`medseg_backend.flags.flag_reasons`: ``empty``, ``confidence``,
+    ``profile``)."""
+    return flag_reasons(int(row.get("area_voxels", 0)), float(row.get("confidence", 0.0)),
+                        float(row.get("profile", 1.0)))
 
 
 def review_mask(mask: np.ndarray, rows: Sequence[Dict], axis: str = "axial") -> np.ndarray:

@@ -169,7 +169,7 @@ class SceneContext:
         if effect is None:
             raise InputError(f"The Segment Editor effect '{effect_name}' is not registered: restart Slicer after "
                              "installing MedSegSlicer.")
-        return editing.ScriptedEffectTarget(effect, undo=widget.undo, can_undo=lambda: widget.undoEnabled)
+        return editing.ScriptedEffectTarget(effect, undo=widget.undo, can_undo=lambda: undo_step_exists(widget))
 
     @property
     def segment_editor_node(self):
@@ -178,3 +178,13 @@ class SceneContext:
     def clear(self) -> None:
         self._editor.clear()
         self.scene.Clear(0)
+
+
+def undo_step_exists(widget) -> bool:
+    """Whether the Segment Editor widget holds a state to go back to. ``widget.undoEnabled`` only says that undo is
+    switched on; the widget enables its Undo button exactly when a step exists (``updateUndoRedoButtonsState``:
+    ``SegmentationHistory->IsRestorePreviousStateAvailable()`` in 5.6 / 5.8, ``Logic->CanUndo()`` from 5.10;
+    SLICER_API.md row U1), in every release."""
+    import slicer
+
+    return bool(slicer.util.findChild(widget, "UndoButton").enabled)

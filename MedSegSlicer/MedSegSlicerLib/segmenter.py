@@ -16,7 +16,7 @@ import hashlib
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from .errors import InputError, MedSegWarning
 from . import worker_client
 from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, poll_step, run_blocking
 
-__all__ = ["Segmenter", "PreparedRun", "EngineCache", "volume_key", "raise_unless_ok"]
+__all__ = ["Segmenter", "PreparedRun", "Pending", "EngineCache", "volume_key", "raise_unless_ok"]
 
 DEFAULT_MODEL = MEDSAM_MODELS[0]
 #: Seconds per slice on a 2-core CPU, fp32 (benchmarks/bench_medsam3d.py, bench_universeg.py; README "Speed"),
@@ -80,6 +80,14 @@ class PreparedRun:
     guard: NodeGuard
     messages: List[str] = field(default_factory=list)
     info: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Pending:
+    """A run started without waiting (the module panel's buttons): :meth:`Segmenter.finish` turns its outcome into
+    the run's value on the GUI thread (e.g. writes the segments) once the poll loop has it."""
+    label: str
+    finish: Callable[[JobOutcome], Any]
 
 
 def volume_key(volume_node, array: np.ndarray) -> str:
@@ -390,20 +398,48 @@ class Segmenter:
     # ------------------------------------------------------------------------------------------------------
     # Weights (checked where torch lives: the worker)
     # ------------------------------------------------------------------------------------------------------
-    def _weights_call(self, op: str, label: str, **params):
+    def start_pending(self, prepared: PreparedRun, finish: Callable[[JobOutcome], Any]) -> Pending:
+        """Non-blocking: start ``prepared`` and return the :class:`Pending` whose ``finish(outcome)`` gives its
+        value; :meth:`poll` until the outcome comes (the module panel's QTimer), then call ``finish``."""
+        self.start(prepared)
+        return Pending(prepared.label, finish)
+
+    @staticmethod
+    def _weights_job(op: str, label: str, value: Callable[[Any], Any], **params):
         prepared = PreparedRun(label=label, request=Request(op, params), guard=None)
-        outcome = self.run(prepared)
-        raise_unless_ok(outcome)
-        return outcome.result
+
+        def finish(outcome: JobOutcome):
+            raise_unless_ok(outcome)
+            return value(outcome.result)
+
+        return prepared, finish
+
+    def _verify_job(self, name: Optional[str]):
+        return self._weights_job("weights_verify", "Verify weights", lambda r: list(r.results or []), name=name)
+
+    def _import_job(self, name: str, path: str, accept_licence: bool):
+        return self._weights_job("weights_import", f"Import {name} weights", lambda r: str(r.path), name=name,
+                                 path=str(path), accept_licence=bool(accept_licence))
 
     def verify_weights(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
-        """Hash and layout check of installed weights, in the worker (torch never loads in Slicer's process)."""
-        return list(self._weights_call("weights_verify", "Verify weights", name=name).results or [])
+        """Hash and layout check of installed weights, in the worker (torch never loads in Slicer's process).
+        Blocking (batch use); :meth:`start_verify_weights` for the panel."""
+        prepared, finish = self._verify_job(name)
+        return finish(self.run(prepared))
+
+    def start_verify_weights(self, name: Optional[str] = None) -> Pending:
+        """:meth:`verify_weights` without waiting: its :class:`Pending` gives the list of results."""
+        return self.start_pending(*self._verify_job(name))
 
     def import_weights(self, name: str, path: str, accept_licence: bool = False) -> str:
-        """Check a local weights file and install it into the cache, in the worker."""
-        return str(self._weights_call("weights_import", f"Import {name} weights", name=name, path=str(path),
-                                      accept_licence=bool(accept_licence)).path)
+        """Check a local weights file and install it into the cache, in the worker. Blocking (batch use);
+        :meth:`start_import_weights` for the panel."""
+        prepared, finish = self._import_job(name, path, accept_licence)
+        return finish(self.run(prepared))
+
+    def start_import_weights(self, name: str, path: str, accept_licence: bool = False) -> Pending:
+        """:meth:`import_weights` without waiting: its :class:`Pending` gives the installed path."""
+        return self.start_pending(*self._import_job(name, path, accept_licence))
 
     # ------------------------------------------------------------------------------------------------------
     # Batch helpers: run + write segments
@@ -431,6 +467,18 @@ class Segmenter:
         new segments get its name, colour and terminology codes. All-or-nothing: names / structures / segment IDs /
         targets are checked before the run, and the scene changes only when the run succeeded and every segment
         could be written (else the error is raised, nothing changed)."""
+        prepared, finish = self._medsam_job(volume_node, rois, segmentation_node, names=names,
+                                            segment_ids=segment_ids, mode=mode, structures=structures, **options)
+        return finish(self.run(prepared, progress=progress, cancel=cancel))
+
+    def start_segment_with_medsam(self, volume_node, rois, segmentation_node=None, **options) -> Pending:
+        """:meth:`segment_with_medsam` without waiting (the panel's "Segment them"): the same checks before the
+        run; its :class:`Pending` writes the segments and gives ``(segmentation_node, segment_ids, outcome)``."""
+        return self.start_pending(*self._medsam_job(volume_node, rois, segmentation_node, **options))
+
+    def _medsam_job(self, volume_node, rois, segmentation_node=None, *, names=None, segment_ids=None,
+                    mode: str = "replace", structures=None, **options):
+        """Checks and prepares a MedSAM batch run: ``(prepared, finish)``, ``finish(outcome)`` writes it."""
         if mode not in ("replace", "add"):
             raise InputError(f"Unknown write mode '{mode}': use replace or add.")
         if structures is not None:
@@ -445,15 +493,17 @@ class Segmenter:
             raise InputError(f"{n} boxes but {len(names)} names / {len(targets)} segment IDs: give one per ROI.")
         if any(t is not None for t in targets) and segmentation_node is None:
             raise InputError("Segment IDs were given without their segmentation: pass segmentation_node too.")
-        outcome = self.run(prepared, progress=progress, cancel=cancel)
-        raise_unless_ok(outcome)
-        labels = outcome.result.labels
-        items = [(labels == obj, targets[obj - 1], names[obj - 1]) for obj in range(1, n + 1)]
-        segmentation_node, written = self._write_results(segmentation_node, volume_node,
-                                                         f"{volume_node.GetName()} MedSAM", items, mode,
-                                                         slab=prepared.info["slabs"])
-        outcome.result.messages = prepared.messages + list(outcome.result.messages)
-        return segmentation_node, written, outcome
+
+        def finish(outcome: JobOutcome):
+            raise_unless_ok(outcome)
+            labels = outcome.result.labels
+            items = [(labels == obj, targets[obj - 1], names[obj - 1]) for obj in range(1, n + 1)]
+            seg, written = self._write_results(segmentation_node, volume_node, f"{volume_node.GetName()} MedSAM",
+                                               items, mode, slab=prepared.info["slabs"])
+            outcome.result.messages = prepared.messages + list(outcome.result.messages)
+            return seg, written, outcome
+
+        return prepared, finish
 
     @staticmethod
     def structure(name):
