@@ -143,6 +143,5 @@ def test_out_of_memory_is_one_error_line_and_nothing_written(capsys, monkeypatch
     code, _, err = run_cli(capsys, *argv, "-o", tmp_path / "seg.nrrd")
     assert code == 2
     assert error_line(err) == (f"error: Out of memory while segmenting {vol}: nothing was written; close other "
-                               "programs, use a smaller box (a run needs the volume once plus the slices its boxes "
-                               "cover), or crop the volume first.")
+                               "programs, use a smaller box or ROI, or crop the volume first.")
     assert snapshot(tmp_path) == before

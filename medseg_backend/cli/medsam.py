@@ -60,7 +60,7 @@ def _add_medsam(sub) -> None:
 def out_of_memory(what: str) -> MedSegError:
     """The one-line error for a MemoryError: what ran out, and what to do."""
     return MedSegError(f"Out of memory while {what}: nothing was written; close other programs, use a smaller box "
-                       "(a run needs the volume once plus the slices its boxes cover), or crop the volume first.")
+                       "or ROI, or crop the volume first.")
 
 
 def cmd_medsam(args) -> int:
