@@ -27,7 +27,7 @@ def manifest() -> Dict[str, str]:
     if not MANIFEST.is_file():
         raise FixtureError(f"{MANIFEST} is missing: rebuild it with Testing/Data/make_fixtures.py")
     out = {}
-    for line in MANIFEST.read_text().splitlines():
+    for line in MANIFEST.read_text(encoding="utf-8").splitlines():
         if line.strip():
             digest, rel = line.split(None, 1)
             out[rel.strip()] = digest

@@ -27,7 +27,7 @@ def test_backend_imports_no_qt_slicer_or_vtk():
 def test_every_torch_load_is_weights_only():
     calls = []
     for py in ROOT.rglob("*.py"):
-        for m in re.finditer(r"torch\.load\(([^)]*)\)", py.read_text()):
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", py.read_text(encoding="utf-8")):
             calls.append((py.name, m.group(1)))
     assert calls, "no torch.load call found"
     for name, args in calls:
@@ -120,7 +120,7 @@ def _slicer_module_imports():
         rel = py.relative_to(module_dir).with_suffix("")
         if rel.parts[0] in ("MedSegSlicerLib", "MedSegSlicerEffects"):
             names.add(".".join(p for p in rel.parts if p != "__init__"))
-        for node in ast.walk(ast.parse(py.read_text())):
+        for node in ast.walk(ast.parse(py.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 found = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -168,7 +168,7 @@ def test_cli_writes_the_slice_report_beside_the_label_map(case, tmp_path, data_d
     assert main(["medsam", ct, "--box", box, "-o", str(out), "--device", "cpu"]) == 0
     report = tmp_path / "kidney.slices.csv"
     assert "kidney.slices.csv" in capsys.readouterr().out
-    rows = list(csv.DictReader(report.read_text().splitlines()))
+    rows = list(csv.DictReader(report.read_text(encoding="utf-8").splitlines()))
     labels = read_image(str(out)).array
     assert [int(r["slice"]) for r in rows] == [k for k in range(labels.shape[0]) if labels[k].any()]
     sx, sy, _ = img.geometry.spacing
@@ -181,7 +181,7 @@ def test_cli_writes_the_slice_report_beside_the_label_map(case, tmp_path, data_d
     js = tmp_path / "report.json"
     assert main(["medsam", ct, "--box", box, "-o", str(tmp_path / "k2.nrrd"), "--device", "cpu",
                  "--slice-report", str(js)]) == 0
-    assert [r["slice"] for r in json.loads(js.read_text())["slices"]] == [int(r["slice"]) for r in rows]
+    assert [r["slice"] for r in json.loads(js.read_text(encoding="utf-8"))["slices"]] == [int(r["slice"]) for r in rows]
     assert not (tmp_path / "k2.slices.csv").exists()
 
 

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The table and the version rules
 # ----------------------------------------------------------------------------------------------------------
 def test_requirements_are_the_backend_dependencies_of_pyproject():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     declared = {deps.split_requirement(r)[0]: deps.split_requirement(r)[1] for r in project["dependencies"]}
     ours = {deps.split_requirement(r)[0]: deps.split_requirement(r)[1] for r in deps.REQUIREMENTS.values()}
     assert ours == declared
@@ -150,7 +150,7 @@ def test_packages_slicer_ships_are_never_upgraded(tmp_path, release):
     assert deps.pip_calls(plan["pip"], has_pip_ensure=False, pins=pins) == [
         ("pip_install", (["pynrrd>=1.0"] + pins,), {})]
     path = deps.write_constraints(pins, str(tmp_path))
-    assert Path(path).read_text().split() == pins
+    assert Path(path).read_text(encoding="utf-8").split() == pins
     assert deps.pip_calls(plan["pip"], has_pip_ensure=True, pins=pins, constraints=path) == [
         ("pip_ensure", (["pynrrd>=1.0"],), {"prompt_install": False, "requester": "MedSegSlicer",
                                             "constraints": path})]

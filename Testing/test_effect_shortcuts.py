@@ -100,7 +100,7 @@ def _method_calls(cls, method):
 
 
 def test_the_effects_wire_the_set_to_slicers_hooks():
-    tree = ast.parse((EFFECTS / "EffectBase.py").read_text())
+    tree = ast.parse((EFFECTS / "EffectBase.py").read_text(encoding="utf-8"))
     base = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MedSegEffectBase")
     assert "enable" in _method_calls(base, "activate")
     assert "disable" in _method_calls(base, "deactivate")
@@ -110,11 +110,11 @@ def test_the_effects_wire_the_set_to_slicers_hooks():
     assert "cleanup" in {n.attr for n in ast.walk(setup) if isinstance(n, ast.Attribute)}
     # the only QShortcut is the one ShortcutSet makes; no key text is written anywhere but shortcuts.KEYS
     for py in EFFECTS.glob("*.py"):
-        text = py.read_text()
+        text = py.read_text(encoding="utf-8")
         assert text.count("QShortcut(") == (1 if py.name == "EffectBase.py" else 0), py.name
         code = "\n".join(l for l in text.splitlines() if "helpText" not in l)
         assert "addShortcut(\"Ctrl" not in code
-    universeg = ast.parse((EFFECTS / "SegmentEditorUniverSegEffect.py").read_text())
+    universeg = ast.parse((EFFECTS / "SegmentEditorUniverSegEffect.py").read_text(encoding="utf-8"))
     cls = next(n for n in universeg.body if isinstance(n, ast.ClassDef))
     assert "activate" in _method_calls(cls, "activate")      # its own activate() calls the base's
 
@@ -123,14 +123,14 @@ def test_cleanup_releases_everything_and_only_medsam_encodes_ahead():
     """Issue 22 item 8: cleanup() (or the options panel's destroyed() on 5.6 / 5.8) stops both timers, ends a
     placement and removes the ROI observers, not only the poll timer; an effect that does not encode ahead
     (UniverSeg) never prepares a full run on the main thread after an ROI move."""
-    tree = ast.parse((EFFECTS / "EffectBase.py").read_text())
+    tree = ast.parse((EFFECTS / "EffectBase.py").read_text(encoding="utf-8"))
     base = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MedSegEffectBase")
     cleanup = _method_calls(base, "cleanup")
     assert {"delete", "stop", "disconnect", "stopRoiPlacement", "watchRoi"} <= cleanup
-    text = ast.get_source_segment((EFFECTS / "EffectBase.py").read_text(),
+    text = ast.get_source_segment((EFFECTS / "EffectBase.py").read_text(encoding="utf-8"),
                                   next(n for n in base.body if isinstance(n, ast.FunctionDef)
                                        and n.name == "startPrefetch"))
     assert text.index("self.encodesAhead") < text.index("self.prepareRun(")
-    assert "encodesAhead = False" in (EFFECTS / "EffectBase.py").read_text()
-    assert "encodesAhead = True" in (EFFECTS / "SegmentEditorMedSAMBoxEffect.py").read_text()
-    assert "encodesAhead" not in (EFFECTS / "SegmentEditorUniverSegEffect.py").read_text()
+    assert "encodesAhead = False" in (EFFECTS / "EffectBase.py").read_text(encoding="utf-8")
+    assert "encodesAhead = True" in (EFFECTS / "SegmentEditorMedSAMBoxEffect.py").read_text(encoding="utf-8")
+    assert "encodesAhead" not in (EFFECTS / "SegmentEditorUniverSegEffect.py").read_text(encoding="utf-8")

@@ -95,7 +95,7 @@ def repository_files(repo: Path) -> List[Path]:
         pass
     ignore = [".git"]
     if (repo / ".gitignore").is_file():  # a checkout without git metadata: leave out what git would not track
-        ignore += [line.strip().strip("/") for line in (repo / ".gitignore").read_text().splitlines()
+        ignore += [line.strip().strip("/") for line in (repo / ".gitignore").read_text(encoding="utf-8").splitlines()
                    if line.strip() and not line.startswith(("#", "!"))]
     return [p for p in repo.rglob("*") if p.is_file()
             and not any(fnmatch.fnmatch(part, pattern) for part in p.relative_to(repo).parts for pattern in ignore)]
@@ -324,7 +324,7 @@ def test_s4ext_for_the_5_6_index_agrees_with_json_and_cmake():
 
 def test_readme_names_the_repository_and_contributing_says_how_to_release():
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    owner, repository = repository_of(json.loads((REPO / f"{EXTENSION}.json").read_text())["scm_url"])
+    owner, repository = repository_of(json.loads((REPO / f"{EXTENSION}.json").read_text(encoding="utf-8"))["scm_url"])
     assert f"https://github.com/{owner}/{repository}" in text and "CONTRIBUTING.md" in text
     contributing = (REPO / "CONTRIBUTING.md").read_text(encoding="utf-8")
     assert f"{EXTENSION}.s4ext" in contributing and f"{EXTENSION}.json" in contributing
@@ -345,7 +345,7 @@ def make_repo(tmp_path: Path) -> Path:
 
 def edit_json(repo: Path, **changes) -> Path:
     path = repo / f"{EXTENSION}.json"
-    meta = json.loads(path.read_text())
+    meta = json.loads(path.read_text(encoding="utf-8"))
     meta.update(changes)
     path.write_text(json.dumps(meta, indent=2) + "\n")
     return path
@@ -362,7 +362,7 @@ def test_copy_passes_and_the_old_metadata_fails_exactly_the_two_checks_of_the_is
     # before: scm_url .../MedSegSlicer.git and icon / screenshot URLs built from a CMake variable
     edit_json(repo, scm_url="https://github.com/MedSegSlicer/MedSegSlicer.git")
     cmake = repo / "CMakeLists.txt"
-    text = cmake.read_text()
+    text = cmake.read_text(encoding="utf-8")
     text = re.sub(r'set\(EXTENSION_ICONURL "[^"]*"\)', 'set(EXTENSION_ICONURL "${RAW_URL}/Resources/MedSegSlicer.png")',
                   text)
     text = re.sub(r'set\(EXTENSION_SCREENSHOTURLS "[^"]*"\)',
@@ -393,7 +393,7 @@ def test_bad_description_is_caught(tmp_path, change, check_name, message):
 def test_missing_schema_key_is_caught(tmp_path):
     repo = make_repo(tmp_path)
     path = repo / f"{EXTENSION}.json"
-    meta = json.loads(path.read_text())
+    meta = json.loads(path.read_text(encoding="utf-8"))
     del meta["scm_url"]
     meta["scm_url_"] = "x"
     path.write_text(json.dumps(meta))
@@ -403,7 +403,7 @@ def test_missing_schema_key_is_caught(tmp_path):
 
 def check_json_schema_message(repo: Path, path: Path) -> str:
     with pytest.raises(CheckFailed) as e:
-        check_json_schema(EXTENSION, json.loads(path.read_text()), repo, path)
+        check_json_schema(EXTENSION, json.loads(path.read_text(encoding="utf-8")), repo, path)
     return str(e.value)
 
 
@@ -427,7 +427,7 @@ def test_image_urls_must_name_existing_images_of_this_repository(tmp_path):
     assert "Resources/Screenshots/demo_overlay.png, which is not in the repository" in found
     assert "Resources/MedSegSlicer.png, which is not a PNG, JPEG or GIF image" in found
     cmake = repo / "CMakeLists.txt"
-    cmake.write_text(cmake.read_text().replace("raw.githubusercontent.com/MedSegSlicer/SlicerMedSeg",
+    cmake.write_text(cmake.read_text(encoding="utf-8").replace("raw.githubusercontent.com/MedSegSlicer/SlicerMedSeg",
                                                "raw.githubusercontent.com/someone/SlicerOther"))
     assert "is not a raw.githubusercontent.com/MedSegSlicer/SlicerMedSeg/<revision>/<path> URL" in \
         failures(repo)["CMakeLists.txt content"]

@@ -60,7 +60,7 @@ def test_altered_record_refused_at_load(useg_file):
     store.import_weights(UNIVERSEG, useg_file, accept_licence=True)
     store.resolve_weights(UNIVERSEG)  # verified and remembered
     state_path = _home() / "state.json"
-    state = json.loads(state_path.read_text())
+    state = json.loads(state_path.read_text(encoding="utf-8"))
     state["files"][UNIVERSEG]["sha256"] = "0" * 64
     state_path.write_text(json.dumps(state))
     with pytest.raises(WeightsError, match="damaged or were altered"):
@@ -218,7 +218,7 @@ def _check_store(expected_bytes):
     home = _home()
     installed = home / "weights" / FNAME
     assert installed.read_bytes() == expected_bytes
-    state = json.loads((home / "state.json").read_text())
+    state = json.loads((home / "state.json").read_text(encoding="utf-8"))
     assert state["files"][UNIVERSEG]["sha256"] == hashlib.sha256(expected_bytes).hexdigest()
     assert sorted(os.listdir(home / "weights")) == [FNAME]  # no temp copies
     downloads = home / "downloads"
@@ -271,7 +271,7 @@ def test_concurrent_fetch_and_delete_end_consistent(tmp_path, useg_bytes):
                               ["fetch", UNIVERSEG, "--accept-licence"], ["delete", UNIVERSEG])]
         results = _run_all(procs)
     assert all(r[0] == 0 and "Traceback" not in r[2] for r in results), [r[2] for r in results]
-    state = json.loads((home / "state.json").read_text())
+    state = json.loads((home / "state.json").read_text(encoding="utf-8"))
     installed = home / "weights" / FNAME
     if installed.exists():  # a fetch came last: file and record agree
         _check_store(useg_bytes)
@@ -294,4 +294,4 @@ def test_concurrent_library_imports_one_wins(capsys, tmp_path):
             assert "already exists" in error_line(r[2])
     libs = _home() / "libraries"
     assert sorted(os.listdir(libs)) == ["shared"]
-    assert json.loads((libs / "shared" / "manifest.json").read_text())["structure"] == "blob"
+    assert json.loads((libs / "shared" / "manifest.json").read_text(encoding="utf-8"))["structure"] == "blob"

@@ -92,7 +92,7 @@ def test_intensity_presets_reproduce_reference_windowing(data_dir, litemedsam_3d
     raw = sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / sources[case])))
     ref = litemedsam_3d_cases[case]["volume_u8"]
     if case == "dcmqi_ct3slice_liver":
-        crop = json.loads((data_dir / "dcmqi_ct3slice" / "crop.json").read_text())
+        crop = json.loads((data_dir / "dcmqi_ct3slice" / "crop.json").read_text(encoding="utf-8"))
         (x0, y0, z0), (nx, ny, nz) = crop["index_xyz"], crop["size_xyz"]
         ref = ref[z0:z0 + nz, y0:y0 + ny, x0:x0 + nx]
         assert raw.min() <= -160 and raw.max() >= 240

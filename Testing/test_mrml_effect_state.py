@@ -36,7 +36,7 @@ def test_parameters_and_references_per_effect_round_trip_through_a_saved_scene(s
     url = tmp_path / "scene.mrml"
     ctx.scene.SetURL(str(url))
     ctx.scene.Commit()
-    text = url.read_text()
+    text = url.read_text(encoding="utf-8")
     assert "MedSAM box.AddToSegment" in text and f"MedSAM box.ROI:{roi.GetID()}" in text
 
 

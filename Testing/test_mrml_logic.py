@@ -169,5 +169,5 @@ def test_a_cancelled_modality_question_exports_nothing(tmp_path):
     with pytest.raises(MedSegError, match="Unknown modality 'XR': use CT, MR, other"):
         logic.exportExampleLibrary(str(folder), examples, "liver", "XR")
     path = logic.exportExampleLibrary(str(folder), examples, "liver", "MR")
-    manifest = json.loads(next(Path(path).glob("*.json")).read_text())
+    manifest = json.loads(next(Path(path).glob("*.json")).read_text(encoding="utf-8"))
     assert manifest["modality"] == "MR"

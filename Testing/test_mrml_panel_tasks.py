@@ -115,7 +115,7 @@ def test_bad_input_is_refused_before_any_run(logic):
 
 def test_the_panel_buttons_start_runs_and_never_wait():
     """The panel's slots (Qt, not run here) call only the start* entry points tested above."""
-    tree = ast.parse(MODULE.read_text())
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
     widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MedSegSlicerWidget")
     called = {n.func.attr for n in ast.walk(widget) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
     used = {n.attr for n in ast.walk(widget) if isinstance(n, ast.Attribute)}

@@ -101,7 +101,7 @@ def test_saved_scene_does_not_contain_the_preview(sample, tmp_path):
     url = tmp_path / "scene.mrml"
     ctx.scene.SetURL(str(url))
     ctx.scene.Commit()
-    text = url.read_text()
+    text = url.read_text(encoding="utf-8")
     saved_ids = {line.split('id="')[1].split('"')[0] for line in text.splitlines() if ' id="' in line}
     assert seg.GetID() in saved_ids
     assert node.GetID() not in saved_ids and node.GetDisplayNode().GetID() not in saved_ids   # no orphan

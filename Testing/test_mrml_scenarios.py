@@ -78,7 +78,7 @@ def test_the_undo_check_fails_when_apply_leaves_no_step(slicer_scene, sample_dir
         scenarios.scenario_undo_restores(slicer_scene, sample_dir)
     from pathlib import Path
 
-    scene_py = (Path(scenarios.__file__).parent / "scene.py").read_text()
+    scene_py = (Path(scenarios.__file__).parent / "scene.py").read_text(encoding="utf-8")
     assert "undoEnabled" not in scene_py.replace("``widget.undoEnabled`` only says", "")
     assert "undo_step_exists(widget)" in scene_py
 

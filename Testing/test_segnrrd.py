@@ -145,7 +145,7 @@ def test_example_library_labels_are_slicer_segmentations_and_old_label_maps_stil
     exs = [Example(ct[k], np.where(labels[k] == 5, 5, 0), f"slice {k}") for k in (10, 15)]
     exs.append(Example(ct[8:12], np.where(labels[8:12] == 5, 5, 0), "slab"))        # a 3-D example too
     out = export_library(tmp_path / "lib", exs, structure="liver", modality="CT", label=5)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert all(item["label"].endswith(".seg.nrrd") for item in manifest["items"])
     node = _slicer_read(slicer_scene, out / manifest["items"][0]["label"])
     seg = node.GetSegmentation()

@@ -62,13 +62,13 @@ def test_ui_files_are_well_formed_designer_xml():
 def test_panel_code_uses_only_widgets_that_exist_in_the_ui():
     root = ET.parse(MODULE / "Resources" / "UI" / "MedSegSlicer.ui").getroot()
     names = {w.get("name") for w in root.iter("widget")}
-    code = (MODULE / "MedSegSlicer.py").read_text()
+    code = (MODULE / "MedSegSlicer.py").read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.(\w+)", code))
     assert used and used <= names, f"widgets used in MedSegSlicer.py but missing in the .ui: {used - names}"
 
 
 def test_cmake_lists_every_script_and_resource_and_nothing_missing():
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = cmake_list(text, "MODULE_PYTHON_SCRIPTS")
     resources = cmake_list(text, "MODULE_PYTHON_RESOURCES")
     assert scripts == module_files(python=True)
@@ -88,7 +88,7 @@ def test_cmake_lists_every_script_and_resource_and_nothing_missing():
 
 
 def test_extension_metadata():
-    text = (REPO / "CMakeLists.txt").read_text()
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"^project\(MedSegSlicer\)", text, re.M)
     for var in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
@@ -98,7 +98,7 @@ def test_extension_metadata():
     for needed in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(MedSegSlicer)",
                    "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
         assert needed in text, needed
-    desc = json.loads((REPO / "MedSegSlicer.json").read_text())
+    desc = json.loads((REPO / "MedSegSlicer.json").read_text(encoding="utf-8"))
     assert desc["category"] == "Segmentation" and desc["build_dependencies"] == ["PyTorch"]
     assert desc["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/")
     assert set(desc) <= {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
@@ -113,7 +113,7 @@ def test_extension_metadata():
 def test_requirements_file_matches_dependency_table():
     from MedSegSlicerLib import deps
 
-    listed = [l.strip() for l in (MODULE / "Resources" / "requirements.txt").read_text().splitlines()
+    listed = [l.strip() for l in (MODULE / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()
               if l.strip() and not l.startswith("#")]
     assert listed == [r for m, r in deps.REQUIREMENTS.items() if m != "torch"]
     plan = deps.install_plan(lambda name: None if name in ("torch", "nrrd") else object())
@@ -147,7 +147,7 @@ def test_qt_free_package_imports_without_qt_or_slicer_app():
 
 
 def test_effects_and_module_follow_slicer_conventions():
-    mod = (MODULE / "MedSegSlicer.py").read_text()
+    mod = (MODULE / "MedSegSlicer.py").read_text(encoding="utf-8")
     assert 'slicer.app.connect("startupCompleted()", registerEffects)' in mod
     assert "qSlicerSegmentEditorScriptedEffect" in mod
     assert "class MedSegSlicerTest(ScriptedLoadableModuleTest)" in mod
@@ -155,16 +155,16 @@ def test_effects_and_module_follow_slicer_conventions():
     for effect, cls in (("SegmentEditorMedSAMBoxEffect.py", "SegmentEditorMedSAMBoxEffect"),
                         ("SegmentEditorUniverSegEffect.py", "SegmentEditorUniverSegEffect")):
         assert effect in mod
-        src = (MODULE / "MedSegSlicerEffects" / effect).read_text()
+        src = (MODULE / "MedSegSlicerEffects" / effect).read_text(encoding="utf-8")
         # setPythonSource: module = folder name, class = file name; clone() (in the base) uses the subclass's file
         assert f"class {cls}(MedSegEffectBase)" in src
-        assert f"from .{cls} import {cls}" in (MODULE / "MedSegSlicerEffects" / "__init__.py").read_text()
-    assert "sys.modules[type(self).__module__].__file__" in (MODULE / "MedSegSlicerEffects" / "EffectBase.py").read_text()
+        assert f"from .{cls} import {cls}" in (MODULE / "MedSegSlicerEffects" / "__init__.py").read_text(encoding="utf-8")
+    assert "sys.modules[type(self).__module__].__file__" in (MODULE / "MedSegSlicerEffects" / "EffectBase.py").read_text(encoding="utf-8")
     # Apply (undo state, then the editor's modify path) is executed in test_mrml_apply.py through the same
     # editing.apply_result the effect calls
     # no package is installed at import time: only inside functions
     for path in [MODULE / "MedSegSlicer.py", *MODULE.rglob("*.py")]:
-        top_level = [l for l in path.read_text().splitlines() if l and not l.startswith((" ", "\t", "#"))]
+        top_level = [l for l in path.read_text(encoding="utf-8").splitlines() if l and not l.startswith((" ", "\t", "#"))]
         assert not any("pip_install(" in l or "pip_ensure(" in l or "installTorch(" in l for l in top_level), path
 
 
@@ -177,7 +177,7 @@ def test_shipped_python_runs_on_slicer_5_6_python_3_9():
     shipped = [*MODULE.rglob("*.py"), *(REPO / "medseg_backend").rglob("*.py")]
     assert len(shipped) > 40
     for path in shipped:
-        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
 
 
 def test_drawing_the_box_is_described_as_two_clicks_not_a_drag():
@@ -186,8 +186,8 @@ def test_drawing_the_box_is_described_as_two_clicks_not_a_drag():
     places one corner; the help, tooltips, status lines and the tutorial say two clicks."""
     import re
 
-    texts = {p.name: p.read_text() for p in (MODULE / "MedSegSlicerEffects").glob("*.py")}
-    texts["README.md"] = (REPO / "README.md").read_text()
+    texts = {p.name: p.read_text(encoding="utf-8") for p in (MODULE / "MedSegSlicerEffects").glob("*.py")}
+    texts["README.md"] = (REPO / "README.md").read_text(encoding="utf-8")
     wrong = re.compile(r"drag(,)? or click|\(drag|drag\s+a box|and drag\s", re.I)
     for name, text in texts.items():
         flat = re.sub(r'"\s*\n\s*"', "", text)            # join adjacent string literals
@@ -198,10 +198,10 @@ def test_drawing_the_box_is_described_as_two_clicks_not_a_drag():
 def test_every_slicer_api_the_module_calls_has_a_row_in_slicer_api_md():
     """Issue 22 item 10: SLICER_API.md names every `slicer.app.*`, `slicer.util.*`, `scriptedEffect.*` and
     `qt.*` name the module uses, and the behaviours the product relies on (rows with each release's source line)."""
-    doc = (MODULE / "SLICER_API.md").read_text()
+    doc = (MODULE / "SLICER_API.md").read_text(encoding="utf-8")
     used = set()
     for py in MODULE.rglob("*.py"):
-        text = py.read_text()
+        text = py.read_text(encoding="utf-8")
         used |= set(re.findall(r"\bslicer\.(?:app|util)\.([A-Za-z_]\w*)", text))
         used |= set(re.findall(r"\bscriptedEffect\.([A-Za-z_]\w*)", text))
         used |= {m for m in re.findall(r"\bqt\.(Q[A-Za-z]+)", text)}

@@ -38,7 +38,7 @@ def _inputs(ref_io, pre):
 
 def test_layout_matches_official_state_dict(data_dir):
     m = build_universeg_v1()
-    expected = json.loads((data_dir / "universeg_reference" / "state_dict_v1.json").read_text())
+    expected = json.loads((data_dir / "universeg_reference" / "state_dict_v1.json").read_text(encoding="utf-8"))
     ours = [(k, list(v.shape)) for k, v in m.state_dict().items()]
     assert sorted(ours) == sorted((k, list(s)) for k, s in expected)
     assert sum(p.numel() for p in m.parameters()) == UNIVERSEG_V1_PARAMS == 1182785

@@ -515,7 +515,7 @@ def test_library_missing_or_broken_manifest(tmp_path, sparse_liver):
     out = export_library(tmp_path / "lib", examples_from_labelled_slices(vol, sparse, label=LIVER)[:2],
                          structure="liver", modality="CT", label=LIVER)
     mpath = out / "manifest.json"
-    good = mpath.read_text()
+    good = mpath.read_text(encoding="utf-8")
     mpath.write_text(good[:-20])
     with pytest.raises(InputError, match="not valid JSON"):
         load_library(out)

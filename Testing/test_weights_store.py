@@ -187,7 +187,7 @@ def test_universeg_licence_gate_and_memory(random_universeg, monkeypatch, tmp_pa
     store.accept_licence(UNIVERSEG)
     assert store.licence_accepted(UNIVERSEG)
     assert store.resolve_weights(UNIVERSEG, weights=random_universeg) == random_universeg
-    state = json.loads((store.cache_dir() / "state.json").read_text())
+    state = json.loads((store.cache_dir() / "state.json").read_text(encoding="utf-8"))
     rec = state["licences"][UNIVERSEG]
     assert rec["licence"] == store.ENTRIES[UNIVERSEG].licence and rec["accepted_at"].startswith("20")
     # accepted but not installed: the error says how to install
