@@ -1,0 +1,227 @@
+"""Propagation modes on a tuning part and a held-back part split by dataset, with encodings cached on disk.
+
+The split (fixed before any result was looked at; see ``benchmarks/PROPAGATION.md``):
+
+* **tuning**: every structure of the TotalSegmentator examples (CT, its 3 mm reduction ``ct_sm`` in the
+  LiteMedSAM reference files, and the abdominal MR) - abdominal organs, vessels, a vertebra; the only dataset
+  with many structures, so rules can be chosen on it without looking at the others.
+* **held-back**: pyradiomics (brain tumours, breast lesion: the kind the default lost on), the Spinal Cord
+  Toolbox scans (thin cord, butterfly grey matter), dcmqi (3-slice CT) and every public case found elsewhere
+  (``--extra-dir``, laid out as ``<name>/cases.json``: see :func:`extra_cases`).
+
+Boxes as :func:`propagation_modes.case_boxes` (``tight``, ``loose``). Each run is stored under
+``CACHE/runs`` (labels of the object, the per-slice records), so that tables and choice rules can be
+recomputed without decoding again; each slice embedding is stored once under ``CACHE/emb`` (an encode costs
+~1-3 s on a shared CPU, a decode ~0.05-0.2 s).
+
+Run: ``python benchmarks/propagation_split.py encode|run|report [--part tuning|held_back] [--modes ...]``
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from propagation_modes import axial_array_axis, case_boxes  # noqa: E402
+
+from medseg_backend.medsam.predictor import EmbeddingCache  # noqa: E402
+from medseg_backend.metrics import dice  # noqa: E402
+
+DATA = Path(os.environ.get("MEDSEG_SHARED_DATA", "/work/shared/data"))
+REFERENCE = Path(os.environ.get("MEDSEG_SHARED_REFERENCE", "/work/shared/reference/litemedsam"))
+CACHE = Path(os.environ.get("MEDSEG_BENCH_CACHE", "/work/cache_i23"))
+
+#: dataset -> part. Fixed before any result was seen; by dataset, never by case.
+SPLIT = {"totalseg": "tuning", "pyradiomics": "held_back", "sct": "held_back", "dcmqi": "held_back"}
+
+_TS_CT_SM = "totalseg_examples/ct_sm/label_total.nii.gz"
+_TS_MR = ("totalseg_examples/mr_sm/image.nii.gz", "totalseg_examples/mr_sm/label_total_mr.nii.gz", "mr")
+_DCMQI = ("dcmqi_ct3slice/ct.nrrd", "dcmqi_ct3slice/label_liver1_spine2_heart3.nrrd", "ct-abdomen")
+_T2S = ("sct_spinalcord/t2s/t2s.nii.gz",)
+# (case, dataset, image, label map, preset, label value)
+SHARED = [
+    # the 3 mm CT as the reference files feed it (``ref:`` = that file's ``volume_u8``), its other structures
+    *[(f"totalseg_ct_sm_{n}", "totalseg", "ref:totalseg_ct_sm_liver", _TS_CT_SM, "raw", v) for n, v in (
+        ("gallbladder", 4), ("stomach", 6), ("pancreas", 7), ("adrenal_gland_right", 8), ("duodenum", 19),
+        ("vertebrae_L1", 31), ("aorta", 52), ("inferior_vena_cava", 63), ("portal_splenic_vein", 64))],
+    *[(f"totalseg_mr_sm_{n}", "totalseg", *_TS_MR, v) for n, v in (
+        ("spleen", 1), ("kidney_right", 2), ("kidney_left", 3), ("gallbladder", 4), ("liver", 5), ("stomach", 6),
+        ("pancreas", 7), ("aorta", 23), ("inferior_vena_cava", 24), ("autochthon_left", 46))],
+    ("dcmqi_ct3slice_spine", "dcmqi", *_DCMQI, 2),
+    ("dcmqi_ct3slice_heart", "dcmqi", *_DCMQI, 3),
+    ("pyradiomics_breast1", "pyradiomics", "pyradiomics_testcases/breast1_image.nrrd",
+     "pyradiomics_testcases/breast1_label.nrrd", "mr", 1),
+    ("sct_t2_cord", "sct", "sct_spinalcord/t2/t2.nii.gz", "sct_spinalcord/t2/t2_seg-manual.nii.gz", "mr", 1),
+    ("sct_t2s_cord", "sct", *_T2S, "sct_spinalcord/t2s/t2s_seg.nii.gz", "mr", 1),
+    ("sct_t2s_grey_matter", "sct", *_T2S, "sct_spinalcord/t2s/t2s_gmseg_manual.nii.gz", "mr", 1),
+    ("sct_mt1_cord", "sct", "sct_spinalcord/mt/mt1.nii.gz", "sct_spinalcord/mt/mt1_seg.nii.gz", "mr", 1),
+]
+#: the LiteMedSAM 3-D reference volumes (``volume_u8`` as the official pipeline fed it) and their dataset
+REFERENCE_DATASET = {"totalseg_ct_sm": "totalseg", "pyradiomics": "pyradiomics", "sct": "sct", "dcmqi": "dcmqi"}
+
+
+class DiskCache(EmbeddingCache):
+    """The predictor's embedding cache, backed by one file per slice embedding (same keys)."""
+
+    def __init__(self, folder: Path, max_bytes: int = 2 ** 30) -> None:
+        super().__init__(max_bytes)
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, key) -> Path:
+        return self.folder / (hashlib.sha1(repr(key).encode()).hexdigest() + ".pt")
+
+    def get(self, key):
+        import torch
+
+        t = self._items.get(key)
+        if t is None and self._file(key).exists():
+            t = torch.load(self._file(key))
+            super().put(key, t)
+        if t is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return t
+
+    def put(self, key, value) -> None:
+        import torch
+
+        f = self._file(key)
+        if not f.exists():
+            torch.save(value, f)
+        super().put(key, value)
+
+
+def extra_cases(folder: Path) -> List[dict]:
+    """Cases found in public repositories, kept outside the repository: ``folder/<name>/cases.json`` lists
+    ``{"case", "dataset", "image", "label", "preset", "value"}`` entries (paths relative to that folder; image and
+    label on one grid; optional ``slice_step``: keep every n-th axial slice). Every dataset found this way is held back."""
+    out = []
+    for cj in sorted(Path(folder).glob("*/cases.json")):
+        for c in json.loads(cj.read_text()):
+            out.append(dict(c, name=c["case"], image=str(cj.parent / c["image"]),
+                            label=str(cj.parent / c["label"]), part="held_back"))
+    return out
+
+
+def load_cases(part: str = "", only: str = "", extra_dirs=()) -> List[dict]:
+    """name, dataset, part, vol (uint8, slices along the patient's axial axis), gt (bool)."""
+    import SimpleITK as sitk
+
+    from medseg_backend.intensity import apply_intensity, resolve_preset
+
+    cases = []
+    for f in sorted((REFERENCE / "3d").glob("*.npz")):
+        ds = next(v for k, v in REFERENCE_DATASET.items() if f.stem.startswith(k))
+        cases.append(dict(name="ref_" + f.stem, dataset=ds, part=SPLIT[ds], src=str(f)))
+    for name, ds, image, label, preset, value in SHARED:
+        cases.append(dict(name=name, dataset=ds, part=SPLIT[ds], label=str(DATA / label),
+                          image=image if image.startswith("ref:") else str(DATA / image),
+                          preset=preset, value=value))
+    for d in extra_dirs:
+        cases += extra_cases(Path(d))
+    cases = [c for c in cases if (not part or c["part"] == part) and only in c["name"]]
+    windowed = {}
+    for c in cases:
+        if "src" in c:
+            d = np.load(c["src"])
+            c["vol"], c["gt"] = d["volume_u8"], d["gt"] > 0
+            continue
+        if c["image"].startswith("ref:"):
+            c["vol"] = np.load(REFERENCE / "3d" / (c["image"][4:] + ".npz"))["volume_u8"]
+            c["gt"] = sitk.GetArrayFromImage(sitk.ReadImage(c["label"])) == int(c["value"])
+            continue
+        if c["image"] not in windowed:
+            img = sitk.ReadImage(c["image"])
+            arr = sitk.GetArrayFromImage(img)
+            windowed[c["image"]] = (apply_intensity(arr, resolve_preset(c["preset"], arr)[0]), axial_array_axis(img))
+        vol, axis = windowed[c["image"]]
+        gt = sitk.GetArrayFromImage(sitk.ReadImage(c["label"])) == int(c["value"])
+        step = int(c.get("slice_step", 1))  # every n-th axial slice (thicker slices, fewer encodes)
+        c["vol"], c["gt"] = np.moveaxis(vol, axis, 0)[::step], np.moveaxis(gt, axis, 0)[::step]
+    return [c for c in cases if c["gt"].any()]
+
+
+def make_engine():
+    from medseg_backend.medsam import MedSAMEngine
+
+    engine = MedSAMEngine("lite-medsam", device="cpu", precision="fp32")
+    engine.predictor.cache = DiskCache(CACHE / "emb")
+    return engine
+
+
+def run_file(case: str, box: str, mode: str) -> Path:
+    return CACHE / "runs" / f"{case}__{box}__{mode}.npz"
+
+
+def run_case(engine, c: dict, bname: str, box, mode: str, force: bool = False) -> dict:
+    """One run, stored: labels (bool, the object's voxels), records (json), per_box info."""
+    f = run_file(c["name"], bname, mode)
+    if f.exists() and not force:
+        d = np.load(f, allow_pickle=False)
+        return dict(labels=d["labels"], records=json.loads(str(d["records"])), info=json.loads(str(d["info"])))
+    res = engine.segment_volume(c["vol"], [box], intensity="raw", propagation=mode)
+    recs = [r.as_dict() for r in res.slices]
+    info = {k: v for k, v in res.per_box[0].items() if k != "records"}
+    f.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(f, labels=res.labels > 0, records=json.dumps(recs), info=json.dumps(info, default=str))
+    return dict(labels=res.labels > 0, records=recs, info=info)
+
+
+def encode(cases) -> None:
+    engine = make_engine()
+    p = engine.predictor
+    for c in cases:
+        lo, hi = case_boxes(c["gt"])["loose"][2], case_boxes(c["gt"])["loose"][5]
+        t0 = time.perf_counter()
+        before = p.cache.misses
+        p.embeddings([c["vol"][k] for k in range(lo, hi + 1)])
+        p.cache.clear()
+        print(f"{c['name']}: slices {lo}-{hi}, encoded {p.cache.misses - before} in {time.perf_counter() - t0:.0f} s",
+              flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("what", choices=("list", "encode", "run"))
+    ap.add_argument("--part", default="")
+    ap.add_argument("--only", default="")
+    ap.add_argument("--modes", default="official,adaptive")
+    ap.add_argument("--extra-dir", action="append", default=[])
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args()
+    cases = load_cases(args.part, args.only, args.extra_dir)
+    if args.what == "list":
+        for c in cases:
+            b = case_boxes(c["gt"])
+            print(c["part"], c["dataset"], c["name"], c["vol"].shape, b["tight"], int(c["gt"].sum()))
+        return
+    if args.what == "encode":
+        encode(cases)
+        return
+    engine = make_engine()
+    for c in cases:
+        for bname, box in case_boxes(c["gt"]).items():
+            cells = []
+            for mode in args.modes.split(","):
+                t0 = time.perf_counter()
+                r = run_case(engine, c, bname, box, mode, args.force)
+                cells.append(f"{mode} {dice(r['labels'], c['gt']):.4f} ({time.perf_counter() - t0:.0f} s)")
+            print(c["part"], c["name"], bname, " | ".join(cells), flush=True)
+        engine.predictor.cache.clear()
+
+
+if __name__ == "__main__":
+    main()
