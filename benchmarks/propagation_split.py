@@ -180,10 +180,75 @@ def run_case(engine, c: dict, bname: str, box, mode: str, force: bool = False) -
     return dict(labels=res.labels > 0, records=recs, info=info)
 
 
+def stored_runs(cases, modes) -> Dict[tuple, dict]:
+    """(case, box, mode) -> stored run, for the runs on disk."""
+    out = {}
+    for c in cases:
+        for bname in ("tight", "loose"):
+            for m in modes:
+                if run_file(c["name"], bname, m).exists():
+                    out[(c["name"], bname, m)] = run_case(None, c, bname, None, m)
+    return out
+
+
+def report(cases, runs, modes, out=print) -> Dict:
+    """Per-case Dice table, means and worst differences to ``official`` per box, and the confidence figures, for
+    one part."""
+    from propagation_modes import confidence_figures
+
+    out("| case | box | " + " | ".join(modes) + " |")
+    out("|---|---|" + "---|" * len(modes))
+    dices: Dict[tuple, Dict[str, float]] = {}
+    conf_rows: Dict[str, list] = {m: [] for m in modes}
+    for c in cases:
+        for bname in ("tight", "loose"):
+            if not all((c["name"], bname, m) in runs for m in modes):
+                continue
+            row = dices.setdefault((c["name"], bname), {})
+            for m in modes:
+                r = runs[(c["name"], bname, m)]
+                row[m] = dice(r["labels"], c["gt"])
+                conf_rows[m] += [(s["confidence"], dice(r["labels"][s["slice"]], c["gt"][s["slice"]]), s["flagged"])
+                                 for s in r["records"]]
+            out(f"| {c['name']} | {bname} | " + " | ".join(f"{row[m]:.4f}" for m in modes) + " |")
+    summary = {}
+    for bname in ("tight", "loose", "all"):
+        keys = [k for k in dices if bname in ("all", k[1])]
+        if not keys:
+            continue
+        means = {m: float(np.mean([dices[k][m] for k in keys])) for m in modes}
+        out(f"| **mean of {len(keys)}** | {bname} | " + " | ".join(f"{means[m]:.4f}" for m in modes) + " |")
+        for m in modes:
+            if m == "official" or "official" not in modes:
+                continue
+            delta = {k: dices[k][m] - dices[k]["official"] for k in keys}
+            worst = min(delta, key=delta.get)
+            below = sum(v < -0.01 for v in delta.values())
+            summary[(m, bname)] = dict(mean=float(np.mean(list(delta.values()))), worst=delta[worst], worst_case=worst,
+                                       below=below, n=len(keys))
+    out("")
+    for (m, bname), v in summary.items():
+        out(f"{m} - official, {bname}: mean {v['mean']:+.4f}, worst {v['worst']:+.4f} ({v['worst_case'][0]}, "
+            f"{v['worst_case'][1]}), {v['below']} of {v['n']} runs more than 0.01 below")
+    out("")
+    out("| mode | slices | Spearman(conf, Dice) | slices Dice < 0.7 | flagged among them | flagged | Dice < 0.7 among "
+        "flagged |")
+    out("|---|---|---|---|---|---|---|")
+    figs = {}
+    for m in modes:
+        if not conf_rows[m]:
+            continue
+        f = figs[m] = confidence_figures(conf_rows[m])
+        out(f"| {m} | {f['slices']} | {f['spearman']:.3f} | {f['low']} | {f['recall']:.1%} | {f['flagged']:.1%} | "
+            f"{f['precision']:.1%} |")
+    return dict(dices=dices, summary=summary, confidence=figs)
+
+
 def encode(cases) -> None:
     engine = make_engine()
     p = engine.predictor
-    for c in cases:
+    # the kinds the default lost on first, the long thin-cord scans last
+    for c in sorted(cases, key=lambda c: (c["dataset"] == "sct", c["dataset"] != "pyradiomics")):
         lo, hi = case_boxes(c["gt"])["loose"][2], case_boxes(c["gt"])["loose"][5]
         t0 = time.perf_counter()
         before = p.cache.misses
@@ -195,7 +260,7 @@ def encode(cases) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=("list", "encode", "run"))
+    ap.add_argument("what", choices=("list", "encode", "run", "report"))
     ap.add_argument("--part", default="")
     ap.add_argument("--only", default="")
     ap.add_argument("--modes", default="official,adaptive")
@@ -211,11 +276,19 @@ def main() -> None:
     if args.what == "encode":
         encode(cases)
         return
+    modes = args.modes.split(",")
+    if args.what == "report":
+        for part in ("tuning", "held_back"):
+            sel = [c for c in cases if c["part"] == part]
+            if sel:
+                print(f"\n## {part} ({len(sel)} structures)\n")
+                report(sel, stored_runs(sel, modes), modes)
+        return
     engine = make_engine()
     for c in cases:
         for bname, box in case_boxes(c["gt"]).items():
             cells = []
-            for mode in args.modes.split(","):
+            for mode in modes:
                 t0 = time.perf_counter()
                 r = run_case(engine, c, bname, box, mode, args.force)
                 cells.append(f"{mode} {dice(r['labels'], c['gt']):.4f} ({time.perf_counter() - t0:.0f} s)")
