@@ -86,58 +86,86 @@ def main() -> None:
 
 
 
-def combined(c, runs, b, rule):
-    """``official``'s labels, with each side of the official middle slice taken from ``adaptive`` where ``rule``
-    (official's records on that side, adaptive's records on that side) says so."""
+def combined(c, runs, b, rule=None):
+    """What ``guarded`` returns, from the stored ``official`` and ``adaptive`` runs: ``official``'s labels, each
+    side of the middle slice taken from ``adaptive`` where ``take_adaptive`` (the product's rule, with the module's
+    current thresholds) says so. ``propagation_split.py --modes guarded`` runs the mode itself; the two agree."""
+    from medseg_backend.confidence import SliceRecord, mask_iou
+    from medseg_backend.medsam.propagation import take_adaptive
+
+    rule = rule or take_adaptive
     off, ada = runs[(c["name"], b, "official")], runs[(c["name"], b, "adaptive")]
     mid = off["info"]["z_middle"]
     out = off["labels"].copy()
-    ro = {r["slice"]: r for r in off["records"]}
-    ra = {r["slice"]: r for r in ada["records"]}
+    ro = {r["slice"]: SliceRecord(**r) for r in off["records"]}
+    ra = {r["slice"]: SliceRecord(**r) for r in ada["records"]}
     picks = []
-    for side in ([k for k in ro if k > mid], [k for k in ro if k < mid]):
-        if not side:
-            continue
-        if rule([ro[k] for k in side], [ra[k] for k in side if k in ra], [ro[k] for k in side if k not in ra]):
-            for k in side:
+    for ks in ([k for k in ro if k > mid], [k for k in ro if k < mid]):
+        both = [k for k in ks if k in ra]
+        same = float(np.mean([mask_iou(off["labels"][k], ada["labels"][k]) for k in both])) if both else 0.0
+        take = bool(ks) and rule([ro[k] for k in ks], [ra[k] for k in both], same)
+        if take:
+            for k in ks:
                 out[k] = ada["labels"][k]
-            picks.append(1)
-        else:
-            picks.append(0)
+        picks.append(int(take))
     return out, picks
 
 
-def slab_rule(margin, missing_conf_below):
-    def rule(o, a, missing):
-        if not a:
-            return False
-        if any(m["confidence"] >= missing_conf_below for m in missing):
-            return False
-        written = {r["slice"] for r in a}
-        co = np.mean([r["confidence"] for r in o if r["slice"] in written])
-        ca = np.mean([r["confidence"] for r in a])
-        return ca >= co + margin
-    return rule
-
-
 def main_slabs() -> None:
+    from medseg_backend.medsam import propagation as prop
+
     cases = load_cases("tuning")
     assert all(c["part"] == "tuning" for c in cases)
     runs = stored_runs(cases, ("official", "adaptive"))
     keys = [(c, b) for c in cases for b in ("tight", "loose") if (c["name"], b, "adaptive") in runs]
     print(f"{len(keys)} tuning runs")
     base = {(c["name"], b): dice(runs[(c["name"], b, "official")]["labels"], c["gt"]) for c, b in keys}
-    for margin, mc in itertools.product((0.0, 0.02, 0.05, 0.1), (0.5, 0.6, 0.7, 0.8, 1.01)):
+    for margin, mc, pd, same in itertools.product((0.1, 0.15, 0.17, 0.2, 0.25, 9.0), (0.5, 0.6, 0.7, 0.8, 1.01),
+                                                  (0.05, 0.1, 0.2, 1.0), (0.8, 0.9, 0.95, 1.01)):
+        prop.GUARD_MARGIN, prop.GUARD_DROP_BELOW, prop.GUARD_PROFILE_DROP, prop.GUARD_SAME_IOU = margin, mc, pd, same
         d, npick = {}, 0
         for c, b in keys:
-            lab, picks = combined(c, runs, b, slab_rule(margin, mc))
+            lab, picks = combined(c, runs, b)
             npick += sum(picks)
             d[(c["name"], b)] = dice(lab, c["gt"]) - base[(c["name"], b)]
         v = np.array(list(d.values()))
+        t = np.mean([x for k, x in d.items() if k[1] == "tight"])
+        lo = np.mean([x for k, x in d.items() if k[1] == "loose"])
         worst = min(d, key=d.get)
-        print(f"slab margin {margin} missing conf<{mc}: picks {npick} mean {v.mean():+.4f} worst {d[worst]:+.4f} "
-              f"{worst} below-0.01 {int((v < -0.01).sum())}")
+        print(f"margin {margin:.2f} drop<{mc:.2f} profile-drop {pd:.2f} same {same:.2f}: sides taken {npick:2d} mean {v.mean():+.4f} (tight {t:+.4f} loose "
+              f"{lo:+.4f}) worst {d[worst]:+.4f} {worst[0]} {worst[1]}, {int((v < -0.01).sum())} below -0.01")
+
+
+def side_features() -> None:
+    """One line per run and side: both walks' signals on that side and the Dice gain adaptive would bring there."""
+    cases = load_cases("tuning")
+    assert all(c["part"] == "tuning" for c in cases)
+    runs = stored_runs(cases, ("official", "adaptive"))
+    for c in cases:
+        for b in ("tight", "loose"):
+            if (c["name"], b, "adaptive") not in runs:
+                continue
+            off, ada = runs[(c["name"], b, "official")], runs[(c["name"], b, "adaptive")]
+            mid = off["info"]["z_middle"]
+            ro = {r["slice"]: r for r in off["records"]}
+            ra = {r["slice"]: r for r in ada["records"]}
+            for side, ks in (("up", [k for k in ro if k > mid]), ("down", [k for k in ro if k < mid])):
+                if not ks:
+                    continue
+                lab = off["labels"].copy()
+                for k in ks:
+                    lab[k] = ada["labels"][k]
+                gain = dice(lab, c["gt"]) - dice(off["labels"], c["gt"])
+                com = [k for k in ks if k in ra]
+                miss = [k for k in ks if k not in ra]
+                f = lambda rs, key: np.mean([r[key] for r in rs]) if rs else float("nan")  # noqa: E731
+                print(f"{c['name'][-28:]:28s} {b:5s} {side:4s} gain {gain:+.3f} n {len(ks):2d} miss {len(miss):2d} "
+                      f"missmax {max([ro[k]['confidence'] for k in miss], default=0):.2f} "
+                      f"conf o {f([ro[k] for k in com], 'confidence'):.3f} a {f([ra[k] for k in com], 'confidence'):.3f} "
+                      f"prof o {f([ro[k] for k in com], 'profile'):.2f} a {f([ra[k] for k in com], 'profile'):.2f} "
+                      f"area a/o {np.sum([ra[k]['area'] for k in com]) / max(1, np.sum([ro[k]['area'] for k in com])):.2f} "
+                      f"start {ada['info']['z_start'] - mid:+d}")
 
 
 if __name__ == "__main__":
-    main_slabs() if "--slabs" in sys.argv else main()
+    main_slabs() if "--slabs" in sys.argv else side_features() if "--sides" in sys.argv else main()

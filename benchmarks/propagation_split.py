@@ -266,6 +266,8 @@ def main() -> None:
     ap.add_argument("--modes", default="official,adaptive")
     ap.add_argument("--extra-dir", action="append", default=[])
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="run: print progress, not Dice (held-back runs made "
+                                                         "before the rules are frozen)")
     args = ap.parse_args()
     cases = load_cases(args.part, args.only, args.extra_dir)
     if args.what == "list":
@@ -285,13 +287,14 @@ def main() -> None:
                 report(sel, stored_runs(sel, modes), modes)
         return
     engine = make_engine()
-    for c in cases:
+    for c in sorted(cases, key=lambda c: (c["dataset"] == "sct", c["dataset"] != "pyradiomics")):
         for bname, box in case_boxes(c["gt"]).items():
             cells = []
             for mode in modes:
                 t0 = time.perf_counter()
                 r = run_case(engine, c, bname, box, mode, args.force)
-                cells.append(f"{mode} {dice(r['labels'], c['gt']):.4f} ({time.perf_counter() - t0:.0f} s)")
+                score = "" if args.quiet else f"{dice(r['labels'], c['gt']):.4f} "
+                cells.append(f"{mode} {score}({time.perf_counter() - t0:.0f} s)")
             print(c["part"], c["name"], bname, " | ".join(cells), flush=True)
         engine.predictor.cache.clear()
 
