@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from propagation_split import load_cases, stored_runs  # noqa: E402
+from propagation_split import combined, load_cases, stored_runs  # noqa: E402
 
 from medseg_backend.metrics import dice  # noqa: E402
 
@@ -84,31 +84,6 @@ def main() -> None:
             return (lc and lp) if both else (lc or lp)
         show(f"trim conf<{conf_below} {'and' if need_both else 'or'} profile<{prof_below}", score(off))
 
-
-
-def combined(c, runs, b, rule=None):
-    """What ``guarded`` returns, from the stored ``official`` and ``adaptive`` runs: ``official``'s labels, each
-    side of the middle slice taken from ``adaptive`` where ``take_adaptive`` (the product's rule, with the module's
-    current thresholds) says so. ``propagation_split.py --modes guarded`` runs the mode itself; the two agree."""
-    from medseg_backend.confidence import SliceRecord, mask_iou
-    from medseg_backend.medsam.propagation import take_adaptive
-
-    rule = rule or take_adaptive
-    off, ada = runs[(c["name"], b, "official")], runs[(c["name"], b, "adaptive")]
-    mid = off["info"]["z_middle"]
-    out = off["labels"].copy()
-    ro = {r["slice"]: SliceRecord(**r) for r in off["records"]}
-    ra = {r["slice"]: SliceRecord(**r) for r in ada["records"]}
-    picks = []
-    for ks in ([k for k in ro if k > mid], [k for k in ro if k < mid]):
-        both = [k for k in ks if k in ra]
-        same = float(np.mean([mask_iou(off["labels"][k], ada["labels"][k]) for k in both])) if both else 0.0
-        take = bool(ks) and rule([ro[k] for k in ks], [ra[k] for k in both], same)
-        if take:
-            for k in ks:
-                out[k] = ada["labels"][k]
-        picks.append(int(take))
-    return out, picks
 
 
 def main_slabs() -> None:

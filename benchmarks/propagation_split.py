@@ -132,7 +132,7 @@ def load_cases(part: str = "", only: str = "", extra_dirs=()) -> List[dict]:
                           preset=preset, value=value))
     for d in extra_dirs:
         cases += extra_cases(Path(d))
-    cases = [c for c in cases if (not part or c["part"] == part) and only in c["name"]]
+    cases = [c for c in cases if (not part or c["part"] == part) and any(o in c["name"] for o in only.split(","))]
     windowed = {}
     for c in cases:
         if "src" in c:
@@ -188,6 +188,50 @@ def stored_runs(cases, modes) -> Dict[tuple, dict]:
             for m in modes:
                 if run_file(c["name"], bname, m).exists():
                     out[(c["name"], bname, m)] = run_case(None, c, bname, None, m)
+    return out
+
+
+def combined(c, runs, b, rule=None):
+    """What ``guarded`` returns, from the stored ``official`` and ``adaptive`` runs: ``official``'s labels, each
+    side of the middle slice taken from ``adaptive`` where ``take_adaptive`` (the product's rule, with the module's
+    current thresholds) says so; and which sides were taken (up, down). ``run --modes guarded`` runs the mode
+    itself through the engine; the two agree (checked on the tuning part, see PROPAGATION.md)."""
+    from medseg_backend.confidence import SliceRecord, mask_iou
+    from medseg_backend.medsam.propagation import take_adaptive
+
+    rule = rule or take_adaptive
+    off, ada = runs[(c["name"], b, "official")], runs[(c["name"], b, "adaptive")]
+    mid = off["info"]["z_middle"]
+    out = off["labels"].copy()
+    ro = {r["slice"]: SliceRecord(**r) for r in off["records"]}
+    ra = {r["slice"]: SliceRecord(**r) for r in ada["records"]}
+    picks = []
+    for ks in ([k for k in ro if k > mid], [k for k in ro if k < mid]):
+        both = [k for k in ks if k in ra]
+        same = float(np.mean([mask_iou(off["labels"][k], ada["labels"][k]) for k in both])) if both else 0.0
+        take = bool(ks) and rule([ro[k] for k in ks], [ra[k] for k in both], same)
+        if take:
+            for k in ks:
+                out[k] = ada["labels"][k]
+        picks.append(int(take))
+    return out, picks
+
+
+def with_guarded(cases, runs) -> Dict[tuple, dict]:
+    """``runs`` plus a ``guarded`` entry (labels, records of the walk each slice came from, sides taken) for every
+    case and box with stored ``official`` and ``adaptive`` runs and no stored ``guarded`` run."""
+    out = dict(runs)
+    for c in cases:
+        for b in ("tight", "loose"):
+            if (c["name"], b, "adaptive") not in runs or (c["name"], b, "guarded") in runs:
+                continue
+            lab, picks = combined(c, runs, b)
+            mid = runs[(c["name"], b, "official")]["info"]["z_middle"]
+            taken = [(k > mid and picks[0]) or (k < mid and picks[1]) for k in range(c["gt"].shape[0])]
+            recs = [r for r in runs[(c["name"], b, "official")]["records"] if not taken[r["slice"]]] + \
+                [r for r in runs[(c["name"], b, "adaptive")]["records"] if taken[r["slice"]]]
+            out[(c["name"], b, "guarded")] = dict(labels=lab, records=sorted(recs, key=lambda r: r["slice"]),
+                                                  info=dict(chosen=picks))
     return out
 
 
@@ -262,7 +306,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("what", choices=("list", "encode", "run", "report"))
     ap.add_argument("--part", default="")
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="cases whose name contains this (or one of these, comma-separated)")
+    ap.add_argument("--reverse", action="store_true", help="run: last case first (a second runner)")
     ap.add_argument("--modes", default="official,adaptive")
     ap.add_argument("--extra-dir", action="append", default=[])
     ap.add_argument("--force", action="store_true")
@@ -284,10 +329,14 @@ def main() -> None:
             sel = [c for c in cases if c["part"] == part]
             if sel:
                 print(f"\n## {part} ({len(sel)} structures)\n")
-                report(sel, stored_runs(sel, modes), modes)
+                runs = stored_runs(sel, modes)
+                if "guarded" in modes:
+                    runs = with_guarded(sel, {**stored_runs(sel, ("official", "adaptive")), **runs})
+                report(sel, runs, modes)
         return
     engine = make_engine()
-    for c in sorted(cases, key=lambda c: (c["dataset"] == "sct", c["dataset"] != "pyradiomics")):
+    order = sorted(cases, key=lambda c: (c["dataset"] == "sct", c["dataset"] != "pyradiomics"))
+    for c in reversed(order) if args.reverse else order:
         for bname, box in case_boxes(c["gt"]).items():
             cells = []
             for mode in modes:
