@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from propagation_modes import case_boxes  # noqa: E402
-from propagation_split import load_cases, stored_runs  # noqa: E402
+from propagation_split import load_cases, stored_runs, with_guarded  # noqa: E402
 
 from medseg_backend.metrics import dice  # noqa: E402
 
@@ -37,7 +37,7 @@ def main() -> None:
 
     c = next(c for c in load_cases("", args.case, args.extra_dir) if c["name"] == args.case)
     modes = args.modes.split(",")
-    runs = stored_runs([c], modes)
+    runs = with_guarded([c], stored_runs([c], set(modes) | {"official", "adaptive"}))
     x0, y0, z0, x1, y1, z1 = case_boxes(c["gt"])[args.box]
     slices = [int(s) for s in args.slices.split(",")] if args.slices else \
         list(np.unique(np.linspace(z0, z1, 8).round().astype(int)))
