@@ -107,7 +107,8 @@ def main_slabs() -> None:
         t = np.mean([x for k, x in d.items() if k[1] == "tight"])
         lo = np.mean([x for k, x in d.items() if k[1] == "loose"])
         worst = min(d, key=d.get)
-        print(f"margin {margin:.2f} drop<{mc:.2f} profile-drop {pd:.2f} same {same:.2f}: sides taken {npick:2d} mean {v.mean():+.4f} (tight {t:+.4f} loose "
+        print(f"margin {margin:.2f} drop<{mc:.2f} profile-drop {pd:.2f} same {same:.2f}: sides taken {npick:2d} "
+              f"mean {v.mean():+.4f} (tight {t:+.4f} loose "
               f"{lo:+.4f}) worst {d[worst]:+.4f} {worst[0]} {worst[1]}, {int((v < -0.01).sum())} below -0.01")
 
 
@@ -136,9 +137,10 @@ def side_features() -> None:
                 f = lambda rs, key: np.mean([r[key] for r in rs]) if rs else float("nan")  # noqa: E731
                 print(f"{c['name'][-28:]:28s} {b:5s} {side:4s} gain {gain:+.3f} n {len(ks):2d} miss {len(miss):2d} "
                       f"missmax {max([ro[k]['confidence'] for k in miss], default=0):.2f} "
-                      f"conf o {f([ro[k] for k in com], 'confidence'):.3f} a {f([ra[k] for k in com], 'confidence'):.3f} "
+                      f"conf o {f([ro[k] for k in com], 'confidence'):.3f} "
+                      f"a {f([ra[k] for k in com], 'confidence'):.3f} "
                       f"prof o {f([ro[k] for k in com], 'profile'):.2f} a {f([ra[k] for k in com], 'profile'):.2f} "
-                      f"area a/o {np.sum([ra[k]['area'] for k in com]) / max(1, np.sum([ro[k]['area'] for k in com])):.2f} "
+                      f"area a/o {sum(ra[k]['area'] for k in com) / max(1, sum(ro[k]['area'] for k in com)):.2f} "
                       f"start {ada['info']['z_start'] - mid:+d}")
 
 

@@ -107,7 +107,8 @@ class DiskCache(EmbeddingCache):
 def extra_cases(folder: Path) -> List[dict]:
     """Cases found in public repositories, kept outside the repository: ``folder/<name>/cases.json`` lists
     ``{"case", "dataset", "image", "label", "preset", "value"}`` entries (paths relative to that folder; image and
-    label on one grid; optional ``slice_step``: keep every n-th axial slice). Every dataset found this way is held back."""
+    label on one grid; optional ``slice_step``: keep every n-th axial slice). Every dataset found this way is held
+    back."""
     out = []
     for cj in sorted(Path(folder).glob("*/cases.json")):
         for c in json.loads(cj.read_text()):

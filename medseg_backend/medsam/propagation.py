@@ -1,4 +1,4 @@
-"""Slice-to-slice propagation of one box through a volume (MedSAM's 3-D procedure), in four modes.
+"""Slice-to-slice propagation of one box through a volume (MedSAM's 3-D procedure), in five modes.
 
 Every mode starts at the middle slice of the box (``adaptive``: possibly another slice of its middle third) and
 walks up, then down from there:
@@ -7,6 +7,11 @@ walks up, then down from there:
   slice's mask box (+3 px in 256-space, see the transforms), the middle box again when the previous mask is
   empty. Never stops early.
 * ``roi``: the user's 2-D box on every slice. ``stop``: ``official``, stopping after ``stop_after`` empty slices.
+* ``guarded`` (opt-in): the ``official`` walk and the ``adaptive`` walk on the same embeddings (decodes only), and
+  on each side of the middle slice ``adaptive``'s masks only where :func:`take_adaptive` says so from both walks'
+  run-time signals; elsewhere, and from a corrected slice, ``official``'s. Its thresholds (``GUARD_*``) were
+  chosen on a tuning part of the labelled data and checked once on a held-back part (``benchmarks/PROPAGATION.md``:
+  never more than 0.002 below ``official`` there, +0.015 on average).
 * ``adaptive`` (opt-in; it lost to ``official`` on held-out tumour MR, see ``choices.DEFAULT_PROPAGATION``): the walk starts where the model is surest of the user's box, with three rules on top of
   the carried box; each rule uses a signal the model or the image gives, none a threshold fitted per case:
 
