@@ -9,9 +9,9 @@ walks up, then down from there:
 * ``roi``: the user's 2-D box on every slice. ``stop``: ``official``, stopping after ``stop_after`` empty slices.
 * ``guarded`` (opt-in): the ``official`` walk and the ``adaptive`` walk on the same embeddings (decodes only), and
   on each side of the middle slice ``adaptive``'s masks only where :func:`take_adaptive` says so from both walks'
-  run-time signals; elsewhere, and from a corrected slice, ``official``'s. Its thresholds (``GUARD_*``) were
-  chosen on a tuning part of the labelled data and checked once on a held-back part (``benchmarks/PROPAGATION.md``:
-  never more than 0.002 below ``official`` there, +0.015 on average).
+  run-time signals; elsewhere, from a corrected slice and in one direction only, ``official``'s. Its thresholds
+  (``GUARD_*``) were chosen on a tuning part of the labelled data and checked once on a held-back part
+  (``benchmarks/PROPAGATION.md``: never more than 0.002 below ``official`` there, +0.015 on average).
 * ``adaptive`` (opt-in; it lost to ``official`` on held-out tumour MR, see ``choices.DEFAULT_PROPAGATION``): the walk starts where the model is surest of the user's box, with three rules on top of
   the carried box; each rule uses a signal the model or the image gives, none a threshold fitted per case:
 
@@ -109,7 +109,7 @@ def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, 
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if mode == "guarded":
-        if seed is not None:  # from a corrected slice: the official walk (the user's mask leads it)
+        if seed is not None or direction != "both":  # from a corrected slice / one way: the official walk
             return propagate(predictor, work, labels, probs, obj, s0, s1, box2d, "official", stop_after, cancel,
                              tick, seed, direction)
         return _guarded(predictor, work, labels, probs, obj, s0, s1, box2d, stop_after, cancel, tick)
