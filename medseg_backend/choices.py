@@ -7,7 +7,7 @@ MEDSAM_MODELS = ("lite-medsam", "medsam-vit-b")
 #: ``official``. ``adaptive`` beat it on the 20 structures it was tuned on but lost on held-out brain-tumour MR
 #: (mean -0.027 Dice, worst -0.34 on a ring-enhancing tumour core; issue 23), so it stays opt-in until a default
 #: is at most 0.01 below ``official`` on every held-back case.
-PROPAGATIONS = ("official", "adaptive", "roi", "stop")
+PROPAGATIONS = ("official", "adaptive", "roi", "stop", "guarded")
 DEFAULT_PROPAGATION = "official"
 #: slicing axes in voxel space: index of the (K, J, I) array axis the slices are taken along
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
