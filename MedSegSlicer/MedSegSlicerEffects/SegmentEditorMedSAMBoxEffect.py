@@ -134,8 +134,10 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
                                            "published LiteMedSAM 3-D procedure (box from the previous slice's "
                                            "mask); 'adaptive' starts on the slice the model is surest of, widens "
                                            "the carried box where the object outgrows it and stops where the "
-                                           "object ends (it can lose on tumours with a bright rim); 'roi' uses "
-                                           "your box on every slice."))
+                                           "object ends (it can lose on tumours with a bright rim); 'guarded' "
+                                           "runs both and takes adaptive's side of the middle slice only where "
+                                           "both walks' signals say it is clearly better; 'roi' uses your box on "
+                                           "every slice."))
         advancedLayout.addRow(_("Propagation:"), self.propagationCombo)
         self.scriptedEffect.addOptionsWidget(advanced)
         self.setupRunButtons()

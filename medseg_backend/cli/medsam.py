@@ -44,11 +44,14 @@ def _add_medsam(sub) -> None:
     p.add_argument("--axis", default="axial", choices=list(AXES),
                    help="slicing axis in voxel space (axial = along K)")
     p.add_argument("--propagation", default=DEFAULT_PROPAGATION, choices=PROPAGATIONS,
-                   help="official (default): the published LiteMedSAM 3-D procedure (exact parity); adaptive: start on the middle third's slice the model is surest of, carry the "
-                        "previous mask's box, widen it where the mask is flush with it, switch to the ROI's box where "
-                        "that is more confident, stop where the mask leaves the object's intensities and shrinks "
-                        "(opt-in: it lost to official on held-out tumour MR); roi: the ROI's box on every "
-                        "slice; stop: official, but stop after --stop-after empty slices")
+                   help="official (default): the published LiteMedSAM 3-D procedure (exact parity); adaptive: "
+                        "start on the middle third's slice the model is surest of, carry the previous mask's box, "
+                        "widen it where the mask is flush with it, switch to the ROI's box where that is more "
+                        "confident, stop where the mask leaves the object's intensities and shrinks (opt-in: it lost "
+                        "to official on held-out tumour MR); guarded: official and adaptive on the same embeddings, "
+                        "adaptive's side of the middle slice only where both walks' signals say it is clearly better "
+                        "(opt-in; see benchmarks/PROPAGATION.md); roi: the ROI's box on every slice; stop: official, "
+                        "but stop after --stop-after empty slices")
     p.add_argument("--stop-after", type=int, default=2)
     p.add_argument("--slice-report", help="3-D: per-slice report (object, slice, area, confidence, profile, flag), "
                                           ".csv or .json (default: <output stem>.slices.csv beside the label map)")

@@ -3,7 +3,7 @@
 * :mod:`.resize` - the official pipelines' resamplers (OpenCV ``INTER_AREA``, scikit-image bicubic), re-implemented;
 * :mod:`.transforms` - one transform per model: image in, boxes in, low-res logits out;
 * :mod:`.predictor` - :class:`MedSAMPredictor`: model, device, precision, the embedding cache, encode and decode;
-* :mod:`.propagation` - the slice-to-slice walk of one box (official / roi / stop / adaptive);
+* :mod:`.propagation` - the slice-to-slice walk of one box (official / roi / stop / adaptive / guarded);
 * :mod:`.engine` - :class:`MedSAMEngine`: checked 2-D and 3-D runs, what the CLI, worker and API call.
 """
 from .engine import MedSAMEngine, MedSAMResult, Result2D, intensity_rule
