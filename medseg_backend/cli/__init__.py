@@ -13,7 +13,7 @@ import warnings
 from typing import List, Optional
 
 from ..errors import MedSegError, MedSegWarning
-from . import medsam, models, universeg
+from . import batch, medsam, models, universeg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     medsam.register(sub)
     universeg.register(sub)
     models.register(sub)
+    batch.register(sub)
     return parser
 
 
