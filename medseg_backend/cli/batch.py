@@ -64,7 +64,7 @@ def cmd_batch(args) -> int:
     except OSError as exc:
         raise InputError(f"Cannot create the output folder {args.output} ({exc.strerror}): choose another.") from None
     check_writable_folder(outdir, "output")
-    lock = FileLock(os.path.join(outdir, ".medseg-batch.lock"), what="")
+    lock = FileLock(os.path.join(outdir, ".batch.lock"), what="")
     holder = lock.held_elsewhere()
     if holder is not None:
         raise InputError(f"Another medseg batch{holder} is writing into {args.output}: wait until it ends, or choose "
@@ -103,5 +103,8 @@ def cmd_batch(args) -> int:
     print(table(ordered))
     print(f"summary: {os.path.join(args.output, 'summary.csv')} and summary.json")
     if interrupted is not None:
-        raise KeyboardInterrupt
+        done = sum(r["status"] in ("done", "skipped (done)") for r in ordered)
+        print(f"error: interrupted: {done} case(s) done and recorded; run the same command again to finish the other "
+              f"{len(ordered) - done}.", file=sys.stderr)
+        return 130
     return 1 if any(r["status"] not in ("done", "skipped (done)") for r in ordered) else 0
