@@ -64,7 +64,7 @@ def _measures(labels: np.ndarray, spec: Dict, spacing_kji, values) -> Dict:
     n = int(labels.max(initial=0)) if not values else len(values)
     dices, assds, hd95s = [], [], []
     for i in range(max(n, 1)):
-        pred = labels == (i + 1) if values and len(values) > 1 else labels > 0
+        pred = labels == (i + 1) if values and len(values) > 1 and spec["model"] != "universeg" else labels > 0
         truth = ref == values[i] if values else ref > 0
         dices.append(dice(pred, truth))
         assd, hd = surface_distances(pred, truth, spacing_kji)
@@ -109,7 +109,10 @@ def _run(spec: Dict, outdir: str, engines: Engines, version: str, t0: float) -> 
         intensity = spec["intensity"] or (manifest.get("intensity", "auto") if manifest else "auto")
         res = engine.segment_volume(arr, examples, roi=spec["roi"], axis=spec["axis"], label=value,
                                     intensity=intensity)
-        labels = res.mask.astype(bool).astype(np.uint8)
+        mask = res.mask.astype(bool)
+        labels = mask.astype(np.uint8)  # objects 1..N, as a DICOM SEG wants them
+        if spec["format"] != "dicom-seg":  # the label map holds the structure's value, as `medseg universeg` writes
+            labels = mask.astype(np.uint8 if value < 256 else np.uint16) * value
         values = [value]
         slices, flagged, report = res.slices_run, None, None
     else:

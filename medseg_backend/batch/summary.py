@@ -28,7 +28,8 @@ def summary_files(rows: List[Dict], outdir: str) -> List:
     w.writerow(FIELDS)
     for r in rows:
         w.writerow([_fmt(r.get(f)) for f in FIELDS])
-    clean = [{f: (None if isinstance(r.get(f), float) and math.isnan(r[f]) else r.get(f)) for f in FIELDS}
+    keys = FIELDS + ("worker_pid", "model_loads")  # which worker ran it, and how many models it had loaded by then
+    clean = [{f: (None if isinstance(r.get(f), float) and math.isnan(r[f]) else r.get(f)) for f in keys}
              for r in rows]
     return [(os.path.join(outdir, "summary.csv"), buf.getvalue()),
             (os.path.join(outdir, "summary.json"), json.dumps(clean, indent=1) + "\n")]
