@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -177,8 +179,8 @@ def test_interrupted_run_resumes_with_only_the_rest(small_ct, tmp_path):
     rows = "".join(f'c{i},{ct},"{20 + i},20,{i % 2},100,80,{i % 2 + 1}"\n' for i in range(6))
     manifest.write_text("case_id,image,boxes\n" + rows, encoding="utf-8")
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(tmp_path / "raytmp"))
-    (tmp_path / "raytmp").mkdir()
+    raytmp = tempfile.mkdtemp(prefix="mr")  # short: Ray's socket paths must stay under 108 bytes
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled", RAY_TMPDIR=raytmp)
     cmd = [sys.executable, "-m", "medseg_backend", "batch", str(manifest), "-o", str(out), "--workers", "1",
            "--device", "cpu"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -208,6 +210,7 @@ def test_interrupted_run_resumes_with_only_the_rest(small_ct, tmp_path):
     assert {c: (records / f"{c}.json").read_bytes() for c in done} == before
     assert not [p for p in os.listdir(out) if p.startswith(".medseg-")]
     assert len(os.listdir(records)) == 6
+    shutil.rmtree(raytmp, ignore_errors=True)
 
 
 def _write_dicom_series(image: sitk.Image, folder: Path) -> None:

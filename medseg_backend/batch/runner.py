@@ -58,10 +58,16 @@ def start_ray(workers: Optional[int], address: Optional[str]) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=True)
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, workers or 1), include_dashboard=False, logging_level="ERROR")
+    try:
+        if address:
+            ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+        else:
+            ray.init(num_cpus=max(os.cpu_count() or 1, workers or 1), include_dashboard=False, logging_level="ERROR")
+    except Exception as exc:  # noqa: BLE001 - Ray's reasons are many (address, sockets, ports): one line
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise MedSegError(f"Cannot start or reach {where} ({detail[:200]}): check --address, or set RAY_TMPDIR to a "
+                          "short writable folder; nothing was run.") from None
     return True
 
 
