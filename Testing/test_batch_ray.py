@@ -287,7 +287,8 @@ def test_dicom_seg_reads_back_on_the_source_geometry(ray_local, data_dir, tmp_pa
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"         # Segmentation Storage
     sources = sorted((pydicom.dcmread(str(dcm / f)) for f in os.listdir(dcm)), key=lambda s: s.InstanceNumber)
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
-    assert ds.FrameOfReferenceUID == sources[0].FrameOfReferenceUID and ds.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert ds.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    assert ds.StudyInstanceUID == sources[0].StudyInstanceUID
     segs = ds.SegmentSequence
     assert [s.SegmentLabel for s in segs] == ["liver", "left kidney"]
     assert segs[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
