@@ -96,7 +96,12 @@ def cmd_batch(args) -> int:
                     import ray
 
                     ray.shutdown()
+            specs = {s["case_id"]: s for s in todo}
             for r in got:
+                rec = done_record(outdir, specs[r["case_id"]]) if r["status"] == "interrupted" else None
+                if rec is not None:  # its worker recorded it while the run was being stopped
+                    r = dict(r, status="done", error="",
+                             **{k: rec.get(k) for k in ("seconds", "slices", "flagged", "dice", "assd_mm", "hd95_mm")})
                 rows[r["case_id"]] = r
         ordered = [rows[c.case_id] for c in cases]
         write_images(summary_files(ordered, outdir))
