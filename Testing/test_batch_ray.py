@@ -180,7 +180,7 @@ def test_failing_case_is_one_line_and_rerun_does_only_it(ray_local, small_ct, tm
     assert _arr(seg).shape == (4, 101, 122)
 
 
-def test_interrupted_run_resumes_with_only_the_rest(small_ct, tmp_path):
+def test_interrupted_run_resumes_with_only_the_rest(small_ct, tmp_path, request):
     """A real `medseg batch` process (its own local Ray) gets SIGINT once two cases are recorded."""
     ct, _ = small_ct
     manifest = tmp_path / "m.csv"
@@ -188,6 +188,7 @@ def test_interrupted_run_resumes_with_only_the_rest(small_ct, tmp_path):
     manifest.write_text("case_id,image,boxes\n" + rows, encoding="utf-8")
     out = tmp_path / "out"
     raytmp = tempfile.mkdtemp(prefix="mr")  # short: Ray's socket paths must stay under 108 bytes
+    request.addfinalizer(lambda: shutil.rmtree(raytmp, ignore_errors=True))
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled", RAY_TMPDIR=raytmp)
     cmd = [sys.executable, "-m", "medseg_backend", "batch", str(manifest), "-o", str(out), "--workers", "1",
            "--device", "cpu"]
@@ -218,7 +219,6 @@ def test_interrupted_run_resumes_with_only_the_rest(small_ct, tmp_path):
     assert {c: (records / f"{c}.json").read_bytes() for c in done} == before
     assert not [p for p in os.listdir(out) if p.startswith(".medseg-")]
     assert len(os.listdir(records)) == 6
-    shutil.rmtree(raytmp, ignore_errors=True)
 
 
 def _write_dicom_series(image: sitk.Image, folder: Path) -> None:
