@@ -1,7 +1,8 @@
-"""Command line: ``medseg medsam``, ``medseg universeg``, ``medseg library``, ``medseg models``, ``medseg demo``.
+"""Command line: ``medseg medsam``, ``medseg universeg``, ``medseg library``, ``medseg models``, ``medseg batch``,
+``medseg demo``.
 
-One module per command family (:mod:`.medsam`, :mod:`.universeg`, :mod:`.models`), sharing :mod:`.common`;
-every choice list comes from :mod:`medseg_backend.choices`. Every user error is a
+One module per command family (:mod:`.medsam`, :mod:`.universeg`, :mod:`.models`, :mod:`.batch`), sharing
+:mod:`.common`; every choice list comes from :mod:`medseg_backend.choices`. Every user error is a
 :class:`~medseg_backend.errors.MedSegError`: it is printed as one ``error: ...`` line and the command exits with
 status 2, having written nothing. Warnings (box clipped, few examples, ...) are printed as ``warning: ...`` lines.
 """
@@ -13,7 +14,7 @@ import warnings
 from typing import List, Optional
 
 from ..errors import MedSegError, MedSegWarning
-from . import medsam, models, universeg
+from . import batch, medsam, models, universeg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     medsam.register(sub)
     universeg.register(sub)
     models.register(sub)
+    batch.register(sub)
     return parser
 
 
