@@ -12,47 +12,25 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import terminology
 from ..errors import InputError
 
 Code = Tuple[str, str, str]  # (scheme designator, value, meaning)
 
-# The codes of the structures batch cases name most often, as in Slicer's "General Anatomy list" context.
-# Copied from MedSegSlicer/MedSegSlicerLib/terminology.py (STRUCTURES), which is the one home of the full table:
-# the backend cannot import the Slicer package. TODO: move that data table into a torch-free, Qt-free backend
-# module (medseg_backend/terminology.py) that the Slicer layer imports, and drop this copy.
-_ANATOMICAL = ("SCT", "123037004", "Anatomical Structure")
-_ABNORMAL = ("SCT", "49755003", "Morphologically Altered Structure")
 _TISSUE = ("SCT", "85756007", "Tissue")
-_RIGHT = ("SCT", "24028007", "Right")
-_LEFT = ("SCT", "7771000", "Left")
-STRUCTURE_CODES = {
-    "liver": (_ANATOMICAL, ("SCT", "10200004", "Liver"), None),
-    "spleen": (_ANATOMICAL, ("SCT", "78961009", "Spleen"), None),
-    "right kidney": (_ANATOMICAL, ("SCT", "64033007", "Kidney"), _RIGHT),
-    "left kidney": (_ANATOMICAL, ("SCT", "64033007", "Kidney"), _LEFT),
-    "pancreas": (_ANATOMICAL, ("SCT", "15776009", "Pancreas"), None),
-    "lesion": (_ABNORMAL, ("SCT", "52988006", "Lesion"), None),
-    "tumor": (_ABNORMAL, ("SCT", "108369006", "Neoplasm"), None),
-}
 #: an object the manifest does not name: generic tissue
 GENERIC = (_TISSUE, _TISSUE, None)
 
 
-def _key(name: str) -> str:
-    key = " ".join(str(name).replace("_", " ").lower().split())
-    words = key.split()
-    if len(words) == 2 and words[1] in ("left", "right"):
-        key = f"{words[1]} {words[0]}"
-    return key
-
-
 def structure_code(name: str) -> Tuple[Code, Code, Optional[Code]]:
-    """(category, type, laterality modifier or None) of a structure name; InputError for an unknown name."""
-    got = STRUCTURE_CODES.get(_key(name))
+    """(category, type, laterality modifier or None) of a structure name, from the product's one terminology
+    table (:mod:`medseg_backend.terminology`, the same codes the Slicer layer puts on segments); InputError for a
+    name that is not in it."""
+    got = terminology.lookup(name)
     if got is None:
         raise InputError(f"structure '{name}' has no SNOMED CT code here: use one of "
-                         f"{', '.join(sorted(STRUCTURE_CODES))} (or leave structures empty for generic tissue)")
-    return got
+                         f"{', '.join(sorted(terminology.names()))} (or leave structures empty for generic tissue)")
+    return got.category, got.type, got.modifier
 
 
 def source_files(folder: str) -> List[str]:
