@@ -166,6 +166,7 @@ def _export(module, example):
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.10+ says jit.trace is deprecated
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: the shape is fixed
         traced = torch.jit.trace(module, example, check_trace=False)
     return ov.convert_model(traced, example_input=example, input=[list(example.shape)])
 
