@@ -73,6 +73,16 @@ def test_runtime_choice():
         rt.resolve_runtime("onnx", cpu)
 
 
+def test_environment_decides_what_auto_means(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("MEDSEG_RUNTIME", "torch")
+    assert rt.resolve_runtime("auto", cpu) == "torch"
+    assert rt.resolve_runtime("openvino", cpu) == "openvino" if rt.openvino_version() else True
+    monkeypatch.setenv("MEDSEG_RUNTIME", "onnx")
+    with pytest.raises(InputError, match="MEDSEG_RUNTIME=onnx"):
+        rt.resolve_runtime("auto", cpu)
+
+
 NO_OPENVINO = r"""
 import sys, warnings
 sys.modules["openvino"] = None          # `import openvino` raises ImportError, as where it is not installed

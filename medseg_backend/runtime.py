@@ -2,6 +2,8 @@
 
 ``auto`` runs an encoder through OpenVINO on the CPU when the ``openvino`` package can be imported (it is optional:
 ``pip install openvino``) and through torch otherwise; on CUDA / MPS it is always torch (:func:`resolve_runtime`).
+The environment variable ``MEDSEG_RUNTIME`` (``torch`` or ``openvino``) decides what ``auto`` means, e.g. for the
+Slicer worker.
 
 OpenVINO needs the encoder exported once (a TorchScript trace of our own module, BatchNorms folded, converted
 by ``openvino.convert_model``): :func:`openvino_encoder` keeps the exported model (OpenVINO IR, ``model.xml`` +
@@ -60,10 +62,17 @@ def openvino_version() -> Optional[str]:
 
 
 def resolve_runtime(runtime: Optional[str], device) -> str:
-    """``torch`` or ``openvino`` for a requested runtime (``auto``, ``torch``, ``openvino``) on ``device``."""
+    """``torch`` or ``openvino`` for a requested runtime (``auto``, ``torch``, ``openvino``) on ``device``;
+    ``auto`` follows ``MEDSEG_RUNTIME`` when it is set."""
     r = (runtime or "auto").strip().lower()
     if r not in RUNTIMES:
         raise InputError(f"Unknown runtime '{runtime}': use one of {', '.join(RUNTIMES)}.")
+    env = os.environ.get("MEDSEG_RUNTIME", "").strip().lower()
+    if r == "auto" and env:
+        if env not in RUNTIMES:
+            raise InputError(f"MEDSEG_RUNTIME={env} is not a runtime: set it to one of {', '.join(RUNTIMES)}, or "
+                             "unset it.")
+        r = env
     if r == "torch":
         return "torch"
     on_cpu = getattr(device, "type", str(device)) == "cpu"
