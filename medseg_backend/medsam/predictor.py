@@ -10,6 +10,7 @@ it is installed; see :mod:`medseg_backend.runtime`); the prompt encoder and the 
 
 Precision: the encoder may run under bf16 autocast on CPUs with native bf16 (AMX / AVX512-BF16) or fp16 on CUDA
 where measured to keep Dice >= 0.99 to fp32 (see :data:`DEFAULT_HALF`); prompts and decoder always run in fp32.
+With the OpenVINO runtime, bf16 is OpenVINO's inference-precision hint (fp32 otherwise, asked for explicitly).
 """
 from __future__ import annotations
 
@@ -194,15 +195,6 @@ class MedSAMPredictor:
         if half is torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
             return None
         return half
-
-    @property
-    def runtime_info(self) -> str:
-        """The encoder's runtime as shown to the user, e.g. ``openvino 2026.4.1`` or ``torch 2.13.0``."""
-        from ..runtime import openvino_version
-
-        if self.runtime == "openvino":
-            return f"openvino {(openvino_version() or '').split('-')[0]}"
-        return f"torch {torch.__version__.split('+')[0]}"
 
     @property
     def precision(self) -> str:
