@@ -17,7 +17,7 @@ import torch
 
 from medseg_backend import runtime as rt
 from medseg_backend.errors import InputError, MedSegWarning
-from medseg_backend.medsam import MedSAMEngine, MedSAMPredictor
+from medseg_backend.medsam import MedSAMPredictor
 from medseg_backend.models.sam import build_sam
 from medseg_backend.progress import CancelToken
 from medseg_backend.worker.handlers import Handlers

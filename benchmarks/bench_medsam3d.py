@@ -198,7 +198,6 @@ def encoder_timing(kind: str, threads, repeats: int) -> list:
     """Torch and OpenVINO encoders in one process, called in turn on the same slice (see the module docstring)."""
     import torch
 
-    from medseg_backend import runtime as rt
     from medseg_backend.devices import cpu_has_native_bf16
     from medseg_backend.medsam import MedSAMPredictor
 
