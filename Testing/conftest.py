@@ -59,6 +59,16 @@ def universeg_reference(data_dir):
     return fixture_data.universeg_reference_io()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_openvino_cache(tmp_path_factory):
+    """One folder of OpenVINO encoder exports for the session (its keys are the weights' and code's hashes, so
+    sharing it is safe): each model is exported once per session, not once per test or worker."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDSEG_OPENVINO_CACHE", str(tmp_path_factory.mktemp("openvino")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_medseg_home(tmp_path_factory, monkeypatch):
     """Never touch the user's real weights cache from tests: each test gets an empty MEDSEG_HOME."""

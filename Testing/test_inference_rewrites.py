@@ -25,7 +25,7 @@ def _compare(plain, engine, size):
 
 def test_lite_rewrites_keep_numbers():
     plain = load_model("lite-medsam", device="cpu")
-    engine = MedSAMEngine("lite-medsam", device="cpu", module=copy.deepcopy(plain))
+    engine = MedSAMEngine("lite-medsam", device="cpu", module=copy.deepcopy(plain), runtime="torch")
     n_fused = sum(isinstance(m, (ConvGELU, LinearGELU)) for m in engine.predictor.net.modules())
     emb_err, logit_err = _compare(plain, engine, 256)
     assert emb_err < 1e-4 and logit_err < 1e-3, (emb_err, logit_err)
@@ -36,7 +36,7 @@ def test_lite_rewrites_keep_numbers():
 def test_vit_rewrites_keep_numbers():
     plain = build_sam("vit_test").eval()
     randomize_(plain)
-    engine = MedSAMEngine("medsam-vit-b", device="cpu", module=copy.deepcopy(plain))
+    engine = MedSAMEngine("medsam-vit-b", device="cpu", module=copy.deepcopy(plain), runtime="torch")
     emb_err, logit_err = _compare(plain, engine, 256)
     assert emb_err < 1e-4 and logit_err < 1e-4, (emb_err, logit_err)
     assert engine.predictor.kind == "vit" and not engine.predictor.channels_last

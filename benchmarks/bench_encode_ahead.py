@@ -10,7 +10,11 @@ first, in the worker); Preview cancels what is left of it and runs. Two runs on 
   preview: the worker sends each finished slice, the middle one first, encoded on its own; target <= 1.5 s) and
   until complete.
 
-Run: ``PYTHONPATH=.:MedSegSlicer python benchmarks/bench_encode_ahead.py [--head-start 20] [--slices 20]``.
+Each encoder runtime of ``--runtimes`` (default ``torch,openvino``; the worker's ``MEDSEG_RUNTIME``) is measured in
+turn, the runs alternating ``--repeats`` times (medians shown), so a loaded machine slows them alike.
+
+Run: ``PYTHONPATH=.:MedSegSlicer python benchmarks/bench_encode_ahead.py [--head-start 20] [--slices 20]
+[--runtimes torch,openvino] [--repeats 1]``.
 """
 from __future__ import annotations
 
@@ -57,6 +61,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--head-start", type=float, default=20.0)
     ap.add_argument("--slices", type=int, default=20)
+    ap.add_argument("--runtimes", default="torch,openvino")
+    ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     import SimpleITK as sitk
 
@@ -65,41 +71,54 @@ def main() -> int:
     labels = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(SAMPLE, "labels.nii.gz")))
     box = slab_box((labels == 3).astype(np.uint8), args.slices)
     other = slab_box((labels == 1).astype(np.uint8), 1)          # a spleen slice, to warm up the model
-    rows = []
-    for head_start in (args.head_start, 0.0):
-        client = WorkerClient()
-        core = Segmenter(ctx, device="cpu", worker=client)
-        try:
-            warm(core, volume, other)
-            prepared = core.prepare_medsam(volume, [box], intensity="window:40,400")
-            if head_start > 0:
-                core.start(core.prepare_encode(prepared))          # the box is placed
-                t_placed = time.perf_counter()
-                while core.runner.running and time.perf_counter() - t_placed < head_start:
-                    poll_step(core.runner)                        # the effect's timer
-                    time.sleep(0.05)
-                time.sleep(max(0.0, head_start - (time.perf_counter() - t_placed)))
-                if core.runner.running:                          # Preview pre-empts what is left
-                    core.runner.cancel()
-                    poll_until(core.runner, lambda f, o: o is not None)
-            t0 = time.perf_counter()
-            core.start(prepared)                                  # Preview
-            shown = []                                            # progressive preview: slices the effect can show
-            first, _ = poll_until(core.runner, lambda f, o: bool(shown.extend(core.partial_slices()) or shown)
-                                  or o is not None)
-            _, outcome = poll_until(core.runner, lambda f, o: o is not None)
-            total = time.perf_counter() - t0
-            assert outcome.ok, outcome.message
-            encoded_ahead = args.slices - int(outcome.result.slices_encoded)
-            rows.append((head_start, encoded_ahead, first, total, int(outcome.result.slices_run)))
-        finally:
-            client.shutdown()
-    print(f"LiteMedSAM, {args.slices}-slice box (left kidney, bundled CT), CPU, through the worker")
-    print("| head start (s) | slices encoded ahead | first preview slice shown (s) | preview complete (s) | slices run |")
-    print("|---|---|---|---|---|")
-    for head_start, ahead, first, total, run in rows:
-        print(f"| {head_start:.0f} | {ahead} | {first:.2f} | {total:.2f} | {run} |")
+    rows = {}
+    for _ in range(args.repeats):
+        for runtime in args.runtimes.split(","):
+            for head_start in (args.head_start, 0.0):
+                rows.setdefault((runtime, head_start), []).append(
+                    one_run(ctx, volume, box, other, runtime, head_start, args.slices))
+    print(f"LiteMedSAM, {args.slices}-slice box (left kidney, bundled CT), CPU, through the worker"
+          f" (medians of {args.repeats} alternating run(s))")
+    print("| runtime | head start (s) | slices encoded ahead | first preview slice shown (s) | preview complete (s) "
+          "| slices run |")
+    print("|---|---|---|---|---|---|")
+    for (runtime, head_start), runs in rows.items():
+        ahead, first, total, run = (float(np.median([r[i] for r in runs])) for i in range(4))
+        print(f"| {runs[-1][4]} | {head_start:.0f} | {ahead:.0f} | {first:.2f} | {total:.2f} | {run:.0f} |")
     return 0
+
+
+def one_run(ctx, volume, box, other, runtime: str, head_start: float, n_slices: int):
+    """One fresh worker on ``runtime``: warm-up run, then the box (placed ``head_start`` s before Preview)."""
+    os.environ["MEDSEG_RUNTIME"] = runtime          # the worker inherits it
+    client = WorkerClient()
+    core = Segmenter(ctx, device="cpu", worker=client)
+    try:
+        warm(core, volume, other)
+        prepared = core.prepare_medsam(volume, [box], intensity="window:40,400")
+        if head_start > 0:
+            core.start(core.prepare_encode(prepared))          # the box is placed
+            t_placed = time.perf_counter()
+            while core.runner.running and time.perf_counter() - t_placed < head_start:
+                poll_step(core.runner)                        # the effect's timer
+                time.sleep(0.05)
+            time.sleep(max(0.0, head_start - (time.perf_counter() - t_placed)))
+            if core.runner.running:                          # Preview pre-empts what is left
+                core.runner.cancel()
+                poll_until(core.runner, lambda f, o: o is not None)
+        t0 = time.perf_counter()
+        core.start(prepared)                                  # Preview
+        shown = []                                            # progressive preview: slices the effect can show
+        first, _ = poll_until(core.runner, lambda f, o: bool(shown.extend(core.partial_slices()) or shown)
+                              or o is not None)
+        _, outcome = poll_until(core.runner, lambda f, o: o is not None)
+        total = time.perf_counter() - t0
+        assert outcome.ok, outcome.message
+        encoded_ahead = n_slices - int(outcome.result.slices_encoded)
+        return (encoded_ahead, first, total, int(outcome.result.slices_run),
+                getattr(outcome.result, "runtime", None) or runtime)
+    finally:
+        client.shutdown()
 
 
 if __name__ == "__main__":

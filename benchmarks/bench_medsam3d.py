@@ -1,6 +1,7 @@
 """MedSAM 3-D benchmark: the plain official-style loop against the product path, same volume and box.
 
-Run: ``.venv-test/bin/python benchmarks/bench_medsam3d.py [--models lite,vit_b] [--slices N]``.
+Run: ``.venv-test/bin/python benchmarks/bench_medsam3d.py [--models lite,vit_b] [--slices N] [--runtimes
+torch,openvino] [--repeats R] [--encoder-repeats R] [--threads 1,2]``.
 
 Each measurement runs in its own subprocess (so peak RSS is its own) with the same thread count:
 
@@ -9,8 +10,13 @@ Each measurement runs in its own subprocess (so peak RSS is its own) with the sa
   slice, batch 1, no cache, attention computed explicitly as the official model code does (Meta's
   ``segment_anything`` ViT-B; LiteMedSAM's TinyViT attention as matmul + bias + softmax);
 * **product**: :class:`medseg_backend.medsam.MedSAMEngine` (own resamplers, batched encoding ahead of the
-  propagation front, fused attention, default precision), then a second box on the same volume
-  ("re-prompt", embeddings from the cache).
+  propagation front, fused attention, default precision) on each encoder runtime (``torch``, ``openvino``; see
+  :mod:`medseg_backend.runtime`), then a second box on the same volume ("re-prompt", embeddings from the cache).
+  The product runs of the runtimes alternate ``--repeats`` times (medians reported), so a loaded machine slows
+  them alike.
+* **encoder** (``--encoder-repeats``): in one process, the torch and the OpenVINO encoder (fp32, and OpenVINO's
+  bf16 hint where the CPU has bf16) called in turn on the same slice, at each ``--threads`` count: medians and
+  the ratio to torch, and the largest embedding difference to torch.
 
 ViT-B uses random weights in the official layout (the real checkpoint is not available offline): timings
 do not depend on the values; the parity column compares the product masks with the plain loop's.
@@ -155,23 +161,26 @@ def plain_loop(kind: str, vol: np.ndarray, box, timer):
     return seg, n
 
 
-def product(kind: str, vol: np.ndarray, box, box2, precision: str):
+def _vit_b_random():
+    """ViT-B with the plain loop's random weights (Meta's model, same seed), in our module."""
+    from medseg_backend.models.sam import CONFIGS, build_sam
+    from sam_reference import build_meta_sam, randomize_
+
+    ref = build_meta_sam(CONFIGS["vit_b"])
+    randomize_(ref)
+    net = build_sam("vit_b").eval()
+    net.load_state_dict(ref.state_dict(), strict=True)
+    return net
+
+
+def product(kind: str, vol: np.ndarray, box, box2, precision: str, runtime: str = "auto"):
     from medseg_backend.medsam import MedSAMEngine
 
     if kind == "lite":
-        engine = MedSAMEngine("lite-medsam", device="cpu", precision=precision)
+        engine = MedSAMEngine("lite-medsam", device="cpu", precision=precision, runtime=runtime)
     else:
-        from medseg_backend.models.sam import CONFIGS
-        from sam_reference import build_meta_sam, randomize_
-
-        ref = build_meta_sam(CONFIGS["vit_b"])
-        randomize_(ref)
-        from medseg_backend.models.sam import build_sam
-
-        net = build_sam("vit_b").eval()
-        net.load_state_dict(ref.state_dict(), strict=True)
-        del ref
-        engine = MedSAMEngine("medsam-vit-b", module=net, device="cpu", precision=precision)
+        engine = MedSAMEngine("medsam-vit-b", module=_vit_b_random(), device="cpu", precision=precision,
+                              runtime=runtime)
     engine.segment_volume(vol, [(box[0], box[1], 0, box[3], box[4], engine.predictor.batch_size - 1)], intensity="raw",
                           propagation="official")
     engine.predictor.cache.clear()  # warm-up (first-call allocations) done, not timed; the timed run starts cold
@@ -181,7 +190,46 @@ def product(kind: str, vol: np.ndarray, box, box2, precision: str):
     t = time.perf_counter()
     res2 = engine.segment_volume(vol, [box2], intensity="raw", propagation="official")
     second = time.perf_counter() - t
-    return res.labels, res.slices_run, first, second, res2.slices_run, res2.slices_encoded, engine.precision
+    return (res.labels, res.slices_run, first, second, res2.slices_run, res2.slices_encoded, engine.precision,
+            engine.runtime)
+
+
+def encoder_timing(kind: str, threads, repeats: int) -> list:
+    """Torch and OpenVINO encoders in one process, called in turn on the same slice (see the module docstring)."""
+    import torch
+
+    from medseg_backend.devices import cpu_has_native_bf16
+    from medseg_backend.medsam import MedSAMPredictor
+
+    size = 256 if kind == "lite" else 1024
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for n in threads:
+        os.environ["MEDSEG_NUM_THREADS"] = str(n)
+        make = (lambda r, p="fp32": MedSAMPredictor("lite-medsam", device="cpu", precision=p, runtime=r)) \
+            if kind == "lite" else \
+            (lambda r, p="fp32": MedSAMPredictor("medsam-vit-b", device="cpu", precision=p, runtime=r,
+                                                 module=_vit_b_random()))
+        runners = {"torch": make("torch"), "openvino": make("openvino")}
+        if cpu_has_native_bf16():
+            runners["openvino bf16 hint"] = make("openvino", "bf16")
+        runners = {k: p for k, p in runners.items() if k == "torch" or p.runtime == "openvino"}
+        inp = [x[0].numpy()]
+        ref = runners["torch"]._encode_batch(inp)
+        times = {k: [] for k in runners}
+        diff = {k: float((p._encode_batch(inp) - ref).abs().max() / ref.abs().max()) for k, p in runners.items()}
+        for _ in range(repeats):
+            for k, p in runners.items():
+                t = time.perf_counter()
+                p._encode_batch(inp)
+                times[k].append(time.perf_counter() - t)
+        base = float(np.median(times["torch"]))
+        for k in runners:
+            med = float(np.median(times[k]))
+            rows.append(dict(kind=kind, threads=torch.get_num_threads(), runtime=k, median=med, best=min(times[k]),
+                             ratio=base / med, rel_diff=diff[k], repeats=repeats))
+        del runners
+    return rows
 
 
 def worker(args) -> None:
@@ -189,6 +237,10 @@ def worker(args) -> None:
 
     from medseg_backend.devices import configure_cpu_threads
 
+    if args.worker == "encoder":
+        print(json.dumps(encoder_timing(args.kind, [int(t) for t in args.threads.split(",")],
+                                        args.encoder_repeats)))
+        return
     configure_cpu_threads()
     vol, box, box2 = _volume_and_box(args.slices)
     out = {"threads": torch.get_num_threads()}
@@ -197,12 +249,27 @@ def worker(args) -> None:
         seg, n = plain_loop(args.kind, vol, box, timer)
         out.update(seconds=time.perf_counter() - timer[0], slices=n)
     else:
-        seg, n, first, second, n2, enc2, prec = product(args.kind, vol, box, box2, args.precision)
+        seg, n, first, second, n2, enc2, prec, rt_used = product(args.kind, vol, box, box2, args.precision,
+                                                                 args.runtime)
         out.update(seconds=first, slices=n, reprompt_seconds=second, reprompt_slices=n2, reprompt_encoded=enc2,
-                   precision=prec)
+                   precision=prec, runtime=rt_used)
     np.save(args.mask_out, seg)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps(out))
+
+
+def _run(kind, mode, args, runtime="auto", env=None):
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".npy", delete=False) as fh:
+        mask_path = fh.name
+    cmd = [sys.executable, __file__, "--worker", mode, "--kind", kind, "--slices", str(args.slices),
+           "--precision", args.precision, "--runtime", runtime, "--mask-out", mask_path]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["mask"] = np.load(mask_path)
+    os.unlink(mask_path)
+    return res
 
 
 def main() -> None:
@@ -210,58 +277,73 @@ def main() -> None:
     ap.add_argument("--models", default="lite,vit_b")
     ap.add_argument("--slices", type=int, default=8, help="slices in the box's z-range (liver, middle of the volume)")
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--worker", choices=["plain", "product"])
+    ap.add_argument("--runtimes", default="torch,openvino", help="product runs on these encoder runtimes")
+    ap.add_argument("--repeats", type=int, default=1, help="product runs per runtime, alternating (median shown)")
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain official-style loop")
+    ap.add_argument("--encoder-repeats", type=int, default=0, help="also time the encoders in one process")
+    ap.add_argument("--worker", choices=["plain", "product", "encoder"])
     ap.add_argument("--kind")
+    ap.add_argument("--runtime", default="auto")
     ap.add_argument("--mask-out")
     ap.add_argument("--threads", default="", help="also time the product path at these thread counts, e.g. 1,2")
     args = ap.parse_args()
     if args.worker:
         worker(args)
         return
-    import tempfile
-
     from medseg_backend.metrics import dice
 
-    rows = []
+    runtimes = args.runtimes.split(",")
+    print("| model | path | threads | slices | s/slice (median) | runs | speed-up over plain | over product torch | "
+          "re-prompt ms/slice | re-encoded | peak RSS MB | Dice vs plain | Dice vs product torch | precision |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for kind in args.models.split(","):
-        res = {}
-        for mode in ("plain", "product"):
-            with tempfile.NamedTemporaryFile(suffix=".npy", delete=False) as fh:
-                mask_path = fh.name
-            cmd = [sys.executable, __file__, "--worker", mode, "--kind", kind, "--slices", str(args.slices),
-                   "--precision", args.precision, "--mask-out", mask_path]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-            res[mode]["mask"] = np.load(mask_path)
-            os.unlink(mask_path)
-        p, q = res["plain"], res["product"]
-        sp = p["seconds"] / p["slices"]
-        sq = q["seconds"] / q["slices"]
-        rows.append((kind, p["threads"], p["slices"], sp, sq, sp / sq, q["reprompt_seconds"] / q["reprompt_slices"] * 1000,
-                     q["reprompt_encoded"], p["peak_rss_mb"], q["peak_rss_mb"], dice(p["mask"], q["mask"]), q["precision"]))
-    print("| model | threads | slices | plain s/slice | product s/slice | speed-up | re-prompt ms/slice | "
-          "re-encoded | plain peak RSS MB | product peak RSS MB | Dice product vs plain | precision |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print("| %s | %d | %d | %.3f | %.3f | %.2fx | %.1f | %d | %.0f | %.0f | %.4f | %s |" % r)
-    if args.threads:
-        # Scaling with cores: the product path at each thread count, each in its own process.
-        print("\n| model | threads | product s/slice | speed-up over 1 thread |")
-        print("|---|---|---|---|")
+        plain = None if args.no_plain else _run(kind, "plain", args)
+        runs = {r: [] for r in runtimes}
+        for _ in range(args.repeats):
+            for r in runtimes:
+                runs[r].append(_run(kind, "product", args, r))
+        sp = plain["seconds"] / plain["slices"] if plain else None
+        if plain:
+            print("| %s | plain fp32 loop | %d | %d | %.3f | 1 | 1.00x | - | - | - | %.0f | - | - | fp32 |"
+                  % (kind, plain["threads"], plain["slices"], sp, plain["peak_rss_mb"]))
+        per = {r: float(np.median([q["seconds"] / q["slices"] for q in runs[r]])) for r in runtimes}
+        base = per.get("torch")
+        for r in runtimes:
+            q = runs[r][-1]
+            print("| %s | product %s | %d | %d | %.3f | %d | %s | %s | %.1f | %d | %.0f | %s | %s | %s |" % (
+                kind, q["runtime"], q["threads"], q["slices"], per[r], len(runs[r]),
+                "%.2fx" % (sp / per[r]) if sp else "-", "%.2fx" % (base / per[r]) if base else "-",
+                float(np.median([x["reprompt_seconds"] / x["reprompt_slices"] for x in runs[r]])) * 1000,
+                q["reprompt_encoded"], q["peak_rss_mb"], "%.4f" % dice(plain["mask"], q["mask"]) if plain else "-",
+                "%.4f" % dice(runs["torch"][-1]["mask"], q["mask"]) if "torch" in runs else "-", q["precision"]))
+    if args.encoder_repeats:
+        from medseg_backend.devices import available_cores
+
+        cores = str(available_cores())
+        print("\n| encoder | threads | runtime | median s | best s | speed-up over torch | max rel. diff to torch | "
+              "calls |")
+        print("|---|---|---|---|---|---|---|---|")
         for kind in args.models.split(","):
-            base = None
-            for n in (int(t) for t in args.threads.split(",")):
-                with tempfile.NamedTemporaryFile(suffix=".npy", delete=False) as fh:
-                    mask_path = fh.name
-                env = dict(os.environ, MEDSEG_NUM_THREADS=str(n))
-                cmd = [sys.executable, __file__, "--worker", "product", "--kind", kind, "--slices", str(args.slices),
-                       "--precision", args.precision, "--mask-out", mask_path]
-                out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                                env=env).stdout.strip().splitlines()[-1])
-                os.unlink(mask_path)
-                per = out["seconds"] / out["slices"]
-                base = base or per
-                print("| %s | %d | %.3f | %.2fx |" % (kind, out["threads"], per, base / per))
+            cmd = [sys.executable, __file__, "--worker", "encoder", "--kind", kind, "--threads", args.threads or cores,
+                   "--encoder-repeats", str(args.encoder_repeats)]
+            rows = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                              .strip().splitlines()[-1])
+            for r in rows:
+                print("| %s | %d | %s | %.3f | %.3f | %.2fx | %.1e | %d |" % (
+                    r["kind"], r["threads"], r["runtime"], r["median"], r["best"], r["ratio"], r["rel_diff"],
+                    r["repeats"]))
+    elif args.threads:
+        # Scaling with cores: the product path at each thread count, each in its own process.
+        print("\n| model | runtime | threads | product s/slice | speed-up over 1 thread |")
+        print("|---|---|---|---|---|")
+        for kind in args.models.split(","):
+            for r in runtimes:
+                base = None
+                for n in (int(t) for t in args.threads.split(",")):
+                    out = _run(kind, "product", args, r, env=dict(os.environ, MEDSEG_NUM_THREADS=str(n)))
+                    per = out["seconds"] / out["slices"]
+                    base = base or per
+                    print("| %s | %s | %d | %.3f | %.2fx |" % (kind, out["runtime"], out["threads"], per, base / per))
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def main() -> int:
     import medseg_backend.models.optimize as optimize
 
     optimize.optimize_for_inference_ = lambda net, device: net
-    engine = MedSAMEngine("lite-medsam", device="cpu", precision="fp32")
+    engine = MedSAMEngine("lite-medsam", device="cpu", precision="fp32", runtime="torch")
     encoder = engine.predictor.net.image_encoder
     batch = [engine.predictor.transform.apply_image(c["image"]).tensor for c in cases[:2]]
     reference = masks(engine, cases)

@@ -13,5 +13,7 @@ DEFAULT_PROPAGATION = "official"
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Encoder runtimes (medseg_backend.runtime): ``auto`` is OpenVINO on the CPU when it is installed, else torch.
+RUNTIMES = ("auto", "torch", "openvino")
 #: Which way a walk from a corrected slice goes: towards higher slice indices, lower ones, or both.
 DIRECTIONS = ("both", "up", "down")

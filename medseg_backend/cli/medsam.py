@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..choices import AXES, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PRECISIONS, PROPAGATIONS
+from ..choices import AXES, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PRECISIONS, PROPAGATIONS, RUNTIMES
 from ..errors import MedSegError
 from ..metrics import dice
 from ..slicing import bbox3d, middle_slice
@@ -40,6 +40,8 @@ def _add_medsam(sub) -> None:
     p.add_argument("--intensity", default="auto", help=INTENSITY_HELP)
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="image encoder runtime: auto (OpenVINO on the CPU when installed, else torch), torch, openvino")
     p.add_argument("--slice", type=int, help="segment only this slice (index along --axis) of a volume with a 2-D box")
     p.add_argument("--axis", default="axial", choices=list(AXES),
                    help="slicing axis in voxel space (axial = along K)")
@@ -131,7 +133,8 @@ def _cmd_medsam(args) -> int:
     from ..medsam import MedSAMEngine
 
     t0 = time.perf_counter()
-    engine = MedSAMEngine(args.model, weights=args.weights, device=args.device, precision=args.precision)
+    engine = MedSAMEngine(args.model, weights=args.weights, device=args.device, precision=args.precision,
+                          runtime=args.runtime)
     geometry = img.geometry
     if not volume or args.slice is not None:
         if volume:
@@ -187,7 +190,7 @@ def _cmd_medsam(args) -> int:
         print(f"wrote {report}: {len(res3.slices)} slice(s), {len(res3.flagged())} flagged for review")
     voxels = int(np.count_nonzero(labels))
     print(f"wrote {args.output}: {voxels} voxels labelled, {n_run} slice(s), {dt:.1f} s "
-          f"({engine.model_name}, {engine.device.type}, {engine.precision})")
+          f"({engine.model_name}, {engine.device.type}, {engine.precision}, {engine.runtime})")
     return 0
 
 

@@ -57,12 +57,12 @@ class MedSAMResult:
 
 class MedSAMEngine:
     """2-D and 3-D box segmentation on one :class:`MedSAMPredictor` (same arguments: ``model``, ``weights``,
-    ``device``, ``precision``, ``cache_mb``, ``batch_size``, ``module``)."""
+    ``device``, ``precision``, ``cache_mb``, ``batch_size``, ``module``, ``runtime``)."""
 
     def __init__(self, model: str = "lite-medsam", weights: Optional[str] = None, device="auto",
                  precision: str = "auto", cache_mb: Optional[float] = None, batch_size: Optional[int] = None,
-                 module: Optional[torch.nn.Module] = None) -> None:
-        self.predictor = MedSAMPredictor(model, weights, device, precision, cache_mb, batch_size, module)
+                 module: Optional[torch.nn.Module] = None, runtime: str = "auto") -> None:
+        self.predictor = MedSAMPredictor(model, weights, device, precision, cache_mb, batch_size, module, runtime)
 
     @property
     def model_name(self) -> str:
@@ -75,6 +75,11 @@ class MedSAMEngine:
     @property
     def precision(self) -> str:
         return self.predictor.precision
+
+    @property
+    def runtime(self) -> str:
+        """The image encoder's runtime: ``torch`` or ``openvino``."""
+        return self.predictor.runtime
 
     # -- 2-D -----------------------------------------------------------------------------------------------
     def segment_image(self, image: np.ndarray, box: Sequence[int], intensity: Union[str, IntensityRule] = "auto",

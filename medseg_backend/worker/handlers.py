@@ -27,20 +27,21 @@ NO_EXAMPLES = ("No examples: label a few slices of the segment, tick other segme
 
 
 class EngineCache:
-    """Loaded engines per (model, weights, device, precision); thread-safe."""
+    """Loaded engines per (model, weights, device, precision, runtime); thread-safe."""
 
     def __init__(self) -> None:
         self._engines: Dict[Tuple, Any] = {}
         self._lock = threading.Lock()
 
-    def medsam(self, model: str, weights: Optional[str], device: str, precision: str):
-        key = ("medsam", model, str(weights or ""), device, precision)
+    def medsam(self, model: str, weights: Optional[str], device: str, precision: str, runtime: str = "auto"):
+        key = ("medsam", model, str(weights or ""), device, precision, runtime)
         with self._lock:
             engine = self._engines.get(key)
             if engine is None:
                 from ..medsam import MedSAMEngine
 
-                engine = MedSAMEngine(model=model, weights=weights, device=device, precision=precision)
+                engine = MedSAMEngine(model=model, weights=weights, device=device, precision=precision,
+                                      runtime=runtime)
                 self._engines[key] = engine
             return engine
 
@@ -105,12 +106,14 @@ class Handlers:
     def _medsam_engine(self, p: Dict[str, Any], progress: Progress):
         model, device = p.get("model", "lite-medsam"), p.get("device", "auto")
         progress(0.0, f"Loading {model} on {device}")
-        return self.engines.medsam(model, p.get("weights"), device, p.get("precision", "auto"))
+        return self.engines.medsam(model, p.get("weights"), device, p.get("precision", "auto"),
+                                   p.get("runtime", "auto"))
 
     def encode(self, p, arrays, progress, cancel, local) -> Output:
         engine = self._medsam_engine(p, progress)
         fields = engine.encode_ahead(_volume(arrays), axis=p.get("axis", "axial"), intensity=p.get("intensity", "auto"),
                                      slices=p.get("slices"), cancel=cancel, progress=progress)
+        fields["runtime"] = engine.runtime
         return fields, {}
 
     def segment_box(self, p, arrays, progress, cancel, local) -> Output:
@@ -119,7 +122,7 @@ class Handlers:
         outputs = set(p.get("outputs") or ["labels"])
         intensity = p.get("intensity", "auto")
         boxes = [tuple(int(v) for v in b) for b in p.get("boxes") or []]
-        common = {"device": str(engine.device), "precision": engine.precision}
+        common = {"device": str(engine.device), "precision": engine.precision, "runtime": engine.runtime}
         if volume.ndim == 2:
             if len(boxes) != 1:
                 raise InputError(f"A 2-D image takes one box (x0, y0, x1, y1), got {len(boxes)}.")

@@ -28,15 +28,17 @@ exactly one of the events ``done``, ``error`` or ``cancelled`` carrying its ``id
                      sends only boxes). ``done`` result ``{"key", "shape", "dtype"}``.
 ``close_volume``     params ``{"key": K}``: forget it.
 ``encode``           prefetch image embeddings: arrays ``{"volume"}``, params ``{"model", "weights", "device",
-                     "precision", "intensity", "axis", "slices": [first, last]}``; result ``{"encoded", "cached"}``.
+                     "precision", "runtime", "intensity", "axis", "slices": [first, last]}``; result ``{"encoded",
+                     "cached", "runtime"}``.
 ``segment_box``      MedSAM / LiteMedSAM: arrays ``{"volume"}`` (3-D (K, J, I) or a 2-D image), params ``{"boxes":
                      [[x0, y0, z0, x1, y1, z1], ...] (or one [x0, y0, x1, y1] for 2-D), "model", "weights",
-                     "device", "precision", "intensity", "propagation", "axis", "outputs": ["labels",
-                     "probabilities"], "seeds": [{"slice": k, "mask": NAME} or null per box], "direction":
-                     "both" | "up" | "down"}`` (``seeds``: corrected 2-D slices that start the propagation); result ``{"messages", "slices_run", "slices_encoded", "seconds", "device",
-                     "precision", "per_box", "slices"}`` (``slices``: one row per object and slice - ``object``,
-                     ``slice``, ``area_voxels``, ``confidence``, ``flagged``, ``source``) with arrays ``{"labels",
-                     ["probabilities"]}``.
+                     "device", "precision", "runtime" ("auto" | "torch" | "openvino"), "intensity", "propagation",
+                     "axis", "outputs": ["labels", "probabilities"], "seeds": [{"slice": k, "mask": NAME} or null
+                     per box], "direction": "both" | "up" | "down"}`` (``seeds``: corrected 2-D slices that start
+                     the propagation); result ``{"messages", "slices_run", "slices_encoded", "seconds", "device",
+                     "precision", "runtime" (the encoder's: "torch" | "openvino"), "per_box", "slices"}``
+                     (``slices``: one row per object and slice - ``object``, ``slice``, ``area_voxels``,
+                     ``confidence``, ``flagged``, ``source``) with arrays ``{"labels", ["probabilities"]}``.
 ``segment_examples`` UniverSeg: arrays ``{"volume", <example images and labels>}``, params ``{"examples": [{"image":
                      NAME, "label": NAME, "name", "kind": "example" | "labelled-slices" | "volume",
                      "max_slices"}], "roi", "axis", "intensity", "support_size", "ensemble", "seed", "tta",
