@@ -805,12 +805,6 @@ def write_images(items: Sequence[Tuple]) -> None:
                     pass
 
 
-def atomic_write_image(img, path: str) -> None:
-    """Write one SimpleITK image through a temporary file in the same folder, then rename it into place."""
-    check_writable_folder(os.path.dirname(path) or ".")
-    write_images([(path, img)])
-
-
 def label_image(labels: np.ndarray, geometry: Optional[Geometry]):
     """A label map (0 = background) as a SimpleITK image with ``geometry`` (uint8, or uint16 above 255)."""
     arr = np.ascontiguousarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16, copy=False))
@@ -830,12 +824,6 @@ def write_label(path: str, labels: np.ndarray, geometry: Optional[Geometry]) -> 
     check_output_path(path)
     check_volume_format(path, labels.shape, is_volume=labels.ndim == 3)
     write_images([(path, label_image(labels, geometry), geometry)])
-
-
-def write_float_image(path: str, data: np.ndarray, geometry: Optional[Geometry]) -> None:
-    check_output_path(path, allowed=PROBABILITY_EXTENSIONS, what="probability map")
-    check_volume_format(path, data.shape, is_volume=data.ndim == 3, what="probability map")
-    write_images([(path, float_image(data, geometry), geometry)])
 
 
 def write_rgb_png(path: str, rgb: np.ndarray) -> None:

@@ -67,10 +67,6 @@ def take_slice(volume: np.ndarray, axis: Union[str, int], k: int) -> np.ndarray:
     return to_slices(volume, axis)[int(k)]
 
 
-def slice_count(shape: Sequence[int], axis: Union[str, int]) -> int:
-    return int(shape[axis_index(axis)])
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Boxes
 # ----------------------------------------------------------------------------------------------------------

@@ -274,7 +274,3 @@ def pip_calls(requirements: List[str], has_pip_ensure: bool, pins: Optional[List
             kwargs["constraints"] = constraints
         return [("pip_ensure", (list(requirements),), kwargs)]
     return [("pip_install", (list(requirements) + pins,), {})]
-
-
-def backend_importable() -> bool:
-    return _default_find_spec("medseg_backend") is not None

@@ -414,8 +414,3 @@ def run_blocking(work: Work, *, label: str = "run", guard: Optional[NodeGuard] =
         job.error = exc
         job.trace = traceback.format_exc()
     return _outcome(job)
-
-
-def messages_of(outcome: JobOutcome) -> List[str]:
-    res = outcome.result
-    return list(getattr(res, "messages", []) or [])
