@@ -112,6 +112,7 @@ def test_the_effects_wire_the_set_to_slicers_hooks():
     for py in EFFECTS.glob("*.py"):
         text = py.read_text(encoding="utf-8")
         assert text.count("QShortcut(") == (1 if py.name == "EffectBase.py" else 0), py.name
+        assert "ApplicationShortcut" not in text, py.name   # window scope: not from dialogs or other windows
         code = "\n".join(l for l in text.splitlines() if "helpText" not in l)
         assert "addShortcut(\"Ctrl" not in code
     universeg = ast.parse((EFFECTS / "SegmentEditorUniverSegEffect.py").read_text(encoding="utf-8"))

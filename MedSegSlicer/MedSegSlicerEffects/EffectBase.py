@@ -21,12 +21,14 @@ LONG_RUN_SECONDS = 60
 
 
 class _MainWindowShortcut:
-    """A QShortcut on Slicer's main window, disabled until its ShortcutSet enables it; delete() removes it."""
+    """A QShortcut on Slicer's main window, disabled until its ShortcutSet enables it; delete() removes it. Window
+    scope (Qt's default context, ``Qt.WindowShortcut``): the keys fire only while the main window is the active
+    window, never from a dialog, the Python console or another application window."""
 
     def __init__(self, keys, callback):
         self.callback = callback
         self.shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
-        self.shortcut.setContext(qt.Qt.ApplicationShortcut)
+        self.shortcut.setContext(qt.Qt.WindowShortcut)
         self.shortcut.setEnabled(False)
         self.shortcut.connect("activated()", callback)
 
