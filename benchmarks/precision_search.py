@@ -4,7 +4,7 @@ bf16 (autocast) or int8 (dynamic quantisation of their linear layers) and keep t
 For each candidate - one group of the TinyViT encoder (patch embedding, stage 0-3, neck) in reduced precision, the
 rest fp32 - the 30 official 2-D reference cases (``Testing/Data/litemedsam_reference``, tight boxes) are segmented
 and compared with the fp32 masks of the same run (Dice per case: median and min), and the encoder is timed on a
-batch of 2 prepared slices (median of 2, after a warm-up). The bar for a default (README "Precision"): median Dice
+batch of 2 prepared slices (median of 2, after a warm-up). The bar for a default (BENCHMARKS.md "Precision"): median Dice
 >= 0.99 and min >= 0.97 to fp32 on every reference case, on this CPU and on CUDA, and faster.
 
 Run: ``python benchmarks/precision_search.py [--cases 30]``

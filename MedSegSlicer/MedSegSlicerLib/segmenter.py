@@ -36,7 +36,7 @@ from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, poll_step, ru
 __all__ = ["Segmenter", "PreparedRun", "Pending", "EngineCache", "volume_key", "raise_unless_ok"]
 
 DEFAULT_MODEL = MEDSAM_MODELS[0]
-#: Seconds per slice on a 2-core CPU, fp32 (benchmarks/bench_medsam3d.py, bench_universeg.py; README "Speed"),
+#: Seconds per slice on a 2-core CPU, fp32 (benchmarks/bench_medsam3d.py, bench_universeg.py; BENCHMARKS.md "Speed"),
 #: rounded up: what the time estimate before a long CPU run uses.
 CPU_SECONDS_PER_SLICE = {"lite-medsam": 1.0, "medsam-vit-b": 10.0, "universeg": 1.0}
 UNIVERSEG_SUPPORT_SECONDS = 0.6   # once per support set (pass)
@@ -355,7 +355,7 @@ class Segmenter:
     @staticmethod
     def estimate_seconds(prepared: PreparedRun, on_cpu: Optional[bool]) -> Optional[float]:
         """About how long a prepared run takes on the CPU (None on a GPU or when unknown): slices x the per-slice
-        time measured on a 2-core CPU (:data:`CPU_SECONDS_PER_SLICE`, README "Speed"); a workstation with more
+        time measured on a 2-core CPU (:data:`CPU_SECONDS_PER_SLICE`, BENCHMARKS.md "Speed"); a workstation with more
         cores is faster, slices already encoded ahead are not counted off."""
         if not on_cpu or prepared.info.get("prefetch"):
             return None

@@ -32,7 +32,7 @@ from ..progress import CancelToken, check
 from .transforms import LITE_SIZE, transform_for
 
 # Half precision kept on by default only where measured to keep Dice >= 0.99 to fp32 on every reference case
-# (README "Precision"). Measured: LiteMedSAM bf16 on this CPU fell to Dice 0.77 (2-D) and was slower; on an
+# (BENCHMARKS.md "Precision"). Measured: LiteMedSAM bf16 on this CPU fell to Dice 0.77 (2-D) and was slower; on an
 # H200, LiteMedSAM fp16 fell to 0.926 on pyradiomics_brain1 and bf16 to 0.69 (2-D); ViT-B half precision gave
 # no speed-up on the H200 (preprocessing dominates). So every default is fp32; half precision stays opt-in.
 DEFAULT_HALF: Dict[Tuple[str, str], Optional[torch.dtype]] = {
