@@ -20,7 +20,7 @@ def register(sub) -> None:
                     "labels, or UniverSeg examples / library) on Ray. The manifest is checked whole first; a "
                     "re-run skips the cases already done (their record and outputs intact). Needs the extra: "
                     "pip install 'medseg-backend[batch]'.")
-    p.add_argument("manifest", help="CSV file, one row per case (columns: see the README, 'A whole cohort')")
+    p.add_argument("manifest", help="CSV file, one row per case (columns: see GUIDE.md, 'A whole cohort')")
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
     p.add_argument("--workers", type=int, help="parallel workers, each with its own loaded model (default: one per "
                                                "CPU of the Ray cluster)")

@@ -19,7 +19,7 @@ fast formulation, ``forward_reference`` the plain one. The savings:
     blocks, no copies) so memory stays bounded for any S;
   - ``compute_dtype`` (``torch.bfloat16`` on CPUs with bf16 units, ``torch.float16`` / ``bfloat16`` on CUDA)
     runs the per-item convolutions in reduced precision; sums and the query path stay in float32. It is off by
-    default: it changes a few thresholded pixels on the reference cases (see the README's benchmark table).
+    default: it changes a few thresholded pixels on the reference cases (see the tables in BENCHMARKS.md).
   - On CUDA the float32 paths run with TF32 disabled (:func:`strict_fp32`).
 
 Per query at S=64 and 128 x 128 the plain formulation costs ~660 GFLOP, the fast one ~130 GFLOP.

@@ -195,7 +195,7 @@ def read_manifest(folder: PathLike) -> Dict:
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise InputError(f"No {MANIFEST} in {root}: this folder is not an example library; create one with "
-                         "`medseg library export` (or write a manifest, see the README).")
+                         "`medseg library export` (or write a manifest, see GUIDE.md).")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -214,7 +214,7 @@ def read_manifest(folder: PathLike) -> Dict:
                          "MedSegSlicer or re-export the library.")
     missing = [k for k in ("structure", "label", "items") if k not in manifest]
     if missing:
-        raise InputError(f"{mpath} lacks {', '.join(missing)}: add them (see the README) or re-export the library.")
+        raise InputError(f"{mpath} lacks {', '.join(missing)}: add them (see GUIDE.md) or re-export the library.")
     if not isinstance(manifest["structure"], str) or not manifest["structure"].strip():
         raise InputError(f"{mpath}: 'structure' must be a non-empty name such as \"liver\".")
     lab = manifest["label"]

@@ -48,7 +48,7 @@ class UniverSegEngine:
     ``nn.Module`` with ``forward(target (B,1,H,W), support_images (B,S,1,H,W), support_labels (B,S,1,H,W))
     -> logits`` (tests use deterministic stand-ins); when it also has ``prepare_support`` /
     ``predict_with_support`` (the real UniverSeg) the shared-support fast path is used.
-    ``precision``: ``auto`` (float32: bf16 changes thresholded masks on the reference cases, see README),
+    ``precision``: ``auto`` (float32: bf16 changes thresholded masks on the reference cases, see BENCHMARKS.md),
     ``fp32``, ``bf16`` (CPU with bf16 units or CUDA) or ``fp16`` (CUDA).
     """
 
