@@ -30,10 +30,10 @@ from . import examples as ex
 from . import editing, geometry, labelmaps, segments, terminology
 from .errors import InputError, MedSegWarning
 
-from . import worker_client
+from medseg_backend.worker import client as worker_client
 from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, poll_step, run_blocking
 
-__all__ = ["Segmenter", "PreparedRun", "Pending", "EngineCache", "volume_key", "raise_unless_ok"]
+__all__ = ["Segmenter", "RunSettings", "PreparedRun", "Pending", "EngineCache", "volume_key", "raise_unless_ok"]
 
 DEFAULT_MODEL = MEDSAM_MODELS[0]
 #: Seconds per slice on a 2-core CPU, fp32 (benchmarks/bench_medsam3d.py, bench_universeg.py; BENCHMARKS.md "Speed"),
@@ -74,6 +74,21 @@ def resolve_intensity(volume_node, intensity: Optional[str]) -> str:
 
 
 @dataclass
+class RunSettings:
+    """Where runs go: the device and precision every prepared run asks for. The Logic and its segmenter share one
+    (the one home of the device choice)."""
+    device: str = "auto"
+    precision: str = "auto"
+
+    def set_device(self, device: str) -> bool:
+        """Change the device (checked); True when it changed."""
+        if device not in DEVICES:
+            raise InputError(f"Unknown device '{device}': use {', '.join(DEVICES)}.")
+        changed, self.device = device != self.device, device
+        return changed
+
+
+@dataclass
 class PreparedRun:
     label: str
     request: Request
@@ -108,12 +123,14 @@ class Segmenter:
     the effects share it). The effects use :attr:`busy`, :attr:`running_label`, :meth:`start`, :meth:`poll` and
     :meth:`cancel`; the job runner behind them stays an implementation detail."""
 
-    def __init__(self, ctx, device: str = "auto", precision: str = "auto", worker=True) -> None:
-        """``worker``: True - the shared model worker (:func:`.worker_client.shared_client`); a
-        :class:`~.worker_client.WorkerClient`; or False - run every request in-process (no worker)."""
+    def __init__(self, ctx, device: str = "auto", precision: str = "auto", worker=True,
+                 settings: Optional[RunSettings] = None) -> None:
+        """``worker``: True - the shared model worker (:func:`medseg_backend.worker.client.shared_client`); a
+        :class:`~medseg_backend.worker.client.WorkerClient`; or False - run every request in-process (no worker).
+        ``settings``: a :class:`RunSettings` shared with the caller (the Logic's); else one from ``device`` and
+        ``precision``."""
         self.ctx = ctx
-        self.device = device
-        self.precision = precision
+        self.settings = settings if settings is not None else RunSettings(device, precision)
         self.local = Handlers()          # in-process runs: stand-in networks, or worker=False
         if worker is True:
             provider = worker_client.shared_client
@@ -122,6 +139,14 @@ class Segmenter:
         else:
             provider = None
         self.runner = JobRunner(client=provider, local=self.local)
+
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    @property
+    def precision(self) -> str:
+        return self.settings.precision
 
     @property
     def engines(self) -> EngineCache:
@@ -174,10 +199,7 @@ class Segmenter:
                 for p in self.runner.partials()]
 
     def set_device(self, device: str) -> None:
-        if device not in DEVICES:
-            raise InputError(f"Unknown device '{device}': use {', '.join(DEVICES)}.")
-        if device != self.device:
-            self.device = device
+        if self.settings.set_device(device):
             self.clear_models()
 
     # ------------------------------------------------------------------------------------------------------
