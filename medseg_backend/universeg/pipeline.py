@@ -121,6 +121,15 @@ class UniverSegEngine:
         return run_plain
 
     # ------------------------------------------------------------------------------------------------ run --
+    def run(self, spec, volume: np.ndarray, examples: Sequence[Example], *, label: int = 1,
+            progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> UniverSegResult:
+        """Run a checked :class:`~medseg_backend.runspec.ExamplesRun` on ``volume`` with ``examples`` (the spec's
+        example references, opened and cut into slices): its ROI, axis, intensity, support size, ensemble, seed and
+        TTA. The spec's weights, device and precision chose this engine."""
+        return self.segment_volume(volume, examples, roi=spec.roi, axis=spec.axis, label=label,
+                                   intensity=spec.intensity, support_size=spec.support_size, ensemble=spec.ensemble,
+                                   seed=spec.seed, tta=spec.tta, progress=progress, cancel=cancel)
+
     def segment_volume(self, volume: np.ndarray, examples: Sequence[Example], *,
                        roi: Optional[Sequence[int]] = None, axis: str = "axial", label: int = 1,
                        intensity: Union[str, IntensityRule] = "auto", support_size: int = 64,
