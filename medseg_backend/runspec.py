@@ -28,14 +28,16 @@ from .choices import (DEFAULT_AXIS, DEFAULT_DIRECTION, DEFAULT_MODEL, DEFAULT_PR
                       MEDSAM_MODELS, PRECISIONS, PROPAGATIONS, RUNTIMES)
 from .errors import InputError
 from .intensity import parse_preset
+from .universeg.examples import EXAMPLE_SOURCES
 
 #: At most this many objects (boxes) fit one label map.
 MAX_OBJECTS = 255
 #: What a box run can return besides its label map, and an examples run besides its mask.
 BOX_OUTPUTS = ("labels", "probabilities")
 EXAMPLE_OUTPUTS = ("mask", "probabilities")
-#: Where an example comes from: a 2-D example pair, the target segment's labelled slices, or a labelled volume.
-EXAMPLE_KINDS = ("example", "labelled-slices", "volume")
+#: Where an example comes from: an example pair, the target segment's labelled slices, or a labelled volume (the
+#: :class:`~medseg_backend.universeg.Example` sources, ``""`` named ``example``).
+EXAMPLE_KINDS = tuple(source or "example" for source in EXAMPLE_SOURCES)
 DEFAULT_SUPPORT_SIZE = 64      # UniverSeg was trained with 64 examples per support set
 DEFAULT_STOP_AFTER = 2
 NO_EXAMPLES = ("No examples: label a few slices of the segment, tick other segments or segmentations that show the "
@@ -304,6 +306,18 @@ class ExampleRef:
             _set(self, "max_slices", _at_least(self.max_slices, 1, "max_slices", "use at least 1 slice per volume, "
                                                "or no limit"))
 
+    @classmethod
+    def of(cls, example, image: str, label: str, max_slices: Optional[int] = None) -> "ExampleRef":
+        """The reference of a :class:`~medseg_backend.universeg.Example` whose arrays travel as ``image`` and
+        ``label`` (``max_slices``: for a labelled volume only)."""
+        kind = example.source or "example"
+        return cls(image, label, example.name, kind, max_slices if kind == "volume" else None)
+
+    @property
+    def source(self) -> str:
+        """The :class:`~medseg_backend.universeg.Example` source of this kind."""
+        return "" if self.kind == "example" else self.kind
+
 
 def _example(value: Any) -> ExampleRef:
     if isinstance(value, ExampleRef):
@@ -318,8 +332,9 @@ class ExamplesRun(_Spec):
     """A UniverSeg run (see :meth:`medseg_backend.universeg.UniverSegEngine.run`): ``examples`` (references to
     the request's arrays), ``roi`` (a 3-D box, a 2-D box for a 2-D target, or None: the region the examples'
     labels cover), slicing ``axis``, ``intensity``, ``support_size`` examples per pass, ``ensemble`` passes with
-    random subsets from ``seed``, ``tta`` (flip test-time augmentation), the engine (``weights``, ``device``,
-    ``precision``) and ``outputs`` (``mask``, optionally ``probabilities``)."""
+    random subsets from ``seed``, ``tta`` (flip test-time augmentation), ``neighbour_hint`` (crop each slice around
+    its neighbour's result), ``label`` (the structure's value in the example labels), the engine (``weights``,
+    ``device``, ``precision``) and ``outputs`` (``mask``, optionally ``probabilities``)."""
 
     OP = "segment_examples"
 
@@ -331,6 +346,8 @@ class ExamplesRun(_Spec):
     ensemble: int = 1
     seed: int = 0
     tta: bool = False
+    neighbour_hint: bool = False
+    label: int = 1
     weights: Optional[str] = None
     device: str = "auto"
     precision: str = "auto"
@@ -348,6 +365,9 @@ class ExamplesRun(_Spec):
         _set(self, "ensemble", _at_least(self.ensemble, 1, "Ensemble size", "give at least 1 pass"))
         _set(self, "seed", _whole(self.seed, "The random seed"))
         _set(self, "tta", bool(self.tta))
+        _set(self, "neighbour_hint", bool(self.neighbour_hint))
+        _set(self, "label", _at_least(self.label, 1, "The examples' label value", "give the structure's value "
+                                      "(>= 1) in the example labels"))
         _set(self, "outputs", _outputs(self.outputs, EXAMPLE_OUTPUTS))
 
 

@@ -121,14 +121,15 @@ class UniverSegEngine:
         return run_plain
 
     # ------------------------------------------------------------------------------------------------ run --
-    def run(self, spec, volume: np.ndarray, examples: Sequence[Example], *, label: int = 1,
+    def run(self, spec, volume: np.ndarray, examples: Sequence[Example], *,
             progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> UniverSegResult:
         """Run a checked :class:`~medseg_backend.runspec.ExamplesRun` on ``volume`` with ``examples`` (the spec's
-        example references, opened and cut into slices): its ROI, axis, intensity, support size, ensemble, seed and
-        TTA. The spec's weights, device and precision chose this engine."""
-        return self.segment_volume(volume, examples, roi=spec.roi, axis=spec.axis, label=label,
+        example references, opened and cut into slices): its ROI, axis, label, intensity, support size, ensemble,
+        seed, TTA and neighbour hint. The spec's weights, device and precision chose this engine."""
+        return self.segment_volume(volume, examples, roi=spec.roi, axis=spec.axis, label=spec.label,
                                    intensity=spec.intensity, support_size=spec.support_size, ensemble=spec.ensemble,
-                                   seed=spec.seed, tta=spec.tta, progress=progress, cancel=cancel)
+                                   seed=spec.seed, tta=spec.tta, neighbour_hint=spec.neighbour_hint,
+                                   progress=progress, cancel=cancel)
 
     def segment_volume(self, volume: np.ndarray, examples: Sequence[Example], *,
                        roi: Optional[Sequence[int]] = None, axis: str = "axial", label: int = 1,

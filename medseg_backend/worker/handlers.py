@@ -149,7 +149,7 @@ class Handlers:
         examples = []
         for ref in spec.examples:
             examples += cut_examples([Example(arrays[ref.image], arrays[ref.label], ref.name,
-                                              source="" if ref.kind == "example" else ref.kind)],
+                                              source=ref.source)],
                                      spec.axis, ref.max_slices)
         if not examples:
             raise InputError(NO_EXAMPLES)
