@@ -139,6 +139,14 @@ def project_box(box: Sequence[int], axis: Union[str, int]) -> Tuple[int, int, Bo
     return b[s], b[s + 3], (b[c], b[r], b[c + 3], b[r + 3])
 
 
+def with_slices(box: Sequence[int], axis: Union[str, int], first: int, last: int) -> Box3D:
+    """A 3-D box whose slices along the slicing ``axis`` are ``first..last`` (inclusive), the rest as in ``box``."""
+    b = [int(v) for v in box]
+    a = BOX_INDEX[axis_index(axis)]
+    b[a], b[a + 3] = int(first), int(last)
+    return tuple(b)
+
+
 def restrict_box(box: Sequence[int], axis: Union[str, int], first: Optional[int], last: Optional[int]) -> Box3D:
     """Limit a 3-D box along the slicing ``axis`` to slices ``first..last`` (inclusive; ``None`` = no limit)."""
     b = [int(v) for v in box]

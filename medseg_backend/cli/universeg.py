@@ -244,7 +244,7 @@ def _add_library(sub) -> None:
     e.add_argument("--modality", default="unknown", help="e.g. CT, MR, US")
     e.add_argument("--intensity", default="auto", help="preset to use with these examples (default auto)")
     e.add_argument("--label", type=int, default=1, help="value of the structure in the labels (default 1)")
-    e.add_argument("--axis", default="axial", choices=list(AXES),
+    e.add_argument("--axis", default=DEFAULT_AXIS, choices=list(AXES),
                    help="with --volume: slicing axis of the exported slices")
     e.add_argument("--max-slices", type=int, help="with --volume: keep this many evenly spaced labelled slices")
     e.add_argument("--overwrite", action="store_true", help="replace an existing library folder")

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..choices import PRECISIONS
+from ..choices import DEFAULT_AXIS, PRECISIONS
 from ..errors import InputError, MedSegWarning
 from ..intensity import IntensityRule, resolve_preset
 from ..progress import CancelToken, ProgressCallback, check, report
@@ -132,7 +132,7 @@ class UniverSegEngine:
                                    progress=progress, cancel=cancel)
 
     def segment_volume(self, volume: np.ndarray, examples: Sequence[Example], *,
-                       roi: Optional[Sequence[int]] = None, axis: str = "axial", label: int = 1,
+                       roi: Optional[Sequence[int]] = None, axis: str = DEFAULT_AXIS, label: int = 1,
                        intensity: Union[str, IntensityRule] = "auto", support_size: int = 64,
                        ensemble: int = 1, seed: int = 0, tta: bool = False, neighbour_hint: bool = False,
                        progress: Optional[ProgressCallback] = None,
