@@ -18,6 +18,7 @@ its integer types: the Slicer process builds specs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import re
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ def check_device(device: Any) -> str:
 
 def _whole(value: Any, what: str) -> int:
     """A whole number (an int, a numpy integer, or an integral float as a box read from JSON may be)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or int(value) != value:
         raise InputError(f"{what} must be a whole number, got {value!r}: give voxel indices and counts as integers.")
     return int(value)
 
@@ -77,7 +79,7 @@ def _at_least(value: Any, low: int, what: str, fix: str) -> int:
 def _box(value: Any, what: str) -> Tuple[int, ...]:
     """A 2-D (x0, y0, x1, y1) or 3-D (x0, y0, z0, x1, y1, z1) inclusive voxel box of whole numbers, start <= end."""
     try:
-        numbers_ = tuple(value)
+        numbers_ = () if isinstance(value, (str, bytes)) else tuple(value)
     except TypeError:
         numbers_ = ()
     if len(numbers_) not in (4, 6):
