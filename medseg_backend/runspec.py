@@ -196,7 +196,7 @@ class BoxRun(_Spec):
 
     def __post_init__(self) -> None:
         _check_engine(self, MEDSAM_MODELS, "MedSAM model")
-        check_choice(self.runtime, RUNTIMES, "encoder runtime")
+        check_choice(self.runtime, RUNTIMES, "runtime")
         check_choice(self.propagation, PROPAGATIONS, "propagation")
         check_choice(self.direction, DIRECTIONS, "direction")
         _set(self, "stop_after", _at_least(self.stop_after, 1, "stop_after", "give the number of empty slices "
@@ -265,7 +265,7 @@ class EncodeRun(_Spec):
 
     def __post_init__(self) -> None:
         _check_engine(self, MEDSAM_MODELS, "MedSAM model")
-        check_choice(self.runtime, RUNTIMES, "encoder runtime")
+        check_choice(self.runtime, RUNTIMES, "runtime")
         if self.slices is not None:
             pair = tuple(self.slices) if isinstance(self.slices, (list, tuple)) else ()
             if len(pair) != 2:

@@ -104,12 +104,12 @@ class MedSAMEngine:
             arrays: Optional[Mapping[str, np.ndarray]] = None, progress: Optional[ProgressCallback] = None,
             cancel: Optional[CancelToken] = None,
             on_slice: Optional[Callable[[int, int, np.ndarray], None]] = None) -> Union[MedSAMResult, Result2D]:
-        """Run a checked :class:`~medseg_backend.runspec.BoxRun` on ``volume``: a 2-D image (one 2-D box; a
-        :class:`Result2D`) or a 3-D volume (K, J, I) or :class:`~medseg_backend.intensity.VolumeSlab` (a
+        """Run a checked :class:`~medseg_backend.runspec.BoxRun` on ``volume``: a 2-D grey or RGB image (one 2-D box;
+        a :class:`Result2D`) or a 3-D volume (K, J, I) or :class:`~medseg_backend.intensity.VolumeSlab` (a
         :class:`MedSAMResult`; see :meth:`segment_volume`). The spec's seeds name their masks in ``arrays``. The
         spec's model, weights, device, precision and runtime chose this engine (the worker's engine cache); what
         the spec holds is not checked again here, only what needs the image (boxes against its shape, seed masks)."""
-        if not isinstance(volume, VolumeSlab) and np.ndim(volume) == 2:
+        if spec.ndim == 2:                      # one 2-D box: a grey or RGB 2-D image
             return self.segment_image(volume, spec.boxes[0], intensity=spec.intensity)
         return self._run_volume(spec, volume, arrays or {}, progress, cancel, on_slice)
 

@@ -125,7 +125,7 @@ class Handlers:
             def on_slice(obj: int, k: int, mask: np.ndarray) -> None:
                 send({"object": obj, "slice": k, "axis": spec.axis, "mask": proto.pack_mask(mask)})
         res = engine.run(spec, volume, arrays=arrays, progress=progress, cancel=cancel, on_slice=on_slice)
-        if volume.ndim == 2:
+        if spec.ndim == 2:
             out = {"labels": res.mask}
             if "probabilities" in spec.outputs:
                 out["probabilities"] = res.probabilities
