@@ -20,7 +20,8 @@ import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
-from MedSegSlicerLib import deps, service, worker_client
+from MedSegSlicerLib import deps, service
+from medseg_backend.worker import client as worker_client
 from MedSegSlicerLib.errors import MedSegError
 from MedSegSlicerLib.logic import MedSegLogic
 
@@ -113,7 +114,7 @@ def registerSampleData():
 
 
 #
-# Model worker: the models run in a separate process started with Slicer's own Python (MedSegSlicerLib.worker_client)
+# Model worker: the models run in a separate process started with Slicer's own Python (medseg_backend.worker.client)
 #
 def workerPython():
     """Slicer's Python for the model worker: the PythonSlicer launcher (sets up Slicer's environment), else the

@@ -49,6 +49,26 @@ def test_bad_rows_refused_whole_with_every_line(data_dir, tmp_path, capsys):
         assert needle in text, (needle, err)
 
 
+def test_a_bad_axis_or_propagation_is_refused_with_the_run_specs_message(data_dir, tmp_path, capsys):
+    """The manifest checks a row's axis and propagation with the run spec's check: the same line as the CLI, the
+    worker and the Slicer module give."""
+    from medseg_backend.errors import InputError
+    from medseg_backend.runspec import BoxRun
+
+    ct = data_dir / "totalseg_ct_sm" / "ct.nii.gz"
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text("case_id,image,boxes,axis,propagation\n"
+                        f'a,{ct},"20,20,12,100,80,14",oblique,\n'
+                        f'b,{ct},"20,20,12,100,80,14",axial,sideways\n', encoding="utf-8")
+    rc, stdout, err = _run(capsys, "batch", manifest, "-o", tmp_path / "out", "--check")
+    assert rc == 2
+    for line, change in ((2, dict(axis="oblique")), (3, dict(propagation="sideways"))):
+        with pytest.raises(InputError) as made:
+            BoxRun(boxes=[(20, 20, 12, 100, 80, 14)], **change)
+        expected = f"line {line}: {str(made.value).rstrip('.')}"       # the batch lists rows without the full stop
+        assert expected in [l.strip() for l in err.splitlines()], err
+
+
 def test_good_manifest_check_lists_cases(data_dir, tmp_path, capsys):
     ct = data_dir / "totalseg_ct_sm" / "ct.nii.gz"
     lab = data_dir / "totalseg_ct_sm" / "labels.nii.gz"

@@ -20,7 +20,7 @@ import SimpleITK
 from MedSegSlicerLib import jobs
 from MedSegSlicerLib.segmenter import Segmenter
 from MedSegSlicerLib.scenarios import slab_box
-from MedSegSlicerLib.worker_client import WorkerClient
+from medseg_backend.worker.client import WorkerClient
 
 TICK_SECONDS = 0.095
 MAX_RATIO = 1.3

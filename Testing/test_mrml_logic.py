@@ -115,6 +115,32 @@ def test_settings_go_through_remember_and_the_device_reaches_the_segmenter(slice
     assert logic.cacheFolder() == str(tmp_path) and saved[MedSegLogic.SETTINGS_CACHE] == str(tmp_path)
 
 
+def test_the_device_has_one_home_and_on_cpu_follows_pick_devices_rule(slicer_scene, monkeypatch):
+    """The Logic and its segmenter read one device setting (a bad one is refused, nothing changed), and onCpu
+    applies devices.pick_device's 'auto' rule (CUDA, else MPS, else CPU) to the worker's torch facts."""
+    from medseg_backend.worker import client as worker_client
+
+    logic = MedSegLogic(context_factory=lambda: slicer_scene)
+    logic._remember = lambda key, value: None
+    segmenter = logic.segmenter
+    logic.setDevice("cuda")
+    assert logic.device == segmenter.device == "cuda" and segmenter.settings is logic.settings
+    with pytest.raises(MedSegError, match="Unknown device 'tpu': use auto, cpu, cuda, mps."):
+        logic.setDevice("tpu")
+    assert logic.device == segmenter.device == "cuda"
+    facts = types.SimpleNamespace(info={})
+    monkeypatch.setattr(worker_client, "shared_client", lambda: facts)
+    assert logic.onCpu() is None                               # the worker has not reported torch yet
+    facts.info = {"cuda": False, "mps": True}
+    assert logic.onCpu() is True                               # cuda asked, torch sees none
+    logic.setDevice("auto")
+    assert logic.onCpu() is False                              # auto -> mps, as pick_device picks
+    facts.info = {"cuda": False, "mps": False}
+    assert logic.onCpu() is True
+    logic.setDevice("cpu")
+    assert logic.onCpu() is True and segmenter.device == "cpu"
+
+
 def test_the_run_in_flight_for_the_effects(slicer_scene):
     logic = MedSegLogic(context_factory=lambda: slicer_scene)
     assert not logic.busy

@@ -22,7 +22,8 @@ from MedSegSlicerLib import jobs, labelmaps
 from MedSegSlicerLib.segmenter import Segmenter
 from MedSegSlicerLib.jobs import JobRunner, Request
 from MedSegSlicerLib.scenarios import slab_box
-from MedSegSlicerLib.worker_client import WorkerClient, WorkerError
+from medseg_backend.errors import WorkerError
+from medseg_backend.worker.client import WorkerClient
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 600.0
@@ -245,7 +246,7 @@ def test_broken_torch_in_the_worker_fails_the_run_readably(tmp_path, ct):
 CLIENT_THEN_DIE = textwrap.dedent("""
     import sys, time
     from MedSegSlicerLib.jobs import JobRunner, Request, poll_step
-    from MedSegSlicerLib.worker_client import WorkerClient
+    from medseg_backend.worker.client import WorkerClient
     client = WorkerClient()
     runner = JobRunner(client=client)
     runner.start(Request("sleep", {"seconds": 600, "steps": 600}), label="orphan")
@@ -372,7 +373,7 @@ CLIENT_FROM_PATH = textwrap.dedent("""
     import json, os, sys, time
     import numpy as np
     from MedSegSlicerLib.jobs import JobRunner, Request, poll_step
-    from MedSegSlicerLib.worker_client import WorkerClient, backend_root
+    from medseg_backend.worker.client import WorkerClient, backend_root
     client = WorkerClient(python=sys.argv[1])
     runner = JobRunner(client=client)
     results = {"backend_root": backend_root(), "log": client.log_path}

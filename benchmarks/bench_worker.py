@@ -27,7 +27,7 @@ from MedSegSlicerLib.segmenter import Segmenter  # noqa: E402
 from MedSegSlicerLib.jobs import JobRunner, Request  # noqa: E402
 from MedSegSlicerLib.scenarios import slab_box  # noqa: E402
 from MedSegSlicerLib.scene import SceneContext  # noqa: E402
-from MedSegSlicerLib.worker_client import WorkerClient  # noqa: E402
+from medseg_backend.worker.client import WorkerClient  # noqa: E402
 
 SAMPLE = os.path.join(REPO, "Testing", "Data", "totalseg_ct_sm")
 

@@ -14,6 +14,27 @@ def mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
+def auto_device(cuda: bool, mps: bool) -> str:
+    """What ``auto`` picks, given what torch sees: CUDA, else Apple MPS, else the CPU. The one rule, also used by
+    the Slicer layer with the worker's torch facts (no torch import there)."""
+    return "cuda" if cuda else "mps" if mps else "cpu"
+
+
+def runs_on_cpu(name: str, torch_info: dict):
+    """True when a run asked for device ``name`` goes to the CPU, False when to a GPU, None while unknown: from
+    the facts a torch process reported (``{"cuda": bool, "mps": bool}``, the worker's ``info`` event; empty when not
+    known yet). A device torch does not see counts as the CPU (the run would fail or fall back)."""
+    text = (name or "auto").strip().lower()
+    if text == "cpu":
+        return True
+    if not torch_info:
+        return None
+    if text == "auto":
+        text = auto_device(bool(torch_info.get("cuda")), bool(torch_info.get("mps")))
+    key = "cuda" if text.startswith("cuda") else text
+    return key == "cpu" or not torch_info.get(key)
+
+
 def pick_device(name="auto") -> torch.device:
     """``auto`` -> CUDA, else Apple MPS, else CPU. Asking for a device that is absent is an error."""
     import torch
@@ -22,11 +43,7 @@ def pick_device(name="auto") -> torch.device:
         return name
     text = (name or "auto").strip().lower()
     if text == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device(auto_device(torch.cuda.is_available(), mps_available()))
     if text.startswith("cuda"):
         if not torch.cuda.is_available():
             raise InputError(f"Device '{name}' was requested but this torch ({torch.__version__}) sees no CUDA GPU: "

@@ -34,6 +34,10 @@ class CancelledError(MedSegError):
     """The run was cancelled by the user; nothing was written."""
 
 
+class WorkerError(MedSegError):
+    """The model worker could not be started, stopped unexpectedly or stopped answering."""
+
+
 class MedSegWarning(UserWarning):
     """Something was adjusted (box clipped, few examples, ...) and the run went on."""
 

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .choices import AXES
+from .choices import AXES, DEFAULT_AXIS
 from .errors import InputError, MedSegWarning
 
 Box2D = Tuple[int, int, int, int]
@@ -41,7 +41,7 @@ def axis_index(axis: Union[str, int, None]) -> int:
         if int(axis) in (0, 1, 2):
             return int(axis)
     else:
-        key = str(axis or "axial").strip().lower()
+        key = str(axis or DEFAULT_AXIS).strip().lower()
         if key in AXES:
             return AXES[key]
     raise InputError(f"Unknown axis '{axis}': use axial (along K), coronal (along J) or sagittal (along I).")
@@ -87,13 +87,10 @@ def check_box(box: Sequence[int], shape: Sequence[int], *, what: str = "Box", ax
         form = "x0,y0,x1,y1" if len(shape) == 2 else "x0,y0,z0,x1,y1,z1"
         raise InputError(f"{what} {box} has {len(box)} numbers for a {len(shape)}-D image: give {form} "
                          "(voxel indices, inclusive).")
+    check_box_order(box, what)
     lo, hi = list(box[:nd]), list(box[nd:])
     sizes = [int(n) for n in reversed(tuple(shape)[-nd:] if nd == 2 else tuple(shape))][:nd]
     names = "xyz"[:nd]
-    for a in range(nd):
-        if hi[a] < lo[a]:
-            raise InputError(f"{what} {box} is inverted along {names[a]} ({lo[a]} > {hi[a]}): give the smaller "
-                             f"index first (x0,y0{',z0' if nd == 3 else ''} then x1,y1{',z1' if nd == 3 else ''}).")
     for a in range(nd):
         if hi[a] < 0 or lo[a] > sizes[a] - 1:
             raise InputError(f"{what} {box} lies outside the image along {names[a]} (valid 0..{sizes[a] - 1}): "
@@ -121,6 +118,18 @@ def check_box(box: Sequence[int], shape: Sequence[int], *, what: str = "Box", ax
     return tuple(clipped)
 
 
+def check_box_order(box: Sequence[int], what: str = "Box") -> None:
+    """An inclusive box (x0, y0[, z0], x1, y1[, z1]) must start where it ends or before, along every axis: an
+    inverted box is :class:`InputError` (the one message, for the run spec and :func:`check_box`)."""
+    box = tuple(int(v) for v in box)
+    nd = len(box) // 2
+    for a in range(nd):
+        if box[nd + a] < box[a]:
+            raise InputError(f"{what} {box} is inverted along {'xyz'[a]} ({box[a]} > {box[nd + a]}): give the "
+                             f"smaller index first (x0,y0{',z0' if nd == 3 else ''} then "
+                             f"x1,y1{',z1' if nd == 3 else ''}).")
+
+
 def project_box(box: Sequence[int], axis: Union[str, int]) -> Tuple[int, int, Box2D]:
     """A 3-D box -> (first slice, last slice, 2-D box (x0, y0, x1, y1) in the slice view of :func:`to_slices`)."""
     ax = axis_index(axis)
@@ -128,6 +137,14 @@ def project_box(box: Sequence[int], axis: Union[str, int]) -> Tuple[int, int, Bo
     s = BOX_INDEX[ax]
     c, r = PLANE_COORDS[ax]
     return b[s], b[s + 3], (b[c], b[r], b[c + 3], b[r + 3])
+
+
+def with_slices(box: Sequence[int], axis: Union[str, int], first: int, last: int) -> Box3D:
+    """A 3-D box whose slices along the slicing ``axis`` are ``first..last`` (inclusive), the rest as in ``box``."""
+    b = [int(v) for v in box]
+    a = BOX_INDEX[axis_index(axis)]
+    b[a], b[a + 3] = int(first), int(last)
+    return tuple(b)
 
 
 def restrict_box(box: Sequence[int], axis: Union[str, int], first: Optional[int], last: Optional[int]) -> Box3D:

@@ -6,10 +6,10 @@ Thin Qt: the box, the slicing direction, the slice range and the run all go thro
 import ctk
 import qt
 from medseg_backend import slicing
+from medseg_backend.choices import DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS
 
 from MedSegSlicerEffects.EffectBase import VIEWS, MedSegEffectBase
 from MedSegSlicerLib import geometry, labelmaps, segments
-from MedSegSlicerLib.segmenter import DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS
 from MedSegSlicerLib.errors import MedSegError
 
 #: propagation modes offered in the effect (``stop`` never differed from ``official`` on any measured case)

@@ -7,8 +7,8 @@ Data flows one way: node -> array + geometry -> backend -> mask -> node.
 * :mod:`.labelmaps` - segments <-> arrays on a volume grid (oriented images, resampling), writing masks (new /
   replace / add / all or none) and the Segment Editor's modifier labelmap;
 * :mod:`.examples` - UniverSeg examples from segments, other segmentation nodes and example libraries;
-* :mod:`.jobs` - the job runner (model work in the worker process; cancel, progress, stale-input detection);
-* :mod:`.worker_client` - starts the model worker process and talks to it without blocking;
+* :mod:`.jobs` - the job runner (model work in the worker process, through
+  :mod:`medseg_backend.worker.client`; cancel, progress, stale-input detection);
 * :mod:`.logic` - the module's logic without Qt (settings, installs, weights, batch API; questions via callbacks);
 * :mod:`.segmenter` - prepares, starts, polls and cancels runs for the effects and the Logic; batch writes;
 * :mod:`.scene` - a scene with the needed logics, headless or from the running application;
@@ -17,5 +17,5 @@ Data flows one way: node -> array + geometry -> backend -> mask -> node.
 * :mod:`.deps` - which Python packages are missing (installation itself is done by the installer the Qt
   module gives :mod:`.logic`).
 """
-__all__ = ["geometry", "segments", "labelmaps", "examples", "jobs", "worker_client", "segmenter", "logic", "scene",
+__all__ = ["geometry", "segments", "labelmaps", "examples", "jobs", "segmenter", "logic", "scene",
            "scenarios", "deps"]

@@ -207,13 +207,10 @@ def modifier_extent(slab: Sequence[int], volume_node, segmentation_node, modifie
 
 def run_slab(boxes: Sequence[Sequence[int]], axis: str, shape_kji: Sequence[int]) -> Tuple[int, ...]:
     """The slab a run covered: the slices of ``boxes`` along ``axis`` (union), the whole volume across."""
-    a = slicing.BOX_INDEX[slicing.axis_index(axis)]
+    ranges = [slicing.project_box(b, axis)[:2] for b in boxes]
     size = geometry.box_shape_xyz(shape_kji)
-    lo = min(int(b[a]) for b in boxes)
-    hi = max(int(b[a + 3]) for b in boxes)
-    slab = [0, 0, 0, size[0] - 1, size[1] - 1, size[2] - 1]
-    slab[a], slab[a + 3] = lo, hi
-    return tuple(slab)
+    whole = (0, 0, 0, size[0] - 1, size[1] - 1, size[2] - 1)
+    return slicing.with_slices(whole, axis, min(r[0] for r in ranges), max(r[1] for r in ranges))
 
 
 def configure_editor_logic(editor_logic, segment_editor_node, segmentation_node, volume_node, segment_id: str):

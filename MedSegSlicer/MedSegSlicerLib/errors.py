@@ -1,9 +1,9 @@
 """Errors of the Slicer layer: the backend's classes (one-line "problem: fix" messages) plus the job runner's."""
 from medseg_backend.errors import (CancelledError, DownloadError, InputError, LicenceError, MedSegError,
-                                   MedSegWarning, OfflineError, WeightsError)
+                                   MedSegWarning, OfflineError, WeightsError, WorkerError)
 
 __all__ = ["CancelledError", "DownloadError", "InputError", "LicenceError", "MedSegError", "MedSegWarning",
-           "OfflineError", "WeightsError", "JobBusyError"]
+           "OfflineError", "WeightsError", "WorkerError", "JobBusyError"]
 
 
 class JobBusyError(InputError):

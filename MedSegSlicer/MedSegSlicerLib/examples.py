@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from medseg_backend import slicing
+from medseg_backend.runspec import NO_EXAMPLES
 from medseg_backend.universeg.examples import Example, cut_examples
 
 from . import geometry, labelmaps, segments
@@ -122,8 +123,7 @@ def from_segments(segmentation_node, segment_ids: Sequence[str], volume_node=Non
 
 def require_examples(examples: Sequence) -> None:
     if not examples:
-        raise InputError("No examples: label a few slices of the segment, tick other segments or segmentations "
-                         "that show the same structure, or choose an example library folder.")
+        raise InputError(NO_EXAMPLES)
 
 
 def cut_into_slices(examples: Sequence[Example], axis: str = "axial",

@@ -176,9 +176,7 @@ def clip_box(box: Sequence[int], shape_kji: Sequence[int], *, what: str = "box")
     lo = np.asarray(box[:3], dtype=int)
     hi = np.asarray(box[3:], dtype=int)
     size = np.asarray(box_shape_xyz(shape_kji))
-    if np.any(lo > hi):
-        raise InputError(f"The {what} {tuple(int(v) for v in box)} is inverted (a minimum is above its maximum): "
-                         "give (x0, y0, z0, x1, y1, z1) with x0 <= x1, y0 <= y1, z0 <= z1.")
+    slicing.check_box_order(box, f"The {what}")
     if np.any(hi < 0) or np.any(lo > size - 1):
         raise InputError(f"The {what} {tuple(int(v) for v in box)} lies outside the volume (voxels 0..{size[0] - 1}, "
                          f"0..{size[1] - 1}, 0..{size[2] - 1}): move it onto the volume, and check that it is "

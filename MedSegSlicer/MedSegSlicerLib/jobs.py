@@ -4,7 +4,7 @@ The GUI thread prepares plain inputs (the job never touches MRML nodes), calls :
 :meth:`JobRunner.poll` from a timer (the effects use a 100 ms ``QTimer`` and :func:`poll_step`). A job is either
 
 * a :class:`~medseg_backend.worker.protocol.Request` - model work, run by the **worker process** (see
-  :mod:`.worker_client`): Slicer's Python keeps the GIL on its main thread while Qt runs, so model work in a thread
+  :mod:`medseg_backend.worker.client`): Slicer's Python keeps the GIL on its main thread while Qt runs, so model work in a thread
   of that interpreter would crawl. A request holding in-process objects (a stand-in network in tests) runs in a
   thread of this process through the same handler code;
 * a plain callable ``work(progress, cancel)`` - light in-process work (downloads), run in a thread.
@@ -193,7 +193,7 @@ class _WorkerJob(_Job):
         for msg in messages:
             event = msg.get("event")
             if event == "died":
-                from .worker_client import WorkerError
+                from .errors import WorkerError
 
                 return self._end(WorkerError(str(msg.get("message"))))
             if msg.get("id") != self.id:
@@ -226,7 +226,7 @@ class _WorkerJob(_Job):
                 return self._end(CancelledError(CANCELLED_MESSAGE))
         hung = self.client.heartbeat()
         if hung:
-            from .worker_client import WorkerError
+            from .errors import WorkerError
 
             return self._end(WorkerError(hung))
 
@@ -243,7 +243,7 @@ def execute_local(handlers, request: Request, progress, cancel: CancelToken, par
 
 
 class JobRunner:
-    """One job at a time; see the module docstring. ``client``: a :class:`~.worker_client.WorkerClient` or a
+    """One job at a time; see the module docstring. ``client``: a :class:`~medseg_backend.worker.client.WorkerClient` or a
     function returning one (called on the first worker job); ``local``: the in-process handlers for requests that
     cannot go to the worker (and for all requests when there is no client)."""
 
@@ -282,7 +282,7 @@ class JobRunner:
     def start(self, work: Union[Work, Request], *, label: str = "run",
               guard: Optional[NodeGuard] = None) -> CancelToken:
         """Start a job (see the module docstring). Raises :class:`JobBusyError` if one runs, and a
-        :class:`~.worker_client.WorkerError` when the worker cannot be started."""
+        :class:`~medseg_backend.errors.WorkerError` when the worker cannot be started."""
         with self._lock:
             if self._job is not None:
                 raise JobBusyError(f"'{self._job.label}' is still running: wait for it to finish or press Cancel, "

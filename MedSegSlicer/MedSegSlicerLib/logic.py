@@ -23,7 +23,9 @@ import logging
 import os
 from typing import Callable, Optional
 
-from . import deps, worker_client
+from medseg_backend.worker import client as worker_client
+
+from . import deps
 from .errors import MedSegError
 
 TITLE = "MedSegSlicer"
@@ -44,7 +46,9 @@ class MedSegLogic:
                  accept_licence: Optional[Callable[[str, str], bool]] = None,
                  inform: Optional[Callable[[str], None]] = None, run_with_progress: Optional[Callable] = None,
                  installer=None, context_factory: Optional[Callable] = None) -> None:
-        self.device = device
+        from .segmenter import RunSettings
+
+        self.settings = RunSettings(device)   # shared with the segmenter: the one home of the device
         self.ask = ask
         self.accept_licence = accept_licence
         self.inform = inform
@@ -97,7 +101,7 @@ class MedSegLogic:
 
         if self._segmenter is None or self._segmenterScene is not slicer.mrmlScene:
             ctx = (self._context_factory or SceneContext.from_slicer)()
-            self._segmenter = Segmenter(ctx, device=self.device)
+            self._segmenter = Segmenter(ctx, settings=self.settings)
             self._segmenterScene = slicer.mrmlScene
         return self._segmenter
 
@@ -133,11 +137,17 @@ class MedSegLogic:
     SETTINGS_DEVICE = "MedSegSlicer/Device"
     SETTINGS_CACHE = "MedSegSlicer/CacheFolder"
 
+    @property
+    def device(self) -> str:
+        """The device runs ask for (``auto``, ``cpu``, ``cuda``, ``mps``); held by :attr:`settings`."""
+        return self.settings.device
+
     def setDevice(self, device):
-        self.device = device
-        self._remember(self.SETTINGS_DEVICE, device)
         if self._segmenter is not None:
-            self._segmenter.set_device(device)
+            self._segmenter.set_device(device)     # checks it, and drops models loaded for the old device
+        else:
+            self.settings.set_device(device)
+        self._remember(self.SETTINGS_DEVICE, device)
 
     def cacheFolder(self):
         if os.environ.get("MEDSEG_HOME"):
@@ -178,14 +188,9 @@ class MedSegLogic:
 
     def onCpu(self):
         """True when runs go to the CPU, False when to a GPU, None while unknown (the worker has not started)."""
-        if self.device == "cpu":
-            return True
-        info = worker_client.shared_client().info
-        if not info:
-            return None
-        if self.device == "auto":
-            return not info.get("cuda") and not info.get("mps")
-        return not info.get(self.device)
+        from medseg_backend.devices import runs_on_cpu
+
+        return runs_on_cpu(self.device, {} if self.device == "cpu" else worker_client.shared_client().info)
 
     def _installer(self, what: str):
         if self.installer is None:

@@ -1,9 +1,10 @@
 """The segmenter: prepares and runs the models for the Segment Editor effects (non-blocking) and the Logic (batch).
 
 A run is prepared on the GUI thread (:meth:`Segmenter.prepare_medsam` / :meth:`Segmenter.prepare_universeg`):
-node -> numpy array + voxel boxes, plus a :class:`~.jobs.NodeGuard`. The returned :class:`PreparedRun` holds a
-:class:`~medseg_backend.worker.protocol.Request` (operation + parameters + arrays) that the model worker process
-executes (:meth:`Segmenter.start` non-blocking, :meth:`Segmenter.run` blocking); a request with a stand-in
+node -> numpy array + voxel boxes, the run's checked spec (:mod:`medseg_backend.runspec`: ``BoxRun`` /
+``ExamplesRun`` / ``EncodeRun``), plus a :class:`~.jobs.NodeGuard`. The returned :class:`PreparedRun` holds the spec
+and the :class:`~medseg_backend.worker.protocol.Request` made from it (``spec.to_message()`` + arrays) that the model
+worker process executes (:meth:`Segmenter.start` non-blocking, :meth:`Segmenter.run` blocking); a request with a stand-in
 network (tests) runs in-process through the same handler code. Writing the result into the scene is the caller's
 job, on the GUI thread, after success. torch is never imported into this process.
 
@@ -21,7 +22,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from medseg_backend import slicing
-from medseg_backend.choices import AXES, DEFAULT_PROPAGATION, DEVICES, DIRECTIONS, MEDSAM_MODELS, PROPAGATIONS
+from medseg_backend.choices import DEFAULT_AXIS, DEFAULT_DIRECTION, DEFAULT_MODEL, DEFAULT_PROPAGATION
+from medseg_backend.runspec import BoxRun, EncodeRun, ExampleRef, ExamplesRun, Seed, check_device
 from medseg_backend.worker.handlers import EngineCache, Handlers
 from medseg_backend.worker import protocol as proto
 from medseg_backend.worker.protocol import Request
@@ -30,12 +32,11 @@ from . import examples as ex
 from . import editing, geometry, labelmaps, segments, terminology
 from .errors import InputError, MedSegWarning
 
-from . import worker_client
+from medseg_backend.worker import client as worker_client
 from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, poll_step, run_blocking
 
-__all__ = ["Segmenter", "PreparedRun", "Pending", "EngineCache", "volume_key", "raise_unless_ok"]
+__all__ = ["Segmenter", "RunSettings", "PreparedRun", "Pending", "EngineCache", "volume_key", "raise_unless_ok"]
 
-DEFAULT_MODEL = MEDSAM_MODELS[0]
 #: Seconds per slice on a 2-core CPU, fp32 (benchmarks/bench_medsam3d.py, bench_universeg.py; BENCHMARKS.md "Speed"),
 #: rounded up: what the time estimate before a long CPU run uses.
 CPU_SECONDS_PER_SLICE = {"lite-medsam": 1.0, "medsam-vit-b": 10.0, "universeg": 1.0}
@@ -74,10 +75,28 @@ def resolve_intensity(volume_node, intensity: Optional[str]) -> str:
 
 
 @dataclass
+class RunSettings:
+    """Where runs go: the device and precision every prepared run asks for. The Logic and its segmenter share one
+    (the one home of the device choice)."""
+    device: str = "auto"
+    precision: str = "auto"
+
+    def set_device(self, device: str) -> bool:
+        """Change the device (checked); True when it changed."""
+        check_device(device)
+        changed, self.device = device != self.device, device
+        return changed
+
+
+@dataclass
 class PreparedRun:
+    """A run ready to start: its checked spec (:mod:`medseg_backend.runspec`; None for weights jobs), the request
+    made from it (``spec.to_message()`` plus the arrays), the guard of its input nodes, messages and what the
+    effects need to show and apply it (``info``)."""
     label: str
     request: Request
     guard: NodeGuard
+    spec: Any = None
     messages: List[str] = field(default_factory=list)
     info: Dict[str, Any] = field(default_factory=dict)
 
@@ -108,12 +127,14 @@ class Segmenter:
     the effects share it). The effects use :attr:`busy`, :attr:`running_label`, :meth:`start`, :meth:`poll` and
     :meth:`cancel`; the job runner behind them stays an implementation detail."""
 
-    def __init__(self, ctx, device: str = "auto", precision: str = "auto", worker=True) -> None:
-        """``worker``: True - the shared model worker (:func:`.worker_client.shared_client`); a
-        :class:`~.worker_client.WorkerClient`; or False - run every request in-process (no worker)."""
+    def __init__(self, ctx, device: str = "auto", precision: str = "auto", worker=True,
+                 settings: Optional[RunSettings] = None) -> None:
+        """``worker``: True - the shared model worker (:func:`medseg_backend.worker.client.shared_client`); a
+        :class:`~medseg_backend.worker.client.WorkerClient`; or False - run every request in-process (no worker).
+        ``settings``: a :class:`RunSettings` shared with the caller (the Logic's); else one from ``device`` and
+        ``precision``."""
         self.ctx = ctx
-        self.device = device
-        self.precision = precision
+        self.settings = settings if settings is not None else RunSettings(device, precision)
         self.local = Handlers()          # in-process runs: stand-in networks, or worker=False
         if worker is True:
             provider = worker_client.shared_client
@@ -122,6 +143,14 @@ class Segmenter:
         else:
             provider = None
         self.runner = JobRunner(client=provider, local=self.local)
+
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    @property
+    def precision(self) -> str:
+        return self.settings.precision
 
     @property
     def engines(self) -> EngineCache:
@@ -174,10 +203,7 @@ class Segmenter:
                 for p in self.runner.partials()]
 
     def set_device(self, device: str) -> None:
-        if device not in DEVICES:
-            raise InputError(f"Unknown device '{device}': use {', '.join(DEVICES)}.")
-        if device != self.device:
-            self.device = device
+        if self.settings.set_device(device):
             self.clear_models()
 
     # ------------------------------------------------------------------------------------------------------
@@ -194,9 +220,9 @@ class Segmenter:
         return boxes
 
     def prepare_medsam(self, volume_node, rois, *, model: str = DEFAULT_MODEL, weights: Optional[str] = None,
-                       intensity: Optional[str] = None, propagation: str = DEFAULT_PROPAGATION, axis: str = "axial",
-                       slice_range: Optional[Tuple[Optional[int], Optional[int]]] = None,
-                       segmentation_node=None, seed_slice: Optional[int] = None, direction: str = "both",
+                       intensity: Optional[str] = None, propagation: str = DEFAULT_PROPAGATION,
+                       axis: str = DEFAULT_AXIS, slice_range: Optional[Tuple[Optional[int], Optional[int]]] = None,
+                       segmentation_node=None, seed_slice: Optional[int] = None, direction: str = DEFAULT_DIRECTION,
                        segment_id: Optional[str] = None) -> PreparedRun:
         """Inputs for MedSAM from a volume and ROI node(s) (or voxel boxes). Raises InputError on bad input.
 
@@ -205,12 +231,6 @@ class Segmenter:
         runs ``direction`` (``up`` = towards higher slice indices, ``down``, ``both``) to the ROI's end; the run's
         slab (``info["slab"]``, what Apply may change) is just that walk, so the rest of the segment is kept."""
         geometry.check_scalar_volume(volume_node)
-        if model not in MEDSAM_MODELS:
-            raise InputError(f"Unknown MedSAM model '{model}': use {' or '.join(MEDSAM_MODELS)}.")
-        if propagation not in PROPAGATIONS:
-            raise InputError(f"Unknown propagation '{propagation}': use {', '.join(PROPAGATIONS)}.")
-        if axis not in AXES:
-            raise InputError(f"Unknown axis '{axis}': use {', '.join(AXES)}.")
         if rois is None or (not isinstance(rois, (list, tuple)) and not hasattr(rois, "__len__")):
             rois = [rois]
         if isinstance(rois, tuple) and len(rois) == 6 and all(isinstance(v, (int, np.integer)) for v in rois):
@@ -218,50 +238,50 @@ class Segmenter:
         if len(rois) == 0 or any(r is None for r in rois):
             raise InputError("No ROI selected: create or pick an ROI (box) around the structure and run again.")
         messages: List[str] = []
-        boxes = self.boxes_from(volume_node, list(rois), messages)
-        if slice_range is not None:
-            boxes = [slicing.restrict_box(b, axis, slice_range[0], slice_range[1]) for b in boxes]
+        given = [isinstance(roi, (tuple, list, np.ndarray)) for roi in rois]
+        with collect_warnings(messages):
+            drawn = [roi if box else geometry.roi_to_voxel_box(roi, volume_node) for roi, box in zip(rois, given)]
+        if seed_slice is not None and len(drawn) != 1:
+            raise InputError(f"Propagate from a slice works on one ROI at a time ({len(drawn)} given): pick the ROI "
+                             "of the structure you corrected.")
+        preset = resolve_intensity(volume_node, intensity)
+        # The run, checked once: every choice, the boxes' form and order, the corrected slice inside its box.
+        spec = BoxRun(boxes=drawn, model=model, weights=weights, device=self.device, precision=self.precision,
+                      intensity=preset, propagation=propagation, axis=axis, direction=direction,
+                      seeds=None if seed_slice is None else (Seed(seed_slice, "seed"),), partial=True)
+        # What needs the volume: voxel boxes clipped to it, the slice range, the drawn-ROI size rule.
         shape = geometry.volume_shape(volume_node)
+        with collect_warnings(messages):
+            boxes = [geometry.clip_box(b, shape) if box else b for b, box in zip(spec.boxes, given)]
+        if slice_range is not None:
+            boxes = [slicing.restrict_box(b, spec.axis, slice_range[0], slice_range[1]) for b in boxes]
         for box, roi in zip(boxes, rois):
             slicing.check_box(box, shape, what=f"ROI '{roi.GetName()}'" if hasattr(roi, "GetName") else "Box",
-                              axis=axis, each_side=True)
+                              axis=spec.axis, each_side=True)
+        if tuple(boxes) != spec.boxes:
+            spec = spec.replace(boxes=boxes)     # the corrected slice checked again against the run's boxes
         data = geometry.volume_to_array(volume_node)
-        preset = resolve_intensity(volume_node, intensity)
-        params = dict(boxes=[list(b) for b in boxes], model=model, weights=weights, device=self.device,
-                      precision=self.precision, intensity=preset, propagation=propagation, axis=axis,
-                      outputs=["labels"], partial=True)
         arrays = {"volume": data.array}
-        walk = boxes
-        if seed_slice is not None:
-            seed = self._seed(volume_node, boxes, axis, seed_slice, direction, segmentation_node, segment_id)
-            arrays["seed"] = seed
-            params.update(seeds=[{"slice": int(seed_slice), "mask": "seed"}], direction=direction)
-            first, last = (seed_slice, None) if direction == "up" else (None, seed_slice) if direction == "down" \
-                else (None, None)
-            walk = [slicing.restrict_box(boxes[0], axis, first, last)]
-        request = Request("segment_box", params, arrays=arrays, keys={"volume": volume_key(volume_node, data.array)})
+        walk = spec.boxes
+        if spec.seeds is not None:
+            k = spec.seeds[0].slice
+            arrays["seed"] = self._seed(volume_node, spec.axis, k, segmentation_node, segment_id)
+            first, last = (k, None) if direction == "up" else (None, k) if direction == "down" else (None, None)
+            walk = (slicing.restrict_box(spec.boxes[0], spec.axis, first, last),)
+        request = Request(*spec.to_message(), arrays=arrays, keys={"volume": volume_key(volume_node, data.array)})
         guard = NodeGuard(self.scene, volume_node, [segmentation_node] if segmentation_node is not None else [])
         names = [r.GetName() if hasattr(r, "GetName") else f"box {i + 1}" for i, r in enumerate(rois)]
-        return PreparedRun(label=f"MedSAM ({model})", request=request, guard=guard, messages=messages,
-                           info=dict(boxes=boxes, intensity=preset, names=names, volume=volume_node.GetName(),
-                                     axis=axis, model=model, seed_slice=seed_slice,
-                                     slab=editing.run_slab(walk, axis, data.array.shape),
-                                     slabs=[editing.run_slab([b], axis, data.array.shape) for b in walk]))
+        return PreparedRun(label=f"MedSAM ({model})", request=request, guard=guard, spec=spec, messages=messages,
+                           info=dict(boxes=list(spec.boxes), intensity=preset, names=names,
+                                     volume=volume_node.GetName(), axis=spec.axis, model=model, seed_slice=seed_slice,
+                                     slab=editing.run_slab(walk, spec.axis, data.array.shape),
+                                     slabs=[editing.run_slab([b], spec.axis, data.array.shape) for b in walk]))
 
     @staticmethod
-    def _seed(volume_node, boxes, axis: str, k: int, direction: str, segmentation_node, segment_id) -> np.ndarray:
-        """The corrected slice ``k`` of the segment, checked: one ROI, the slice inside it, voxels on it."""
-        if direction not in DIRECTIONS:
-            raise InputError(f"Unknown direction '{direction}': use {', '.join(DIRECTIONS)}.")
-        if len(boxes) != 1:
-            raise InputError(f"Propagate from a slice works on one ROI at a time ({len(boxes)} given): pick the ROI "
-                             "of the structure you corrected.")
+    def _seed(volume_node, axis: str, k: int, segmentation_node, segment_id) -> np.ndarray:
+        """The corrected slice ``k`` of the segment (the spec checked that it lies inside the ROI): voxels on it."""
         if segmentation_node is None or segment_id is None:
             raise InputError("Propagate from a slice needs the corrected segment: select it in the Segment Editor.")
-        s0, s1, _ = slicing.project_box(boxes[0], axis)
-        if not s0 <= int(k) <= s1:
-            raise InputError(f"The current slice {int(k)} is outside the ROI (slices {s0}-{s1} along {axis}): go to the "
-                             "slice you corrected, inside the box, or widen the ROI.")
         name = segments.get_segment(segmentation_node, segment_id).GetName()
         mask = slicing.take_slice(labelmaps.segment_to_array(segmentation_node, segment_id, volume_node), axis, k)
         if not mask.any():
@@ -273,13 +293,10 @@ class Segmenter:
         """Encode ahead of the click: the slices a prepared MedSAM run will need, centre slice first, so that
         the Preview that follows only decodes (cancel it to preview at once; slices already encoded stay cached)."""
         run = prepared.request
-        axis = prepared.info["axis"]
-        a = slicing.BOX_INDEX[slicing.axis_index(axis)]
-        slab = prepared.info["slab"]
-        params = {k: run.params[k] for k in ("model", "weights", "device", "precision", "intensity")}
-        request = Request("encode", dict(params, axis=axis, slices=[int(slab[a]), int(slab[a + 3])]),
-                          arrays=run.arrays, keys=run.keys)
-        return PreparedRun(label="Encoding ahead", request=request, guard=prepared.guard,
+        spec = EncodeRun.from_box_run(prepared.spec, slices=slicing.project_box(prepared.info["slab"],
+                                                                                prepared.spec.axis)[:2])
+        request = Request(*spec.to_message(), arrays={"volume": run.arrays["volume"]}, keys=run.keys)
+        return PreparedRun(label="Encoding ahead", request=request, guard=prepared.guard, spec=spec,
                            info=dict(prepared.info, prefetch=True))
 
     # ------------------------------------------------------------------------------------------------------
@@ -287,7 +304,7 @@ class Segmenter:
     # ------------------------------------------------------------------------------------------------------
     def prepare_universeg(self, volume_node, examples: Sequence, *, roi=None, support_size: int = 64,
                           ensemble: int = 1, seed: int = 0, tta: bool = False, intensity: Optional[str] = "auto",
-                          axis: str = "axial", weights: Optional[str] = None, module=None,
+                          axis: str = DEFAULT_AXIS, weights: Optional[str] = None, module=None,
                           keep_labelled: Optional[ex.Example] = None, segmentation_node=None,
                           max_slices_per_volume: Optional[int] = None) -> PreparedRun:
         """Inputs for UniverSeg. ``examples``: ``medseg_backend.universeg.Example`` objects (from the collectors in
@@ -295,10 +312,6 @@ class Segmenter:
         ``roi``: ROI node, voxel box or None; ``module``: a stand-in network (tests); ``keep_labelled``: the
         target segment's own labelled slices, kept exactly in the result (few-shot completion)."""
         geometry.check_scalar_volume(volume_node)
-        if axis not in AXES:
-            raise InputError(f"Unknown axis '{axis}': use {', '.join(AXES)}.")
-        if int(support_size) < 1 or int(ensemble) < 1:
-            raise InputError(f"Support size {support_size} / ensemble {ensemble}: both must be at least 1.")
         ex.require_examples(examples)
         messages: List[str] = []
         box = None
@@ -323,31 +336,27 @@ class Segmenter:
                 names_of[id(array)] = name
             return name
 
-        specs = []
+        refs = []
         for e in examples:    # backend Examples: 3-D ones are cut into slices by the worker, by their source
-            specs.append(dict(kind=e.source or "example", image=add(e.image, "image"), label=add(e.label, "label"),
-                              name=e.name, max_slices=max_slices_per_volume if e.source == "volume" else None))
+            refs.append(ExampleRef.of(e, add(e.image, "image"), add(e.label, "label"), max_slices_per_volume))
+        spec = ExamplesRun(examples=refs, roi=box, axis=axis, intensity=preset, support_size=support_size,
+                           ensemble=ensemble, seed=seed, tta=tta, weights=weights, device=self.device,
+                           precision=self.precision)
         keep = keep_labelled.label.copy() if keep_labelled is not None else None
 
         def finish(result):
             if keep is not None:
-                result.mask = slicing.keep_slices(result.mask, keep, axis)
+                result.mask = slicing.keep_slices(result.mask, keep, spec.axis)
             return result
 
-        request = Request("segment_examples",
-                          dict(examples=specs, roi=list(box) if box is not None else None, axis=axis,
-                               intensity=preset, support_size=int(support_size), ensemble=int(ensemble),
-                               seed=int(seed), tta=bool(tta), weights=weights, device=self.device,
-                               precision=self.precision, outputs=["mask"]),
-                          arrays=arrays, keys={"volume": volume_key(volume_node, data.array)},
+        request = Request(*spec.to_message(), arrays=arrays, keys={"volume": volume_key(volume_node, data.array)},
                           local={"module": module} if module is not None else {}, finish=finish)
-        n_examples = len(examples)
         guard = NodeGuard(self.scene, volume_node, [segmentation_node] if segmentation_node is not None else [])
-        return PreparedRun(label="UniverSeg", request=request, guard=guard, messages=messages,
-                           info=dict(box=box, intensity=preset, n_examples=n_examples, axis=axis,
-                                     n_slices=int(data.array.shape[slicing.axis_index(axis)]),
+        return PreparedRun(label="UniverSeg", request=request, guard=guard, spec=spec, messages=messages,
+                           info=dict(box=box, intensity=preset, n_examples=len(examples), axis=spec.axis,
+                                     n_slices=int(data.array.shape[slicing.axis_index(spec.axis)]),
                                      volume=volume_node.GetName(),
-                                     slab=editing.run_slab([box], axis, data.array.shape) if box else None))
+                                     slab=editing.run_slab([box], spec.axis, data.array.shape) if box else None))
 
     # ------------------------------------------------------------------------------------------------------
     # Time estimate (before a long CPU run)
@@ -359,17 +368,19 @@ class Segmenter:
         cores is faster, slices already encoded ahead are not counted off."""
         if not on_cpu or prepared.info.get("prefetch"):
             return None
-        info, params = prepared.info, prepared.request.params
-        axis = info.get("axis", "axial")
-        a = slicing.BOX_INDEX[slicing.axis_index(axis)]
-        if prepared.request.op == "segment_box":
+        info, spec = prepared.info, prepared.spec
+
+        def depth(box) -> int:
+            first, last, _ = slicing.project_box(box, spec.axis)
+            return last - first + 1
+
+        if isinstance(spec, BoxRun):
             walk = info.get("slabs") or [info["slab"]]
-            slices = sum(int(b[a + 3]) - int(b[a]) + 1 for b in walk)
-            return slices * CPU_SECONDS_PER_SLICE[params.get("model", DEFAULT_MODEL)]
-        if prepared.request.op == "segment_examples":
+            return sum(depth(b) for b in walk) * CPU_SECONDS_PER_SLICE[spec.model]
+        if isinstance(spec, ExamplesRun):
             slab = info.get("slab")
-            n = int(slab[a + 3]) - int(slab[a]) + 1 if slab else int(info.get("n_slices") or 0)
-            passes = int(params.get("ensemble", 1)) * (2 if params.get("tta") else 1)
+            n = depth(slab) if slab else int(info.get("n_slices") or 0)
+            passes = spec.ensemble * (2 if spec.tta else 1)
             return n * passes * CPU_SECONDS_PER_SLICE["universeg"] + passes * UNIVERSEG_SUPPORT_SECONDS
         return None
 

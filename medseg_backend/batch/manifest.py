@@ -34,7 +34,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..choices import AXES, MEDSAM_MODELS, PROPAGATIONS
+from ..choices import DEFAULT_AXIS, DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS
 from ..errors import InputError, MedSegError
 
 MODELS = MEDSAM_MODELS + ("universeg",)
@@ -76,8 +76,8 @@ class CaseSpec:
     library: Optional[str] = None
     value: Optional[int] = None
     roi: Optional[List[int]] = None
-    propagation: str = "official"
-    axis: str = "axial"
+    propagation: str = DEFAULT_PROPAGATION
+    axis: str = DEFAULT_AXIS
     intensity: Optional[str] = None
     reference: Optional[str] = None
     structures: List[str] = field(default_factory=list)
@@ -159,7 +159,8 @@ def _weights(model: str, weights: Optional[str], cache: Dict) -> Tuple[str, str]
 
 def _check_row(row: Dict[str, str], base: str, outdir: str, fmt: str, line: int, wcache: Dict) -> CaseSpec:
     from ..cli.common import parse_box, quiet_check
-    from ..slicing import bbox3d, check_box
+    from ..runspec import check_choice
+    from ..slicing import axis_name, bbox3d, check_box
 
     case_id = row.get("case_id", "")
     if not _CASE_ID.match(case_id):
@@ -171,9 +172,7 @@ def _check_row(row: Dict[str, str], base: str, outdir: str, fmt: str, line: int,
     model = row.get("model") or "lite-medsam"
     if model not in MODELS:
         raise InputError(f"model '{model}' is unknown: use {', '.join(MODELS)}")
-    axis = row.get("axis") or "axial"
-    if axis not in AXES:
-        raise InputError(f"axis '{axis}' is unknown: use {', '.join(AXES)}")
+    axis = axis_name(row.get("axis") or DEFAULT_AXIS)          # the run spec's axis check and message
     shape, is_dicom = image_shape(image)
     if fmt == "dicom-seg" and not is_dicom:
         raise InputError(f"--format dicom-seg needs a DICOM folder as image, {row['image']} is a file: drop "
@@ -195,10 +194,7 @@ def _check_row(row: Dict[str, str], base: str, outdir: str, fmt: str, line: int,
     if model in MEDSAM_MODELS:
         if useg_cols:
             raise InputError(f"{', '.join(useg_cols)} belong to UniverSeg rows: set model to universeg or clear them")
-        prop = row.get("propagation") or "official"
-        if prop not in PROPAGATIONS:
-            raise InputError(f"propagation '{prop}' is unknown: use {', '.join(PROPAGATIONS)}")
-        spec.propagation = prop
+        spec.propagation = check_choice(row.get("propagation") or DEFAULT_PROPAGATION, PROPAGATIONS, "propagation")
         if row.get("boxes") and (row.get("label") or row.get("labels")):
             raise InputError("give boxes, or label + labels, not both")
         if row.get("boxes"):
@@ -228,7 +224,7 @@ def _check_row(row: Dict[str, str], base: str, outdir: str, fmt: str, line: int,
         if not boxes:
             raise InputError("boxes is empty: give x0,y0,z0,x1,y1,z1 (several separated by ';')")
         for i, b in enumerate(boxes):
-            quiet_check(check_box, b, shape, what=f"Box {i + 1}", axis=AXES[axis])
+            quiet_check(check_box, b, shape, what=f"Box {i + 1}", axis=axis)
         spec.boxes = [list(map(int, b)) for b in boxes]
     else:
         if medsam_cols:
@@ -253,7 +249,7 @@ def _check_row(row: Dict[str, str], base: str, outdir: str, fmt: str, line: int,
             spec.value = _ints(row["value"], "value")[0] if _ints(row["value"], "value") else None
         if row.get("roi"):
             spec.roi = list(parse_box(row["roi"], 3))
-            quiet_check(check_box, spec.roi, shape, what="ROI", axis=AXES[axis])
+            quiet_check(check_box, spec.roi, shape, what="ROI", axis=axis)
     if row.get("intensity"):
         from ..intensity import resolve_preset
         import numpy as np

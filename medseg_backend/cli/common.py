@@ -9,7 +9,7 @@ import math
 import sys
 import warnings
 from contextlib import contextmanager
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 from ..errors import InputError, MedSegWarning
 
@@ -54,12 +54,17 @@ class ProgressPrinter:
             self.stream.flush()
 
 
-def parse_box(text: str, ndim: int) -> Tuple[int, ...]:
+def choices_metavar(values) -> str:
+    """``{a,b,c}``: how argparse shows a choice list, for options whose value the run spec checks."""
+    return "{" + ",".join(values) + "}"
+
+
+def parse_box(text: str, ndim: Optional[int] = None) -> Tuple[int, ...]:
     """'X0,Y0,X1,Y1' (2-D) or 'X0,Y0,Z0,X1,Y1,Z1' (3-D) -> ints (checked against the image by
-    :func:`medseg_backend.slicing.check_box`)."""
+    :func:`medseg_backend.slicing.check_box`). ``ndim=None``: either form (the run spec checks the count)."""
     parts = [p.strip() for p in str(text).split(",")]
     n = 4 if ndim == 2 else 6
-    if len(parts) != n:
+    if ndim is not None and len(parts) != n:
         form = "X0,Y0,X1,Y1" if n == 4 else "X0,Y0,Z0,X1,Y1,Z1"
         raise InputError(f"Box '{text}' has {len(parts)} numbers: give {form} (voxel indices, inclusive).")
     try:

@@ -11,11 +11,14 @@ from typing import Optional
 
 import numpy as np
 
-from ..choices import AXES, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PRECISIONS, PROPAGATIONS, RUNTIMES
+from ..choices import (AXES, DEFAULT_AXIS, DEFAULT_MODEL, DEFAULT_PROPAGATION, DEVICES, MEDSAM_MODELS, PRECISIONS,
+                       PROPAGATIONS, RUNTIMES)
 from ..errors import MedSegError
 from ..metrics import dice
-from ..slicing import bbox3d, middle_slice
+from ..runspec import DEFAULT_STOP_AFTER, BoxRun
+from ..slicing import axis_index, bbox3d, middle_slice, project_box
 from .common import ProgressPrinter, parse_box, quiet_check as _quiet_check
+from .common import choices_metavar as _choices
 
 INTENSITY_HELP = ("intensity preset: auto (default), raw (8-bit as is), ct-abdomen (40/400), ct-lung, ct-brain, "
                   "ct-mediastinum, mr (0.5/99.5 percentiles of voxels > 0) or window:L,W")
@@ -35,17 +38,19 @@ def _add_medsam(sub) -> None:
                    help="X0,Y0,X1,Y1 (2-D or with --slice) or X0,Y0,Z0,X1,Y1,Z1 (3-D); repeat for several "
                         "objects (labels 1..N)")
     p.add_argument("-o", "--output", required=True, help="label map to write (.nrrd, .nii.gz, .mha, .png, .tif)")
-    p.add_argument("--model", default=MEDSAM_MODELS[0], choices=MEDSAM_MODELS)
+    # The run's choices are checked by the run spec (medseg_backend.runspec), with the same message as in Slicer
+    # and the worker; the metavars list them.
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar=_choices(MEDSAM_MODELS))
     p.add_argument("--weights", help="checkpoint file (default: the installed weights, see `medseg models list`)")
     p.add_argument("--intensity", default="auto", help=INTENSITY_HELP)
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--precision", default="auto", choices=PRECISIONS)
-    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+    p.add_argument("--device", default="auto", metavar=_choices(DEVICES))
+    p.add_argument("--precision", default="auto", metavar=_choices(PRECISIONS))
+    p.add_argument("--runtime", default="auto", metavar=_choices(RUNTIMES),
                    help="image encoder runtime: auto (OpenVINO on the CPU when installed, else torch), torch, openvino")
     p.add_argument("--slice", type=int, help="segment only this slice (index along --axis) of a volume with a 2-D box")
-    p.add_argument("--axis", default="axial", choices=list(AXES),
+    p.add_argument("--axis", default=DEFAULT_AXIS, metavar=_choices(AXES),
                    help="slicing axis in voxel space (axial = along K)")
-    p.add_argument("--propagation", default=DEFAULT_PROPAGATION, choices=PROPAGATIONS,
+    p.add_argument("--propagation", default=DEFAULT_PROPAGATION, metavar=_choices(PROPAGATIONS),
                    help="official (default): the published LiteMedSAM 3-D procedure (exact parity); adaptive: "
                         "start on the middle third's slice the model is surest of, carry the previous mask's box, "
                         "widen it where the mask is flush with it, switch to the ROI's box where that is more "
@@ -54,12 +59,21 @@ def _add_medsam(sub) -> None:
                         "adaptive's side of the middle slice only where both walks' signals say it is clearly better "
                         "(opt-in; see benchmarks/PROPAGATION.md); roi: the ROI's box on every slice; stop: official, "
                         "but stop after --stop-after empty slices")
-    p.add_argument("--stop-after", type=int, default=2)
+    p.add_argument("--stop-after", type=int, default=DEFAULT_STOP_AFTER)
     p.add_argument("--slice-report", help="3-D: per-slice report (object, slice, area, confidence, profile, flag), "
                                           ".csv or .json (default: <output stem>.slices.csv beside the label map)")
     p.add_argument("--probabilities", help="also write the probability map (float32; .nrrd, .nii.gz, .mha, .tif)")
     p.add_argument("--overlay", help="also write a PNG picture of the result (middle slice of the first box in 3-D)")
     p.set_defaults(func=cmd_medsam)
+
+
+def run_spec(args) -> BoxRun:
+    """The run of ``medseg medsam``'s arguments, checked (every choice, the boxes' numbers and order) before
+    anything is read."""
+    return BoxRun(boxes=[parse_box(b) for b in args.box], model=args.model, weights=args.weights, device=args.device,
+                  precision=args.precision, runtime=args.runtime, intensity=args.intensity, axis=args.axis,
+                  propagation=args.propagation, stop_after=args.stop_after,
+                  outputs=("labels", "probabilities") if args.probabilities else ("labels",))
 
 
 def out_of_memory(what: str) -> MedSegError:
@@ -80,10 +94,11 @@ def _cmd_medsam(args) -> int:
     from ..io import (IMAGE_2D_OUTPUTS, OVERLAY_EXTENSIONS, PROBABILITY_EXTENSIONS, LABEL_EXTENSIONS, _has_ext,
                       check_outputs, check_volume_format, float_image, label_image, read_image, rgb_image,
                       write_images)
-    from ..slicing import check_box, project_box
+    from ..slicing import check_box
     from ..overlay import overlay_rgb
 
-    # 1. Every output path, before anything is read or computed.
+    # 1. The run (choices, boxes) and every output path, before anything is read or computed.
+    spec = run_spec(args)
     report_path = slice_report_path(args)
     check_outputs([(args.output, "output", LABEL_EXTENSIONS),
                    (args.probabilities, "probability map", PROBABILITY_EXTENSIONS),
@@ -98,15 +113,17 @@ def _cmd_medsam(args) -> int:
     if args.slice_report and not (volume and args.slice is None):
         raise MedSegError("--slice-report is for 3-D runs (a volume with a 3-D box): drop it for 2-D images and "
                           "--slice.")
-    if not volume or args.slice is not None:
-        boxes = [parse_box(b, 2) for b in args.box]
-        if len(boxes) != 1:
-            raise MedSegError("Several --box given for a 2-D image: give one box per run in 2-D.")
+    want = 3 if volume and args.slice is None else 2
+    if spec.ndim != want:
+        for b in args.box:
+            parse_box(b, want)          # the box form this image needs, in parse_box's words
+    boxes = list(spec.boxes)
+    ax = axis_index(spec.axis)
+    if want == 2:
         if volume:
-            ax = AXES[args.axis]
             if not 0 <= args.slice < arr.shape[ax]:
                 raise MedSegError(f"--slice {args.slice} is outside the volume (0..{arr.shape[ax] - 1} along "
-                                  f"{args.axis}): pick an existing slice.")
+                                  f"{spec.axis}): pick an existing slice.")
             rule, why = resolve_preset(args.intensity, arr)  # window the whole volume, as the 3-D path does
             plane_shape = tuple(n for a, n in enumerate(arr.shape) if a != ax)
             _quiet_check(check_box, boxes[0], plane_shape)
@@ -118,9 +135,7 @@ def _cmd_medsam(args) -> int:
             resolve_preset(args.intensity, arr)
             _quiet_check(check_box, boxes[0], arr.shape[:2])
     else:
-        boxes = [parse_box(b, 3) for b in args.box]
         rule, why = resolve_preset(args.intensity, arr)
-        ax = AXES[args.axis]
         ranges = [project_box(_quiet_check(check_box, b, arr.shape, what=f"Box {i + 1}", axis=ax), ax)[:2]
                   for i, b in enumerate(boxes)]
         check_volume_format(args.output, arr.shape, is_volume=True, what="output")
@@ -153,14 +168,13 @@ def _cmd_medsam(args) -> int:
             messages = [why]
             picture = lambda: overlay_rgb(plane, res.mask, [res.box])  # noqa: E731
         else:
-            res = engine.segment_image(arr, boxes[0], intensity=args.intensity)
+            res = engine.run(spec, arr)
             labels, prob, messages = res.mask, res.probabilities, res.messages
             picture = lambda: overlay_rgb(apply_intensity(arr, resolve_preset(args.intensity, arr)[0]),  # noqa: E731
                                           res.mask, [res.box])
         n_run = 1
     else:
-        res3 = engine.segment_volume(slab, boxes, propagation=args.propagation, stop_after=args.stop_after,
-                                     axis=args.axis, progress=ProgressPrinter())
+        res3 = engine.run(spec, slab, progress=ProgressPrinter())
         labels, prob, messages = res3.labels, res3.probabilities, res3.messages
         n_run = res3.slices_run
 
@@ -170,8 +184,7 @@ def _cmd_medsam(args) -> int:
             lo, hi = ranges[0]  # the first box's slices along the slicing axis, clipped
             mid = middle_slice(lo, hi)
             shown = np.take(slab.windowed(), mid - slab.first, axis=ax)
-            box2d = [(b[0], b[1], b[3], b[4]), (b[0], b[2], b[3], b[5]), (b[1], b[2], b[4], b[5])][ax]
-            return overlay_rgb(shown, np.take(labels, mid, axis=ax), [box2d])
+            return overlay_rgb(shown, np.take(labels, mid, axis=ax), [project_box(b, ax)[2]])
     dt = time.perf_counter() - t0
     for m in messages:
         print(m, file=sys.stderr)
@@ -274,7 +287,7 @@ def cmd_demo(args) -> int:
     rule, _ = resolve_preset("auto", ct.array)
     k = int(np.argmax([(res.labels[z] > 0).sum() for z in range(res.labels.shape[0])]))
     pic = overlay_rgb(apply_intensity(ct.array[k], rule), res.labels[k],
-                      [(b[0], b[1], b[3], b[4]) for b in boxes if b[2] <= k <= b[5]])
+                      [b2d for s0, s1, b2d in (project_box(b, "axial") for b in boxes) if s0 <= k <= s1])
     pic_path = out / "ct_sm_litemedsam_overlay.png"
     write_rgb_png(str(pic_path), upscale_nearest(radiological_axial(pic, ct.geometry.direction), 3))
     print(f"wrote {label_path} and {pic_path}")

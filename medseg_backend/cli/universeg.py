@@ -13,8 +13,10 @@ from typing import List, Tuple
 
 import numpy as np
 
-from ..choices import AXES, DEVICES, PRECISIONS
+from ..choices import AXES, DEFAULT_AXIS, DEVICES, PRECISIONS
 from ..errors import InputError, MedSegWarning
+from ..runspec import DEFAULT_SUPPORT_SIZE, ExampleRef, ExamplesRun
+from .common import choices_metavar as _choices
 
 INTENSITY_HELP = ("intensity preset for examples and target: auto, raw, ct-abdomen, ct-lung, ct-brain, "
                   "ct-mediastinum, mr or window:L,W (default: the library's preset, else auto)")
@@ -103,9 +105,10 @@ def _add_universeg(sub) -> None:
                                  "voxels outside stay 0 (default: whole target, region from the examples)")
     p.add_argument("--label", type=int, help="value of the structure in the example labels (default: the "
                                              "library's, else 1)")
-    p.add_argument("--axis", default="axial", choices=list(AXES),
+    # The run's choices are checked by the run spec (medseg_backend.runspec), as in Slicer and the worker.
+    p.add_argument("--axis", default=DEFAULT_AXIS, metavar=_choices(AXES),
                    help="slicing axis in voxel space (axial = along K)")
-    p.add_argument("--support-size", type=int, default=64, help="examples per pass (UniverSeg was trained with 64)")
+    p.add_argument("--support-size", type=int, default=DEFAULT_SUPPORT_SIZE, help="examples per pass (UniverSeg was trained with 64)")
     p.add_argument("--ensemble", type=int, default=1,
                    help="with more examples than --support-size: average this many random subsets")
     p.add_argument("--seed", type=int, default=0, help="seed of the random subsets")
@@ -114,8 +117,8 @@ def _add_universeg(sub) -> None:
                    help="crop each slice around its neighbour's result (outward from the middle slice)")
     p.add_argument("--intensity", default=None, help=INTENSITY_HELP)
     p.add_argument("--weights", help="UniverSeg checkpoint (default: the installed universeg-v1)")
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+    p.add_argument("--device", default="auto", metavar=_choices(DEVICES))
+    p.add_argument("--precision", default="auto", metavar=_choices(PRECISIONS),
                    help="auto = fp32 (exact); bf16/fp16 are faster, with small differences")
     p.add_argument("--output-value", type=int, help="value written for the structure (default: --label)")
     p.add_argument("--no-keep-labelled", action="store_true",
@@ -181,25 +184,26 @@ def _cmd_universeg(args) -> int:
                 keep = lab.array
         else:
             examples = _examples_from_pairs(args.examples)
-    intensity = intensity or "auto"
+    spec = ExamplesRun(examples=[ExampleRef.of(e, f"image{i}", f"label{i}") for i, e in enumerate(examples)],
+                       roi=roi, axis=args.axis, intensity=intensity or "auto", support_size=args.support_size,
+                       ensemble=args.ensemble, seed=args.seed, tta=args.tta, neighbour_hint=args.neighbour_hint,
+                       label=label, weights=args.weights, device=args.device, precision=args.precision,
+                       outputs=("mask", "probabilities") if args.probabilities else ("mask",))
     value = label if args.output_value is None else args.output_value
     if not 0 < value < 65536:
         raise InputError(f"Output value {value} does not fit a label map: use 1..65535 (--output-value).")
     from ..intensity import resolve_preset
 
-    resolve_preset(intensity, target)  # unknown preset / window outside the data: before the model loads
+    resolve_preset(spec.intensity, target)  # a window outside the data: before the model loads
     # 3. The model, the run.
     t0 = time.perf_counter()
-    engine = UniverSegEngine(weights=args.weights, device=args.device, precision=args.precision)
+    engine = UniverSegEngine(weights=spec.weights, device=spec.device, precision=spec.precision)
     from .common import ProgressPrinter
 
-    res = engine.segment_volume(target, examples, roi=roi, axis=args.axis, label=label, intensity=intensity,
-                                support_size=args.support_size, ensemble=args.ensemble, seed=args.seed,
-                                tta=args.tta, neighbour_hint=args.neighbour_hint, progress=ProgressPrinter(),
-                                cancel=CancelToken())
+    res = engine.run(spec, target, examples, progress=ProgressPrinter(), cancel=CancelToken())
     mask = res.mask.astype(bool)
     if keep is not None:
-        ax = {"axial": 0, "coronal": 1, "sagittal": 2}[args.axis]
+        ax = axis_index(spec.axis)
         other = tuple(a for a in range(3) if a != ax)
         for n in np.flatnonzero(np.any(keep == label, axis=other)):
             idx = [slice(None)] * 3
@@ -240,7 +244,7 @@ def _add_library(sub) -> None:
     e.add_argument("--modality", default="unknown", help="e.g. CT, MR, US")
     e.add_argument("--intensity", default="auto", help="preset to use with these examples (default auto)")
     e.add_argument("--label", type=int, default=1, help="value of the structure in the labels (default 1)")
-    e.add_argument("--axis", default="axial", choices=list(AXES),
+    e.add_argument("--axis", default=DEFAULT_AXIS, choices=list(AXES),
                    help="with --volume: slicing axis of the exported slices")
     e.add_argument("--max-slices", type=int, help="with --volume: keep this many evenly spaced labelled slices")
     e.add_argument("--overwrite", action="store_true", help="replace an existing library folder")

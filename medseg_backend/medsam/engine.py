@@ -1,7 +1,8 @@
 """Box-prompted segmentation with MedSAM (ViT-B) and LiteMedSAM: 2-D images and slice-wise 3-D volumes.
 
-:class:`MedSAMEngine` is what the CLI, the worker and the Python API call. It checks the input once (volume,
-boxes via :mod:`medseg_backend.slicing`, axis, propagation), windows only the slab of slices the boxes cover
+:class:`MedSAMEngine` is what the CLI, the worker and the Python API call: :meth:`MedSAMEngine.run` takes a checked
+:class:`~medseg_backend.runspec.BoxRun` (the keyword form :meth:`MedSAMEngine.segment_volume` builds one), checks
+only what needs the image (the boxes against its shape via :mod:`medseg_backend.slicing`, seed masks), windows only the slab of slices the boxes cover
 (with the whole volume's numbers: :class:`~medseg_backend.intensity.VolumeSlab`), cuts it into slices along the
 chosen axis and runs each box through :func:`.propagation.propagate` on its :class:`.predictor.MedSAMPredictor`
 (model, transform, embedding cache), so a second box on the same volume re-encodes nothing.
@@ -14,17 +15,18 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from .. import slicing
-from ..choices import AXES, DEFAULT_PROPAGATION, DIRECTIONS, PROPAGATIONS
+from ..choices import AXES, DEFAULT_AXIS, DEFAULT_DIRECTION, DEFAULT_PROPAGATION
 from ..confidence import SliceRecord
 from ..errors import InputError, MedSegWarning
 from ..intensity import IntensityRule, VolumeSlab, apply_intensity, cut_slab, resolve_preset
 from ..progress import CancelToken, ProgressCallback, report
+from ..runspec import DEFAULT_STOP_AFTER, BoxRun, Seed
 from .predictor import MedSAMPredictor
 from .propagation import centre_first, propagate
 
@@ -97,17 +99,32 @@ class MedSAMEngine:
         mask = (prob > 0.5).astype(np.uint8)
         return Result2D(mask, logits, prob.astype(np.float32), tuple(box), [why])
 
+    # -- a run spec -----------------------------------------------------------------------------------------
+    def run(self, spec: BoxRun, volume: Union[np.ndarray, VolumeSlab], *,
+            arrays: Optional[Mapping[str, np.ndarray]] = None, progress: Optional[ProgressCallback] = None,
+            cancel: Optional[CancelToken] = None,
+            on_slice: Optional[Callable[[int, int, np.ndarray], None]] = None) -> Union[MedSAMResult, Result2D]:
+        """Run a checked :class:`~medseg_backend.runspec.BoxRun` on ``volume``: a 2-D grey or RGB image (one 2-D box;
+        a :class:`Result2D`) or a 3-D volume (K, J, I) or :class:`~medseg_backend.intensity.VolumeSlab` (a
+        :class:`MedSAMResult`; see :meth:`segment_volume`). The spec's seeds name their masks in ``arrays``. The
+        spec's model, weights, device, precision and runtime chose this engine (the worker's engine cache); what
+        the spec holds is not checked again here, only what needs the image (boxes against its shape, seed masks)."""
+        if spec.ndim == 2:                      # one 2-D box: a grey or RGB 2-D image
+            return self.segment_image(volume, spec.boxes[0], intensity=spec.intensity)
+        return self._run_volume(spec, volume, arrays or {}, progress, cancel, on_slice)
+
     # -- 3-D -----------------------------------------------------------------------------------------------
     def segment_volume(self, volume: Union[np.ndarray, VolumeSlab], boxes: Sequence[Sequence[int]], *,
                        intensity: Union[str, IntensityRule] = "auto", propagation: str = DEFAULT_PROPAGATION,
-                       stop_after: int = 2, axis: str = "axial", progress: Optional[ProgressCallback] = None,
-                       cancel: Optional[CancelToken] = None,
+                       stop_after: int = DEFAULT_STOP_AFTER, axis: str = DEFAULT_AXIS,
+                       progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
                        seeds: Optional[Sequence[Optional[Tuple[int, np.ndarray]]]] = None,
-                       direction: str = "both",
+                       direction: str = DEFAULT_DIRECTION,
                        on_slice: Optional[Callable[[int, int, np.ndarray], None]] = None) -> MedSAMResult:
         """Segment ``volume`` (K, J, I) slice-wise from 3-D boxes (x0, y0, z0, x1, y1, z1), voxel indices,
         inclusive, in the volume's own index space whatever ``axis`` is. Returns labels 1..N (later boxes
-        overwrite earlier ones, as the official multi-object run). Nothing is returned on cancel.
+        overwrite earlier ones, as the official multi-object run). Nothing is returned on cancel. The keyword
+        form of :meth:`run`: the arguments become a :class:`~medseg_backend.runspec.BoxRun`, which checks them.
 
         Correct and re-propagate: ``seeds`` (one per box, or None) = (slice index k along ``axis``, the corrected
         2-D mask of that slice as :func:`medseg_backend.slicing.take_slice` cuts it). The seed slice is kept as
@@ -120,35 +137,44 @@ class MedSAMEngine:
         ``volume`` may be a :class:`~medseg_backend.intensity.VolumeSlab` (cut around the boxes, with the rule and
         numbers of the whole volume, which the caller may then free): ``intensity`` is then the slab's, and the
         result is still full-size (zero outside the slab; pages never written take no memory)."""
+        arrays: Dict[str, np.ndarray] = {}
+        refs = None
+        if seeds is not None:
+            refs = []
+            for i, seed in enumerate(seeds):
+                if seed is not None:
+                    arrays[f"seed{i}"] = seed[1]
+                    seed = Seed(seed[0], f"seed{i}")
+                refs.append(seed)
+        rule = intensity if isinstance(intensity, IntensityRule) else None
+        spec = BoxRun(boxes=boxes, model=self.model_name, intensity="auto" if rule else intensity,
+                      propagation=propagation, stop_after=stop_after, axis=axis, seeds=refs, direction=direction)
+        return self._run_volume(spec, volume, arrays, progress, cancel, on_slice, rule=rule)
+
+    def _run_volume(self, spec: BoxRun, volume: Union[np.ndarray, VolumeSlab], arrays: Mapping[str, np.ndarray],
+                    progress: Optional[ProgressCallback], cancel: Optional[CancelToken],
+                    on_slice: Optional[Callable[[int, int, np.ndarray], None]],
+                    rule: Optional[IntensityRule] = None) -> MedSAMResult:
         t0 = time.perf_counter()
-        if propagation not in PROPAGATIONS:
-            raise InputError(f"Unknown propagation '{propagation}': use {', '.join(PROPAGATIONS)}.")
-        ax = slicing.axis_index(axis)
+        ax, direction = slicing.axis_index(spec.axis), spec.direction
         if volume.ndim != 3:
             raise InputError(f"Expected a 3-D volume (K, J, I), got shape {volume.shape}: for 2-D images use "
                              "a 2-D box (X0,Y0,X1,Y1).")
-        if not boxes:
-            raise InputError("No box given: draw at least one box (ROI) around the structure.")
-        if len(boxes) > 255:
-            raise InputError(f"{len(boxes)} boxes given: at most 255 objects fit one label map.")
-        if stop_after < 1:
-            raise InputError(f"stop_after={stop_after}: give the number of empty slices (>= 1) after which "
-                             "propagation stops.")
-        if direction not in DIRECTIONS:
-            raise InputError(f"Unknown direction '{direction}': use {', '.join(DIRECTIONS)}.")
         from ..io import validate_array
 
         if isinstance(volume, VolumeSlab):
             shape, rule, why = volume.shape, volume.rule, volume.why or f"intensity preset {volume.rule.describe()}"
             if volume.axis != ax:
                 raise InputError(f"The volume slab was cut along {AXES_BY_INDEX[volume.axis]} but the run is along "
-                                 f"{axis}: cut it along the run's axis.")
+                                 f"{spec.axis}: cut it along the run's axis.")
         else:
             validate_array(volume, "volume")
             shape = volume.shape
-            rule, why = intensity_rule(intensity, volume)
-        checked = [slicing.check_box(b, shape, what=f"Box {i + 1}", axis=ax) for i, b in enumerate(boxes)]
-        seeds = _check_seeds(seeds, checked, shape, ax)
+            rule, why = intensity_rule(rule or spec.intensity, volume)
+        checked = tuple(slicing.check_box(b, shape, what=f"Box {i + 1}", axis=ax) for i, b in enumerate(spec.boxes))
+        if checked != spec.boxes:
+            spec = spec.replace(boxes=checked)       # clipped to the volume: the seeds checked again against them
+        seeds = _seed_masks(spec, arrays, shape, ax)
         projected = [slicing.project_box(b, ax) for b in checked]
         # Only the slab of slices the boxes cover is windowed and walked (memory bounded by the box, not the
         # volume); it is windowed with the whole volume's numbers, so each slice is what the whole-volume rule
@@ -187,8 +213,8 @@ class MedSAMEngine:
 
         report(progress, 0.0, f"MedSAM ({self.model_name}, {self.precision}) on {len(checked)} box(es)")
         for obj, ((s0, s1, b2d), seed) in enumerate(zip(local, seeds), start=1):
-            info = propagate(self.predictor, work, labels_work, probs_work, obj, s0, s1, b2d, propagation, stop_after,
-                             cancel, lambda k, mask, o=obj: tick(o, k, mask), seed=seed, direction=direction)
+            info = propagate(self.predictor, work, labels_work, probs_work, obj, s0, s1, b2d, spec.propagation,
+                             spec.stop_after, cancel, lambda k, mask, o=obj: tick(o, k, mask), seed=seed, direction=direction)
             per_box.append(_shifted(info, first))
         # Full-size results, zero outside the slab (np.zeros: pages never written take no memory).
         labels = np.zeros(shape, dtype=np.uint8)
@@ -205,7 +231,7 @@ class MedSAMEngine:
                             seconds=time.perf_counter() - t0, per_box=per_box,
                             slices=[r for p in per_box for r in p["records"]])
 
-    def encode_ahead(self, volume: np.ndarray, *, axis: str = "axial", intensity: Union[str, IntensityRule] = "auto",
+    def encode_ahead(self, volume: np.ndarray, *, axis: str = DEFAULT_AXIS, intensity: Union[str, IntensityRule] = "auto",
                      slices: Optional[Sequence[int]] = None, cancel: Optional[CancelToken] = None,
                      progress: Optional[ProgressCallback] = None) -> Dict:
         """Fill the embedding cache for slices ``first..last`` (default: all) of ``volume`` along ``axis``, in the
@@ -242,27 +268,26 @@ def _shifted(info: Dict, first: int) -> Dict:
     return out
 
 
-def _check_seeds(seeds, boxes, shape, ax: int) -> List[Optional[Tuple[int, np.ndarray]]]:
-    """One (slice, 2-D bool mask) or None per box; the slice inside its box, the mask of that slice's shape."""
-    if seeds is None:
-        return [None] * len(boxes)
-    if len(seeds) != len(boxes):
-        raise InputError(f"{len(seeds)} seed(s) for {len(boxes)} box(es): give one corrected slice (or None) per box.")
+def _seed_masks(spec: BoxRun, arrays: Mapping[str, np.ndarray], shape, ax: int
+                ) -> List[Optional[Tuple[int, np.ndarray]]]:
+    """One (slice, 2-D bool mask) or None per box: the spec's seeds (their slices checked by the spec) with their
+    masks from ``arrays``, each of the shape of a slice of this volume along the run's axis."""
+    if spec.seeds is None:
+        return [None] * len(spec.boxes)
     plane = tuple(n for a, n in enumerate(shape) if a != ax)
     out: List[Optional[Tuple[int, np.ndarray]]] = []
-    for i, (seed, box) in enumerate(zip(seeds, boxes)):
+    for i, seed in enumerate(spec.seeds, start=1):
         if seed is None:
             out.append(None)
             continue
-        k, mask = int(seed[0]), np.asarray(seed[1])
-        s0, s1, _ = slicing.project_box(box, ax)
-        if not s0 <= k <= s1:
-            raise InputError(f"Box {i + 1}: the corrected slice {k} is outside the box's slices {s0}-{s1}: move to a "
-                             "slice inside the box (or widen the box) before propagating from it.")
+        if seed.mask not in arrays:
+            raise InputError(f"Box {i}: the corrected slice's mask '{seed.mask}' is not in the request: send the "
+                             "seed's array with it.")
+        mask = np.asarray(arrays[seed.mask])
         if mask.shape != plane:
-            raise InputError(f"Box {i + 1}: the corrected slice's mask has shape {mask.shape}, but a slice of this "
+            raise InputError(f"Box {i}: the corrected slice's mask has shape {mask.shape}, but a slice of this "
                              f"volume along the run's axis is {plane}.")
-        out.append((k, mask > 0))
+        out.append((seed.slice, mask > 0))
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..choices import PRECISIONS
+from ..choices import DEFAULT_AXIS, PRECISIONS
 from ..errors import InputError, MedSegWarning
 from ..intensity import IntensityRule, resolve_preset
 from ..progress import CancelToken, ProgressCallback, check, report
@@ -121,8 +121,18 @@ class UniverSegEngine:
         return run_plain
 
     # ------------------------------------------------------------------------------------------------ run --
+    def run(self, spec, volume: np.ndarray, examples: Sequence[Example], *,
+            progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> UniverSegResult:
+        """Run a checked :class:`~medseg_backend.runspec.ExamplesRun` on ``volume`` with ``examples`` (the spec's
+        example references, opened and cut into slices): its ROI, axis, label, intensity, support size, ensemble,
+        seed, TTA and neighbour hint. The spec's weights, device and precision chose this engine."""
+        return self.segment_volume(volume, examples, roi=spec.roi, axis=spec.axis, label=spec.label,
+                                   intensity=spec.intensity, support_size=spec.support_size, ensemble=spec.ensemble,
+                                   seed=spec.seed, tta=spec.tta, neighbour_hint=spec.neighbour_hint,
+                                   progress=progress, cancel=cancel)
+
     def segment_volume(self, volume: np.ndarray, examples: Sequence[Example], *,
-                       roi: Optional[Sequence[int]] = None, axis: str = "axial", label: int = 1,
+                       roi: Optional[Sequence[int]] = None, axis: str = DEFAULT_AXIS, label: int = 1,
                        intensity: Union[str, IntensityRule] = "auto", support_size: int = 64,
                        ensemble: int = 1, seed: int = 0, tta: bool = False, neighbour_hint: bool = False,
                        progress: Optional[ProgressCallback] = None,

@@ -8,7 +8,9 @@ the loaded models and the embedding cache stay warm between runs.
 * :mod:`.protocol` - message framing, array files in the private session folder, result objects, error encoding;
 * :mod:`.handlers` - the request handlers (segment box, segment with examples, encode, diagnostics), shared by the
   worker and by in-process runs;
-* :mod:`.server` - the worker's main loop (``python -m medseg_backend.worker``).
+* :mod:`.server` - the worker's main loop (``python -m medseg_backend.worker``);
+* :mod:`.client` - the client half: starts the worker and talks to it without blocking (the Slicer layer and the
+  benchmarks use it).
 
 Nothing here imports Qt, VTK or Slicer; torch is imported only when a model is needed.
 """

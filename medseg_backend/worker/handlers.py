@@ -2,7 +2,8 @@
 
 :class:`Handlers` keeps the engines (and so MedSAM's embedding cache) alive between requests. ``run(op, params,
 arrays, progress, cancel, local)`` returns ``(fields, arrays)``: JSON-able result fields and numpy arrays; see
-:mod:`.protocol` for the operations. torch is imported only when an engine is built.
+:mod:`.protocol` for the operations. A run request's params become its spec (:mod:`medseg_backend.runspec`), which
+checks and defaults them; the handlers pass the spec on to the engine. torch is imported only when an engine is built.
 """
 from __future__ import annotations
 
@@ -14,16 +15,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..choices import DEFAULT_PROPAGATION
 from ..errors import InputError, MedSegWarning
 from ..progress import CancelToken
+from ..runspec import NO_EXAMPLES, BoxRun, EncodeRun, ExamplesRun
 from . import protocol as proto
 
 Progress = Callable[[float, str], None]
 Output = Tuple[Dict[str, Any], Dict[str, np.ndarray]]
-
-NO_EXAMPLES = ("No examples: label a few slices of the segment, tick other segments or segmentations that show the "
-               "same structure, or choose an example library folder.")
 
 
 class EngineCache:
@@ -103,79 +101,63 @@ class Handlers:
         return fields, out
 
     # --------------------------------------------------------------------------------------------- MedSAM --
-    def _medsam_engine(self, p: Dict[str, Any], progress: Progress):
-        model, device = p.get("model", "lite-medsam"), p.get("device", "auto")
-        progress(0.0, f"Loading {model} on {device}")
-        return self.engines.medsam(model, p.get("weights"), device, p.get("precision", "auto"),
-                                   p.get("runtime", "auto"))
+    def _medsam_engine(self, spec, progress: Progress):
+        progress(0.0, f"Loading {spec.model} on {spec.device}")
+        return self.engines.medsam(spec.model, spec.weights, spec.device, spec.precision, spec.runtime)
 
     def encode(self, p, arrays, progress, cancel, local) -> Output:
-        engine = self._medsam_engine(p, progress)
-        fields = engine.encode_ahead(_volume(arrays), axis=p.get("axis", "axial"), intensity=p.get("intensity", "auto"),
-                                     slices=p.get("slices"), cancel=cancel, progress=progress)
+        spec = EncodeRun.from_message("encode", p)
+        engine = self._medsam_engine(spec, progress)
+        fields = engine.encode_ahead(_volume(arrays), axis=spec.axis, intensity=spec.intensity, slices=spec.slices,
+                                     cancel=cancel, progress=progress)
         fields["runtime"] = engine.runtime
         return fields, {}
 
     def segment_box(self, p, arrays, progress, cancel, local) -> Output:
+        spec = BoxRun.from_message("segment_box", p)
         volume = _volume(arrays)
-        engine = self._medsam_engine(p, progress)
-        outputs = set(p.get("outputs") or ["labels"])
-        intensity = p.get("intensity", "auto")
-        boxes = [tuple(int(v) for v in b) for b in p.get("boxes") or []]
+        engine = self._medsam_engine(spec, progress)
         common = {"device": str(engine.device), "precision": engine.precision, "runtime": engine.runtime}
-        if volume.ndim == 2:
-            if len(boxes) != 1:
-                raise InputError(f"A 2-D image takes one box (x0, y0, x1, y1), got {len(boxes)}.")
-            res = engine.segment_image(volume, boxes[0], intensity=intensity)
-            out = {"labels": res.mask}
-            if "probabilities" in outputs:
-                out["probabilities"] = res.probabilities
-            return dict(messages=res.messages, box=list(res.box), slices_run=1, **common), out
-        seeds = [None if s is None else (int(s["slice"]), arrays[s["mask"]]) for s in p.get("seeds") or []] or None
         on_slice = None
-        if p.get("partial") and local.get("partial") is not None:
-            send, axis = local["partial"], p.get("axis", "axial")
+        if spec.partial and local.get("partial") is not None:
+            send = local["partial"]
 
             def on_slice(obj: int, k: int, mask: np.ndarray) -> None:
-                send({"object": obj, "slice": k, "axis": axis, "mask": proto.pack_mask(mask)})
-        res = engine.segment_volume(volume, boxes, intensity=intensity,
-                                    propagation=p.get("propagation", DEFAULT_PROPAGATION), axis=p.get("axis", "axial"),
-                                    progress=progress, cancel=cancel, seeds=seeds,
-                                    direction=p.get("direction", "both"), on_slice=on_slice)
+                send({"object": obj, "slice": k, "axis": spec.axis, "mask": proto.pack_mask(mask)})
+        res = engine.run(spec, volume, arrays=arrays, progress=progress, cancel=cancel, on_slice=on_slice)
+        if spec.ndim == 2:
+            out = {"labels": res.mask}
+            if "probabilities" in spec.outputs:
+                out["probabilities"] = res.probabilities
+            return dict(messages=res.messages, box=list(res.box), slices_run=1, **common), out
         out = {"labels": res.labels}
-        if "probabilities" in outputs and res.probabilities is not None:
+        if "probabilities" in spec.outputs and res.probabilities is not None:
             out["probabilities"] = res.probabilities
         from ..confidence import report_rows
 
         return dict(messages=res.messages, slices_run=int(res.slices_run), slices_encoded=int(res.slices_encoded),
                     seconds=float(res.seconds),
                     per_box=_plain([{k: v for k, v in b.items() if k != "records"} for b in res.per_box]),
-                    slices=_plain(report_rows(res.slices, axis=p.get("axis", "axial"))), **common), out
+                    slices=_plain(report_rows(res.slices, axis=spec.axis)), **common), out
 
     # ------------------------------------------------------------------------------------------ UniverSeg --
     def segment_examples(self, p, arrays, progress, cancel, local) -> Output:
         from ..universeg import Example, cut_examples
 
+        spec = ExamplesRun.from_message("segment_examples", p)
         volume = _volume(arrays)
-        axis = p.get("axis", "axial")
         examples = []
-        for spec in p.get("examples") or []:
-            kind = spec.get("kind", "")
-            examples += cut_examples([Example(arrays[spec["image"]], arrays[spec["label"]], spec.get("name", ""),
-                                              source="" if kind == "example" else kind)],
-                                     axis, spec.get("max_slices"))
+        for ref in spec.examples:
+            examples += cut_examples([Example(arrays[ref.image], arrays[ref.label], ref.name,
+                                              source=ref.source)],
+                                     spec.axis, ref.max_slices)
         if not examples:
             raise InputError(NO_EXAMPLES)
-        device = p.get("device", "auto")
-        progress(0.0, f"Loading UniverSeg on {device} ({len(examples)} examples)")
-        engine = self.engines.universeg(p.get("weights"), device, p.get("precision", "auto"), local.get("module"))
-        roi = p.get("roi")
-        res = engine.segment_volume(volume, examples, roi=tuple(roi) if roi is not None else None, axis=axis, label=1,
-                                    intensity=p.get("intensity", "auto"), support_size=int(p.get("support_size", 64)),
-                                    ensemble=int(p.get("ensemble", 1)), seed=int(p.get("seed", 0)),
-                                    tta=bool(p.get("tta", False)), progress=progress, cancel=cancel)
+        progress(0.0, f"Loading UniverSeg on {spec.device} ({len(examples)} examples)")
+        engine = self.engines.universeg(spec.weights, spec.device, spec.precision, local.get("module"))
+        res = engine.run(spec, volume, examples, progress=progress, cancel=cancel)
         out = {"mask": res.mask}
-        if "probabilities" in set(p.get("outputs") or []):
+        if "probabilities" in spec.outputs:
             out["probabilities"] = res.probabilities
         return dict(messages=res.messages, seconds=float(res.seconds), slices_run=int(res.slices_run),
                     n_examples=len(examples), device=str(engine.device), precision=engine.precision), out

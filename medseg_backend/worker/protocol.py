@@ -18,7 +18,10 @@ write when a temporary-files cleaner removed it during a session left open for d
                                                                                    (all else is 0)
     {"key": "3f2a..."}                                                             a volume kept by the worker
 
-Requests (client -> worker): ``{"op": OP, "id": N, "params": {...}, "arrays": {NAME: REF}, "env": {...}}``.
+Requests (client -> worker): ``{"op": OP, "id": N, "params": {...}, "arrays": {NAME: REF}, "env": {...}}``. The params
+of the three run requests are their run spec's message form (:mod:`medseg_backend.runspec`: ``spec.to_message()``
+gives ``(op, params)``, the worker rebuilds the same spec with ``from_message``, which checks it and fills the
+defaults; unknown fields are refused).
 ``id`` is chosen by the client (positive, increasing); ``env`` holds ``MEDSEG_*`` variables (weights cache folder,
 cache budget) applied before the request runs. Requests run one after the other, in order; every one ends with
 exactly one of the events ``done``, ``error`` or ``cancelled`` carrying its ``id``.
@@ -27,23 +30,21 @@ exactly one of the events ``done``, ``error`` or ``cancelled`` carrying its ``id
                      later requests refer to it as ``{"key": K}`` (a volume is sent once per content; a re-prompt
                      sends only boxes). ``done`` result ``{"key", "shape", "dtype"}``.
 ``close_volume``     params ``{"key": K}``: forget it.
-``encode``           prefetch image embeddings: arrays ``{"volume"}``, params ``{"model", "weights", "device",
-                     "precision", "runtime", "intensity", "axis", "slices": [first, last]}``; result ``{"encoded",
-                     "cached", "runtime"}``.
-``segment_box``      MedSAM / LiteMedSAM: arrays ``{"volume"}`` (3-D (K, J, I) or a 2-D image), params ``{"boxes":
-                     [[x0, y0, z0, x1, y1, z1], ...] (or one [x0, y0, x1, y1] for 2-D), "model", "weights",
-                     "device", "precision", "runtime" ("auto" | "torch" | "openvino"), "intensity", "propagation",
-                     "axis", "outputs": ["labels", "probabilities"], "seeds": [{"slice": k, "mask": NAME} or null
-                     per box], "direction": "both" | "up" | "down"}`` (``seeds``: corrected 2-D slices that start
-                     the propagation); result ``{"messages", "slices_run", "slices_encoded", "seconds", "device",
+``encode``           prefetch image embeddings: arrays ``{"volume"}``, params: the fields of
+                     :class:`medseg_backend.runspec.EncodeRun` (engine, intensity, axis, ``slices`` [first, last]);
+                     result ``{"encoded", "cached", "runtime"}``.
+``segment_box``      MedSAM / LiteMedSAM: arrays ``{"volume"}`` (3-D (K, J, I) or a 2-D image) and the seeds' masks,
+                     params: the fields of :class:`medseg_backend.runspec.BoxRun` (boxes, engine, intensity,
+                     propagation, axis, direction, ``seeds``: ``{"slice": k, "mask": NAME}`` or null per box,
+                     outputs, partial); result ``{"messages", "slices_run", "slices_encoded", "seconds", "device",
                      "precision", "runtime" (the encoder's: "torch" | "openvino"), "per_box", "slices"}``
                      (``slices``: one row per object and slice - ``object``, ``slice``, ``area_voxels``,
                      ``confidence``, ``flagged``, ``source``) with arrays ``{"labels", ["probabilities"]}``.
-``segment_examples`` UniverSeg: arrays ``{"volume", <example images and labels>}``, params ``{"examples": [{"image":
-                     NAME, "label": NAME, "name", "kind": "example" | "labelled-slices" | "volume",
-                     "max_slices"}], "roi", "axis", "intensity", "support_size", "ensemble", "seed", "tta",
-                     "weights", "device", "precision", "outputs": ["mask", "probabilities"]}``; result
-                     ``{"messages", "seconds", "slices_run"}`` with arrays ``{"mask", ["probabilities"]}``.
+``segment_examples`` UniverSeg: arrays ``{"volume", <example images and labels>}``, params: the fields of
+                     :class:`medseg_backend.runspec.ExamplesRun` (``examples``: ``{"image": NAME, "label": NAME,
+                     "name", "kind", "max_slices"}`` each, roi, axis, intensity, support_size, ensemble, seed, tta,
+                     engine, outputs); result ``{"messages", "seconds", "slices_run"}`` with arrays ``{"mask",
+                     ["probabilities"]}``.
 ``weights_verify``   params ``{"name": MODEL or null}``: check installed weights (hash, layout); result ``{"results":
                      [{"name", "ok", "problems", "sha256", ...}]}``.
 ``weights_import``   params ``{"name", "path", "accept_licence"}``: check a local weights file and install it into the

@@ -30,18 +30,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from medseg_backend.worker import protocol as proto
-
-from .errors import MedSegError
+from ..errors import WorkerError
+from . import protocol as proto
 
 log = logging.getLogger("MedSegSlicer")
 
 LOG_NAME = "MedSegSlicer-worker.log"
 LOG_MAX_BYTES = 5 * 2 ** 20
-
-
-class WorkerError(MedSegError):
-    """The worker could not be started, stopped unexpectedly or stopped answering."""
 
 
 def backend_root() -> str:
