@@ -83,31 +83,29 @@ def registerEffects():
         logging.exception("MedSegSlicer: could not register the Segment Editor effects")
 
 
-SAMPLE_NAME = "MedSegAbdomenCT"
-
-
 def registerSampleData():
     """The bundled abdominal CT (TotalSegmentator test case, Apache-2.0; installed with the module) in the Sample
     Data module, so the tutorials start from Sample Data > MedSegSlicer. It is a local file: the button loads it
     (no download)."""
     try:
         import SampleData
-        from MedSegSlicerLib import scenarios
+        from MedSegSlicerLib import sample_data
 
-        folder = scenarios.find_sample_dir(__file__)
+        folder = sample_data.find_sample_dir(__file__)
         if folder is None:
             return
-        path = os.path.join(folder, "ct.nii.gz")
+        path = os.path.join(folder, sample_data.SAMPLE_IMAGE)
         icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MedSegSlicer.png")
 
         def load(source=None):     # Slicer 5.6+ passes the source; older releases nothing
-            node = slicer.util.loadVolume(path, {"name": SAMPLE_NAME})
+            node = slicer.util.loadVolume(path, {"name": sample_data.SAMPLE_NAME})
             slicer.util.setSliceViewerLayers(background=node, fit=True)
             return node
 
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
-            category="MedSegSlicer", sampleName=SAMPLE_NAME, uris=["file:///" + path.replace("\\", "/").lstrip("/")],
-            fileNames=["ct.nii.gz"], nodeNames=[SAMPLE_NAME], thumbnailFileName=icon, customDownloader=load)
+            category="MedSegSlicer", sampleName=sample_data.SAMPLE_NAME,
+            uris=["file:///" + path.replace("\\", "/").lstrip("/")], fileNames=[sample_data.SAMPLE_IMAGE],
+            nodeNames=[sample_data.SAMPLE_NAME], thumbnailFileName=icon, customDownloader=load)
     except Exception:  # noqa: BLE001 - never break Slicer's startup
         logging.exception("MedSegSlicer: could not register the sample CT in Sample Data")
 
@@ -465,8 +463,25 @@ class MedSegSlicerLogic(MedSegLogic, ScriptedLoadableModuleLogic):
 
 
 #
-# Self-test: the same scenarios as the headless pytest suite (MedSegSlicerLib/scenarios.py)
+# Self-test: the same scenarios as the headless pytest suite. They are test code, kept in the module's test folder
+# (Testing/Python/MedSegSlicerScenarios.py; copied to <build>/.../MedSegSlicerTesting/Python by
+# Testing/Python/CMakeLists.txt when BUILD_TESTING is on) and not shipped: only this class imports them.
 #
+SCENARIOS_MODULE = "MedSegSlicerScenarios"
+
+
+def findScenariosDir(start=None):
+    """The folder holding the self-test's scenarios: ``Testing/Python`` of the module's source tree or
+    ``MedSegSlicerTesting/Python`` of the build tree, searched from this file's folder up; ``None`` if absent."""
+    d = os.path.dirname(os.path.abspath(start or __file__))
+    for _ in range(5):
+        for candidate in (os.path.join(d, "Testing", "Python"), os.path.join(d, "MedSegSlicerTesting", "Python")):
+            if os.path.isfile(os.path.join(candidate, SCENARIOS_MODULE + ".py")):
+                return candidate
+        d = os.path.dirname(d)
+    return None
+
+
 class MedSegSlicerTest(ScriptedLoadableModuleTest):
     def setUp(self):
         slicer.mrmlScene.Clear(0)
@@ -481,11 +496,24 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
             except unittest.SkipTest as skipped:
                 self.delayDisplay(f"{test.__name__} skipped: {skipped}")
 
+    def _scenarios(self):
+        """The scenarios module from the module's test folder (a source or build tree; an installed extension
+        ships no test code, so there the self-test is skipped with this reason)."""
+        folder = findScenariosDir(__file__)
+        if folder is None:
+            self.skipTest(f"the self-test scenarios ({SCENARIOS_MODULE}.py) are not here: run the self-test from a "
+                          "source or build tree of MedSegSlicer (they live in MedSegSlicer/Testing/Python)")
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        import importlib
+
+        return importlib.import_module(SCENARIOS_MODULE)
+
     def _context(self):
-        from MedSegSlicerLib import scenarios
+        from MedSegSlicerLib.sample_data import find_sample_dir
         from MedSegSlicerLib.scene import SceneContext
 
-        sampleDir = scenarios.find_sample_dir(__file__)
+        sampleDir = find_sample_dir(__file__)
         self.assertIsNotNone(sampleDir, "bundled sample (Testing/Data/totalseg_ct_sm) not found")
         return SceneContext.from_slicer(), sampleDir
 
@@ -494,23 +522,20 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
             self.skipTest("torch / backend dependencies are not installed (install them from the MedSeg panel)")
 
     def test_UndoRestores(self):
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         ctx, sampleDir = self._context()
         result = scenarios.scenario_undo_restores(ctx, sampleDir)
         self.delayDisplay(f"Undo restores the segment: {result}")
 
     def test_CancelLeavesUntouched(self):
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         ctx, sampleDir = self._context()
         result = scenarios.scenario_cancel_leaves_untouched(ctx, sampleDir)
         self.delayDisplay(f"Cancel leaves the segment untouched: {result}")
 
     def test_UniverSegPlumbing(self):
         self._needsBackend()
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         ctx, sampleDir = self._context()
         result = scenarios.scenario_universeg_plumbing(ctx, sampleDir)
         self.delayDisplay(f"UniverSeg plumbing (stand-in network): {result}")
@@ -518,8 +543,7 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
     def test_MedSAMBox(self):
         self._needsBackend()
         from medseg_backend import weights
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         if not weights.status("lite-medsam")["installed"]:
             self.skipTest("LiteMedSAM weights are not installed (MedSeg panel > download lite-medsam)")
         ctx, sampleDir = self._context()
@@ -530,8 +554,7 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
     def test_SubrangeRerunKeepsRest(self):
         self._needsBackend()
         from medseg_backend import weights
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         if not weights.status("lite-medsam")["installed"]:
             self.skipTest("LiteMedSAM weights are not installed (MedSeg panel > download lite-medsam)")
         for through in ("effect", "batch"):
@@ -544,8 +567,7 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
     def test_CorrectAndRepropagate(self):
         self._needsBackend()
         from medseg_backend import weights
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         if not weights.status("lite-medsam")["installed"]:
             self.skipTest("LiteMedSAM weights are not installed (MedSeg panel > download lite-medsam)")
         ctx, sampleDir = self._context()
@@ -557,8 +579,7 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
 
     def test_WorkerCrashLeavesUntouched(self):
         self._needsBackend()
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         ctx, sampleDir = self._context()
         result = scenarios.scenario_worker_crash_leaves_untouched(ctx, sampleDir,
                                                                   segmenter=MedSegSlicerLogic.shared().segmenter)
