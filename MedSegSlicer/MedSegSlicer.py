@@ -1,17 +1,16 @@
 """MedSegSlicer: MedSAM / LiteMedSAM (box prompts) and UniverSeg (example segmentations) in 3D Slicer.
 
-This file holds the thin Qt parts: the module (registers the two Segment Editor effects after startup), the settings
-panel, :class:`MedSegSlicerLogic` (the Qt-free ``MedSegSlicerLib.logic.MedSegLogic`` with Slicer's dialogs, settings
-and installers) and the self-test. Everything that touches MRML data lives in the Qt-free package
-``MedSegSlicerLib`` (tested headless with slicer-core); the models live in the bundled
-``medseg_backend`` package. Nothing is installed at import time: dependencies and weights are installed on first
+This file holds what Slicer looks for in a scripted module's file: the module (registers the two Segment Editor
+effects and the sample CT after startup), the settings panel (widget code only), :class:`MedSegSlicerLogic` (the
+Qt-free ``MedSegSlicerLib.logic.MedSegLogic`` with Slicer's dialogs, settings and installers) and the self-test.
+The application glue they use (startup registration, the worker's process settings, the installer, the dialogs)
+lives in ``MedSegSlicerApp``; everything that touches MRML data lives in the Qt-free package ``MedSegSlicerLib``
+(tested headless with slicer-core); the models live in the bundled ``medseg_backend`` package. Nothing is installed at import time: dependencies and weights are installed on first
 use, after one confirmation.
 """
 import logging
 import os
-import shutil
 import sys
-import time
 import unittest
 
 import ctk
@@ -20,7 +19,11 @@ import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
-from MedSegSlicerLib import deps, service, worker_client
+from MedSegSlicerApp.dialogs import confirmDialog, infoDialog, licenceDialog, runWithProgressDialog
+from MedSegSlicerApp.installer import SlicerInstaller
+from MedSegSlicerApp.startup import EFFECT_NAMES, registerEffects, registerSampleData
+from MedSegSlicerApp.worker import configureWorker, shutdownWorker
+from MedSegSlicerLib import deps, service
 from MedSegSlicerLib.errors import MedSegError
 from MedSegSlicerLib.logic import MedSegLogic
 
@@ -36,9 +39,6 @@ except ImportError:
 
 SETTINGS_DEVICE = MedSegLogic.SETTINGS_DEVICE
 SETTINGS_CACHE = MedSegLogic.SETTINGS_CACHE
-EFFECT_FILES = ("SegmentEditorMedSAMBoxEffect.py", "SegmentEditorUniverSegEffect.py")
-EFFECT_NAMES = ("MedSAM box", "UniverSeg examples")
-
 
 #
 # Module
@@ -65,83 +65,6 @@ class MedSegSlicer(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", registerEffects)
         slicer.app.connect("startupCompleted()", registerSampleData)
         slicer.app.connect("aboutToQuit()", shutdownWorker)
-
-
-def registerEffects():
-    """Register the two effects with the Segment Editor (called once Slicer has started)."""
-    try:
-        import qSlicerSegmentationsEditorEffectsPythonQt as qSlicerSegmentationsEditorEffects
-
-        import MedSegSlicerEffects  # noqa: F401  - the package exposes both effect classes to setPythonSource
-
-        folder = os.path.join(os.path.dirname(__file__), "MedSegSlicerEffects")
-        for filename in EFFECT_FILES:
-            instance = qSlicerSegmentationsEditorEffects.qSlicerSegmentEditorScriptedEffect(None)
-            instance.setPythonSource(os.path.join(folder, filename).replace("\\", "/"))
-            instance.self().register()
-    except Exception:  # noqa: BLE001 - never break Slicer's startup
-        logging.exception("MedSegSlicer: could not register the Segment Editor effects")
-
-
-def registerSampleData():
-    """The bundled abdominal CT (TotalSegmentator test case, Apache-2.0; installed with the module) in the Sample
-    Data module, so the tutorials start from Sample Data > MedSegSlicer. It is a local file: the button loads it
-    (no download)."""
-    try:
-        import SampleData
-        from MedSegSlicerLib import sample_data
-
-        folder = sample_data.find_sample_dir(__file__)
-        if folder is None:
-            return
-        path = os.path.join(folder, sample_data.SAMPLE_IMAGE)
-        icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MedSegSlicer.png")
-
-        def load(source=None):     # Slicer 5.6+ passes the source; older releases nothing
-            node = slicer.util.loadVolume(path, {"name": sample_data.SAMPLE_NAME})
-            slicer.util.setSliceViewerLayers(background=node, fit=True)
-            return node
-
-        SampleData.SampleDataLogic.registerCustomSampleDataSource(
-            category="MedSegSlicer", sampleName=sample_data.SAMPLE_NAME,
-            uris=["file:///" + path.replace("\\", "/").lstrip("/")], fileNames=[sample_data.SAMPLE_IMAGE],
-            nodeNames=[sample_data.SAMPLE_NAME], thumbnailFileName=icon, customDownloader=load)
-    except Exception:  # noqa: BLE001 - never break Slicer's startup
-        logging.exception("MedSegSlicer: could not register the sample CT in Sample Data")
-
-
-#
-# Model worker: the models run in a separate process started with Slicer's own Python (MedSegSlicerLib.worker_client)
-#
-def workerPython():
-    """Slicer's Python for the model worker: the PythonSlicer launcher (sets up Slicer's environment), else the
-    interpreter of this process."""
-    found = shutil.which("PythonSlicer")
-    if not found:
-        home = getattr(slicer.app, "slicerHome", "") or ""
-        for name in ("PythonSlicer.exe", "PythonSlicer"):
-            candidate = os.path.join(home, "bin", name)
-            if home and os.path.isfile(candidate):
-                found = candidate
-                break
-    return found or sys.executable
-
-
-def workerLogPath():
-    """The worker's log file (its output, errors and tracebacks), in Slicer's temporary folder."""
-    return os.path.join(slicer.app.temporaryPath, worker_client.LOG_NAME)
-
-
-def configureWorker():
-    worker_client.configure(python=workerPython(), log_path=workerLogPath())
-
-
-def shutdownWorker():
-    """Stop the model worker (Slicer exits, or the module is cleaned up)."""
-    try:
-        worker_client.shutdown_shared()
-    except Exception:  # noqa: BLE001 - never block Slicer's exit
-        logging.exception("MedSegSlicer: stopping the model worker failed")
 
 
 #
@@ -362,79 +285,8 @@ class MedSegSlicerWidget(ScriptedLoadableModuleWidget):
 
 
 #
-# Logic: MedSegSlicerLib.logic.MedSegLogic with Slicer's dialogs, settings and installers
+# Logic: MedSegSlicerLib.logic.MedSegLogic with Slicer's dialogs, settings and installers (MedSegSlicerApp)
 #
-class SlicerInstaller:
-    """Installs into Slicer's Python: torch through the PyTorch extension, the rest with pip (slicer.packaging
-    where Slicer has it, else slicer.util.pip_install)."""
-
-    def install(self, plan):
-        if plan.torch:
-            try:
-                import PyTorchUtils
-            except ImportError:
-                raise MedSegError("PyTorch is not installed and the PyTorch extension is missing: install the "
-                                  "'PyTorch' extension from the Extensions Manager, restart Slicer and try again.")
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            try:
-                torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=plan.torch_version_spec)
-            except TypeError:  # older PyTorchUtils without version requirements
-                torch = torchLogic.installTorch(askConfirmation=False)
-            if torch is None:
-                raise MedSegError("PyTorch was not installed: install it from the PyTorch Utils module, then try "
-                                  "again.")
-        # slicer.packaging (Slicer >= 5.12) is not loaded by `import slicer`: deps.slicer_packaging() imports it.
-        packaging = deps.slicer_packaging()
-        pins = deps.bundled_pins()     # Slicer's own numpy / scipy / SimpleITK / requests stay as they are
-        constraints = deps.write_constraints(pins, slicer.app.temporaryPath) if packaging is not None and pins \
-            and plan.pip else None
-        for name, args, kwargs in deps.pip_calls(plan.pip, has_pip_ensure=packaging is not None, pins=pins,
-                                                 constraints=constraints):
-            getattr(packaging if name == "pip_ensure" else slicer.util, name)(*args, **kwargs)
-        if plan.lite_weights:
-            self.pip_install(deps.LITE_WEIGHTS_PIP_ARGS)
-
-    def pip_install(self, args):
-        slicer.util.pip_install(args)
-
-
-def confirmDialog(question, title):
-    return slicer.util.confirmOkCancelDisplay(question, windowTitle=title)
-
-
-def licenceDialog(text, title):
-    return slicer.util.confirmYesNoDisplay(text, windowTitle=title)
-
-
-def infoDialog(text):
-    slicer.util.infoDisplay(text, windowTitle="MedSegSlicer")
-
-
-def runWithProgressDialog(work, title):
-    """Run ``work(progress, cancel)`` (light in-process work: downloads) in a thread while a modal progress dialog
-    spins the event loop; returns the job's outcome."""
-    from MedSegSlicerLib.jobs import JobRunner
-
-    runner = JobRunner()
-    dialog = slicer.util.createProgressDialog(windowTitle=title, labelText=title, maximum=1000)
-    runner.start(work, label=title)
-    try:
-        while True:
-            slicer.app.processEvents()
-            if dialog.wasCanceled:
-                runner.cancel()
-            fraction, message = runner.progress()
-            dialog.setValue(int(1000 * fraction))
-            dialog.setLabelText(message or title)
-            outcome = runner.poll()
-            if outcome is not None:
-                break
-            time.sleep(0.05)
-    finally:
-        dialog.close()
-    return outcome
-
-
 class MedSegSlicerLogic(MedSegLogic, ScriptedLoadableModuleLogic):
     """:class:`MedSegSlicerLib.logic.MedSegLogic` (the batch API, see there) asking through Slicer's dialogs and
     keeping the device and cache folder in Slicer's settings."""

@@ -214,12 +214,17 @@ def test_nothing_shipped_imports_the_test_scenarios():
 def test_effects_and_module_follow_slicer_conventions():
     mod = (MODULE / "MedSegSlicer.py").read_text(encoding="utf-8")
     assert 'slicer.app.connect("startupCompleted()", registerEffects)' in mod
-    assert "qSlicerSegmentEditorScriptedEffect" in mod
+    assert "from MedSegSlicerApp.startup import EFFECT_NAMES, registerEffects, registerSampleData" in mod
     assert "class MedSegSlicerTest(ScriptedLoadableModuleTest)" in mod
+    # the registration itself (MedSegSlicerApp/startup.py) finds the effects next to the module file
+    startup = (MODULE / "MedSegSlicerApp" / "startup.py").read_text(encoding="utf-8")
+    assert "qSlicerSegmentEditorScriptedEffect" in startup
+    assert 'MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))' in startup
+    assert 'os.path.join(MODULE_DIR, "MedSegSlicerEffects")' in startup
     # the install path (PyTorchUtils, pip_ensure / pip_install) is executed in test_deps.py
     for effect, cls in (("SegmentEditorMedSAMBoxEffect.py", "SegmentEditorMedSAMBoxEffect"),
                         ("SegmentEditorUniverSegEffect.py", "SegmentEditorUniverSegEffect")):
-        assert effect in mod
+        assert effect in startup
         src = (MODULE / "MedSegSlicerEffects" / effect).read_text(encoding="utf-8")
         # setPythonSource: module = folder name, class = file name; clone() (in the base) uses the subclass's file
         assert f"class {cls}(MedSegEffectBase)" in src
