@@ -1,17 +1,16 @@
 """MedSegSlicer: MedSAM / LiteMedSAM (box prompts) and UniverSeg (example segmentations) in 3D Slicer.
 
-This file holds the thin Qt parts: the module (registers the two Segment Editor effects after startup), the settings
-panel, :class:`MedSegSlicerLogic` (the Qt-free ``MedSegSlicerLib.logic.MedSegLogic`` with Slicer's dialogs, settings
-and installers) and the self-test. Everything that touches MRML data lives in the Qt-free package
-``MedSegSlicerLib`` (tested headless with slicer-core); the models live in the bundled
-``medseg_backend`` package. Nothing is installed at import time: dependencies and weights are installed on first
+This file holds what Slicer looks for in a scripted module's file: the module (registers the two Segment Editor
+effects and the sample CT after startup), the settings panel (widget code only), :class:`MedSegSlicerLogic` (the
+Qt-free ``MedSegSlicerLib.logic.MedSegLogic`` with Slicer's dialogs, settings and installers) and the self-test.
+The application glue they use (startup registration, the worker's process settings, the installer, the dialogs)
+lives in ``MedSegSlicerApp``; everything that touches MRML data lives in the Qt-free package ``MedSegSlicerLib``
+(tested headless with slicer-core); the models live in the bundled ``medseg_backend`` package. Nothing is installed at import time: dependencies and weights are installed on first
 use, after one confirmation.
 """
 import logging
 import os
-import shutil
 import sys
-import time
 import unittest
 
 import ctk
@@ -20,8 +19,11 @@ import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
+from MedSegSlicerApp.dialogs import confirmDialog, infoDialog, licenceDialog, runWithProgressDialog
+from MedSegSlicerApp.installer import SlicerInstaller
+from MedSegSlicerApp.startup import EFFECT_NAMES, registerEffects, registerSampleData
+from MedSegSlicerApp.worker import configureWorker, shutdownWorker
 from MedSegSlicerLib import deps, service
-from medseg_backend.worker import client as worker_client
 from MedSegSlicerLib.errors import MedSegError
 from MedSegSlicerLib.logic import MedSegLogic
 
@@ -37,9 +39,6 @@ except ImportError:
 
 SETTINGS_DEVICE = MedSegLogic.SETTINGS_DEVICE
 SETTINGS_CACHE = MedSegLogic.SETTINGS_CACHE
-EFFECT_FILES = ("SegmentEditorMedSAMBoxEffect.py", "SegmentEditorUniverSegEffect.py")
-EFFECT_NAMES = ("MedSAM box", "UniverSeg examples")
-
 
 #
 # Module
@@ -66,85 +65,6 @@ class MedSegSlicer(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", registerEffects)
         slicer.app.connect("startupCompleted()", registerSampleData)
         slicer.app.connect("aboutToQuit()", shutdownWorker)
-
-
-def registerEffects():
-    """Register the two effects with the Segment Editor (called once Slicer has started)."""
-    try:
-        import qSlicerSegmentationsEditorEffectsPythonQt as qSlicerSegmentationsEditorEffects
-
-        import MedSegSlicerEffects  # noqa: F401  - the package exposes both effect classes to setPythonSource
-
-        folder = os.path.join(os.path.dirname(__file__), "MedSegSlicerEffects")
-        for filename in EFFECT_FILES:
-            instance = qSlicerSegmentationsEditorEffects.qSlicerSegmentEditorScriptedEffect(None)
-            instance.setPythonSource(os.path.join(folder, filename).replace("\\", "/"))
-            instance.self().register()
-    except Exception:  # noqa: BLE001 - never break Slicer's startup
-        logging.exception("MedSegSlicer: could not register the Segment Editor effects")
-
-
-SAMPLE_NAME = "MedSegAbdomenCT"
-
-
-def registerSampleData():
-    """The bundled abdominal CT (TotalSegmentator test case, Apache-2.0; installed with the module) in the Sample
-    Data module, so the tutorials start from Sample Data > MedSegSlicer. It is a local file: the button loads it
-    (no download)."""
-    try:
-        import SampleData
-        from MedSegSlicerLib import scenarios
-
-        folder = scenarios.find_sample_dir(__file__)
-        if folder is None:
-            return
-        path = os.path.join(folder, "ct.nii.gz")
-        icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MedSegSlicer.png")
-
-        def load(source=None):     # Slicer 5.6+ passes the source; older releases nothing
-            node = slicer.util.loadVolume(path, {"name": SAMPLE_NAME})
-            slicer.util.setSliceViewerLayers(background=node, fit=True)
-            return node
-
-        SampleData.SampleDataLogic.registerCustomSampleDataSource(
-            category="MedSegSlicer", sampleName=SAMPLE_NAME, uris=["file:///" + path.replace("\\", "/").lstrip("/")],
-            fileNames=["ct.nii.gz"], nodeNames=[SAMPLE_NAME], thumbnailFileName=icon, customDownloader=load)
-    except Exception:  # noqa: BLE001 - never break Slicer's startup
-        logging.exception("MedSegSlicer: could not register the sample CT in Sample Data")
-
-
-#
-# Model worker: the models run in a separate process started with Slicer's own Python (medseg_backend.worker.client)
-#
-def workerPython():
-    """Slicer's Python for the model worker: the PythonSlicer launcher (sets up Slicer's environment), else the
-    interpreter of this process."""
-    found = shutil.which("PythonSlicer")
-    if not found:
-        home = getattr(slicer.app, "slicerHome", "") or ""
-        for name in ("PythonSlicer.exe", "PythonSlicer"):
-            candidate = os.path.join(home, "bin", name)
-            if home and os.path.isfile(candidate):
-                found = candidate
-                break
-    return found or sys.executable
-
-
-def workerLogPath():
-    """The worker's log file (its output, errors and tracebacks), in Slicer's temporary folder."""
-    return os.path.join(slicer.app.temporaryPath, worker_client.LOG_NAME)
-
-
-def configureWorker():
-    worker_client.configure(python=workerPython(), log_path=workerLogPath())
-
-
-def shutdownWorker():
-    """Stop the model worker (Slicer exits, or the module is cleaned up)."""
-    try:
-        worker_client.shutdown_shared()
-    except Exception:  # noqa: BLE001 - never block Slicer's exit
-        logging.exception("MedSegSlicer: stopping the model worker failed")
 
 
 #
@@ -365,79 +285,8 @@ class MedSegSlicerWidget(ScriptedLoadableModuleWidget):
 
 
 #
-# Logic: MedSegSlicerLib.logic.MedSegLogic with Slicer's dialogs, settings and installers
+# Logic: MedSegSlicerLib.logic.MedSegLogic with Slicer's dialogs, settings and installers (MedSegSlicerApp)
 #
-class SlicerInstaller:
-    """Installs into Slicer's Python: torch through the PyTorch extension, the rest with pip (slicer.packaging
-    where Slicer has it, else slicer.util.pip_install)."""
-
-    def install(self, plan):
-        if plan.torch:
-            try:
-                import PyTorchUtils
-            except ImportError:
-                raise MedSegError("PyTorch is not installed and the PyTorch extension is missing: install the "
-                                  "'PyTorch' extension from the Extensions Manager, restart Slicer and try again.")
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            try:
-                torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=plan.torch_version_spec)
-            except TypeError:  # older PyTorchUtils without version requirements
-                torch = torchLogic.installTorch(askConfirmation=False)
-            if torch is None:
-                raise MedSegError("PyTorch was not installed: install it from the PyTorch Utils module, then try "
-                                  "again.")
-        # slicer.packaging (Slicer >= 5.12) is not loaded by `import slicer`: deps.slicer_packaging() imports it.
-        packaging = deps.slicer_packaging()
-        pins = deps.bundled_pins()     # Slicer's own numpy / scipy / SimpleITK / requests stay as they are
-        constraints = deps.write_constraints(pins, slicer.app.temporaryPath) if packaging is not None and pins \
-            and plan.pip else None
-        for name, args, kwargs in deps.pip_calls(plan.pip, has_pip_ensure=packaging is not None, pins=pins,
-                                                 constraints=constraints):
-            getattr(packaging if name == "pip_ensure" else slicer.util, name)(*args, **kwargs)
-        if plan.lite_weights:
-            self.pip_install(deps.LITE_WEIGHTS_PIP_ARGS)
-
-    def pip_install(self, args):
-        slicer.util.pip_install(args)
-
-
-def confirmDialog(question, title):
-    return slicer.util.confirmOkCancelDisplay(question, windowTitle=title)
-
-
-def licenceDialog(text, title):
-    return slicer.util.confirmYesNoDisplay(text, windowTitle=title)
-
-
-def infoDialog(text):
-    slicer.util.infoDisplay(text, windowTitle="MedSegSlicer")
-
-
-def runWithProgressDialog(work, title):
-    """Run ``work(progress, cancel)`` (light in-process work: downloads) in a thread while a modal progress dialog
-    spins the event loop; returns the job's outcome."""
-    from MedSegSlicerLib.jobs import JobRunner
-
-    runner = JobRunner()
-    dialog = slicer.util.createProgressDialog(windowTitle=title, labelText=title, maximum=1000)
-    runner.start(work, label=title)
-    try:
-        while True:
-            slicer.app.processEvents()
-            if dialog.wasCanceled:
-                runner.cancel()
-            fraction, message = runner.progress()
-            dialog.setValue(int(1000 * fraction))
-            dialog.setLabelText(message or title)
-            outcome = runner.poll()
-            if outcome is not None:
-                break
-            time.sleep(0.05)
-    finally:
-        dialog.close()
-    return outcome
-
-
 class MedSegSlicerLogic(MedSegLogic, ScriptedLoadableModuleLogic):
     """:class:`MedSegSlicerLib.logic.MedSegLogic` (the batch API, see there) asking through Slicer's dialogs and
     keeping the device and cache folder in Slicer's settings."""
@@ -466,8 +315,25 @@ class MedSegSlicerLogic(MedSegLogic, ScriptedLoadableModuleLogic):
 
 
 #
-# Self-test: the same scenarios as the headless pytest suite (MedSegSlicerLib/scenarios.py)
+# Self-test: the same scenarios as the headless pytest suite. They are test code, kept in the module's test folder
+# (Testing/Python/MedSegSlicerScenarios.py; copied to <build>/.../MedSegSlicerTesting/Python by
+# Testing/Python/CMakeLists.txt when BUILD_TESTING is on) and not shipped: only this class imports them.
 #
+SCENARIOS_MODULE = "MedSegSlicerScenarios"
+
+
+def findScenariosDir(start=None):
+    """The folder holding the self-test's scenarios: ``Testing/Python`` of the module's source tree or
+    ``MedSegSlicerTesting/Python`` of the build tree, searched from this file's folder up; ``None`` if absent."""
+    d = os.path.dirname(os.path.abspath(start or __file__))
+    for _ in range(5):
+        for candidate in (os.path.join(d, "Testing", "Python"), os.path.join(d, "MedSegSlicerTesting", "Python")):
+            if os.path.isfile(os.path.join(candidate, SCENARIOS_MODULE + ".py")):
+                return candidate
+        d = os.path.dirname(d)
+    return None
+
+
 class MedSegSlicerTest(ScriptedLoadableModuleTest):
     def setUp(self):
         slicer.mrmlScene.Clear(0)
@@ -482,11 +348,24 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
             except unittest.SkipTest as skipped:
                 self.delayDisplay(f"{test.__name__} skipped: {skipped}")
 
+    def _scenarios(self):
+        """The scenarios module from the module's test folder (a source or build tree; an installed extension
+        ships no test code, so there the self-test is skipped with this reason)."""
+        folder = findScenariosDir(__file__)
+        if folder is None:
+            self.skipTest(f"the self-test scenarios ({SCENARIOS_MODULE}.py) are not here: run the self-test from a "
+                          "source or build tree of MedSegSlicer (they live in MedSegSlicer/Testing/Python)")
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        import importlib
+
+        return importlib.import_module(SCENARIOS_MODULE)
+
     def _context(self):
-        from MedSegSlicerLib import scenarios
+        from MedSegSlicerLib.sample_data import find_sample_dir
         from MedSegSlicerLib.scene import SceneContext
 
-        sampleDir = scenarios.find_sample_dir(__file__)
+        sampleDir = find_sample_dir(__file__)
         self.assertIsNotNone(sampleDir, "bundled sample (Testing/Data/totalseg_ct_sm) not found")
         return SceneContext.from_slicer(), sampleDir
 
@@ -495,23 +374,20 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
             self.skipTest("torch / backend dependencies are not installed (install them from the MedSeg panel)")
 
     def test_UndoRestores(self):
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         ctx, sampleDir = self._context()
         result = scenarios.scenario_undo_restores(ctx, sampleDir)
         self.delayDisplay(f"Undo restores the segment: {result}")
 
     def test_CancelLeavesUntouched(self):
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         ctx, sampleDir = self._context()
         result = scenarios.scenario_cancel_leaves_untouched(ctx, sampleDir)
         self.delayDisplay(f"Cancel leaves the segment untouched: {result}")
 
     def test_UniverSegPlumbing(self):
         self._needsBackend()
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         ctx, sampleDir = self._context()
         result = scenarios.scenario_universeg_plumbing(ctx, sampleDir)
         self.delayDisplay(f"UniverSeg plumbing (stand-in network): {result}")
@@ -519,8 +395,7 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
     def test_MedSAMBox(self):
         self._needsBackend()
         from medseg_backend import weights
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         if not weights.status("lite-medsam")["installed"]:
             self.skipTest("LiteMedSAM weights are not installed (MedSeg panel > download lite-medsam)")
         ctx, sampleDir = self._context()
@@ -531,8 +406,7 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
     def test_SubrangeRerunKeepsRest(self):
         self._needsBackend()
         from medseg_backend import weights
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         if not weights.status("lite-medsam")["installed"]:
             self.skipTest("LiteMedSAM weights are not installed (MedSeg panel > download lite-medsam)")
         for through in ("effect", "batch"):
@@ -545,8 +419,7 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
     def test_CorrectAndRepropagate(self):
         self._needsBackend()
         from medseg_backend import weights
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         if not weights.status("lite-medsam")["installed"]:
             self.skipTest("LiteMedSAM weights are not installed (MedSeg panel > download lite-medsam)")
         ctx, sampleDir = self._context()
@@ -558,8 +431,7 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
 
     def test_WorkerCrashLeavesUntouched(self):
         self._needsBackend()
-        from MedSegSlicerLib import scenarios
-
+        scenarios = self._scenarios()
         ctx, sampleDir = self._context()
         result = scenarios.scenario_worker_crash_leaves_untouched(ctx, sampleDir,
                                                                   segmenter=MedSegSlicerLogic.shared().segmenter)

@@ -92,7 +92,9 @@ def overlay(grey: np.ndarray, masks, box=None, scale: int = 4) -> np.ndarray:
 
 def screenshots() -> None:
     sys.path.insert(0, os.path.join(ROOT, "MedSegSlicer"))
-    from MedSegSlicerLib import geometry, labelmaps, scenarios
+    sys.path.insert(0, os.path.join(ROOT, "MedSegSlicer", "Testing", "Python"))
+    import MedSegSlicerScenarios as scenarios
+    from MedSegSlicerLib import geometry, labelmaps
     from MedSegSlicerLib.segmenter import Segmenter
     from MedSegSlicerLib.scene import SceneContext
 

@@ -77,8 +77,12 @@ def _isolated_medseg_home(tmp_path_factory, monkeypatch):
 
 # --- Slicer extension: headless MRML scene (slicer-core) ----------------------------------------------------------
 SLICER_MODULE_DIR = REPO_ROOT / "MedSegSlicer"
-if str(SLICER_MODULE_DIR) not in sys.path:  # the Qt-free package MedSegSlicerLib lives there
-    sys.path.insert(0, str(SLICER_MODULE_DIR))
+SLICER_TESTING_PYTHON_DIR = SLICER_MODULE_DIR / "Testing" / "Python"
+# the Qt-free package MedSegSlicerLib lives in the module folder; the self-test's scenarios (test code, not shipped)
+# in its Testing/Python folder
+for _folder in (SLICER_TESTING_PYTHON_DIR, SLICER_MODULE_DIR):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 
 @pytest.fixture

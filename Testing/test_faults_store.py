@@ -15,7 +15,8 @@ import pytest
 from faults_util import (blob_2d, blob_3d, error_line, lite_file, run_cli, snapshot, start_python,
                          universeg_state_bytes, write_image)
 from httpserver_util import LocalHTTPServer, Resource
-from medseg_backend.weights import store
+from medseg_backend.weights import hashes, store
+from medseg_backend.weights import state as weights_state
 from medseg_backend.errors import WeightsError
 
 UNIVERSEG = "universeg-v1"
@@ -70,8 +71,8 @@ def test_altered_record_refused_at_load(useg_file):
 def test_hash_checked_once_per_process_until_the_file_changes(useg_file, monkeypatch):
     path = store.import_weights(UNIVERSEG, useg_file, accept_licence=True)
     calls = []
-    real = store.sha256_file
-    monkeypatch.setattr(store, "sha256_file", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
+    real = hashes.sha256_file
+    monkeypatch.setattr(hashes, "sha256_file", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
     for _ in range(3):
         store.resolve_weights(UNIVERSEG)
     assert len(calls) == 1
@@ -81,15 +82,15 @@ def test_hash_checked_once_per_process_until_the_file_changes(useg_file, monkeyp
 
 
 def test_official_package_file_hash_checked_once_per_process(monkeypatch):
-    monkeypatch.setattr(store, "_VERIFIED_HERE", {})
+    monkeypatch.setattr(hashes, "_VERIFIED_HERE", {})
     calls = []
-    real = store.sha256_file
-    monkeypatch.setattr(store, "sha256_file", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
+    real = hashes.sha256_file
+    monkeypatch.setattr(hashes, "sha256_file", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
     for _ in range(2):
         assert store.resolve_weights("lite-medsam") == lite_file()
     assert calls == [lite_file()]
-    assert store._VERIFIED_HERE[str(lite_file())][-1] == store.ENTRIES["lite-medsam"].sha256
-    assert not store._read_state()["verified"]  # nothing about it is written for other processes to trust
+    assert hashes._VERIFIED_HERE[str(lite_file())][-1] == store.ENTRIES["lite-medsam"].sha256
+    assert not weights_state.read_state()["verified"]  # nothing about it is written for other processes to trust
 
 
 class _Evil:

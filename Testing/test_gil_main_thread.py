@@ -19,7 +19,7 @@ import SimpleITK
 
 from MedSegSlicerLib import jobs
 from MedSegSlicerLib.segmenter import Segmenter
-from MedSegSlicerLib.scenarios import slab_box
+from MedSegSlicerScenarios import slab_box
 from medseg_backend.worker.client import WorkerClient
 
 TICK_SECONDS = 0.095

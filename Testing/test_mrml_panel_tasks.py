@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from medseg_backend import weights
-from MedSegSlicerLib import scenarios
+import MedSegSlicerScenarios as scenarios
 from MedSegSlicerLib.logic import MedSegLogic
 
 TIMEOUT = 300.0

@@ -1,11 +1,11 @@
-"""The scenarios of the module's Slicer self-test (MedSegSlicerLib.scenarios), run headless on slicer-core: LiteMedSAM
-from an ROI with a Dice check and cancel (through the model worker process, as in Slicer), UniverSeg plumbing with a
+"""The scenarios of the module's Slicer self-test (MedSegSlicer/Testing/Python/MedSegSlicerScenarios.py), run
+headless on slicer-core: LiteMedSAM from an ROI with a Dice check and cancel (through the model worker process, as in Slicer), UniverSeg plumbing with a
 deterministic stand-in network (in-process: a stand-in cannot cross the process boundary), undo."""
 from __future__ import annotations
 
 import pytest
 
-from MedSegSlicerLib import scenarios  # noqa: E402
+import MedSegSlicerScenarios as scenarios  # noqa: E402
 from MedSegSlicerLib.segmenter import EngineCache, Segmenter  # noqa: E402
 
 
@@ -78,7 +78,9 @@ def test_the_undo_check_fails_when_apply_leaves_no_step(slicer_scene, sample_dir
         scenarios.scenario_undo_restores(slicer_scene, sample_dir)
     from pathlib import Path
 
-    scene_py = (Path(scenarios.__file__).parent / "scene.py").read_text(encoding="utf-8")
+    from MedSegSlicerLib import scene
+
+    scene_py = Path(scene.__file__).read_text(encoding="utf-8")
     assert "undoEnabled" not in scene_py.replace("``widget.undoEnabled`` only says", "")
     assert "undo_step_exists(widget)" in scene_py
 

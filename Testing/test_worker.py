@@ -21,7 +21,7 @@ from medseg_backend.worker import protocol as proto
 from MedSegSlicerLib import jobs, labelmaps
 from MedSegSlicerLib.segmenter import Segmenter
 from MedSegSlicerLib.jobs import JobRunner, Request
-from MedSegSlicerLib.scenarios import slab_box
+from MedSegSlicerScenarios import slab_box
 from medseg_backend.errors import WorkerError
 from medseg_backend.worker.client import WorkerClient
 
@@ -120,7 +120,7 @@ CLIENT_RUN = textwrap.dedent("""
     from MedSegSlicerLib import jobs
     from MedSegSlicerLib.segmenter import Segmenter
     from MedSegSlicerLib.scene import SceneContext
-    from MedSegSlicerLib.scenarios import slab_box
+    from MedSegSlicerScenarios import slab_box
     ctx = SceneContext.headless()
     volume = ctx.load_volume(sys.argv[1] + "/ct.nii.gz", "ct")
     labels = SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(sys.argv[1] + "/labels.nii.gz"))

@@ -26,13 +26,13 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for p in (REPO, os.path.join(REPO, "MedSegSlicer")):
+for p in (REPO, os.path.join(REPO, "MedSegSlicer"), os.path.join(REPO, "MedSegSlicer", "Testing", "Python")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
 from MedSegSlicerLib.segmenter import Segmenter  # noqa: E402
 from MedSegSlicerLib.jobs import poll_step  # noqa: E402
-from MedSegSlicerLib.scenarios import slab_box  # noqa: E402
+from MedSegSlicerScenarios import slab_box  # noqa: E402
 from MedSegSlicerLib.scene import SceneContext  # noqa: E402
 from medseg_backend.worker.client import WorkerClient  # noqa: E402
 

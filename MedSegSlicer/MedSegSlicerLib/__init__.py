@@ -12,10 +12,10 @@ Data flows one way: node -> array + geometry -> backend -> mask -> node.
 * :mod:`.logic` - the module's logic without Qt (settings, installs, weights, batch API; questions via callbacks);
 * :mod:`.segmenter` - prepares, starts, polls and cancels runs for the effects and the Logic; batch writes;
 * :mod:`.scene` - a scene with the needed logics, headless or from the running application;
-* :mod:`.scenarios` - scenarios shared by the pytest suite and the Slicer self-test;
+* :mod:`.sample_data` - the bundled sample CT offered in Sample Data (where it is);
 * :mod:`.shortcuts` - the effects' keyboard shortcuts (keys, and when they are enabled);
 * :mod:`.deps` - which Python packages are missing (installation itself is done by the installer the Qt
   module gives :mod:`.logic`).
 """
 __all__ = ["geometry", "segments", "labelmaps", "examples", "jobs", "segmenter", "logic", "scene",
-           "scenarios", "deps"]
+           "sample_data", "deps"]

@@ -1,6 +1,8 @@
-"""End-to-end scenarios shared by the headless pytest suite and the module's Slicer self-test.
+"""End-to-end scenarios shared by the headless pytest suite and the module's Slicer self-test (test code: it lives in
+the module's ``Testing/Python`` folder and is not shipped with the module; nothing under ``MedSegSlicerLib`` or the
+effects imports it).
 
-Each scenario takes a :class:`~.scene.SceneContext` (headless scene or the running application's) and the folder of
+Each scenario takes a :class:`MedSegSlicerLib.scene.SceneContext` (headless scene or the running application's) and the folder of
 the bundled sample (``Testing/Data/totalseg_ct_sm``: ``ct.nii.gz`` + ``labels.nii.gz``; 1 spleen, 2 kidney_right,
 3 kidney_left, 5 liver), runs the same code the effects and the scripted Logic run, checks the outcome and
 returns the measured numbers. A failed check raises ``AssertionError`` with the numbers in the message.
@@ -17,10 +19,11 @@ import numpy as np
 from medseg_backend import slicing
 from medseg_backend.metrics import dice  # noqa: F401  (used by the scenarios and the self-test)
 
-from . import examples as ex
-from . import editing, geometry, labelmaps, preview
-from .segmenter import Segmenter
-from .jobs import JobRunner, NodeGuard, Request, poll_step
+from MedSegSlicerLib import examples as ex
+from MedSegSlicerLib import editing, geometry, labelmaps, preview
+from MedSegSlicerLib.jobs import JobRunner, NodeGuard, Request, poll_step
+from MedSegSlicerLib.sample_data import find_sample_dir  # noqa: F401  (the self-test finds the sample with it)
+from MedSegSlicerLib.segmenter import Segmenter
 
 SAMPLE_LABELS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
 
@@ -28,21 +31,6 @@ SAMPLE_LABELS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
 #: (official) propagation, window 40/400: measured Dice to the (TotalSegmentator) label 0.96 headless on CPU fp32
 #: (the same with adaptive). The bound leaves room for CPU/GPU numeric differences.
 MEDSAM_MIN_DICE = 0.85
-
-
-def find_sample_dir(start: Optional[str] = None) -> Optional[str]:
-    """The bundled sample folder: next to the installed module (``MedSegSlicerSample/...``) or in the source tree."""
-    here = os.path.dirname(os.path.abspath(start or __file__))
-    candidates = []
-    d = here
-    for _ in range(5):
-        candidates.append(os.path.join(d, "MedSegSlicerSample", "Testing", "Data", "totalseg_ct_sm"))
-        candidates.append(os.path.join(d, "Testing", "Data", "totalseg_ct_sm"))
-        d = os.path.dirname(d)
-    for c in candidates:
-        if os.path.isfile(os.path.join(c, "ct.nii.gz")) and os.path.isfile(os.path.join(c, "labels.nii.gz")):
-            return c
-    return None
 
 
 @dataclass
