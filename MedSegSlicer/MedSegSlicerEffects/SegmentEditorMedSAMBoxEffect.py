@@ -8,7 +8,7 @@ import qt
 from medseg_backend import slicing
 
 from MedSegSlicerEffects.EffectBase import VIEWS, MedSegEffectBase
-from MedSegSlicerLib import geometry, labelmaps, segments
+from MedSegSlicerLib import geometry, labelmaps
 from MedSegSlicerLib.segmenter import DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS
 from MedSegSlicerLib.errors import MedSegError
 
@@ -100,7 +100,6 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         propagateRow.addWidget(self.propagateButton)
         propagateRow.addWidget(self.directionCombo)
         self.scriptedEffect.addLabeledOptionsWidget(_("Correct:"), propagateRow)
-        self.seed = None
 
         self.intensityCombo = self.addIntensityCombo(_("How intensities are mapped to the model's 0-255 input."))
         self.scriptedEffect.addLabeledOptionsWidget(_("Intensity:"), self.intensityCombo)
@@ -120,8 +119,6 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
                                                 "'<segment> (review)' segment, to find them again later."))
         self.scriptedEffect.addOptionsWidget(self.reviewSegmentCheckBox)
         self.reviewList.connect("itemClicked(QListWidgetItem*)", self.onReviewItem)
-        self.flagged = []
-        self.flaggedMask = None
 
         advanced = ctk.ctkCollapsibleButton()
         advanced.text = _("Advanced")
@@ -179,6 +176,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
             was = box.blockSignals(True)
             box.checked = state.get_bool(name)
             box.blockSignals(was)
+        self.session.auto_update = self.autoUpdateCheckBox.checked
         self.updateRoiFromMRML()
         self.updateRangeLabel()
         self.updateRoiInfo()
@@ -192,6 +190,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         state.set("Intensity", self.intensityValue(self.intensityCombo) or "")
         state.set_bool("LimitSlices", self.limitSlicesCheckBox.checked)
         state.set_bool("AutoUpdate", self.autoUpdateCheckBox.checked)
+        self.session.auto_update = self.autoUpdateCheckBox.checked
         self.updateRangeLabel()
         self.updateRoiInfo()
 
@@ -276,74 +275,52 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
     def modelName(self):
         return self.modelCombo.currentText
 
-    def prepareRun(self, volume, segmentation, segment_id):
-        roi = self.roiSelector.currentNode()
-        seed = self.seed or {}
-        return self.logic.segmenter.prepare_medsam(
-            volume, [roi], model=self.modelCombo.currentText, intensity=self.intensityValue(self.intensityCombo),
-            propagation=self.propagationCombo.currentText, axis=self.axis(volume),
-            slice_range=None if seed else self.sliceRange(), segmentation_node=segmentation, segment_id=segment_id,
-            seed_slice=seed.get("slice"), direction=seed.get("direction", "both"))
+    def runOptions(self, volume):
+        from MedSegSlicerLib.session import MedSAMOptions
+
+        return MedSAMOptions(model=self.modelCombo.currentText, intensity=self.intensityValue(self.intensityCombo),
+                             propagation=self.propagationCombo.currentText, axis=self.axis(volume),
+                             slice_range=self.sliceRange())
+
+    def prepareRun(self, volume, segmentation, segment_id, roi, seed=None):
+        from MedSegSlicerLib.session import medsam_runs
+
+        return medsam_runs(lambda: self.logic.segmenter, self.runOptions)(volume, segmentation, segment_id, roi, seed)
 
     def onPropagateFromSlice(self):
         """Preview a run seeded with the segment's slice in the chosen view (see ``Segmenter.prepare_medsam``)."""
         try:
             volume, _segmentation, _sid = self.inputs()
-            self.seed = dict(slice=self.currentSlice(volume), direction=self.directionCombo.currentData)
+            k = self.currentSlice(volume)
         except MedSegError as e:
             self.setStatus(str(e), error=True)
             return
-        try:
-            self.onPreview()
-        finally:
-            self.seed = None
+        self.session.propagate_from(k, self.directionCombo.currentData)
+        self.draw()
 
-    # ---- doubtful slices (per-slice confidence) --------------------------------------------------------------
-    def afterPreview(self, result, mask, volume, segmentation, segment_id):
-        from MedSegSlicerLib import review
-
-        self.flagged = review.flagged_slices(result)
-        self.flaggedMask = review.review_mask(mask, self.flagged, self.axis(volume)) if self.flagged else None
+    # ---- doubtful slices (per-slice confidence, kept by the session) -----------------------------------------
+    def drawReview(self, rows):
+        if [(r.data(qt.Qt.UserRole), r.text()) for r in (self.reviewList.item(i) for i in
+                                                         range(self.reviewList.count))] == rows:
+            return
         self.reviewList.clear()
-        for row in self.flagged:
-            why = review.reasons(row)
-            if "empty" in why:
-                text = _("slice {k}: empty").format(k=row["slice"])
-            else:
-                text = _("slice {k}: confidence {c:.2f}").format(k=row["slice"], c=float(row["confidence"]))
-                if "profile" in why:
-                    text += _(", {p:.0%} in the object's intensity range").format(p=float(row["profile"]))
+        for k, text in rows:
             item = qt.QListWidgetItem(text)
-            item.setData(qt.Qt.UserRole, int(row["slice"]))
+            item.setData(qt.Qt.UserRole, int(k))
             self.reviewList.addItem(item)
-        if self.flagged:
-            self.setStatus(self.statusLabel.text + " " + _("{n} slice(s) to check (listed above).").format(
-                n=len(self.flagged)))
 
     def onReviewItem(self, item):
-        from MedSegSlicerLib import review
-
         try:
-            volume, _segmentation, _sid = self.inputs()
             node = self.sliceNode()
             if node is None:
                 return
-            r, a, s = review.slice_centre_world(volume, self.axis(volume), int(item.data(qt.Qt.UserRole)))
+            r, a, s = self.session.review_position(int(item.data(qt.Qt.UserRole)))
             node.JumpSliceByCentering(r, a, s)
         except MedSegError as e:
             self.setStatus(str(e), error=True)
 
-    def afterApply(self):
-        MedSegEffectBase.afterApply(self)
-        if not (self.reviewSegmentCheckBox.checked and self.flaggedMask is not None and self.flaggedMask.any()):
-            return
-        try:
-            volume, segmentation, segment_id = self.inputs()
-            name = segmentation.GetSegmentation().GetSegment(segment_id).GetName() + _(" (review)")
-            existing = segments.segment_id_by_name(segmentation, name)
-            labelmaps.write_masks(segmentation, volume, [(self.flaggedMask, existing, name)], mode="replace")
-        except MedSegError as e:
-            self.setStatus(str(e), error=True)
+    def reviewSegment(self):
+        return self.reviewSegmentCheckBox.checked
 
     encodesAhead = True
 
