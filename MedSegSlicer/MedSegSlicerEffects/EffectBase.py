@@ -73,7 +73,10 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             installed=lambda: deps.install_plan().empty,
             confirm=lambda question: slicer.util.confirmOkCancelDisplay(question, windowTitle="MedSegSlicer"),
             on_cpu=lambda: self.logic.onCpu(), app_logic=slicer.app.applicationLogic,
-            defer=lambda fn: qt.QTimer.singleShot(0, fn), wake=self.onSessionWake)
+            defer=lambda fn: qt.QTimer.singleShot(0, fn), wake=self.onSessionWake,
+            apply_target=lambda: editing.ScriptedEffectTarget(self.scriptedEffect),
+            confirm_visible=lambda: self.scriptedEffect.confirmCurrentSegmentVisible() != 0,
+            review_segment=self.reviewSegment)
 
     def onSessionWake(self):
         """The box moved: describe it, and tick until the session has started what is due."""
@@ -116,6 +119,36 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         # polling (it stops itself when nothing runs), the preview lives in the scene, and both are there when the
         # user comes back.
         self.shortcutSet().disable()
+        self.session.drag = None           # Escape (the Segment Editor's "leave the effect" key) ends a drag
+
+    # ---- the views: events forwarded to the session --------------------------------------------------------------
+    #: True for effects whose box is dragged in the slice views (MedSAM box).
+    drawsInViews = False
+
+    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        """Slicer calls this for each interactor event of a view while the effect is active; True stops Slicer's
+        own handling of the event (SLICER_API.md row V2). Slice views only; the session decides."""
+        import vtk
+
+        from MedSegSlicerLib.session import ViewEvent
+
+        if not self.drawsInViews or viewWidget.className() != "qMRMLSliceWidget":
+            return False
+        kind = {vtk.vtkCommand.LeftButtonPressEvent: "press", vtk.vtkCommand.MouseMoveEvent: "move",
+                vtk.vtkCommand.LeftButtonReleaseEvent: "release", vtk.vtkCommand.KeyPressEvent: "key"}.get(eventId)
+        if kind is None:
+            return False
+        modifiers = tuple(name for name, on in (("shift", callerInteractor.GetShiftKey()),
+                                                ("ctrl", callerInteractor.GetControlKey()),
+                                                ("alt", callerInteractor.GetAltKey())) if on)
+        event = ViewEvent(viewWidget.sliceLogic().GetSliceNode().GetLayoutName(), kind,
+                          tuple(callerInteractor.GetEventPosition()), "left", modifiers,
+                          (callerInteractor.GetKeySym() or "") if kind == "key" else "")
+        used = self.session.view_event(event, time.monotonic())
+        if used and kind in ("release", "key"):
+            self.updateGUIFromMRML()           # the selected segment, its box and the buttons may have changed
+            self.draw()
+        return used
 
     # ---- shared widgets ----------------------------------------------------------------------------------------
     @property
@@ -344,10 +377,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         self.draw()
 
     def onApply(self):
-        target = editing.ScriptedEffectTarget(self.scriptedEffect)
-        self.session.apply(target, add=self.addToSegmentCheckBox.checked,
-                           confirm_visible=lambda: self.scriptedEffect.confirmCurrentSegmentVisible() != 0,
-                           review_segment=self.reviewSegment())
+        self.session.apply(add=self.addToSegmentCheckBox.checked)
         self.draw()
 
     def reviewSegment(self):

@@ -8,7 +8,7 @@ import qt
 from medseg_backend import slicing
 
 from MedSegSlicerEffects.EffectBase import VIEWS, MedSegEffectBase
-from MedSegSlicerLib import geometry, labelmaps
+from MedSegSlicerLib import geometry, labelmaps, terminology
 from MedSegSlicerLib.segmenter import DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS
 from MedSegSlicerLib.errors import MedSegError
 
@@ -29,23 +29,27 @@ DIRECTION_TEXTS = (("both", _("both ways")), ("up", _("to higher slice numbers")
 class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
     effectName = "MedSAM box"
     iconFile = "MedSAMBox.png"
+    drawsInViews = True
 
     def __init__(self, scriptedEffect):
         MedSegEffectBase.__init__(self, scriptedEffect)  # sets scriptedEffect.name = effectName (never translated)
         scriptedEffect.title = _("MedSAM box")
 
     def helpText(self):
-        return _("<html>Segment one structure with MedSAM from a box.<p>"
-                 "1. Select the segment to fill. 2. <b>Draw ROI</b> (Ctrl+Shift+R): click one corner of a box around "
-                 "the structure on one slice, then the opposite corner (two clicks, not a drag); the box gets a depth "
-                 "of 1.2 x its longer side automatically (shown below; drag its faces in another view to adjust). <b>Fit to segment</b> fits it to the segment. 3. "
-                 "<b>Preview</b> (Ctrl+Shift+P); with <i>Auto-update</i> on, moving the box previews again (cached, "
-                 "fast). 4. <b>Apply</b> (Ctrl+Shift+Return, undoable) or <b>Cancel</b> (Ctrl+Shift+X).<p>"
-                 "Slices are taken as the chosen view shows them. To correct a result, fix one slice with Paint / "
-                 "Erase, come back and press <b>Propagate from this slice</b> (Ctrl+Shift+G): your slice is kept and "
-                 "the slices beyond it are re-run from it; Apply changes only those. Or set the slice range "
-                 "(<i>First / Last = current slice</i> or <i>This slice only</i>) and preview again: Apply changes "
-                 "only those slices. Intensity defaults to the volume's displayed window/level.</html>")
+        return _("<html>Segment structures with MedSAM, in the slice view.<p>"
+                 "<b>Drag</b> a box around the structure on one slice (left button): its depth is set from its size "
+                 "(1.2 x its longer side) and the preview starts at once. Keys, with the mouse in the view: "
+                 "<b>Enter</b> applies (undoable), <b>x</b> cancels the run or drops the preview, <b>n</b> applies and "
+                 "adds the next segment (the structure picked below), <b>j</b> shows the next slice to check. "
+                 "<b>Fix a slice</b>: after Apply, drag a box on a bad slice inside the box: that slice is prompted "
+                 "again and the slices beyond it (away from the middle) are re-run from it; Enter applies only "
+                 "those. <i>Apply directly</i> skips the preview step.<p>"
+                 "The box stays as an ROI (drag its handles; with <i>Auto-update</i> the preview follows). "
+                 "<b>Draw ROI</b> (Ctrl+Shift+R, two clicks) and <b>Fit to segment</b> set it from the panel; "
+                 "<b>Preview</b> (Ctrl+Shift+P), <b>Apply</b> (Ctrl+Shift+Return), <b>Cancel</b> (Ctrl+Shift+X). "
+                 "Paint / Erase a slice, then <b>Propagate from this slice</b> (Ctrl+Shift+G) re-runs from it; "
+                 "<i>Only slices</i> limits the run and Apply to a slice range. Intensity defaults to the volume's "
+                 "displayed window/level.</html>")
 
     # ---- panel -----------------------------------------------------------------------------------------------
     def setupOptionsFrame(self):
@@ -106,7 +110,20 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         self.autoUpdateCheckBox = qt.QCheckBox(_("Auto-update"))
         self.autoUpdateCheckBox.setToolTip(_("Preview again automatically when the box moves (embeddings are cached, "
                                              "so only the prompt runs)."))
-        self.scriptedEffect.addOptionsWidget(self.autoUpdateCheckBox)
+        self.applyDirectlyCheckBox = qt.QCheckBox(_("Apply directly"))
+        self.applyDirectlyCheckBox.setToolTip(_("Write the result into the segment as soon as it is complete, "
+                                                "without the preview step (Undo restores the segment)."))
+        autoRow = qt.QHBoxLayout()
+        autoRow.addWidget(self.autoUpdateCheckBox)
+        autoRow.addWidget(self.applyDirectlyCheckBox)
+        self.scriptedEffect.addOptionsWidget(autoRow)
+        self.structureCombo = qt.QComboBox()
+        self.structureCombo.addItem(_("(unnamed)"), "")
+        for name in terminology.names():
+            self.structureCombo.addItem(name, name)
+        self.structureCombo.setToolTip(_("The next segment (key n in a slice view) gets this structure's standard "
+                                         "name, colour and terminology."))
+        self.scriptedEffect.addLabeledOptionsWidget(_("Next structure:"), self.structureCombo)
 
         self.reviewList = qt.QListWidget()
         self.reviewList.setMaximumHeight(90)
@@ -147,8 +164,9 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         for combo in (self.modelCombo, self.propagationCombo, self.viewCombo):
             combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.intensityCombo.connect("currentTextChanged(QString)", self.updateMRMLFromGUI)
-        for box in (self.limitSlicesCheckBox, self.autoUpdateCheckBox):
+        for box in (self.limitSlicesCheckBox, self.autoUpdateCheckBox, self.applyDirectlyCheckBox):
             box.connect("toggled(bool)", self.updateMRMLFromGUI)
+        self.structureCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
 
     # ---- parameters (saved on the Segment Editor node, per effect) -------------------------------------------
     def setMRMLDefaults(self):
@@ -159,6 +177,8 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         state.set_default("Intensity", "")
         state.set_default("AutoUpdate", "0")
         state.set_default("LimitSlices", "0")
+        state.set_default("ApplyDirectly", "0")
+        state.set_default("NextStructure", "")
 
     def updateGUIFromMRML(self):
         state = self.state()
@@ -172,11 +192,15 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         was = self.intensityCombo.blockSignals(True)
         self.intensityCombo.currentText = state.get("Intensity") or self.intensityCombo.itemText(0)
         self.intensityCombo.blockSignals(was)
-        for box, name in ((self.limitSlicesCheckBox, "LimitSlices"), (self.autoUpdateCheckBox, "AutoUpdate")):
+        was = self.structureCombo.blockSignals(True)
+        self.structureCombo.setCurrentIndex(max(0, self.structureCombo.findData(state.get("NextStructure"))))
+        self.structureCombo.blockSignals(was)
+        for box, name in ((self.limitSlicesCheckBox, "LimitSlices"), (self.autoUpdateCheckBox, "AutoUpdate"),
+                          (self.applyDirectlyCheckBox, "ApplyDirectly")):
             was = box.blockSignals(True)
             box.checked = state.get_bool(name)
             box.blockSignals(was)
-        self.session.auto_update = self.autoUpdateCheckBox.checked
+        self.syncSession()
         self.updateRoiFromMRML()
         self.updateRangeLabel()
         self.updateRoiInfo()
@@ -190,9 +214,16 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         state.set("Intensity", self.intensityValue(self.intensityCombo) or "")
         state.set_bool("LimitSlices", self.limitSlicesCheckBox.checked)
         state.set_bool("AutoUpdate", self.autoUpdateCheckBox.checked)
-        self.session.auto_update = self.autoUpdateCheckBox.checked
+        state.set_bool("ApplyDirectly", self.applyDirectlyCheckBox.checked)
+        state.set("NextStructure", self.structureCombo.currentData or "")
+        self.syncSession()
         self.updateRangeLabel()
         self.updateRoiInfo()
+
+    def syncSession(self):
+        self.session.auto_update = self.autoUpdateCheckBox.checked
+        self.session.apply_directly = self.applyDirectlyCheckBox.checked
+        self.session.structure = self.structureCombo.currentData or None
 
     # ---- view terms --------------------------------------------------------------------------------------------
     def sliceNode(self):
