@@ -230,3 +230,62 @@ def test_encode_ahead_then_preview_through_the_worker(journey):
         assert mask[k].any()
     finally:
         client.shutdown()
+
+
+def test_a_drag_in_a_slice_view_is_a_box_on_that_slice(journey):
+    """Issue 26: the view's XY -> RAS (slicer-core's slice node) -> the volume's voxels whose centres lie inside
+    the dragged rectangle, on the slice under the pointer, along the view's axis; a click is not a box."""
+    import slicer
+
+    from MedSegSlicerLib.session import ViewEvent, drawn_box
+
+    ctx, volume, labels, seg, sid, target = journey
+    logic = slicer.vtkMRMLSliceLogic()
+    logic.SetMRMLScene(ctx.scene)
+    logic.SetMRMLApplicationLogic(ctx.app_logic)
+    expected = {"Red": ("axial", 2), "Yellow": ("sagittal", 0), "Green": ("coronal", 1)}
+    for view, (axis, a) in expected.items():
+        node = logic.AddSliceNode(view)
+        getattr(node, {"Red": "SetOrientationToAxial", "Yellow": "SetOrientationToSagittal",
+                       "Green": "SetOrientationToCoronal"}[view])()
+        node.SetDimensions(400, 300, 1)
+        node.SetFieldOfView(400.0, 300.0, 1.0)
+        box = [30, 20, 10, 50, 40, 20]
+        k = (box[a] + box[a + 3]) // 2
+        box[a] = box[a + 3] = k
+        lo, hi = np.array(box[:3], float) - 0.5, np.array(box[3:], float) + 0.5
+        lo[a] = hi[a] = k
+        ras = geometry.apply(geometry.volume_ijk_to_world(volume), np.array([lo, hi]))
+        node.JumpSliceByOffsetting(*ras[0])
+        to_xy = np.linalg.inv(geometry.matrix_to_numpy(node.GetXYToRAS()))
+        xy = geometry.apply(to_xy, ras)
+        assert np.allclose(xy[:, 2], 0.0, atol=1e-3)
+        got_axis, got_k, got = drawn_box(volume, node, xy[0, :2], xy[1, :2])
+        assert (got_axis, got_k, got) == (axis, k, tuple(box)), view
+    session = make_session(ctx, Segmenter(ctx, device="cpu", worker=False), Clock())
+    assert session.view_event(ViewEvent("Red", "press", (100, 100)))
+    assert not session.view_event(ViewEvent("Red", "release", (102, 101)))      # a click: Slicer's own
+    assert session.roi() is None and session.phase == IDLE
+    assert not session.view_event(ViewEvent("Red", "press", (100, 100), modifiers=("shift",)))
+    assert session.view_event(ViewEvent("Red", "press", (100, 100)))
+    assert not session.view_event(ViewEvent("Red", "key", key="Escape"))           # the editor's key: drag ends
+    assert session.drag is None
+    assert not session.view_event(ViewEvent("Red", "key", key="q"))                # the editor's next segment
+    assert session.view_event(ViewEvent("Red", "key", key="x"))                    # cancel: nothing to drop
+    assert "Preview dropped" in session.status and segment(seg, sid, volume).sum() == 0
+
+
+def test_next_segment_key_adds_a_standard_structure_and_selects_it(journey):
+    from MedSegSlicerLib.session import ViewEvent
+
+    ctx, volume, labels, seg, sid, target = journey
+    session = make_session(ctx, Segmenter(ctx, device="cpu", worker=False), Clock())
+    session.structure = "left kidney"
+    assert session.view_event(ViewEvent("Red", "key", key="n"))
+    new = ctx.segment_editor_node.GetSelectedSegmentID()
+    assert new != sid and seg.GetSegmentation().GetNumberOfSegments() == 2
+    segment_ = seg.GetSegmentation().GetSegment(new)
+    assert segment_.GetName() == "left kidney" and "drag a box" in session.status
+    session.structure = "no such organ"
+    assert not session.next_segment() and session.error and "not in the list" in session.status
+    assert seg.GetSegmentation().GetNumberOfSegments() == 2
