@@ -289,3 +289,17 @@ def test_next_segment_key_adds_a_standard_structure_and_selects_it(journey):
     session.structure = "no such organ"
     assert not session.next_segment() and session.error and "not in the list" in session.status
     assert seg.GetSegmentation().GetNumberOfSegments() == 2
+
+
+def test_the_install_is_offered_when_the_effect_is_first_opened(journey):
+    """Issue 26 item 6: opening the effect offers the missing dependencies / weights once (not after the first
+    box); a declined offer says so and is not repeated on the next opening."""
+    ctx, volume, labels, seg, sid, target = journey
+    asked = []
+    session = make_session(ctx, Segmenter(ctx, device="cpu", worker=False), Clock(), installed=lambda: False,
+                           ensure=lambda model: asked.append(model) or False)
+    assert not session.activated() and asked == ["lite-medsam"] and session.error
+    assert not session.activated() and asked == ["lite-medsam"]
+    done = make_session(ctx, Segmenter(ctx, device="cpu", worker=False), Clock(),
+                        ensure=lambda model: asked.append(model) or True)
+    assert done.activated() and asked == ["lite-medsam"]          # installed: nothing asked

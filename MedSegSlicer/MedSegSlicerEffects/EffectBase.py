@@ -113,6 +113,8 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
 
     def activate(self):
         self.shortcutSet().enable()        # only the shown effect's keys exist for Qt: never ambiguous
+        # first opening: offer the install now, after the panel is shown (not after the first box)
+        qt.QTimer.singleShot(0, lambda: (self.session.activated(), self.draw()))
 
     def deactivate(self):
         # Leaving the effect (or the Segment Editor) keeps a running job and the preview: the timer goes on

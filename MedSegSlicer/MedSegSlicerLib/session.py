@@ -204,6 +204,7 @@ class EditingSession:
         self.apply_directly = False       # the preview is applied as soon as it is complete (Undo exists)
         self.drag: Optional[Dict[str, Any]] = None
         self.view_axis: Optional[str] = None
+        self.offered_install = False
         self.structure: Optional[str] = None     # the structure picker: what the "next segment" key adds
         self.flagged_at = -1
         self.apply_target = apply_target
@@ -813,6 +814,23 @@ class EditingSession:
             return None
         self.set_status(f"Slice {k} ({self.flagged_at + 1} of {len(order)} to check): drag a box on it to fix it.")
         return k
+
+    def activated(self) -> bool:
+        """The effect was opened: offer the dependency and weights install now, once per session (not after the
+        first box, when the user is waiting for a result). True when everything is there."""
+        if self.installed():
+            return True
+        if self.offered_install or self.ensure is None:
+            return False
+        self.offered_install = True
+        try:
+            ok = bool(self.ensure(self.model_name()))
+        except MedSegError as e:
+            self.set_status(str(e), error=True)
+            return False
+        if not ok:
+            self.set_status("Dependencies not installed: they are offered again on the first box.", error=True)
+        return ok
 
     # ---- end ----------------------------------------------------------------------------------------------
     def close(self) -> None:
