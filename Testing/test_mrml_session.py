@@ -267,6 +267,10 @@ def test_a_drag_in_a_slice_view_is_a_box_on_that_slice(journey):
     assert not session.view_event(ViewEvent("Red", "release", (102, 101)))      # a click: Slicer's own
     assert session.roi() is None and session.phase == IDLE
     assert not session.view_event(ViewEvent("Red", "press", (100, 100), modifiers=("shift",)))
+    interaction = ctx.app_logic.GetInteractionNode()
+    interaction.SetCurrentInteractionMode(interaction.Place)                     # a markup is being placed
+    assert not session.view_event(ViewEvent("Red", "press", (100, 100))) and session.drag is None
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)
     assert session.view_event(ViewEvent("Red", "press", (100, 100)))
     assert not session.view_event(ViewEvent("Red", "key", key="Escape"))           # the editor's key: drag ends
     assert session.drag is None

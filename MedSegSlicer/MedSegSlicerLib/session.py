@@ -679,8 +679,8 @@ class EditingSession:
             elif action == "next_flagged":
                 self.next_flagged(event.view)
             return True
-        if event.button != "left":
-            return False
+        if event.button != "left" or self._placing_markups():
+            return False                     # Draw ROI (or another markup) places points with the same button
         if event.kind == "press":
             if event.modifiers:
                 return False
@@ -700,6 +700,13 @@ class EditingSession:
             self.box_drawn(drag["view"], drag["start"], drag["end"], now)
             return True
         return False
+
+    def _placing_markups(self) -> bool:
+        if self.placing:
+            return True
+        app = self.app_logic() if self.app_logic is not None else None
+        interaction = app.GetInteractionNode() if app is not None else None
+        return interaction is not None and interaction.GetCurrentInteractionMode() == interaction.Place
 
     def box_drawn(self, view: str, xy0, xy1, now: Optional[float] = None) -> bool:
         """A box dragged in view ``view``: a fix of an applied result on that slice, or the segment's new box."""
