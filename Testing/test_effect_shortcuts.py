@@ -121,17 +121,24 @@ def test_the_effects_wire_the_set_to_slicers_hooks():
 
 
 def test_cleanup_releases_everything_and_only_medsam_encodes_ahead():
-    """Issue 22 item 8: cleanup() (or the options panel's destroyed() on 5.6 / 5.8) stops both timers, ends a
-    placement and removes the ROI observers, not only the poll timer; an effect that does not encode ahead
-    (UniverSeg) never prepares a full run on the main thread after an ROI move."""
+    """Issue 22 item 8: cleanup() (or the options panel's destroyed() on 5.6 / 5.8) stops the timer, ends a
+    placement and removes the ROI observers (the editing session's close()), not only the poll timer; an effect that
+    does not encode ahead (UniverSeg) never prepares a full run on the main thread after an ROI move: its session
+    has no encoder, and the session checks that before preparing anything."""
     tree = ast.parse((EFFECTS / "EffectBase.py").read_text(encoding="utf-8"))
     base = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MedSegEffectBase")
     cleanup = _method_calls(base, "cleanup")
-    assert {"delete", "stop", "disconnect", "stopRoiPlacement", "watchRoi"} <= cleanup
-    text = ast.get_source_segment((EFFECTS / "EffectBase.py").read_text(encoding="utf-8"),
-                                  next(n for n in base.body if isinstance(n, ast.FunctionDef)
-                                       and n.name == "startPrefetch"))
-    assert text.index("self.encodesAhead") < text.index("self.prepareRun(")
-    assert "encodesAhead = False" in (EFFECTS / "EffectBase.py").read_text(encoding="utf-8")
+    assert {"delete", "stop", "disconnect", "close"} <= cleanup
+    session_py = EFFECTS.parent / "MedSegSlicerLib" / "session.py"
+    session_tree = ast.parse(session_py.read_text(encoding="utf-8"))
+    session = next(n for n in session_tree.body if isinstance(n, ast.ClassDef) and n.name == "EditingSession")
+    assert {"stop_roi_placement", "watch_roi"} <= _method_calls(session, "close")
+    text = ast.get_source_segment(session_py.read_text(encoding="utf-8"),
+                                  next(n for n in session.body if isinstance(n, ast.FunctionDef)
+                                       and n.name == "prefetch"))
+    assert text.index("self.encode is None") < text.index("self._prepare(")
+    base_text = (EFFECTS / "EffectBase.py").read_text(encoding="utf-8")
+    assert "encode=self.prefetchRun if self.encodesAhead else None" in base_text
+    assert "encodesAhead = False" in base_text
     assert "encodesAhead = True" in (EFFECTS / "SegmentEditorMedSAMBoxEffect.py").read_text(encoding="utf-8")
     assert "encodesAhead" not in (EFFECTS / "SegmentEditorUniverSegEffect.py").read_text(encoding="utf-8")

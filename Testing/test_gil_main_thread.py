@@ -3,7 +3,7 @@
 Inside Slicer, PythonQt keeps the GIL on the main thread while Qt's event loop runs in C++, and gives it up only in
 short Python callbacks (the effects' 100 ms QTimer). This test simulates that main thread: between ticks it holds
 the GIL inside a C call (``usleep(95 ms)`` through ``ctypes.PyDLL``, which does not release the GIL), and on each tick
-it calls the real poll handler of the Slicer layer (``jobs.poll_step``, what ``EffectBase.onPoll`` calls) while a
+it calls the real poll handler of the Slicer layer (``jobs.poll_step``, what the effects' editing session calls on each timer tick) while a
 real LiteMedSAM segmentation of 10 slices of the bundled CT runs through the effect's path (``prepare_medsam`` ->
 ``core.start`` -> polling). The same run with a main loop that sleeps between the same ticks (GIL free) is the
 reference. With the work in a worker process the ratio stays near 1 (a worker thread of the same interpreter got

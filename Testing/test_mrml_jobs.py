@@ -12,6 +12,7 @@ import pytest
 
 import SimpleITK
 from MedSegSlicerLib import geometry, labelmaps  # noqa: E402
+from MedSegSlicerLib.jobs import poll_step  # noqa: E402
 from MedSegSlicerLib.segmenter import Segmenter  # noqa: E402
 from MedSegSlicerLib.errors import InputError, JobBusyError  # noqa: E402
 from MedSegSlicerLib.jobs import JobRunner, NodeGuard, Request  # noqa: E402
@@ -249,10 +250,10 @@ def test_progressive_preview_slices_arrive_before_the_result_and_match_it(scene_
     core.start(prepared)
     got, outcome, t0 = [], None, time.monotonic()
     while outcome is None and time.monotonic() - t0 < 300:
-        got += core.partial_slices()
-        _f, _m, outcome = core.poll()
+        got += core.runner.partials()
+        _f, _m, outcome = poll_step(core.runner)
         time.sleep(0.01)
-    got += core.partial_slices()                      # nothing after the outcome: the job is gone
+    got += core.runner.partials()                     # nothing after the outcome: the job is gone
     assert outcome is not None and outcome.ok, outcome and outcome.message
     labels_out = outcome.result.labels
     assert [k for _o, _a, k, _m in got][0] == mid and sorted(k for _o, _a, k, _m in got) == list(range(box[2], box[5] + 1))

@@ -141,19 +141,28 @@ def test_the_device_has_one_home_and_on_cpu_follows_pick_devices_rule(slicer_sce
     assert logic.onCpu() is True and segmenter.device == "cpu"
 
 
-def test_the_run_in_flight_for_the_effects(slicer_scene):
+def test_the_run_in_flight_is_the_segmenters_runner(slicer_scene):
+    """Issue 25: one runner-facing object (the scene's JobRunner), no forwarding layer on Logic or Segmenter."""
+    from MedSegSlicerLib.jobs import poll_step
+    from MedSegSlicerLib.segmenter import Segmenter
+
     logic = MedSegLogic(context_factory=lambda: slicer_scene)
-    assert not logic.busy
+    for name in ("busy", "running_label", "poll", "cancel", "partialSlices", "start"):
+        assert not hasattr(MedSegLogic, name), name
+    for name in ("busy", "running_label", "poll", "cancel", "partial_slices"):
+        assert not hasattr(Segmenter, name), name
+    runner = logic.segmenter.runner
+    assert not runner.running
     # a request with in-process parts runs in a thread of this process: no worker needed for this check
     request = Request("sleep", {"seconds": 30.0, "steps": 300}, local={"in_process": True})
     run = types.SimpleNamespace(request=request, label="nap", guard=None)
-    logic.start(run)
-    assert logic.busy and logic.running_label == "nap"
-    logic.cancel()
-    outcome = logic.segmenter.runner.wait(10)
+    logic.segmenter.start(run)
+    assert runner.running and runner.label == "nap"
+    runner.cancel()
+    outcome = runner.wait(10)
     assert outcome is not None and outcome.status == "cancelled"
-    fraction, _message, last = logic.poll()
-    assert last is None and not logic.busy
+    fraction, _message, last = poll_step(runner)
+    assert last is None and not runner.running
 
 
 def test_time_estimate_before_a_long_cpu_run(slicer_scene):

@@ -3,7 +3,8 @@
 "Segment them" (several structures at once), Verify and Import weights start their run in the real model worker
 and return at once (the run is still in flight when the call returns: nothing has polled it yet); the run then
 completes through the poll loop (MedSegLogic.pollTask, what the panel's QTimer calls every 100 ms), with progress
-on the way and Cancel that writes nothing. The effects' poll never takes a panel run's outcome."""
+on the way and Cancel that writes nothing. (The effects' editing session never takes a panel run's outcome:
+test_mrml_session.py.)"""
 from __future__ import annotations
 
 import ast
@@ -30,7 +31,6 @@ def poll_task(logic):
         seen.append(state)
         if state[2] is not None:
             return seen, state
-        assert logic.poll()[2] is None            # the effects' poll never takes the panel run's outcome
         time.sleep(0.02)
     raise AssertionError("the panel run did not end")
 
@@ -63,11 +63,11 @@ def test_segment_them_returns_at_once_and_writes_through_polling(logic, slicer_s
     before = {n.GetID() for n in slicer_scene.scene.GetNodesByClass("vtkMRMLSegmentationNode")}
     label = logic.startSegmentSeveral(sample.volume, rois, ["left kidney", "right kidney"])
     # returned while the worker run it started is in flight; nothing written yet
-    assert logic.busy and logic.taskRunning and label.startswith("MedSAM")
+    assert logic.segmenter.runner.running and logic.taskRunning and label.startswith("MedSAM")
     assert {n.GetID() for n in slicer_scene.scene.GetNodesByClass("vtkMRMLSegmentationNode")} == before
     seen, (fraction, text, ok) = poll_task(logic)
     assert ok, text
-    assert "2 segment(s) written" in text and not logic.busy and not logic.taskRunning
+    assert "2 segment(s) written" in text and not logic.segmenter.runner.running and not logic.taskRunning
     assert len(seen) > 1 and all(0.0 <= s[0] <= 1.0 for s in seen)
     new = [n for n in slicer_scene.scene.GetNodesByClass("vtkMRMLSegmentationNode") if n.GetID() not in before]
     assert len(new) == 1
@@ -90,7 +90,7 @@ def test_cancelled_segment_them_writes_nothing(logic, slicer_scene, data_dir):
 
 def test_verify_returns_at_once_and_reports_through_polling(logic):
     label = logic.startVerify("lite-medsam")
-    assert logic.busy and logic.taskRunning and label == "Verify weights"
+    assert logic.segmenter.runner.running and logic.taskRunning and label == "Verify weights"
     _, (_, text, ok) = poll_task(logic)
     assert ok and text.startswith("lite-medsam: OK"), text
 
@@ -98,7 +98,7 @@ def test_verify_returns_at_once_and_reports_through_polling(logic):
 def test_import_returns_at_once_and_installs_through_polling(logic, universeg_state):
     assert not weights.status("universeg-v1")["installed"]
     label = logic.startImportWeights("universeg-v1", str(universeg_state), acceptLicence=True)
-    assert logic.busy and logic.taskRunning and label == "Import universeg-v1 weights"
+    assert logic.segmenter.runner.running and logic.taskRunning and label == "Import universeg-v1 weights"
     assert not weights.status("universeg-v1")["installed"]
     _, (_, text, ok) = poll_task(logic)
     assert ok and text.startswith("universeg-v1 weights installed: "), text
@@ -110,7 +110,7 @@ def test_bad_input_is_refused_before_any_run(logic):
 
     with pytest.raises(MedSegError, match="Choose the volume and at least one ROI"):
         logic.startSegmentSeveral(None, [], [])
-    assert not logic.busy and logic.pollTask() is None
+    assert not logic.segmenter.runner.running and logic.pollTask() is None
 
 
 def test_the_panel_buttons_start_runs_and_never_wait():

@@ -109,7 +109,7 @@ def one_run(ctx, volume, box, other, runtime: str, head_start: float, n_slices: 
         t0 = time.perf_counter()
         core.start(prepared)                                  # Preview
         shown = []                                            # progressive preview: slices the effect can show
-        first, _ = poll_until(core.runner, lambda f, o: bool(shown.extend(core.partial_slices()) or shown)
+        first, _ = poll_until(core.runner, lambda f, o: bool(shown.extend(core.runner.partials()) or shown)
                               or o is not None)
         _, outcome = poll_until(core.runner, lambda f, o: o is not None)
         total = time.perf_counter() - t0

@@ -9,7 +9,7 @@ from medseg_backend import slicing
 from medseg_backend.choices import DEFAULT_PROPAGATION, MEDSAM_MODELS, PROPAGATIONS
 
 from MedSegSlicerEffects.EffectBase import VIEWS, MedSegEffectBase
-from MedSegSlicerLib import geometry, labelmaps, segments
+from MedSegSlicerLib import geometry, labelmaps, segments, terminology
 from MedSegSlicerLib.errors import MedSegError
 
 #: propagation modes offered in the effect (``stop`` never differed from ``official`` on any measured case)
@@ -29,23 +29,27 @@ DIRECTION_TEXTS = (("both", _("both ways")), ("up", _("to higher slice numbers")
 class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
     effectName = "MedSAM box"
     iconFile = "MedSAMBox.png"
+    drawsInViews = True
 
     def __init__(self, scriptedEffect):
         MedSegEffectBase.__init__(self, scriptedEffect)  # sets scriptedEffect.name = effectName (never translated)
         scriptedEffect.title = _("MedSAM box")
 
     def helpText(self):
-        return _("<html>Segment one structure with MedSAM from a box.<p>"
-                 "1. Select the segment to fill. 2. <b>Draw ROI</b> (Ctrl+Shift+R): click one corner of a box around "
-                 "the structure on one slice, then the opposite corner (two clicks, not a drag); the box gets a depth "
-                 "of 1.2 x its longer side automatically (shown below; drag its faces in another view to adjust). <b>Fit to segment</b> fits it to the segment. 3. "
-                 "<b>Preview</b> (Ctrl+Shift+P); with <i>Auto-update</i> on, moving the box previews again (cached, "
-                 "fast). 4. <b>Apply</b> (Ctrl+Shift+Return, undoable) or <b>Cancel</b> (Ctrl+Shift+X).<p>"
-                 "Slices are taken as the chosen view shows them. To correct a result, fix one slice with Paint / "
-                 "Erase, come back and press <b>Propagate from this slice</b> (Ctrl+Shift+G): your slice is kept and "
-                 "the slices beyond it are re-run from it; Apply changes only those. Or set the slice range "
-                 "(<i>First / Last = current slice</i> or <i>This slice only</i>) and preview again: Apply changes "
-                 "only those slices. Intensity defaults to the volume's displayed window/level.</html>")
+        return _("<html>Segment structures with MedSAM, in the slice view.<p>"
+                 "<b>Drag</b> a box around the structure on one slice (left button): its depth is set from its size "
+                 "(1.2 x its longer side) and the preview starts at once. Keys, with the mouse in the view: "
+                 "<b>Enter</b> applies (undoable), <b>x</b> cancels the run or drops the preview, <b>n</b> applies and "
+                 "adds the next segment (the structure picked below), <b>j</b> shows the next slice to check. "
+                 "<b>Fix a slice</b>: after Apply, drag a box on a bad slice inside the box: that slice is prompted "
+                 "again and the slices beyond it (away from the middle) are re-run from it; Enter applies only "
+                 "those. <i>Apply directly</i> skips the preview step.<p>"
+                 "The box stays as an ROI (drag its handles; with <i>Auto-update</i> the preview follows). "
+                 "<b>Draw ROI</b> (Ctrl+Shift+R, two clicks) and <b>Fit to segment</b> set it from the panel; "
+                 "<b>Preview</b> (Ctrl+Shift+P), <b>Apply</b> (Ctrl+Shift+Return), <b>Cancel</b> (Ctrl+Shift+X). "
+                 "Paint / Erase a slice, then <b>Propagate from this slice</b> (Ctrl+Shift+G) re-runs from it; "
+                 "<i>Only slices</i> limits the run and Apply to a slice range. Intensity defaults to the volume's "
+                 "displayed window/level.</html>")
 
     # ---- panel -----------------------------------------------------------------------------------------------
     def setupOptionsFrame(self):
@@ -100,14 +104,26 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         propagateRow.addWidget(self.propagateButton)
         propagateRow.addWidget(self.directionCombo)
         self.scriptedEffect.addLabeledOptionsWidget(_("Correct:"), propagateRow)
-        self.seed = None
 
         self.intensityCombo = self.addIntensityCombo(_("How intensities are mapped to the model's 0-255 input."))
         self.scriptedEffect.addLabeledOptionsWidget(_("Intensity:"), self.intensityCombo)
         self.autoUpdateCheckBox = qt.QCheckBox(_("Auto-update"))
         self.autoUpdateCheckBox.setToolTip(_("Preview again automatically when the box moves (embeddings are cached, "
                                              "so only the prompt runs)."))
-        self.scriptedEffect.addOptionsWidget(self.autoUpdateCheckBox)
+        self.applyDirectlyCheckBox = qt.QCheckBox(_("Apply directly"))
+        self.applyDirectlyCheckBox.setToolTip(_("Write the result into the segment as soon as it is complete, "
+                                                "without the preview step (Undo restores the segment)."))
+        autoRow = qt.QHBoxLayout()
+        autoRow.addWidget(self.autoUpdateCheckBox)
+        autoRow.addWidget(self.applyDirectlyCheckBox)
+        self.scriptedEffect.addOptionsWidget(autoRow)
+        self.structureCombo = qt.QComboBox()
+        self.structureCombo.addItem(_("(unnamed)"), "")
+        for name in terminology.names():
+            self.structureCombo.addItem(name, name)
+        self.structureCombo.setToolTip(_("The next segment (key n in a slice view) gets this structure's standard "
+                                         "name, colour and terminology."))
+        self.scriptedEffect.addLabeledOptionsWidget(_("Next structure:"), self.structureCombo)
 
         self.reviewList = qt.QListWidget()
         self.reviewList.setMaximumHeight(90)
@@ -120,8 +136,6 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
                                                 "'<segment> (review)' segment, to find them again later."))
         self.scriptedEffect.addOptionsWidget(self.reviewSegmentCheckBox)
         self.reviewList.connect("itemClicked(QListWidgetItem*)", self.onReviewItem)
-        self.flagged = []
-        self.flaggedMask = None
 
         advanced = ctk.ctkCollapsibleButton()
         advanced.text = _("Advanced")
@@ -150,8 +164,9 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         for combo in (self.modelCombo, self.propagationCombo, self.viewCombo):
             combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.intensityCombo.connect("currentTextChanged(QString)", self.updateMRMLFromGUI)
-        for box in (self.limitSlicesCheckBox, self.autoUpdateCheckBox):
+        for box in (self.limitSlicesCheckBox, self.autoUpdateCheckBox, self.applyDirectlyCheckBox):
             box.connect("toggled(bool)", self.updateMRMLFromGUI)
+        self.structureCombo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
 
     # ---- parameters (saved on the Segment Editor node, per effect) -------------------------------------------
     def setMRMLDefaults(self):
@@ -162,6 +177,8 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         state.set_default("Intensity", "")
         state.set_default("AutoUpdate", "0")
         state.set_default("LimitSlices", "0")
+        state.set_default("ApplyDirectly", "0")
+        state.set_default("NextStructure", "")
 
     def updateGUIFromMRML(self):
         state = self.state()
@@ -175,10 +192,15 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         was = self.intensityCombo.blockSignals(True)
         self.intensityCombo.currentText = state.get("Intensity") or self.intensityCombo.itemText(0)
         self.intensityCombo.blockSignals(was)
-        for box, name in ((self.limitSlicesCheckBox, "LimitSlices"), (self.autoUpdateCheckBox, "AutoUpdate")):
+        was = self.structureCombo.blockSignals(True)
+        self.structureCombo.setCurrentIndex(max(0, self.structureCombo.findData(state.get("NextStructure"))))
+        self.structureCombo.blockSignals(was)
+        for box, name in ((self.limitSlicesCheckBox, "LimitSlices"), (self.autoUpdateCheckBox, "AutoUpdate"),
+                          (self.applyDirectlyCheckBox, "ApplyDirectly")):
             was = box.blockSignals(True)
             box.checked = state.get_bool(name)
             box.blockSignals(was)
+        self.syncSession()
         self.updateRoiFromMRML()
         self.updateRangeLabel()
         self.updateRoiInfo()
@@ -192,8 +214,16 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         state.set("Intensity", self.intensityValue(self.intensityCombo) or "")
         state.set_bool("LimitSlices", self.limitSlicesCheckBox.checked)
         state.set_bool("AutoUpdate", self.autoUpdateCheckBox.checked)
+        state.set_bool("ApplyDirectly", self.applyDirectlyCheckBox.checked)
+        state.set("NextStructure", self.structureCombo.currentData or "")
+        self.syncSession()
         self.updateRangeLabel()
         self.updateRoiInfo()
+
+    def syncSession(self):
+        self.session.auto_update = self.autoUpdateCheckBox.checked
+        self.session.apply_directly = self.applyDirectlyCheckBox.checked
+        self.session.structure = self.structureCombo.currentData or None
 
     # ---- view terms --------------------------------------------------------------------------------------------
     def sliceNode(self):
@@ -276,74 +306,52 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
     def modelName(self):
         return self.modelCombo.currentText
 
-    def prepareRun(self, volume, segmentation, segment_id):
-        roi = self.roiSelector.currentNode()
-        seed = self.seed or {}
-        return self.logic.segmenter.prepare_medsam(
-            volume, [roi], model=self.modelCombo.currentText, intensity=self.intensityValue(self.intensityCombo),
-            propagation=self.propagationCombo.currentText, axis=self.axis(volume),
-            slice_range=None if seed else self.sliceRange(), segmentation_node=segmentation, segment_id=segment_id,
-            seed_slice=seed.get("slice"), direction=seed.get("direction", "both"))
+    def runOptions(self, volume):
+        from MedSegSlicerLib.session import MedSAMOptions
+
+        return MedSAMOptions(model=self.modelCombo.currentText, intensity=self.intensityValue(self.intensityCombo),
+                             propagation=self.propagationCombo.currentText, axis=self.axis(volume),
+                             slice_range=self.sliceRange())
+
+    def prepareRun(self, volume, segmentation, segment_id, roi, seed=None):
+        from MedSegSlicerLib.session import medsam_runs
+
+        return medsam_runs(lambda: self.logic.segmenter, self.runOptions)(volume, segmentation, segment_id, roi, seed)
 
     def onPropagateFromSlice(self):
         """Preview a run seeded with the segment's slice in the chosen view (see ``Segmenter.prepare_medsam``)."""
         try:
             volume, _segmentation, _sid = self.inputs()
-            self.seed = dict(slice=self.currentSlice(volume), direction=self.directionCombo.currentData)
+            k = self.currentSlice(volume)
         except MedSegError as e:
             self.setStatus(str(e), error=True)
             return
-        try:
-            self.onPreview()
-        finally:
-            self.seed = None
+        self.session.propagate_from(k, self.directionCombo.currentData)
+        self.draw()
 
-    # ---- doubtful slices (per-slice confidence) --------------------------------------------------------------
-    def afterPreview(self, result, mask, volume, segmentation, segment_id):
-        from MedSegSlicerLib import review
-
-        self.flagged = review.flagged_slices(result)
-        self.flaggedMask = review.review_mask(mask, self.flagged, self.axis(volume)) if self.flagged else None
+    # ---- doubtful slices (per-slice confidence, kept by the session) -----------------------------------------
+    def drawReview(self, rows):
+        if [(r.data(qt.Qt.UserRole), r.text()) for r in (self.reviewList.item(i) for i in
+                                                         range(self.reviewList.count))] == rows:
+            return
         self.reviewList.clear()
-        for row in self.flagged:
-            why = review.reasons(row)
-            if "empty" in why:
-                text = _("slice {k}: empty").format(k=row["slice"])
-            else:
-                text = _("slice {k}: confidence {c:.2f}").format(k=row["slice"], c=float(row["confidence"]))
-                if "profile" in why:
-                    text += _(", {p:.0%} in the object's intensity range").format(p=float(row["profile"]))
+        for k, text in rows:
             item = qt.QListWidgetItem(text)
-            item.setData(qt.Qt.UserRole, int(row["slice"]))
+            item.setData(qt.Qt.UserRole, int(k))
             self.reviewList.addItem(item)
-        if self.flagged:
-            self.setStatus(self.statusLabel.text + " " + _("{n} slice(s) to check (listed above).").format(
-                n=len(self.flagged)))
 
     def onReviewItem(self, item):
-        from MedSegSlicerLib import review
-
         try:
-            volume, _segmentation, _sid = self.inputs()
             node = self.sliceNode()
             if node is None:
                 return
-            r, a, s = review.slice_centre_world(volume, self.axis(volume), int(item.data(qt.Qt.UserRole)))
+            r, a, s = self.session.review_position(int(item.data(qt.Qt.UserRole)))
             node.JumpSliceByCentering(r, a, s)
         except MedSegError as e:
             self.setStatus(str(e), error=True)
 
-    def afterApply(self):
-        MedSegEffectBase.afterApply(self)
-        if not (self.reviewSegmentCheckBox.checked and self.flaggedMask is not None and self.flaggedMask.any()):
-            return
-        try:
-            volume, segmentation, segment_id = self.inputs()
-            name = segmentation.GetSegmentation().GetSegment(segment_id).GetName() + _(" (review)")
-            existing = segments.segment_id_by_name(segmentation, name)
-            labelmaps.write_masks(segmentation, volume, [(self.flaggedMask, existing, name)], mode="replace")
-        except MedSegError as e:
-            self.setStatus(str(e), error=True)
+    def reviewSegment(self):
+        return self.reviewSegmentCheckBox.checked
 
     encodesAhead = True
 

@@ -288,10 +288,9 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
     def modelName(self):
         return "universeg-v1"
 
-    def prepareRun(self, volume, segmentation, segment_id):
+    def prepareRun(self, volume, segmentation, segment_id, roi, seed=None):
         axis = self.axis(volume)
         found, keep = self.collectExamples(volume, segmentation, segment_id, axis)
-        roi = self.roiSelector.currentNode()
         if roi is None and keep is not None:
             roi = examples.default_roi_box(keep, axis)     # the labelled slices plus a margin, not the whole volume
         return self.logic.segmenter.prepare_universeg(

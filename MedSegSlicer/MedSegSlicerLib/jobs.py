@@ -320,17 +320,18 @@ class JobRunner:
             self._last_progress = job.progress
         return self._last_progress
 
-    def partials(self) -> List[Dict[str, Any]]:
-        """The slices a progressive run has finished since the last call (taken: each is returned once)."""
+    def partials(self) -> List[Tuple[int, str, int, Any]]:
+        """The slices a progressive run has finished since the last call, as ``(object, axis, k, 2-D mask)``
+        (taken: each is returned once; never blocks)."""
         job = self._job
         if job is None:                # what arrived with the end of the last job, once
             out, self._leftover = self._leftover, []
-            return out
-        job.update()
-        n = len(job.partials)          # a worker thread may append meanwhile: take only what is there now
-        out = job.partials[:n]
-        del job.partials[:n]
-        return out
+        else:
+            job.update()
+            n = len(job.partials)      # a worker thread may append meanwhile: take only what is there now
+            out = job.partials[:n]
+            del job.partials[:n]
+        return [(int(p["object"]), str(p["axis"]), int(p["slice"]), proto.unpack_mask(p["mask"])) for p in out]
 
     def poll(self) -> Optional[JobOutcome]:
         """Call on the GUI thread; never blocks. ``None`` while running (or idle); the :class:`JobOutcome` once at

@@ -1,5 +1,6 @@
-"""The module's logic, Qt-free: settings, dependencies, weights, the batch API of the Python console, and the run in
-flight for the effects.
+"""The module's logic, Qt-free: settings, dependencies, weights, the batch API of the Python console, and the module
+panel's runs (the effects' runs go through their editing session, :mod:`.session`, straight to the segmenter's
+runner).
 
 Where a method needs the user (a confirmation, a progress display, a message) it calls a callback given to the
 constructor, never a dialog:
@@ -90,7 +91,7 @@ class MedSegLogic:
     def _remember(self, key: str, value: str) -> None:
         """Keep a setting across sessions (the Qt module saves it in Slicer's settings; nothing here)."""
 
-    # ---- the segmenter and the run in flight ---------------------------------------------------------------
+    # ---- the segmenter (its runner holds the run in flight) --------------------------------------------------
     @property
     def segmenter(self):
         """The :class:`~.segmenter.Segmenter` for the current scene."""
@@ -104,34 +105,6 @@ class MedSegLogic:
             self._segmenter = Segmenter(ctx, settings=self.settings)
             self._segmenterScene = slicer.mrmlScene
         return self._segmenter
-
-    @property
-    def busy(self) -> bool:
-        """True while a run (or an encoding ahead) is in flight."""
-        return self.segmenter.busy
-
-    @property
-    def running_label(self) -> str:
-        return self.segmenter.running_label
-
-    def start(self, prepared):
-        """Start a prepared run without blocking (the effects); :meth:`poll` for its outcome."""
-        return self.segmenter.start(prepared)
-
-    def poll(self):
-        """``(fraction, message, outcome or None)`` of the run in flight; never blocks. The outcome of a panel
-        task (:meth:`startSegmentSeveral`, ...) is not given here: :meth:`pollTask` finishes it."""
-        if self._task is not None:
-            fraction, message = self.segmenter.runner.progress()
-            return fraction, message, None
-        return self.segmenter.poll()
-
-    def cancel(self) -> None:
-        self.segmenter.cancel()
-
-    def partialSlices(self):
-        """Slices the run in flight has finished since the last call (progressive preview)."""
-        return self.segmenter.partial_slices()
 
     # ---- settings ------------------------------------------------------------------------------------------
     SETTINGS_DEVICE = "MedSegSlicer/Device"
@@ -324,8 +297,9 @@ class MedSegLogic:
         return self._task is not None
 
     def _startTask(self, start, describe):
-        if self.busy:
-            raise MedSegError(f"'{self.running_label}' is still running: wait for it or press Cancel, then start "
+        runner = self.segmenter.runner
+        if runner.running:
+            raise MedSegError(f"'{runner.label}' is still running: wait for it or press Cancel, then start "
                               "again.")
         pending = start()
         self._task = (pending, describe)
@@ -365,7 +339,7 @@ class MedSegLogic:
         """Cancel the panel's run (nothing is written). False when none runs."""
         if self._task is None:
             return False
-        self.segmenter.cancel()
+        self.segmenter.runner.cancel()
         return True
 
     def pollTask(self):
@@ -374,7 +348,9 @@ class MedSegLogic:
         ``ok`` False with a one-line reason on failure or cancel. ``None`` when no panel run is in flight."""
         if self._task is None:
             return None
-        fraction, message, outcome = self.segmenter.poll()
+        from .jobs import poll_step
+
+        fraction, message, outcome = poll_step(self.segmenter.runner)
         if outcome is None:
             return fraction, message, None
         (pending, describe), self._task = self._task, None

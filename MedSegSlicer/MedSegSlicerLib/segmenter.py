@@ -25,7 +25,6 @@ from medseg_backend import slicing
 from medseg_backend.choices import DEFAULT_AXIS, DEFAULT_DIRECTION, DEFAULT_MODEL, DEFAULT_PROPAGATION
 from medseg_backend.runspec import BoxRun, EncodeRun, ExampleRef, ExamplesRun, Seed, check_device
 from medseg_backend.worker.handlers import EngineCache, Handlers
-from medseg_backend.worker import protocol as proto
 from medseg_backend.worker.protocol import Request
 
 from . import examples as ex
@@ -33,7 +32,7 @@ from . import editing, geometry, labelmaps, segments, terminology
 from .errors import InputError, MedSegWarning
 
 from medseg_backend.worker import client as worker_client
-from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, poll_step, run_blocking
+from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, run_blocking
 
 __all__ = ["Segmenter", "RunSettings", "PreparedRun", "Pending", "EngineCache", "volume_key", "raise_unless_ok"]
 
@@ -123,9 +122,9 @@ def volume_key(volume_node, array: np.ndarray) -> str:
 
 
 class Segmenter:
-    """Prepares, starts, polls and cancels model runs, and writes batch results: one per scene (the Logic and
-    the effects share it). The effects use :attr:`busy`, :attr:`running_label`, :meth:`start`, :meth:`poll` and
-    :meth:`cancel`; the job runner behind them stays an implementation detail."""
+    """Prepares and starts model runs, and writes batch results: one per scene (the Logic and the effects share
+    it). The run in flight is its :attr:`runner` (a :class:`~.jobs.JobRunner`: ``running``, ``label``, ``poll``,
+    ``partials``, ``cancel``), which the effects' editing sessions (:mod:`.session`) and the panel poll directly."""
 
     def __init__(self, ctx, device: str = "auto", precision: str = "auto", worker=True,
                  settings: Optional[RunSettings] = None) -> None:
@@ -176,31 +175,6 @@ class Segmenter:
     @property
     def scene(self):
         return self.ctx.scene
-
-    # ---- the run in flight (one at a time) ---------------------------------------------------------------
-    @property
-    def busy(self) -> bool:
-        """True while a run (or an encoding ahead) is in flight."""
-        return self.runner.running
-
-    @property
-    def running_label(self) -> str:
-        """What is running (e.g. ``MedSAM (lite-medsam)``)."""
-        return self.runner.label
-
-    def poll(self):
-        """Non-blocking: ``(fraction, message, outcome or None)`` of the run in flight (:func:`.jobs.poll_step`)."""
-        return poll_step(self.runner)
-
-    def cancel(self) -> None:
-        """Ask the run in flight to stop (nothing is written; what the worker encoded stays cached)."""
-        self.runner.cancel()
-
-    def partial_slices(self):
-        """Slices a MedSAM run has finished since the last call, as ``(object, axis, k, 2-D mask)`` - what a
-        progressive preview shows before the run completes (never blocks)."""
-        return [(int(p["object"]), str(p["axis"]), int(p["slice"]), proto.unpack_mask(p["mask"]))
-                for p in self.runner.partials()]
 
     def set_device(self, device: str) -> None:
         if self.settings.set_device(device):
@@ -388,8 +362,8 @@ class Segmenter:
     # Running
     # ------------------------------------------------------------------------------------------------------
     def start(self, prepared: PreparedRun):
-        """Non-blocking: hand the request to the worker (in-process thread for stand-in networks); :meth:`poll`
-        for the outcome."""
+        """Non-blocking: hand the request to the worker (in-process thread for stand-in networks); poll
+        :attr:`runner` for the outcome."""
         return self.runner.start(prepared.request, label=prepared.label, guard=prepared.guard)
 
     def run(self, prepared: PreparedRun, progress=None, cancel=None) -> JobOutcome:
@@ -411,7 +385,7 @@ class Segmenter:
     # ------------------------------------------------------------------------------------------------------
     def start_pending(self, prepared: PreparedRun, finish: Callable[[JobOutcome], Any]) -> Pending:
         """Non-blocking: start ``prepared`` and return the :class:`Pending` whose ``finish(outcome)`` gives its
-        value; :meth:`poll` until the outcome comes (the module panel's QTimer), then call ``finish``."""
+        value; poll :attr:`runner` until the outcome comes (the module panel's QTimer), then call ``finish``."""
         self.start(prepared)
         return Pending(prepared.label, finish)
 
