@@ -33,7 +33,7 @@ from .errors import InputError, MedSegWarning
 from . import worker_client
 from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, poll_step, run_blocking
 
-__all__ = ["Segmenter", "PreparedRun", "Pending", "EngineCache", "volume_key", "raise_unless_ok"]
+__all__ = ["Segmenter", "PreparedRun", "Pending", "EncodeAround", "EngineCache", "volume_key", "raise_unless_ok"]
 
 DEFAULT_MODEL = MEDSAM_MODELS[0]
 #: Seconds per slice on a 2-core CPU, fp32 (benchmarks/bench_medsam3d.py, bench_universeg.py; BENCHMARKS.md "Speed"),
@@ -103,6 +103,50 @@ def volume_key(volume_node, array: np.ndarray) -> str:
     return h.hexdigest()
 
 
+class EncodeAround:
+    """Encoding before the box, running in the worker (:meth:`Segmenter.start_encode_around`). :meth:`update`
+    reads its events (call it from the poll loop); ``state``: ``running``, ``done`` (``result``: encoded, cached,
+    order), ``preempted`` (a run came first: it stops between two slices), ``stopped`` or ``failed``
+    (``message``)."""
+
+    def __init__(self, segmenter: "Segmenter", client, jid: int, axis: str, centre: int) -> None:
+        self._segmenter, self._client, self.id = segmenter, client, int(jid)
+        self.axis, self.centre = axis, centre
+        self.state, self.fraction, self.message = "running", 0.0, ""
+        self.result: Dict[str, Any] = {}
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def update(self) -> str:
+        if not self.running:
+            return self.state
+        if not self._segmenter.runner.running:   # a run in flight reads the worker's messages itself
+            for msg in self._client.poll():
+                if msg.get("event") == "died":
+                    self.state, self.message = "failed", str(msg.get("message") or "")
+        for msg in self._client.watched(self.id):
+            event = msg.get("event")
+            if event == "progress":
+                self.fraction, self.message = float(msg.get("fraction", 0.0)), str(msg.get("message", ""))
+            elif event == "done":
+                self.state, self.result, self.fraction = "done", dict(msg.get("result") or {}), 1.0
+            elif event == "cancelled":
+                self.state = "preempted" if msg.get("preempted") else "stopped"
+            elif event == "error":
+                self.state, self.message = "failed", str(msg.get("message") or "")
+        if not self.running:
+            self._client.unwatch(self.id)
+        return self.state
+
+    def stop(self) -> None:
+        if self.update() == "running":
+            self._client.cancel(self.id)
+            self._client.unwatch(self.id)     # its late 'cancelled' event is nobody's
+            self.state = "stopped"
+
+
 class Segmenter:
     """Prepares, starts, polls and cancels model runs, and writes batch results: one per scene (the Logic and
     the effects share it). The effects use :attr:`busy`, :attr:`running_label`, :meth:`start`, :meth:`poll` and
@@ -122,6 +166,7 @@ class Segmenter:
         else:
             provider = None
         self.runner = JobRunner(client=provider, local=self.local)
+        self.encoding: Optional[EncodeAround] = None    # encoding before the box (start_encode_around)
 
     @property
     def engines(self) -> EngineCache:
@@ -281,6 +326,44 @@ class Segmenter:
                           arrays=run.arrays, keys=run.keys)
         return PreparedRun(label="Encoding ahead", request=request, guard=prepared.guard,
                            info=dict(prepared.info, prefetch=True))
+
+    def start_encode_around(self, volume_node, axis: str, slice_index: int, *, model: str = DEFAULT_MODEL,
+                            weights: Optional[str] = None, intensity: Optional[str] = None) -> Optional["EncodeAround"]:
+        """Encode before the box: the worker encodes the slices of ``volume_node`` around ``slice_index`` (along
+        ``axis``), nearest first, as many as its embedding cache holds, in the background - any run started
+        meanwhile pre-empts it between two slices (it never waits), and a box drawn there later is served from the
+        cache. Returns at once (the volume is sent to the worker now if it does not hold it yet); the returned
+        handle (also :attr:`encoding`) is stopped by :meth:`stop_encode`; a new call stops the previous one.
+        ``model``, ``weights`` and ``intensity`` must be those of the box runs that follow (``intensity`` None: the
+        volume's window/level, as :meth:`prepare_medsam`). None when runs are in-process (no worker)."""
+        self.stop_encode()
+        geometry.check_scalar_volume(volume_node)
+        if model not in MEDSAM_MODELS:
+            raise InputError(f"Unknown MedSAM model '{model}': use {' or '.join(MEDSAM_MODELS)}.")
+        if axis not in AXES:
+            raise InputError(f"Unknown axis '{axis}': use {', '.join(AXES)}.")
+        client = self.worker
+        if client is None:
+            return None
+        data = geometry.volume_to_array(volume_node)
+        depth = slicing.to_slices(data.array, axis).shape[0]
+        if not 0 <= int(slice_index) < depth:
+            raise InputError(f"Slice {int(slice_index)} is outside '{volume_node.GetName()}' (0..{depth - 1} along "
+                             f"{axis}): encode around a slice of the volume.")
+        params = dict(model=model, weights=weights, device=self.device, precision=self.precision,
+                      intensity=resolve_intensity(volume_node, intensity), axis=axis, centre=int(slice_index),
+                      background=True)
+        jid = client.submit("encode", params, {"volume": data.array}, {"volume": volume_key(volume_node, data.array)})
+        client.watch(jid)
+        client.release(jid)            # its only array is the keyed volume, which the worker keeps
+        self.encoding = EncodeAround(self, client, jid, axis, int(slice_index))
+        return self.encoding
+
+    def stop_encode(self) -> None:
+        """Stop encoding before the box (what is encoded stays cached); nothing when none runs."""
+        if self.encoding is not None:
+            self.encoding.stop()
+            self.encoding = None
 
     # ------------------------------------------------------------------------------------------------------
     # UniverSeg

@@ -112,7 +112,8 @@ class Handlers:
     def encode(self, p, arrays, progress, cancel, local) -> Output:
         engine = self._medsam_engine(p, progress)
         fields = engine.encode_ahead(_volume(arrays), axis=p.get("axis", "axial"), intensity=p.get("intensity", "auto"),
-                                     slices=p.get("slices"), cancel=cancel, progress=progress)
+                                     slices=p.get("slices"), cancel=cancel, progress=progress,
+                                     centre=None if p.get("centre") is None else int(p["centre"]))
         fields["runtime"] = engine.runtime
         return fields, {}
 

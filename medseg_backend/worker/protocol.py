@@ -28,8 +28,11 @@ exactly one of the events ``done``, ``error`` or ``cancelled`` carrying its ``id
                      sends only boxes). ``done`` result ``{"key", "shape", "dtype"}``.
 ``close_volume``     params ``{"key": K}``: forget it.
 ``encode``           prefetch image embeddings: arrays ``{"volume"}``, params ``{"model", "weights", "device",
-                     "precision", "runtime", "intensity", "axis", "slices": [first, last]}``; result ``{"encoded",
-                     "cached", "runtime"}``.
+                     "precision", "runtime", "intensity", "axis", "slices": [first, last], "centre": k or null,
+                     "background": bool}``; result ``{"encoded", "cached", "order", "runtime"}``. ``centre``: the
+                     slices around slice k, nearest first, as many as the embedding cache holds (encoding before
+                     the box); ``background``: any later request cancels it between two slices (its ``cancelled``
+                     event then has ``"preempted": true``).
 ``segment_box``      MedSAM / LiteMedSAM: arrays ``{"volume"}`` (3-D (K, J, I) or a 2-D image), params ``{"boxes":
                      [[x0, y0, z0, x1, y1, z1], ...] (or one [x0, y0, x1, y1] for 2-D), "model", "weights",
                      "device", "precision", "runtime" ("auto" | "torch" | "openvino"), "intensity", "propagation",
