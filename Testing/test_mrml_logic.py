@@ -82,7 +82,7 @@ def test_licence_question_goes_to_its_own_callback_and_a_refusal_is_remembered_a
 
 def test_missing_dependencies_declined_or_without_installer(monkeypatch):
     plan = types.SimpleNamespace(empty=False, question=lambda: "MedSegSlicer needs to install into Slicer's "
-                                 "Python:\n- torch", summary=lambda: "torch", upgrades=[])
+                                 "Python:\n- torch", summary=lambda: "torch", upgrades=[], optional=[])
     monkeypatch.setattr(logic_module.deps, "install_plan", lambda: plan)
     assert MedSegLogic(ask=lambda q, t: False).ensureDependencies(ask=True) is False
     with pytest.raises(MedSegError, match="MedSegSlicer needs to install into Slicer's Python: - there is no one"):

@@ -342,6 +342,71 @@ def test_weights_are_checked_in_the_worker_not_in_the_client(slicer_scene, tmp_p
         client.shutdown()
 
 
+def wait_encoding(enc, until, timeout: float = TIMEOUT):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        enc.update()
+        if until(enc):
+            return enc
+        time.sleep(0.01)
+    raise AssertionError(f"encoding before the box: still {enc.state} at {enc.fraction:.2f}")
+
+
+def test_encode_before_the_box_fills_the_cache_nearest_first_and_gives_way_to_a_run(ct, monkeypatch):
+    """Issue 27 item 4: the slices around the one in view are encoded in the background, nearest first, no more
+    than the embedding cache holds; the box drawn there after is served from the cache; a run started while it
+    encodes pre-empts it (it stops between two slices, before the run ends) instead of waiting behind it."""
+    from medseg_backend.medsam.engine import nearest_first
+
+    lite_installed()
+    ctx, volume, labels = ct
+    monkeypatch.setenv("MEDSEG_CACHE_MB", "48")          # the worker's embedding cache holds 12 slices
+    client = WorkerClient()
+    core = Segmenter(ctx, device="cpu", worker=client)
+    box = slab_box((labels == 3).astype(np.uint8), 3)
+    mid = (box[2] + box[5]) // 2                          # the slice in view: the box's middle
+    try:
+        t0 = time.monotonic()
+        enc = core.start_encode_around(volume, "axial", mid, intensity="window:40,400")
+        assert enc is core.encoding and enc.running and enc.fraction == 0.0        # returned at once
+        wait_encoding(enc, lambda e: not e.running)
+        assert enc.state == "done", enc.message
+        assert enc.result["order"] == nearest_first(mid, 0, 29)[:12] and enc.result["encoded"] == 12
+        first = core.run(core.prepare_medsam(volume, [box], intensity="window:40,400"))
+        assert first.ok and first.result.slices_run == 3 and first.result.slices_encoded == 0, first.message
+        print(f"encode before the box: 12 slices in {time.monotonic() - t0:.1f} s, then the box encoded none")
+
+        # another window is another embedding: encoding starts again, and a box run pre-empts it
+        enc = core.start_encode_around(volume, "axial", mid, intensity="window:50,350")
+        wait_encoding(enc, lambda e: e.fraction > 0 or not e.running)
+        assert enc.running, f"the 12 slices were encoded before the run could start ({enc.state})"
+        core.start(core.prepare_medsam(volume, [box], intensity="window:50,350"))
+        outcome = poll_until_done(core.runner)
+        assert outcome.ok and outcome.result.slices_run == 3, outcome.message
+        assert enc.update() == "preempted"     # its end was read before the run's: it stopped first
+        assert outcome.result.slices_encoded < 3                   # the slice in view was encoded before the box
+        client.ping()
+        status = [m for m in _drain(client) if m.get("event") == "status"][-1]
+        assert status["busy"] is False                             # and it did not go on after the run
+
+        # stop: leaving the effect
+        enc = core.start_encode_around(volume, "axial", 5, intensity="window:60,300")
+        core.stop_encode()
+        assert enc.state == "stopped" and core.encoding is None
+        with pytest.raises(InputError, match="Slice 30 is outside 'ct' \\(0..29 along axial\\)"):
+            core.start_encode_around(volume, "axial", 30)
+    finally:
+        client.shutdown()
+
+
+def test_nearest_first_order():
+    from medseg_backend.medsam.engine import nearest_first
+
+    assert nearest_first(5, 0, 9) == [5, 6, 4, 7, 3, 8, 2, 9, 1, 0]
+    assert nearest_first(0, 0, 3) == [0, 1, 2, 3] and nearest_first(3, 0, 3) == [3, 2, 1, 0]
+    assert nearest_first(4, 4, 4) == [4]
+
+
 def test_centre_first_order_matches_where_propagation_starts():
     from medseg_backend.medsam import centre_first
 

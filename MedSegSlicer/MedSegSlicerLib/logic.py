@@ -14,7 +14,8 @@ constructor, never a dialog:
 A question that must be asked with no ``ask`` (or ``accept_licence``) callback raises :class:`MedSegError` that says
 what to do instead; nothing is installed or downloaded then. Installing packages needs an ``installer`` (the Slicer
 application's pip and PyTorch extension: ``MedSegSlicer.SlicerInstaller``) with an ``install`` method (a
-:class:`~.deps` install plan) and a ``pip_install`` method (pip arguments). The Qt module (``MedSegSlicer.py``)
+:class:`~.deps` install plan: the required packages), an ``install_optional`` method (one optional pip requirement;
+its failure is one warning line, never a failed install) and a ``pip_install`` method (pip arguments). The Qt module (``MedSegSlicer.py``)
 subclasses this class with Slicer's dialogs and settings.
 """
 from __future__ import annotations
@@ -142,9 +143,10 @@ class MedSegLogic:
     # ---- dependencies -------------------------------------------------------------------------------------
     def dependencyStatus(self):
         plan = deps.install_plan()
+        optional = "".join(f" Optional, not installed: {p.requirement} ({p.purpose})." for p in plan.optional)
         if plan.empty:
-            return "All Python dependencies are installed."
-        return "Missing or too old (installed on first use, after a confirmation): " + plan.summary()
+            return "All Python dependencies are installed." + optional
+        return "Missing or too old (installed on first use, after a confirmation): " + plan.summary() + "." + optional
 
     def deviceWarning(self):
         """CPU speed warning, from the model worker's torch (never imported into Slicer's own process)."""
@@ -179,7 +181,13 @@ class MedSegLogic:
             return True
         if ask and not self._confirm(plan.question()):
             return False
-        self._installer(plan.summary()).install(plan)
+        installer = self._installer(plan.summary())
+        installer.install(plan)
+        for package in plan.optional:  # a pip call each, after the required ones: a failure fails nothing
+            try:
+                installer.install_optional(package.requirement)
+            except Exception as e:  # noqa: BLE001 - pip's error, whatever it is: the product runs without it
+                logging.warning("MedSegSlicer: %s", deps.optional_failed(package, e))
         importlib.invalidate_caches()  # find the packages just installed
         remaining = deps.install_plan()
         if not remaining.empty:

@@ -34,7 +34,8 @@ from .errors import InputError, MedSegWarning
 from medseg_backend.worker import client as worker_client
 from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, run_blocking
 
-__all__ = ["Segmenter", "RunSettings", "PreparedRun", "Pending", "EngineCache", "volume_key", "raise_unless_ok"]
+__all__ = ["Segmenter", "RunSettings", "PreparedRun", "Pending", "EncodeAround", "EngineCache", "volume_key",
+           "raise_unless_ok"]
 
 #: Seconds per slice on a 2-core CPU, fp32 (benchmarks/bench_medsam3d.py, bench_universeg.py; BENCHMARKS.md "Speed"),
 #: rounded up: what the time estimate before a long CPU run uses.
@@ -121,6 +122,50 @@ def volume_key(volume_node, array: np.ndarray) -> str:
     return h.hexdigest()
 
 
+class EncodeAround:
+    """Encoding before the box, running in the worker (:meth:`Segmenter.start_encode_around`). :meth:`update`
+    reads its events (call it from the poll loop); ``state``: ``running``, ``done`` (``result``: encoded, cached,
+    order), ``preempted`` (a run came first: it stops between two slices), ``stopped`` or ``failed``
+    (``message``)."""
+
+    def __init__(self, segmenter: "Segmenter", client, jid: int, axis: str, centre: int) -> None:
+        self._segmenter, self._client, self.id = segmenter, client, int(jid)
+        self.axis, self.centre = axis, centre
+        self.state, self.fraction, self.message = "running", 0.0, ""
+        self.result: Dict[str, Any] = {}
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def update(self) -> str:
+        if not self.running:
+            return self.state
+        if not self._segmenter.runner.running:   # a run in flight reads the worker's messages itself
+            for msg in self._client.poll():
+                if msg.get("event") == "died":
+                    self.state, self.message = "failed", str(msg.get("message") or "")
+        for msg in self._client.watched(self.id):
+            event = msg.get("event")
+            if event == "progress":
+                self.fraction, self.message = float(msg.get("fraction", 0.0)), str(msg.get("message", ""))
+            elif event == "done":
+                self.state, self.result, self.fraction = "done", dict(msg.get("result") or {}), 1.0
+            elif event == "cancelled":
+                self.state = "preempted" if msg.get("preempted") else "stopped"
+            elif event == "error":
+                self.state, self.message = "failed", str(msg.get("message") or "")
+        if not self.running:
+            self._client.unwatch(self.id)
+        return self.state
+
+    def stop(self) -> None:
+        if self.update() == "running":
+            self._client.cancel(self.id)
+            self._client.unwatch(self.id)     # its late 'cancelled' event is nobody's
+            self.state = "stopped"
+
+
 class Segmenter:
     """Prepares and starts model runs, and writes batch results: one per scene (the Logic and the effects share
     it). The run in flight is its :attr:`runner` (a :class:`~.jobs.JobRunner`: ``running``, ``label``, ``poll``,
@@ -142,6 +187,7 @@ class Segmenter:
         else:
             provider = None
         self.runner = JobRunner(client=provider, local=self.local)
+        self.encoding: Optional[EncodeAround] = None    # encoding before the box (start_encode_around)
 
     @property
     def device(self) -> str:
@@ -272,6 +318,40 @@ class Segmenter:
         request = Request(*spec.to_message(), arrays={"volume": run.arrays["volume"]}, keys=run.keys)
         return PreparedRun(label="Encoding ahead", request=request, guard=prepared.guard, spec=spec,
                            info=dict(prepared.info, prefetch=True))
+
+    def start_encode_around(self, volume_node, axis: str, slice_index: int, *, model: str = DEFAULT_MODEL,
+                            weights: Optional[str] = None, intensity: Optional[str] = None) -> Optional["EncodeAround"]:
+        """Encode before the box: the worker encodes the slices of ``volume_node`` around ``slice_index`` (along
+        ``axis``), nearest first, as many as its embedding cache holds, in the background - any run started
+        meanwhile pre-empts it between two slices (it never waits), and a box drawn there later is served from the
+        cache. Returns at once (the volume is sent to the worker now if it does not hold it yet); the returned
+        handle (also :attr:`encoding`) is stopped by :meth:`stop_encode`; a new call stops the previous one.
+        ``model``, ``weights`` and ``intensity`` must be those of the box runs that follow (``intensity`` None: the
+        volume's window/level, as :meth:`prepare_medsam`). None when runs are in-process (no worker)."""
+        self.stop_encode()
+        geometry.check_scalar_volume(volume_node)
+        spec = EncodeRun(model=model, weights=weights, device=self.device, precision=self.precision,
+                         intensity=resolve_intensity(volume_node, intensity), axis=axis, centre=int(slice_index),
+                         background=True)
+        client = self.worker
+        if client is None:
+            return None
+        data = geometry.volume_to_array(volume_node)
+        depth = slicing.to_slices(data.array, spec.axis).shape[0]
+        if spec.centre >= depth:
+            raise InputError(f"Slice {spec.centre} is outside '{volume_node.GetName()}' (0..{depth - 1} along "
+                             f"{spec.axis}): encode around a slice of the volume.")
+        jid = client.submit(*spec.to_message(), {"volume": data.array}, {"volume": volume_key(volume_node, data.array)})
+        client.watch(jid)
+        client.release(jid)            # its only array is the keyed volume, which the worker keeps
+        self.encoding = EncodeAround(self, client, jid, axis, int(slice_index))
+        return self.encoding
+
+    def stop_encode(self) -> None:
+        """Stop encoding before the box (what is encoded stays cached); nothing when none runs."""
+        if self.encoding is not None:
+            self.encoding.stop()
+            self.encoding = None
 
     # ------------------------------------------------------------------------------------------------------
     # UniverSeg

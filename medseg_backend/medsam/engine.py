@@ -233,9 +233,13 @@ class MedSAMEngine:
 
     def encode_ahead(self, volume: np.ndarray, *, axis: str = DEFAULT_AXIS, intensity: Union[str, IntensityRule] = "auto",
                      slices: Optional[Sequence[int]] = None, cancel: Optional[CancelToken] = None,
-                     progress: Optional[ProgressCallback] = None) -> Dict:
+                     progress: Optional[ProgressCallback] = None, centre: Optional[int] = None) -> Dict:
         """Fill the embedding cache for slices ``first..last`` (default: all) of ``volume`` along ``axis``, in the
-        order propagation reaches them (middle first), so a later :meth:`segment_volume` only decodes them."""
+        order propagation reaches them (middle first), so a later :meth:`segment_volume` only decodes them.
+
+        ``centre`` (encode before the box: the slice in view): the slices around it instead, nearest first
+        (:func:`nearest_first`), one at a time (``cancel`` stops it between two slices), and no more of them than the
+        embedding cache holds (:attr:`MedSAMPredictor.cache_slices`), so that none pushes a nearer one out."""
         ax = slicing.axis_index(axis)
         if volume.ndim != 3:
             raise InputError(f"Encoding ahead needs a 3-D volume (K, J, I), got shape {volume.shape}.")
@@ -243,17 +247,37 @@ class MedSAMEngine:
         depth = volume.shape[slicing.PERMUTATIONS[ax][0]]
         first, last = slices or (0, depth - 1)
         first, last = max(0, int(first)), min(depth - 1, int(last))
+        if centre is not None:
+            if not first <= int(centre) <= last:
+                raise InputError(f"Slice {int(centre)} is outside the volume (0..{depth - 1} along {axis}): encode "
+                                 "around a slice of the volume.")
+            order = nearest_first(int(centre), first, last)[:self.predictor.cache_slices]
+            first, last = min(order), max(order)
+            batch = 1
+        else:
+            order = centre_first(first, last)
+            batch = len(order)
         work = slicing.to_slices(cut_slab(volume, ax, first, last, rule).windowed(), ax)
-        order = centre_first(first, last)
         misses, done = self.predictor.cache.misses, [0]
 
         def on_batch(n: int) -> None:
             done[0] += n
             report(progress, done[0] / len(order), f"encoded {done[0]}/{len(order)} slices")
 
-        self.predictor.embeddings([work[k - first] for k in order], cancel, on_batch=on_batch)
+        for start in range(0, len(order), batch):
+            self.predictor.embeddings([work[k - first] for k in order[start:start + batch]], cancel,
+                                      on_batch=on_batch)
         encoded = self.predictor.cache.misses - misses
         return {"encoded": int(encoded), "cached": int(len(order) - encoded), "order": order}
+
+
+def nearest_first(centre: int, first: int, last: int) -> List[int]:
+    """Slice indices first..last ordered by their distance to ``centre`` (the upper one first at equal distance):
+    the order to encode in before the box, whose middle slice is most likely the one in view."""
+    order = [centre]
+    for d in range(1, max(centre - first, last - centre) + 1):
+        order += [k for k in (centre + d, centre - d) if first <= k <= last]
+    return order
 
 
 AXES_BY_INDEX = {index: name for name, index in AXES.items()}

@@ -205,6 +205,14 @@ class MedSAMPredictor:
         h = hashlib.sha1(np.ascontiguousarray(slice_u8).view(np.uint8)).hexdigest()
         return (self.model_id, self.precision, self.kind, slice_u8.shape, h)
 
+    @property
+    def cache_slices(self) -> int:
+        """How many slice embeddings the cache holds: its byte budget over one embedding (float32, the prompt
+        encoder's ``embed_dim`` x ``image_embedding_size``)."""
+        pe = self.net.prompt_encoder
+        h, w = pe.image_embedding_size
+        return max(1, self.cache.max_bytes // (int(pe.embed_dim) * int(h) * int(w) * 4))
+
     @torch.inference_mode()
     def _encode_batch(self, inputs: List[np.ndarray]) -> torch.Tensor:
         if self._encoder is not None:  # OpenVINO, precision set when it was compiled

@@ -94,6 +94,7 @@ class WorkerClient:
         self._abandoned: Dict[int, float] = {}
         self._env_sent: set = set()
         self._log_offset = 0
+        self._watched: Dict[int, List[Dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------------------------------------ state --
     @property
@@ -275,6 +276,19 @@ class WorkerClient:
         self._send({"op": op, "id": jid, "params": params or {}, "arrays": refs, "env": self._forwarded_env()})
         return jid
 
+    def watch(self, jid: int) -> None:
+        """Keep the events of request ``jid`` (a background request) out of :meth:`poll`'s answer: a run polling
+        for its own events never takes them; :meth:`watched` hands them over."""
+        self._watched.setdefault(int(jid), [])
+
+    def watched(self, jid: int) -> List[Dict[str, Any]]:
+        """The events of a watched request that :meth:`poll` has read since the last call."""
+        out, self._watched[int(jid)] = self._watched.get(int(jid), []), []
+        return out
+
+    def unwatch(self, jid: int) -> None:
+        self._watched.pop(int(jid), None)
+
     def cancel(self, jid: int) -> None:
         if self.proc is not None:
             self._send({"op": "cancel", "id": 0, "params": {"job": int(jid)}})
@@ -391,6 +405,9 @@ class WorkerClient:
             if msg.get("torch"):
                 self.info = dict(msg["torch"])
         jid = msg.get("id")
+        if jid in self._watched:            # a background request's events: kept for its owner, not returned
+            self._watched[jid].append(msg)
+            return None
         if jid in self._abandoned and event in ("done", "error", "cancelled"):
             self._abandoned.pop(jid, None)
             for ref in (msg.get("arrays") or {}).values():

@@ -109,7 +109,7 @@ class Handlers:
         spec = EncodeRun.from_message("encode", p)
         engine = self._medsam_engine(spec, progress)
         fields = engine.encode_ahead(_volume(arrays), axis=spec.axis, intensity=spec.intensity, slices=spec.slices,
-                                     cancel=cancel, progress=progress)
+                                     cancel=cancel, progress=progress, centre=spec.centre)
         fields["runtime"] = engine.runtime
         return fields, {}
 

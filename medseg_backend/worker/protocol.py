@@ -31,8 +31,11 @@ exactly one of the events ``done``, ``error`` or ``cancelled`` carrying its ``id
                      sends only boxes). ``done`` result ``{"key", "shape", "dtype"}``.
 ``close_volume``     params ``{"key": K}``: forget it.
 ``encode``           prefetch image embeddings: arrays ``{"volume"}``, params: the fields of
-                     :class:`medseg_backend.runspec.EncodeRun` (engine, intensity, axis, ``slices`` [first, last]);
-                     result ``{"encoded", "cached", "runtime"}``.
+                     :class:`medseg_backend.runspec.EncodeRun` (engine, intensity, axis, ``slices`` [first, last],
+                     ``centre``, ``background``); result ``{"encoded", "cached", "order", "runtime"}``. ``centre``:
+                     the slices around slice k, nearest first, as many as the embedding cache holds (encoding before
+                     the box); ``background``: any later request cancels it between two slices (its ``cancelled``
+                     event then has ``"preempted": true``).
 ``segment_box``      MedSAM / LiteMedSAM: arrays ``{"volume"}`` (3-D (K, J, I) or a 2-D image) and the seeds' masks,
                      params: the fields of :class:`medseg_backend.runspec.BoxRun` (boxes, engine, intensity,
                      propagation, axis, direction, ``seeds``: ``{"slice": k, "mask": NAME}`` or null per box,

@@ -1,7 +1,10 @@
 """The worker's main loop: ``python -m medseg_backend.worker --connect HOST:PORT --folder DIR [--parent PID]``.
 
 The main thread runs requests one after the other; a reader thread receives messages all the time, so ``cancel``,
-``status`` and ``shutdown`` are answered while a model runs. The worker exits when the connection closes, when the
+``status`` and ``shutdown`` are answered while a model runs. A background request (``encode`` with ``"background":
+true``: encoding before the box) gives way to any other: it is cancelled between two slices as soon as another
+request arrives (or skipped when one is already waiting) and ends with a ``cancelled`` event marked ``"preempted":
+true``, so a run never waits behind it. The worker exits when the connection closes, when the
 parent process is gone (checked every second) and on ``shutdown``; it removes the session folder on the way out.
 Its own output (logging, warnings, tracebacks) goes to stdout/stderr, which the client sends to a log file.
 """
@@ -109,6 +112,11 @@ class Server:
             self.send({"event": "bye", "id": msg.get("id", 0)})
             self.exit("shutdown requested")
         else:
+            with self._state_lock:
+                cur = self.current
+                if cur is not None and cur["background"]:
+                    cur["preempted"] = True
+                    cur["token"].cancel()
             self.requests.put(msg)
 
     def _watch_parent(self) -> None:
@@ -149,9 +157,11 @@ class Server:
     def _run(self, msg: Dict[str, Any]) -> None:
         jid, op = msg.get("id"), str(msg.get("op"))
         token = CancelToken()
+        background = op == "encode" and bool((msg.get("params") or {}).get("background"))
         with self._state_lock:
-            self.current = {"id": jid, "op": op, "token": token, "started": time.monotonic()}
-            if jid in self.cancelled_ids:
+            self.current = {"id": jid, "op": op, "token": token, "started": time.monotonic(),
+                            "background": background, "preempted": background and not self.requests.empty()}
+            if jid in self.cancelled_ids or self.current["preempted"]:
                 self.cancelled_ids.discard(jid)
                 token.cancel()
         t0 = time.monotonic()
@@ -167,7 +177,13 @@ class Server:
             self.send({"event": "done", "id": jid, "result": fields, "arrays": refs})
             log.info("request %s %s done in %.2f s", jid, op, time.monotonic() - t0)
         except CancelledError as exc:
-            self.send({"event": "cancelled", "id": jid, "message": str(exc)})
+            with self._state_lock:
+                preempted = bool(self.current and self.current["preempted"])
+            if preempted:
+                self.send({"event": "cancelled", "id": jid, "preempted": True,
+                           "message": "Encoding before the box gave way to the next request."})
+            else:
+                self.send({"event": "cancelled", "id": jid, "message": str(exc)})
             log.info("request %s %s cancelled after %.2f s", jid, op, time.monotonic() - t0)
         except BaseException as exc:  # noqa: BLE001 - every error goes back to the client as one event
             trace = traceback.format_exc()
