@@ -60,6 +60,13 @@ def actor_name(user: str, sid: str) -> str:
     return f"s-{hashlib.sha256(user.encode('utf-8')).hexdigest()[:16]}-{sid}"
 
 
+def _message(exc: BaseException) -> str:
+    """The one-line message of an error raised in a session actor (Ray wraps it with the actor's traceback)."""
+    cause = getattr(exc, "cause", None)
+    text = str(cause if isinstance(cause, BaseException) else exc).strip()
+    return (text.splitlines() or [""])[-1][:500]
+
+
 def build_app(config: Dict[str, Any], replicas: int = 1):
     """The Serve application (an ingress deployment bound to ``config``); imports Ray and FastAPI."""
     import ray
@@ -120,14 +127,15 @@ def build_app(config: Dict[str, Any], replicas: int = 1):
                 return await getattr(handle, method).remote(*args)
             except RayActorError:
                 self.handles.pop(name, None)
-                raise HTTPException(410, f"Session {sid} lost: its worker stopped (restarted, out of memory or "
-                                         "expired); nothing was written: open it again.") from None
+                raise HTTPException(410, "Session lost on the model server (its worker stopped: restarted, out of "
+                                         "memory or expired): nothing was written; run again to open a new "
+                                         "session.") from None
             except codec.UploadTooLarge as exc:
-                raise HTTPException(413, str(exc)) from None
+                raise HTTPException(413, _message(exc)) from None
             except InputError as exc:
-                raise HTTPException(400, str(exc)) from None
+                raise HTTPException(400, _message(exc)) from None
             except LookupError as exc:
-                raise HTTPException(404, str(exc)) from None
+                raise HTTPException(404, _message(exc)) from None
 
         async def _body(self, request: Request) -> bytes:
             length = request.headers.get("content-length")
@@ -181,7 +189,7 @@ def build_app(config: Dict[str, Any], replicas: int = 1):
             except (InputError, GetTimeoutError) as exc:
                 ray.kill(handle, no_restart=True)
                 code = 413 if isinstance(exc, codec.UploadTooLarge) else 400
-                raise HTTPException(code, str(exc)) from None
+                raise HTTPException(code, _message(exc)) from None
             except RayActorError:
                 raise HTTPException(503, "The session's worker could not start (out of memory?): try again; nothing "
                                          "was kept.") from None

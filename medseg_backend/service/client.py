@@ -120,6 +120,11 @@ class ServiceClient:
     def session_of(self, key: str) -> Optional[str]:
         return self._sessions.get(key)
 
+    @property
+    def current_session(self) -> Optional[str]:
+        """The session used last (None before the first run)."""
+        return next(reversed(self._sessions.values()), None)
+
     # ---------------------------------------------------------------------------------------------- submit --
     def submit(self, op: str, params: Optional[Dict[str, Any]] = None, arrays: Optional[Dict[str, np.ndarray]] = None,
                keys: Optional[Dict[str, str]] = None) -> int:
@@ -169,8 +174,9 @@ class ServiceClient:
             job["ended"] = True
             if exc.status in (404, 410):
                 self._drop_session(job["sid"])
-                exc = ServiceError(f"The model server lost this session ({exc}): nothing was written; run again to "
-                                   "open it again.", exc.status)
+                if exc.status == 404:
+                    exc = ServiceError("Session lost on the model server (closed or expired): nothing was written; "
+                                       "run again to open a new session.", 404)
             return [self._failure(jid, exc)]
         out = []
         for event in got.get("events") or []:
