@@ -30,7 +30,7 @@ from . import examples as ex
 from . import editing, geometry, labelmaps, segments, terminology
 from .errors import InputError, MedSegWarning
 
-from . import worker_client
+from . import model_server
 from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, poll_step, run_blocking
 
 __all__ = ["Segmenter", "PreparedRun", "Pending", "EngineCache", "volume_key", "raise_unless_ok"]
@@ -109,14 +109,15 @@ class Segmenter:
     :meth:`cancel`; the job runner behind them stays an implementation detail."""
 
     def __init__(self, ctx, device: str = "auto", precision: str = "auto", worker=True) -> None:
-        """``worker``: True - the shared model worker (:func:`.worker_client.shared_client`); a
+        """``worker``: True - where the MedSeg panel says models run (:func:`.model_server.active_client`: the shared
+        model worker or a model server); a
         :class:`~.worker_client.WorkerClient`; or False - run every request in-process (no worker)."""
         self.ctx = ctx
         self.device = device
         self.precision = precision
         self.local = Handlers()          # in-process runs: stand-in networks, or worker=False
         if worker is True:
-            provider = worker_client.shared_client
+            provider = model_server.active_client      # the local worker, or the model server chosen in the panel
         elif worker:
             provider = (lambda w=worker: w)
         else:

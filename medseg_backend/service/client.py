@@ -136,8 +136,8 @@ class ServiceClient:
         key = (keys or {}).get("volume") or (_content_key(volume) if volume is not None else "")
         try:
             if volume is None:
-                raise ServiceError(f"'{op}' runs on the volume of a session, and the request has none: run it on "
-                                   "this computer (MedSeg panel > Where models run).")
+                raise ServiceError(f"'{op}' is not a run of the model server (its weights are managed there by its "
+                                   "admin): choose 'this computer' under Where models run in the MedSeg panel for it.")
             body = codec.pack(arrays, {"op": op, "params": params or {}}, compress=self.compress)
             for attempt in (0, 1):
                 sid = self._sessions.get(key) or self._open(key, volume)
@@ -254,7 +254,7 @@ class ServiceClient:
         return None            # every poll is a request: a lost server shows up there as a ``died`` event
 
     def reset(self) -> None:
-        self.shutdown()
+        """Nothing: the server's models and caches are its admin's (the local worker's reset drops them)."""
 
     def shutdown(self) -> None:
         """Close this client's sessions on the server (volume and models freed there)."""
