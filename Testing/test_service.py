@@ -211,6 +211,30 @@ def test_bad_token_other_users_session_oversized_upload_and_malformed_run_are_re
     assert call("GET", f"/v1/sessions/{sid}/jobs/999/events")[0] == 404
 
 
+def test_progress_and_cancel_reach_the_session_and_a_cancelled_run_writes_nothing(clients):
+    """The worker protocol's diagnostics run through a fresh session: progress events arrive while it runs, a cancel
+    stops it at its next check, and the session takes the next run."""
+    client = clients["bob"]
+    volume = np.zeros((2, 8, 8), np.int16)
+    runner = jobs.JobRunner(client=client)
+    runner.start(jobs.Request("sleep", {"seconds": 60.0, "steps": 600}, arrays={"volume": volume},
+                              keys={"volume": "cancel-test"}), label="sleep")
+    t0 = time.monotonic()
+    while runner.progress()[0] <= 0:
+        assert runner.running and time.monotonic() - t0 < 60, "no progress"
+        time.sleep(0.02)
+    assert runner.progress()[1].startswith("step ")
+    runner.cancel()
+    outcome = runner.wait(30)
+    assert outcome.status == "cancelled" and time.monotonic() - t0 < 45
+    runner.start(jobs.Request("sleep", {"seconds": 0.0, "echo": ["seed"]}, arrays={"volume": volume,
+                              "seed": np.arange(6, dtype=np.uint8).reshape(2, 3)}, keys={"volume": "cancel-test"}),
+                 label="echo")
+    outcome = runner.wait(60)
+    assert outcome.ok, outcome.message
+    np.testing.assert_array_equal(outcome.result.seed, np.arange(6, dtype=np.uint8).reshape(2, 3))
+
+
 def test_idle_session_ends_by_itself_and_removes_its_spooled_volume(service, tmp_path):
     from medseg_backend.service.session import Session
 

@@ -37,6 +37,9 @@ log = logging.getLogger("medseg_backend.service")
 
 NAMESPACE = "medseg-service"
 APP_NAME = "medseg"
+#: Ray's resource of the head node (ray/_common/constants.py HEAD_NODE_RESOURCE_NAME; Ray pins its own state actors
+#: with it the same way).
+HEAD_RESOURCE = "node:__internal_head__"
 SID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 #: Defaults of ``medseg serve`` (see :func:`make_config`).
@@ -81,7 +84,8 @@ def build_app(config: Dict[str, Any], replicas: int = 1):
     api = FastAPI(title="MedSeg model service", docs_url=None, redoc_url=None, openapi_url=None)
     SessionActor = ray.remote(Session)
 
-    @serve.deployment(name="ingress", ray_actor_options={"num_cpus": 0})
+    # The ingress stays on the head node (where `medseg serve` runs and the token file is); sessions go anywhere.
+    @serve.deployment(name="ingress", ray_actor_options={"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}})
     @serve.ingress(api)
     class Ingress:
         def __init__(self, cfg: Dict[str, Any]) -> None:
@@ -118,6 +122,8 @@ def build_app(config: Dict[str, Any], replicas: int = 1):
                     raise HTTPException(404, f"Session {sid} not found (closed, expired after "
                                              f"{self.cfg['idle_s'] / 60:.0f} min idle, or lost): open it again.") \
                         from None
+                if len(self.handles) > 1000:      # handles of sessions that ended elsewhere: look them up again
+                    self.handles.clear()
                 self.handles[name] = handle
             return name, handle
 

@@ -47,10 +47,11 @@ def check_url(url: str) -> str:
 
 class ServiceClient:
     """One connection to a model service; use it from one thread (Slicer's main thread). See the module
-    docstring. ``verify``: TLS certificate check (True, or a CA bundle path for a department CA)."""
+    docstring. ``verify``: TLS certificate check (True, or a CA bundle path for a department CA); ``compress``:
+    zlib uploads (default: except on loopback)."""
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0, verify: Any = True, max_sessions: int = 2,
-                 compress: bool = True) -> None:
+                 compress: Optional[bool] = None) -> None:
         import requests
 
         self.url = check_url(url)
@@ -58,7 +59,7 @@ class ServiceClient:
             raise InputError("No token for the model server: ask its admin for one ('medseg serve-token add USER').")
         self.timeout = float(timeout)
         self.max_sessions = max(1, int(max_sessions))
-        self.compress = compress
+        self.compress = _remote(self.url) if compress is None else bool(compress)
         self.info: Dict[str, Any] = {}
         self.last_status: Dict[str, Any] = {}
         self._http = requests.Session()
@@ -169,7 +170,7 @@ class ServiceClient:
             return []
         try:
             got = self._request("GET", f"/v1/sessions/{job['sid']}/jobs/{job['job']}/events",
-                                timeout=self.timeout + wait, after=job["seen"], wait=wait).json()
+                                timeout=min(self.timeout, 10.0) + wait, after=job["seen"], wait=wait).json()
         except ServiceError as exc:
             job["ended"] = True
             if exc.status in (404, 410):
@@ -233,7 +234,7 @@ class ServiceClient:
         job = self._jobs.get(int(jid))
         if job is not None and not job["ended"]:
             try:
-                self._request("POST", f"/v1/sessions/{job['sid']}/jobs/{job['job']}/cancel")
+                self._request("POST", f"/v1/sessions/{job['sid']}/jobs/{job['job']}/cancel", timeout=5.0)
             except ServiceError as exc:
                 log.warning("MedSeg service: cancel failed: %s", exc)
 
@@ -242,7 +243,7 @@ class ServiceClient:
         job = self._jobs.pop(int(jid), None)
         if job is not None:
             try:
-                self._request("DELETE", f"/v1/sessions/{job['sid']}/jobs/{job['job']}")
+                self._request("DELETE", f"/v1/sessions/{job['sid']}/jobs/{job['job']}", timeout=5.0)
             except ServiceError:
                 pass
 
@@ -268,6 +269,14 @@ class ServiceClient:
     @property
     def alive(self) -> bool:
         return True
+
+
+def _remote(url: str) -> bool:
+    """Compress uploads except on loopback: zlib costs ~1 s per 100 MB and core (a CT compresses ~1.6x), which a
+    network link gains back but loopback does not (benchmarks/bench_service.py)."""
+    from urllib.parse import urlparse
+
+    return (urlparse(url).hostname or "").lower() not in ("127.0.0.1", "localhost", "::1")
 
 
 def _content_key(volume: np.ndarray) -> str:

@@ -78,6 +78,7 @@ class Session:
         if volume is None or volume.ndim not in (2, 3):
             raise InputError("Malformed upload: opening a session needs one 2-D or 3-D array named 'volume'.")
         if self.spool:
+            os.makedirs(self.spool, mode=0o700, exist_ok=True)     # on every machine a session may land on
             path = os.path.join(self.spool, f"medseg-{self.sid}.npy")
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
