@@ -155,3 +155,21 @@ def test_where_models_run_switches_between_runs_and_refuses_a_bad_server_whole(s
     finally:
         model_server.configure("local")
         worker_client.shutdown_shared()
+
+
+def test_server_mode_needs_neither_torch_nor_ray_in_slicer():
+    """In server mode Slicer's process imports the client and the panel's logic, the Segmenter and the jobs: none of
+    them pulls in torch or Ray (a workstation needs requests and numpy only)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    code = ("import sys; from MedSegSlicerLib import model_server, segmenter, jobs; "
+            "from medseg_backend.service import client, codec; "
+            "model_server.configure('server', 'https://medseg.example.org', 'x'); "
+            "print(sorted(m for m in ('torch', 'ray', 'fastapi') if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), str(repo / "MedSegSlicer")]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
