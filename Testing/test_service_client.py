@@ -145,6 +145,9 @@ def test_where_models_run_switches_between_runs_and_refuses_a_bad_server_whole(s
         assert model_server.configure("server", "https://medseg.example.org/", "t0k3n") == \
             "Models run on the server https://medseg.example.org."
         assert isinstance(core.worker, ServiceClient) and core.worker.url == "https://medseg.example.org"
+        first = core.worker
+        model_server.configure("server", "https://medseg.example.org", "t0k3n")      # unchanged: same client
+        assert core.worker is first
         settings = {model_server.SETTINGS_MODE: "server", model_server.SETTINGS_URL: "ftp://x",
                     model_server.SETTINGS_TOKEN: "t"}
         problem = model_server.from_settings(lambda key, default: settings.get(key, default))

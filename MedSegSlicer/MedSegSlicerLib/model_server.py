@@ -35,6 +35,8 @@ def configure(mode: str, url: str = "", token: str = "") -> str:
         from medseg_backend.service.client import ServiceClient
 
         new = ServiceClient(url, token)        # checks the URL and the token's presence
+        if _server is not None and (_server.url, _server.token) == (new.url, new.token):
+            return describe()                  # unchanged: keep the open sessions
     old, _server = _server, new
     if old is not None:
         try:

@@ -122,6 +122,10 @@ class ServiceClient:
         return self._sessions.get(key)
 
     @property
+    def token(self) -> str:
+        return self._http.headers["Authorization"][len("Bearer "):]
+
+    @property
     def current_session(self) -> Optional[str]:
         """The session used last (None before the first run)."""
         return next(reversed(self._sessions.values()), None)
