@@ -23,7 +23,7 @@ from MedSegSlicerApp.dialogs import confirmDialog, infoDialog, licenceDialog, ru
 from MedSegSlicerApp.installer import SlicerInstaller
 from MedSegSlicerApp.startup import EFFECT_NAMES, registerEffects, registerSampleData
 from MedSegSlicerApp.worker import configureWorker, shutdownWorker
-from MedSegSlicerLib import deps, service
+from MedSegSlicerLib import deps, model_server, service
 from MedSegSlicerLib.errors import MedSegError
 from MedSegSlicerLib.logic import MedSegLogic
 
@@ -99,6 +99,7 @@ class MedSegSlicerWidget(ScriptedLoadableModuleWidget):
         self.ui.refreshButton.connect("clicked()", self.refresh)
         self.ui.openSegmentEditorButton.connect("clicked()", self.onOpenSegmentEditor)
         self.setupSeveralStructures()
+        self.setupWhereModelsRun()
         self.setupTaskRow()
         self.refresh()
 
@@ -151,6 +152,59 @@ class MedSegSlicerWidget(ScriptedLoadableModuleWidget):
     def showTaskStatus(self, text, error=False):
         self.taskStatusLabel.text = text
         self.taskStatusLabel.setStyleSheet("color: #c00000;" if error else "")
+
+    def setupWhereModelsRun(self):
+        """This computer (the local model worker) or a department model server (URL + token, SERVER.md); the
+        logic is MedSegSlicerLib.model_server (Qt-free)."""
+        section = ctk.ctkCollapsibleButton()
+        section.text = "Where models run"
+        section.collapsed = model_server.mode() == model_server.MODE_LOCAL
+        form = qt.QFormLayout(section)
+        self.runLocalRadio = qt.QRadioButton("This computer")
+        self.runServerRadio = qt.QRadioButton("Model server")
+        self.runServerRadio.setToolTip("A department server running 'medseg serve' (see SERVER.md); Slicer then "
+                                       "needs no torch, the volume is sent once per session.")
+        (self.runServerRadio if model_server.mode() == model_server.MODE_SERVER else self.runLocalRadio).checked = True
+        row = qt.QHBoxLayout()
+        row.addWidget(self.runLocalRadio)
+        row.addWidget(self.runServerRadio)
+        form.addRow(row)
+        self.serverUrlEdit = qt.QLineEdit(slicer.util.settingsValue(model_server.SETTINGS_URL, ""))
+        self.serverUrlEdit.setPlaceholderText("https://medseg.example.org")
+        self.serverTokenEdit = qt.QLineEdit(slicer.util.settingsValue(model_server.SETTINGS_TOKEN, ""))
+        self.serverTokenEdit.echoMode = qt.QLineEdit.Password
+        self.serverTokenEdit.setToolTip("Your token from the server's admin ('medseg serve-token add USER').")
+        form.addRow("Server URL:", self.serverUrlEdit)
+        form.addRow("Token:", self.serverTokenEdit)
+        self.testConnectionButton = qt.QPushButton("Test connection")
+        self.serverStatusLabel = qt.QLabel(model_server.describe())
+        self.serverStatusLabel.wordWrap = True
+        form.addRow(self.testConnectionButton)
+        form.addRow(self.serverStatusLabel)
+        self.runLocalRadio.connect("toggled(bool)", lambda on: self.onWhereModelsRun())
+        self.serverUrlEdit.connect("editingFinished()", self.onWhereModelsRun)
+        self.serverTokenEdit.connect("editingFinished()", self.onWhereModelsRun)
+        self.testConnectionButton.connect("clicked()", self.onTestConnection)
+        self.layout.addWidget(section)
+
+    def onWhereModelsRun(self):
+        mode = model_server.MODE_SERVER if self.runServerRadio.checked else model_server.MODE_LOCAL
+        url, token = self.serverUrlEdit.text.strip(), self.serverTokenEdit.text.strip()
+        settings = qt.QSettings()
+        settings.setValue(model_server.SETTINGS_URL, url)
+        settings.setValue(model_server.SETTINGS_TOKEN, token)
+        try:
+            text = model_server.configure(mode, url, token)
+        except MedSegError as e:
+            text = f"{e} Models run on this computer meanwhile."
+            model_server.configure(model_server.MODE_LOCAL)
+        settings.setValue(model_server.SETTINGS_MODE, model_server.mode())
+        self.serverStatusLabel.text = text
+
+    def onTestConnection(self):
+        ok, text = model_server.check_connection(self.serverUrlEdit.text.strip(), self.serverTokenEdit.text.strip())
+        self.serverStatusLabel.text = text
+        self.serverStatusLabel.setStyleSheet("" if ok else "color: #c00000;")
 
     def setupSeveralStructures(self):
         """Several structures at once: every ROI of the scene -> its own segment, named, coloured and coded from
@@ -309,6 +363,9 @@ class MedSegSlicerLogic(MedSegLogic, ScriptedLoadableModuleLogic):
                              accept_licence=licenceDialog, inform=infoDialog, run_with_progress=runWithProgressDialog,
                              installer=SlicerInstaller())
         configureWorker()
+        problem = model_server.from_settings(slicer.util.settingsValue)
+        if problem:
+            logging.warning("MedSegSlicer: %s", problem)
 
     def _remember(self, key, value):
         qt.QSettings().setValue(key, value)

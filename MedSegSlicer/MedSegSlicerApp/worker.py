@@ -8,6 +8,7 @@ import sys
 import slicer
 
 from medseg_backend.worker import client as worker_client
+from MedSegSlicerLib import model_server
 
 
 #
@@ -40,5 +41,6 @@ def shutdownWorker():
     """Stop the model worker (Slicer exits, or the module is cleaned up)."""
     try:
         worker_client.shutdown_shared()
+        model_server.shutdown()                  # closes this Slicer's sessions on a model server
     except Exception:  # noqa: BLE001 - never block Slicer's exit
         logging.exception("MedSegSlicer: stopping the model worker failed")

@@ -243,9 +243,9 @@ def execute_local(handlers, request: Request, progress, cancel: CancelToken, par
 
 
 class JobRunner:
-    """One job at a time; see the module docstring. ``client``: a :class:`~medseg_backend.worker.client.WorkerClient` or a
-    function returning one (called on the first worker job); ``local``: the in-process handlers for requests that
-    cannot go to the worker (and for all requests when there is no client)."""
+    """One job at a time; see the module docstring. ``client``: a :class:`~medseg_backend.worker.client.WorkerClient` (or a
+    model server's client) or a function returning one (called at each worker job's start); ``local``: the
+    in-process handlers for requests that cannot go to the worker (and for all requests when there is no client)."""
 
     def __init__(self, client=None, local=None) -> None:
         self._client = client
@@ -268,7 +268,7 @@ class JobRunner:
     def client(self):
         c = self._client
         if c is not None and not hasattr(c, "submit"):
-            c = self._client = c()
+            c = c()             # asked at every start: the place models run can change between runs
         return c
 
     @property
@@ -289,13 +289,14 @@ class JobRunner:
                                    "then start again.")
             token = CancelToken()
             if isinstance(work, Request):
-                if work.in_process_only or self.client is None:
+                client = None if work.in_process_only else self.client
+                if client is None:
                     request, handlers = work, self.local
                     partials: List[Dict[str, Any]] = []
                     job: _Job = _ThreadJob(lambda p, c: execute_local(handlers, request, p, c, partials.append),
                                            label, token, guard, partials)
                 else:
-                    job = _WorkerJob(self.client, work, label, token, guard)
+                    job = _WorkerJob(client, work, label, token, guard)
             else:
                 job = _ThreadJob(work, label, token, guard)
             self._last_progress = job.progress

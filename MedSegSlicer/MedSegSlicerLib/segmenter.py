@@ -31,7 +31,7 @@ from . import examples as ex
 from . import editing, geometry, labelmaps, segments, terminology
 from .errors import InputError, MedSegWarning
 
-from medseg_backend.worker import client as worker_client
+from . import model_server
 from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, run_blocking
 
 __all__ = ["Segmenter", "RunSettings", "PreparedRun", "Pending", "EncodeAround", "EngineCache", "volume_key",
@@ -181,7 +181,7 @@ class Segmenter:
         self.settings = settings if settings is not None else RunSettings(device, precision)
         self.local = Handlers()          # in-process runs: stand-in networks, or worker=False
         if worker is True:
-            provider = worker_client.shared_client
+            provider = model_server.active_client      # the local worker, or the model server chosen in the panel
         elif worker:
             provider = (lambda w=worker: w)
         else:

@@ -1,7 +1,7 @@
 """Command line: ``medseg medsam``, ``medseg universeg``, ``medseg library``, ``medseg models``, ``medseg batch``,
-``medseg demo``.
+``medseg demo``, ``medseg serve`` / ``medseg serve-token``.
 
-One module per command family (:mod:`.medsam`, :mod:`.universeg`, :mod:`.models`, :mod:`.batch`), sharing
+One module per command family (:mod:`.medsam`, :mod:`.universeg`, :mod:`.models`, :mod:`.batch`, :mod:`.serve`), sharing
 :mod:`.common`; every choice list comes from :mod:`medseg_backend.choices`. Every user error is a
 :class:`~medseg_backend.errors.MedSegError`: it is printed as one ``error: ...`` line and the command exits with
 status 2, having written nothing. Warnings (box clipped, few examples, ...) are printed as ``warning: ...`` lines.
@@ -14,7 +14,7 @@ import warnings
 from typing import List, Optional
 
 from ..errors import MedSegError, MedSegWarning
-from . import batch, medsam, models, universeg
+from . import batch, medsam, models, serve, universeg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     universeg.register(sub)
     models.register(sub)
     batch.register(sub)
+    serve.register(sub)
     return parser
 
 
