@@ -206,6 +206,15 @@ def test_bad_token_other_users_session_oversized_upload_and_malformed_run_are_re
                  b"MSA1garbage", b"{}"):
         code, detail = call("POST", f"/v1/sessions/{sid}/jobs", data=data)
         assert code == 400 and detail.startswith("Malformed"), detail
+    # an invalid run spec: refused before it is queued, with the run spec's own line (as the CLI and worker say it)
+    from medseg_backend.errors import InputError
+    from medseg_backend.runspec import BoxRun
+
+    bad = {"boxes": [[1, 1, 0, 5, 5, 1]], "propagation": "sideways"}
+    with pytest.raises(InputError) as refused:
+        BoxRun.from_message("segment_box", bad)
+    code, detail = call("POST", f"/v1/sessions/{sid}/jobs", data=codec.pack({}, {"op": "segment_box", "params": bad}))
+    assert code == 400 and detail == str(refused.value), detail
     # nothing changed: the same sessions, and alice's still answers
     assert alice.list_sessions() == sessions["alice"] and bob.list_sessions() == sessions["bob"]
     assert call("GET", f"/v1/sessions/{sid}/jobs/999/events")[0] == 404

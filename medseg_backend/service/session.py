@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import CancelledError, InputError
 from ..progress import CancelToken
+from .. import runspec
 from . import codec
 
 #: The operations a client may run on the service (weights management stays with the server's admin).
@@ -102,6 +103,8 @@ class Session:
                              "message as it is.")
         if "volume" in arrays:
             raise InputError("Malformed run: the volume is the session's; send only seeds and examples with a run.")
+        if op in runspec.SPECS:
+            runspec.from_message(op, params)     # an invalid run spec is refused here (400), before it is queued
         if self.volume is None:
             raise InputError("This session has no volume: open the session with one first.")
         arrays["volume"] = self.volume
