@@ -202,7 +202,20 @@ class MedSegSlicerWidget(ScriptedLoadableModuleWidget):
         self.serverStatusLabel.text = text
 
     def onTestConnection(self):
-        ok, text = model_server.check_connection(self.serverUrlEdit.text.strip(), self.serverTokenEdit.text.strip())
+        # the check runs in a thread (model_server.ConnectionCheck): the panel polls it, nothing waits here
+        self.connectionCheck = model_server.start_check(self.serverUrlEdit.text.strip(),
+                                                        self.serverTokenEdit.text.strip())
+        self.testConnectionButton.enabled = False
+        self.serverStatusLabel.text = "Connecting..."
+        self.serverStatusLabel.setStyleSheet("")
+        qt.QTimer.singleShot(100, self.onConnectionCheckPoll)
+
+    def onConnectionCheckPoll(self):
+        if self.connectionCheck.result is None:
+            qt.QTimer.singleShot(100, self.onConnectionCheckPoll)
+            return
+        ok, text = self.connectionCheck.result
+        self.testConnectionButton.enabled = True
         self.serverStatusLabel.text = text
         self.serverStatusLabel.setStyleSheet("" if ok else "color: #c00000;")
 

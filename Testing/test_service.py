@@ -120,7 +120,7 @@ def test_two_clients_at_once_equal_the_local_worker_voxel_for_voxel(clients, ct)
         assert (got[user].result.labels == 1).sum() > 0
         np.testing.assert_array_equal(got[user].result.labels, expected[user].result.labels)
         assert got[user].result.slices_run == expected[user].result.slices_run > 0
-        assert len(cores[user].partial_slices()) >= got[user].result.slices_run   # the progressive preview's slices
+        assert len(cores[user].runner.partials()) >= got[user].result.slices_run   # the progressive preview's slices
     assert clients["alice"].list_sessions() != clients["bob"].list_sessions()
     # a re-prompt on the same volume sends only the box: same session, same result
     before = clients["alice"].list_sessions()

@@ -154,7 +154,12 @@ def test_where_models_run_switches_between_runs_and_refuses_a_bad_server_whole(s
         problem = model_server.from_settings(lambda key, default: settings.get(key, default))
         assert problem.startswith("Server URL 'ftp://x' is not valid") and model_server.mode() == "local"
         assert core.worker is worker_client.shared_client()
-        ok, text = model_server.check_connection(f"http://127.0.0.1:{_closed_port()}", "t0k3n")
+        check = model_server.start_check(f"http://127.0.0.1:{_closed_port()}", "t0k3n")    # returns at once
+        for _ in range(600):
+            if check.result is not None:
+                break
+            time.sleep(0.05)
+        ok, text = check.result
         assert not ok and "cannot be reached" in text and "\n" not in text
     finally:
         model_server.configure("local")
@@ -177,3 +182,51 @@ def test_server_mode_needs_neither_torch_nor_ray_in_slicer():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_client_never_waits_on_the_network_in_the_callers_thread():
+    """Slicer's main thread calls submit / poll / cancel: while the server holds the upload (it has received the
+    request and not answered), each of them has already returned; the run's one failure line arrives by poll once
+    the server answers."""
+    import http.server
+    import json
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Held(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            entered.set()
+            release.wait(30)
+            body = json.dumps({"detail": "No room for another session: try again in a minute."}).encode()
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = ServiceClient(f"http://127.0.0.1:{server.server_address[1]}", "t0k3n", timeout=30)
+    try:
+        jid = client.submit("segment_box", {"boxes": [[1, 1, 0, 5, 5, 1]]}, {"volume": np.zeros((2, 8, 8), np.int16)},
+                            {"volume": "held"})
+        assert entered.wait(30), "the transfer thread never sent the upload"
+        assert client.poll() == [] and not release.is_set()      # the server still holds it: nothing waited
+        client.cancel(jid)                                       # queued, returns at once
+        release.set()
+        events = []
+        for _ in range(600):
+            events += client.poll()
+            if events:
+                break
+            time.sleep(0.05)
+        assert [e["event"] for e in events] == ["died"] and events[0]["message"].startswith("No room"), events
+    finally:
+        release.set()
+        client.shutdown()
+        server.shutdown()

@@ -8,6 +8,7 @@ the same; in server mode Slicer needs no torch (the client uses requests and num
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional, Tuple
 
 from medseg_backend.errors import InputError
@@ -38,12 +39,16 @@ def configure(mode: str, url: str = "", token: str = "") -> str:
         if _server is not None and (_server.url, _server.token) == (new.url, new.token):
             return describe()                  # unchanged: keep the open sessions
     old, _server = _server, new
-    if old is not None:
-        try:
-            old.shutdown()
-        except Exception:  # noqa: BLE001 - a server that is gone cannot hold our sessions either
-            pass
+    if old is not None:             # its sessions close in the background: the panel never waits on the network
+        threading.Thread(target=_quiet_shutdown, args=(old,), name="medseg-server-close", daemon=True).start()
     return describe()
+
+
+def _quiet_shutdown(client) -> None:
+    try:
+        client.shutdown()
+    except Exception:  # noqa: BLE001 - a server that is gone cannot hold our sessions either
+        pass
 
 
 def mode() -> str:
@@ -59,6 +64,27 @@ def describe() -> str:
 def active_client():
     """The client of the next run: the server's, or the shared local worker's."""
     return _server if _server is not None else worker_client.shared_client()
+
+
+class ConnectionCheck:
+    """Test connection without waiting: the check runs in a thread; :attr:`result` is None until the server has
+    answered (or the check failed), then ``(ok, one line)``. The panel polls it from a timer."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.result: Optional[Tuple[bool, str]] = None
+        self._thread = threading.Thread(target=self._run, args=(url, token), name="medseg-server-check", daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, token: str) -> None:
+        try:
+            self.result = check_connection(url, token)
+        except Exception as exc:  # noqa: BLE001 - the answer is one line in the panel, whatever went wrong
+            self.result = (False, f"The connection check failed: {exc}")
+
+
+def start_check(url: str, token: str) -> ConnectionCheck:
+    """Start the Test connection check (returns at once; poll ``.result``)."""
+    return ConnectionCheck(url, token)
 
 
 def check_connection(url: str, token: str) -> Tuple[bool, str]:

@@ -10,11 +10,18 @@ examples). At most ``max_sessions`` sessions are kept open; the oldest is closed
 server no longer has (expired while idle) is opened again at the next submit; one lost during a run (the server or
 its worker stopped, the network is gone) ends that run with one ``died`` event whose message says so, and the next
 run opens a fresh session. Every failure is reported through :meth:`poll`, never raised from ``submit``.
+
+Nothing waits on the network in the caller's thread (Slicer's main thread): ``submit``, ``cancel``, ``release``
+and ``abandon`` queue their request and return at once; one transfer thread per client uploads, polls the
+server's events and downloads a finished run's arrays before it hands the ``done`` event to :meth:`poll`, so
+:meth:`load_results` returns what is already here.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 import time
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
@@ -70,6 +77,13 @@ class ServiceClient:
         self._pending: List[Dict[str, Any]] = []                        # events to hand out at the next poll
         self._abandoned: Dict[int, float] = {}
         self._next_id = 1
+        # the transfer thread: commands in, events (and finished runs' arrays) out
+        self._commands: "queue.Queue" = queue.Queue()
+        self._inbox: List[Dict[str, Any]] = []
+        self._results: Dict[int, Dict[str, np.ndarray]] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
 
     # ------------------------------------------------------------------------------------------------- HTTP --
     def _request(self, method: str, path: str, *, data: Optional[bytes] = None, timeout: Optional[float] = None,
@@ -114,7 +128,7 @@ class ServiceClient:
 
     def _close(self, sid: str) -> None:
         try:
-            self._request("DELETE", f"/v1/sessions/{sid}")
+            self._request("DELETE", f"/v1/sessions/{sid}", timeout=5.0)
         except ServiceError:
             pass
 
@@ -133,10 +147,14 @@ class ServiceClient:
     # ---------------------------------------------------------------------------------------------- submit --
     def submit(self, op: str, params: Optional[Dict[str, Any]] = None, arrays: Optional[Dict[str, np.ndarray]] = None,
                keys: Optional[Dict[str, str]] = None) -> int:
-        """Send a run (opening the volume's session if needed); returns its id. Failures come from :meth:`poll`."""
+        """Queue a run (the transfer thread opens the volume's session if needed and sends it); returns its id at
+        once. Failures come from :meth:`poll`."""
         jid = self._next_id
         self._next_id += 1
-        arrays = dict(arrays or {})
+        self._command("submit", jid, op, params, dict(arrays or {}), dict(keys or {}))
+        return jid
+
+    def _submit_now(self, jid: int, op: str, params, arrays: Dict[str, np.ndarray], keys) -> None:
         volume = arrays.pop("volume", None)
         key = (keys or {}).get("volume") or (_content_key(volume) if volume is not None else "")
         try:
@@ -158,7 +176,6 @@ class ServiceClient:
             self._jobs[jid] = {"sid": sid, "job": remote, "seen": 0, "ended": False, "key": key}
         except ServiceError as exc:
             self._pending.append(self._failure(jid, exc))
-        return jid
 
     def _failure(self, jid: int, exc: ServiceError) -> Dict[str, Any]:
         if exc.status in (0, 410, 502, 503, 504) or exc.status == 404 and "Session" in str(exc):
@@ -198,34 +215,83 @@ class ServiceClient:
                 del self._sessions[key]
 
     def poll(self) -> List[Dict[str, Any]]:
-        """Events that have arrived (one short request per running run; no waiting on the server)."""
-        out, self._pending = self._pending, []
-        for jid in list(self._jobs):
-            out += self._fetch(jid)
+        """Events that have arrived (never waits: the transfer thread fetched them)."""
+        self._ensure_thread()
+        with self._cond:
+            out, self._inbox = self._inbox, []
         kept = []
         for event in out:
             jid = event.get("id")
             if jid in self._abandoned and event.get("event") in TERMINAL:
                 self._abandoned.pop(jid, None)
-                self.release(jid)
+                self._results.pop(jid, None)
+                self._command("release", jid)
                 continue
             kept.append(event)
         return kept
 
     def wait_readable(self, timeout: float) -> None:
-        """Long-poll the oldest running run for up to ``timeout`` s (blocking callers only); what arrives is kept
-        for the next :meth:`poll`."""
-        running = [j for j, v in self._jobs.items() if not v["ended"]]
-        if self._pending or not running:
-            time.sleep(0 if self._pending else timeout)
-            return
-        self._pending += self._fetch(running[0], wait=timeout)
+        """Wait up to ``timeout`` s for an event (blocking callers only: tests, the command line)."""
+        self._ensure_thread()
+        with self._cond:
+            if not self._inbox:
+                self._cond.wait(timeout)
 
     def load_results(self, message: Dict[str, Any]) -> Dict[str, np.ndarray]:
-        """The arrays of a ``done`` event (collected from the server once)."""
+        """The arrays of a ``done`` event (downloaded by the transfer thread before the event was handed out)."""
+        return self._results.pop(int(message.get("id")), {})
+
+    # --------------------------------------------------------------------------------------- transfer thread --
+    def _command(self, *cmd) -> None:
+        self._commands.put(cmd)
+        self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._transfer, name="medseg-service-client", daemon=True)
+            self._thread.start()
+
+    def _transfer(self) -> None:
+        while not self._stop.is_set():
+            running = [j for j, v in self._jobs.items() if not v["ended"]]
+            try:
+                cmd = self._commands.get(timeout=0.02 if running else 0.1)
+            except queue.Empty:
+                cmd = None
+            try:
+                if cmd is not None:
+                    name, args = cmd[0], cmd[1:]
+                    if name == "submit":
+                        self._submit_now(*args)
+                    elif name == "cancel":
+                        self._cancel_now(*args)
+                    elif name == "release":
+                        self._release_now(*args)
+                    continue             # commands first: a cancel is not held up by a fetch
+                events, self._pending = self._pending, []
+                for jid in running:
+                    events += self._fetch(jid, wait=0.2 if len(running) == 1 else 0.0)
+                for event in events:
+                    if event.get("event") == "done" and event.get("arrays"):
+                        try:
+                            self._results[int(event["id"])] = self._download(event)
+                        except ServiceError as exc:
+                            event = self._failure(int(event["id"]), exc)
+                if events:
+                    with self._cond:
+                        self._inbox += events
+                        self._cond.notify_all()
+            except Exception as exc:  # noqa: BLE001 - the thread must survive; the run fails with one line
+                log.exception("MedSeg service client: transfer failed")
+                with self._cond:
+                    self._inbox.append({"event": "died", "id": 0, "message": f"The model server client failed: {exc}"})
+                    self._cond.notify_all()
+
+    def _download(self, message: Dict[str, Any]) -> Dict[str, np.ndarray]:
         jid = int(message.get("id"))
         job = self._jobs.get(jid)
-        if job is None or not message.get("arrays"):
+        if job is None:
             return {}
         body = self._request("GET", f"/v1/sessions/{job['sid']}/jobs/{job['job']}/result",
                              timeout=max(self.timeout, 120.0)).content
@@ -235,6 +301,9 @@ class ServiceClient:
 
     # ----------------------------------------------------------------------------------------------- control --
     def cancel(self, jid: int) -> None:
+        self._command("cancel", int(jid))
+
+    def _cancel_now(self, jid: int) -> None:
         job = self._jobs.get(int(jid))
         if job is not None and not job["ended"]:
             try:
@@ -244,6 +313,10 @@ class ServiceClient:
 
     def release(self, jid: int) -> None:
         """The caller is done with ``jid``: the server forgets it (an uncollected result is dropped)."""
+        self._results.pop(int(jid), None)
+        self._command("release", int(jid))
+
+    def _release_now(self, jid: int) -> None:
         job = self._jobs.pop(int(jid), None)
         if job is not None:
             try:
@@ -262,7 +335,12 @@ class ServiceClient:
         """Nothing: the server's models and caches are its admin's (the local worker's reset drops them)."""
 
     def shutdown(self) -> None:
-        """Close this client's sessions on the server (volume and models freed there)."""
+        """Stop the transfer thread and close this client's sessions on the server (volume and models freed there;
+        Slicer is exiting or the panel switched away from this server)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._thread = None
         for sid in list(self._sessions.values()):
             self._close(sid)
         self._sessions.clear()
