@@ -16,7 +16,9 @@ from medseg_backend import slicing
 from medseg_backend.metrics import dice
 from MedSegSlicerLib import editing, geometry, labelmaps
 from MedSegSlicerLib.segmenter import Segmenter
-from MedSegSlicerLib.session import IDLE, EditingSession, MedSAMOptions, ViewEvent, medsam_runs
+from MedSegSlicerLib.session import IDLE, EditingSession
+from MedSegSlicerLib.session_box import MedSAMOptions, medsam_runs
+from MedSegSlicerLib.session_views import ViewEvent
 
 from test_mrml_roi_placement import drawn_rectangle, new_roi, place_like_the_widget
 
