@@ -92,7 +92,7 @@ class Radiologist:
         assert self.session.view_event(ViewEvent("Red", "key", key=key), self.now)
         self.actions += 1
 
-    def wait(self, timeout=900.0):
+    def wait(self, timeout=2400.0):
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             self.now += 0.1

@@ -15,8 +15,8 @@ from MedSegSlicerLib import editing, geometry, labelmaps, preview
 from MedSegSlicerLib.jobs import Request
 from MedSegSlicerLib.scenarios import slab_box
 from MedSegSlicerLib.segmenter import Segmenter
-from MedSegSlicerLib.session import AUTO_UPDATE_DELAY, ENCODING, IDLE, PREVIEWING, EditingSession
-from MedSegSlicerLib.session_box import MedSAMOptions, medsam_runs
+from MedSegSlicerLib.session import ENCODING, IDLE, PREVIEWING, EditingSession
+from MedSegSlicerLib.session_box import AUTO_UPDATE_DELAY, MedSAMOptions, medsam_runs
 
 OWNER = "MedSAM box"
 TICK = 0.1          # the effect's timer interval (s), on the session's clock

@@ -40,8 +40,6 @@ log = logging.getLogger("MedSegSlicer")
 
 IDLE, ENCODING, PREVIEWING = "idle", "encoding", "previewing"
 
-#: Seconds after the box stopped moving before the auto-update preview (or the encoding ahead) starts.
-AUTO_UPDATE_DELAY = 0.8
 #: The progressive preview is redrawn at most this often (seconds).
 PARTIAL_INTERVAL = 0.5
 #: Runs estimated longer than this on a CPU are confirmed first (with the estimate).

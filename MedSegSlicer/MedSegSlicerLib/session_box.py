@@ -40,6 +40,10 @@ def medsam_runs(segmenter: Callable[[], Any], options: Callable[[Any], MedSAMOpt
     return prepare
 
 
+#: Seconds after the box stopped moving before the auto-update preview (or the encoding ahead) starts.
+AUTO_UPDATE_DELAY = 0.8
+
+
 class SegmentBox:
     """The box part of :class:`.session.EditingSession`."""
 
