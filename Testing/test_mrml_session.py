@@ -15,8 +15,8 @@ from MedSegSlicerLib import editing, geometry, labelmaps, preview
 from MedSegSlicerLib.jobs import Request
 from MedSegSlicerScenarios import slab_box
 from MedSegSlicerLib.segmenter import Segmenter
-from MedSegSlicerLib.session import AUTO_UPDATE_DELAY, ENCODING, IDLE, PREVIEWING, EditingSession, MedSAMOptions, \
-    medsam_runs
+from MedSegSlicerLib.session import ENCODING, IDLE, PREVIEWING, EditingSession
+from MedSegSlicerLib.session_box import AUTO_UPDATE_DELAY, MedSAMOptions, medsam_runs
 
 OWNER = "MedSAM box"
 TICK = 0.1          # the effect's timer interval (s), on the session's clock
@@ -237,7 +237,7 @@ def test_a_drag_in_a_slice_view_is_a_box_on_that_slice(journey):
     the dragged rectangle, on the slice under the pointer, along the view's axis; a click is not a box."""
     import slicer
 
-    from MedSegSlicerLib.session import ViewEvent, drawn_box
+    from MedSegSlicerLib.session_views import ViewEvent, drawn_box
 
     ctx, volume, labels, seg, sid, target = journey
     logic = slicer.vtkMRMLSliceLogic()
@@ -280,7 +280,7 @@ def test_a_drag_in_a_slice_view_is_a_box_on_that_slice(journey):
 
 
 def test_next_segment_key_adds_a_standard_structure_and_selects_it(journey):
-    from MedSegSlicerLib.session import ViewEvent
+    from MedSegSlicerLib.session_views import ViewEvent
 
     ctx, volume, labels, seg, sid, target = journey
     session = make_session(ctx, Segmenter(ctx, device="cpu", worker=False), Clock())

@@ -258,7 +258,7 @@ def test_drawing_the_box_is_described_as_two_clicks_not_a_drag():
     import re
 
     texts = {p.name: p.read_text(encoding="utf-8") for p in (MODULE / "MedSegSlicerEffects").glob("*.py")}
-    texts["session.py"] = (MODULE / "MedSegSlicerLib" / "session.py").read_text(encoding="utf-8")
+    texts["session_box.py"] = (MODULE / "MedSegSlicerLib" / "session_box.py").read_text(encoding="utf-8")
     texts["README.md"] = (REPO / "README.md").read_text(encoding="utf-8")
     wrong = re.compile(r"drag(,)? or click|\(drag|drag\s+a box|and drag\s", re.I)
     for name, text in texts.items():
@@ -266,7 +266,7 @@ def test_drawing_the_box_is_described_as_two_clicks_not_a_drag():
         for sentence in re.split(r"(?<=[.:;])\s", flat):
             if "Draw ROI" in sentence or "opposite corner" in sentence:
                 assert not wrong.search(sentence), f"{name}: {sentence!r}"
-    assert "then the opposite corner" in texts["EffectBase.py"] and "then the opposite corner" in texts["session.py"]
+    assert "then the opposite corner" in texts["EffectBase.py"] and "then the opposite corner" in texts["session_box.py"]
     assert "two clicks" in texts["README.md"] and "two clicks" in texts["SegmentEditorMedSAMBoxEffect.py"]
 
 

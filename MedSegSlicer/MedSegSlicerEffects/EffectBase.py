@@ -132,7 +132,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         own handling of the event (SLICER_API.md row V2). Slice views only; the session decides."""
         import vtk
 
-        from MedSegSlicerLib.session import ViewEvent
+        from MedSegSlicerLib.session_views import ViewEvent
 
         if not self.drawsInViews or viewWidget.className() != "qMRMLSliceWidget":
             return False

@@ -307,14 +307,14 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         return self.modelCombo.currentText
 
     def runOptions(self, volume):
-        from MedSegSlicerLib.session import MedSAMOptions
+        from MedSegSlicerLib.session_box import MedSAMOptions
 
         return MedSAMOptions(model=self.modelCombo.currentText, intensity=self.intensityValue(self.intensityCombo),
                              propagation=self.propagationCombo.currentText, axis=self.axis(volume),
                              slice_range=self.sliceRange())
 
     def prepareRun(self, volume, segmentation, segment_id, roi, seed=None):
-        from MedSegSlicerLib.session import medsam_runs
+        from MedSegSlicerLib.session_box import medsam_runs
 
         return medsam_runs(lambda: self.logic.segmenter, self.runOptions)(volume, segmentation, segment_id, roi, seed)
 

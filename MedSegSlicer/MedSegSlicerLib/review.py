@@ -26,6 +26,17 @@ def reasons(row: Dict) -> List[str]:
                         float(row.get("profile", 1.0)))
 
 
+def describe(row: Dict) -> str:
+    """One line for the list of slices to check: the slice and why it is doubtful."""
+    why = reasons(row)
+    if "empty" in why:
+        return f"slice {row['slice']}: empty"
+    text = f"slice {row['slice']}: confidence {float(row['confidence']):.2f}"
+    if "profile" in why:
+        text += f", {float(row['profile']):.0%} in the object's intensity range"
+    return text
+
+
 def review_mask(mask: np.ndarray, rows: Sequence[Dict], axis: str = "axial") -> np.ndarray:
     """``mask`` kept on the flagged slices only (along ``axis``): a "review" segment to look at before trusting
     the result."""

@@ -4,7 +4,9 @@ One :class:`EditingSession` per effect object holds the run state that used to h
 (one ROI per segment, drawn on one slice and given the product's depth), encoding ahead while the box is still
 being adjusted, the preview run and a preview queued behind another job, the slices a progressive run has
 finished (shown at most every :data:`PARTIAL_INTERVAL` s), cancel, Apply (through :mod:`.editing`) and the list of
-doubtful slices. The Qt effect forwards widget and view events to it and draws :meth:`EditingSession.drawn`.
+doubtful slices. The Qt effect forwards widget and view events to it and draws :meth:`EditingSession.drawn`. The
+box's part lives in :mod:`.session_box`, the view events (drag a box, fix a slice, keys) in :mod:`.session_views`:
+the two halves of the one class, by job.
 
 The session talks to one runner-facing object, the scene's :class:`~.jobs.JobRunner` (``runner()``): it starts a
 prepared run's request, polls it, takes its finished slices and cancels it. Time is passed in (``poll(now)``,
@@ -21,81 +23,27 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from medseg_backend import slicing
-from medseg_backend.choices import DEFAULT_MODEL, DEFAULT_PROPAGATION
 
 from . import editing, geometry, labelmaps, preview, review, segments
 from .effect_state import EffectState
 from .errors import InputError, MedSegError
 from .jobs import poll_step
+from .session_box import SegmentBox
+from .session_views import ViewInteraction
 
 log = logging.getLogger("MedSegSlicer")
 
 IDLE, ENCODING, PREVIEWING = "idle", "encoding", "previewing"
 
-#: Seconds after the box stopped moving before the auto-update preview (or the encoding ahead) starts.
-AUTO_UPDATE_DELAY = 0.8
 #: The progressive preview is redrawn at most this often (seconds).
 PARTIAL_INTERVAL = 0.5
 #: Runs estimated longer than this on a CPU are confirmed first (with the estimate).
 LONG_RUN_SECONDS = 60
-
-
-#: Keys in a slice view while the effect is active (keysyms as VTK's interactor gives them; SLICER_API.md row K2:
-#: none of them is a key of the Segment Editor or of the slice views in 5.6 - 5.12; Escape is the Segment Editor's
-#: "leave the effect" key, so it ends a drag but cannot cancel a run).
-VIEW_KEYS = {"Return": "apply", "KP_Enter": "apply", "x": "cancel", "n": "next_segment", "j": "next_flagged"}
-#: A press and release closer than this (pixels, each way) is a click, not a box.
-MIN_DRAG_PIXELS = 4
-
-
-@dataclass
-class ViewEvent:
-    """One event of a view, as the effect receives it (``processInteractionEvents``): the slice view's layout name
-    (``Red``), ``kind`` (``press`` / ``move`` / ``release`` / ``key``), the pointer position in the view's XY
-    (pixels), the mouse button, the modifiers held (``shift``, ``ctrl``, ``alt``) and the key (VTK keysym)."""
-    view: str
-    kind: str
-    xy: Tuple[float, float] = (0.0, 0.0)
-    button: str = "left"
-    modifiers: Tuple[str, ...] = ()
-    key: str = ""
-
-
-def slice_node_for_view(scene, view: str):
-    """The slice node of the view with layout name ``view`` (``Red``, ``Yellow``, ...), or None."""
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
-        node = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
-        if node.GetLayoutName() == view:
-            return node
-    return None
-
-
-def drawn_box(volume, slice_node, xy0, xy1) -> Tuple[str, int, Tuple[int, ...]]:
-    """A rectangle dragged in a slice view from ``xy0`` to ``xy1`` (the view's XY, pixels) as ``(axis, k, box)``: the
-    voxel axis the view slices along, the slice under the pointer, and the voxels of that slice whose centres lie
-    inside the rectangle (the slice node's own XY -> RAS transform, then the volume's RAS -> IJK)."""
-    xy_to_ras = geometry.matrix_to_numpy(slice_node.GetXYToRAS())
-    corners = np.array([[xy0[0], xy0[1], 0.0], [xy1[0], xy1[1], 0.0]], dtype=float)
-    ijk = geometry.apply(np.linalg.inv(geometry.volume_ijk_to_world(volume)), geometry.apply(xy_to_ras, corners))
-    axis = geometry.axis_for_slice_node(volume, slice_node)
-    a = slicing.BOX_INDEX[slicing.axis_index(axis)]
-    size = geometry.box_shape_xyz(geometry.volume_shape(volume))
-    k = int(np.floor(ijk[0][a] + 0.5))
-    if not 0 <= k < size[a]:
-        raise InputError(f"The box was drawn outside the volume (slice {k} of 0-{size[a] - 1} along {axis}): drag on "
-                         "a slice that shows the volume.")
-    lo = np.ceil(ijk.min(axis=0) - 1e-6).astype(int)
-    hi = np.floor(ijk.max(axis=0) + 1e-6).astype(int)
-    box = [int(v) for v in lo] + [int(v) for v in hi]
-    box[a], box[a + 3] = k, k
-    if any(box[d] > box[d + 3] for d in range(3)):
-        raise InputError("The box is thinner than one voxel: drag a larger box around the structure.")
-    return axis, k, geometry.clip_box(box, geometry.volume_shape(volume), what="Drawn box")
 
 
 def duration(seconds: float) -> str:
@@ -137,35 +85,7 @@ class Queued:
     seed: Optional[Dict[str, Any]] = None
 
 
-@dataclass
-class MedSAMOptions:
-    """The MedSAM box effect's choices (its panel, or a script)."""
-    model: str = DEFAULT_MODEL
-    intensity: Optional[str] = None
-    propagation: str = DEFAULT_PROPAGATION
-    axis: str = "axial"
-    slice_range: Optional[Tuple[int, int]] = None
-
-
-def medsam_runs(segmenter: Callable[[], Any], options: Callable[[Any], MedSAMOptions]):
-    """The MedSAM box effect's ``prepare(volume, segmentation, segment_id, roi, seed)``: a run of the segment's box
-    (an ROI node or a voxel box) with the effect's options (``options(volume)``); ``seed``: ``axis`` slices as the
-    view the box was drawn in, ``slice`` + ``direction`` re-propagate from the segment's slice there
-    (:meth:`.segmenter.Segmenter.prepare_medsam`)."""
-
-    def prepare(volume, segmentation, segment_id, roi, seed=None):
-        o = options(volume)
-        seed = seed or {}
-        return segmenter().prepare_medsam(
-            volume, [roi], model=o.model, intensity=o.intensity, propagation=o.propagation,
-            axis=seed.get("axis") or o.axis, slice_range=None if seed else o.slice_range,
-            segmentation_node=segmentation, segment_id=segment_id, seed_slice=seed.get("slice"),
-            direction=seed.get("direction", "both"))
-
-    return prepare
-
-
-class EditingSession:
+class EditingSession(SegmentBox, ViewInteraction):
     """See the module docstring. The providers are called when needed (the scene, its runner and the editor's
     parameter node may change under the effect):
 
@@ -230,6 +150,11 @@ class EditingSession:
         return self.runner().running
 
     @property
+    def running_ours(self) -> bool:
+        """A job the session started runs (encoding ahead or a preview)."""
+        return self.phase != IDLE
+
+    @property
     def needs_polling(self) -> bool:
         """The effect's timer must tick: a job of ours runs or an auto-update is due."""
         return self.phase != IDLE or self.queued is not None or self.auto_due is not None
@@ -240,17 +165,7 @@ class EditingSession:
 
     def review_rows(self) -> List[Tuple[int, str]]:
         """The doubtful slices of the last preview, least confident first: ``(slice, text)``."""
-        rows = []
-        for row in self.flagged:
-            why = review.reasons(row)
-            if "empty" in why:
-                text = f"slice {row['slice']}: empty"
-            else:
-                text = f"slice {row['slice']}: confidence {float(row['confidence']):.2f}"
-                if "profile" in why:
-                    text += f", {float(row['profile']):.0%} in the object's intensity range"
-            rows.append((int(row["slice"]), text))
-        return rows
+        return [(int(row["slice"]), review.describe(row)) for row in self.flagged]
 
     def drawn(self) -> Drawn:
         running = self.busy
@@ -275,148 +190,6 @@ class EditingSession:
 
     def state(self) -> EffectState:
         return EffectState(self.editor_node(), self.owner)
-
-    # ---- the box: one ROI per segment ----------------------------------------------------------------------
-    def roi(self):
-        """The selected segment's box (ROI node), or None."""
-        params = self.editor_node()
-        sid = params.GetSelectedSegmentID() if params else None
-        roi = self.state().reference(f"ROI.{sid}") if sid else None
-        return roi if roi is not None and self.scene().IsNodePresent(roi) else None
-
-    def set_roi(self, roi) -> None:
-        """Make ``roi`` the selected segment's box and watch it (a move previews again or encodes ahead)."""
-        params = self.editor_node()
-        sid = params.GetSelectedSegmentID() if params else None
-        if sid:
-            self.state().set_reference(f"ROI.{sid}", roi)
-        self.watch_roi(roi)
-
-    def watch_roi(self, roi) -> None:
-        import slicer
-        import vtk
-
-        for node, tag in self._roi_tags:
-            node.RemoveObserver(tag)
-        self._roi_tags = []
-        if roi is not None:
-            for event in (slicer.vtkMRMLMarkupsNode.PointModifiedEvent, vtk.vtkCommand.ModifiedEvent):
-                self._roi_tags.append((roi, roi.AddObserver(event, lambda *_: self.roi_changed(self.clock()))))
-
-    def roi_changed(self, now: float) -> None:
-        """The box moved (or was resized): preview again (auto-update) or encode ahead, once it stops moving."""
-        if not self.placing:
-            self.auto_due = now + AUTO_UPDATE_DELAY
-            self.wake()
-
-    def new_roi(self, volume, segmentation, segment_id):
-        name = segmentation.GetSegmentation().GetSegment(segment_id).GetName()
-        roi = self.scene().AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{name} box")
-        roi.CreateDefaultDisplayNodes()
-        roi.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
-        return roi
-
-    def set_box(self, box: Sequence[int], now: Optional[float] = None):
-        """Put the selected segment's box at voxel ``box`` (a new ROI if it has none) and show it."""
-        volume, segmentation, segment_id = self.inputs()
-        roi = self.roi()
-        if roi is None:
-            roi = self.new_roi(volume, segmentation, segment_id)
-            self.set_roi(roi)
-        placing, self.placing = self.placing, True        # one change, not one per coordinate
-        try:
-            geometry.voxel_box_to_roi(roi, volume, box)
-        finally:
-            self.placing = placing
-        if roi.GetDisplayNode() is not None:
-            roi.GetDisplayNode().SetVisibility(True)
-        return roi
-
-    def fit_roi(self, fit: Callable) -> None:
-        """Fit the box: ``fit(volume, segmentation, segment_id)`` gives the voxel box (the effect's rule)."""
-        try:
-            volume, segmentation, segment_id = self.inputs()
-            self.set_box(fit(volume, segmentation, segment_id))
-            self.roi_changed(self.clock())
-        except MedSegError as e:
-            self.set_status(str(e), error=True)
-
-    def draw_roi(self) -> None:
-        """Draw ROI: the markups widget places the box with two clicks on one slice (Place mode); the product then
-        gives it its depth (:meth:`roi_complete`)."""
-        try:
-            volume, segmentation, segment_id = self.inputs()
-        except MedSegError as e:
-            self.set_status(str(e), error=True)
-            return
-        roi = self.roi()
-        if roi is None:
-            roi = self.new_roi(volume, segmentation, segment_id)
-        else:
-            roi.RemoveAllControlPoints()
-        if roi.GetDisplayNode() is not None:
-            roi.GetDisplayNode().SetVisibility(True)
-        self.set_roi(roi)
-        self.stop_roi_placement()
-        # keeps the first corner the widget defines; says when the box is complete (also with place persistence)
-        self.placement = geometry.RoiPlacement(roi, on_complete=lambda: self.defer(self.roi_complete))
-        self.placing = True
-        app = self.app_logic()
-        selection = app.GetSelectionNode()
-        selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsROINode")
-        selection.SetActivePlaceNodeID(roi.GetID())
-        interaction = app.GetInteractionNode()
-        interaction.SetCurrentInteractionMode(interaction.Place)
-        self.set_status("Click one corner of a box around the structure on one slice, then the opposite corner: its "
-                        "depth is set automatically.")
-
-    def interaction_mode_changed(self, interaction) -> None:
-        """Placing an ROI must not deactivate the effect; leaving Place mode before the second corner ends it."""
-        if self.placing and interaction.GetCurrentInteractionMode() != interaction.Place:
-            if self.placement is not None and self.placement.complete:
-                self.roi_complete()
-            else:
-                self.placing = False
-                self.stop_roi_placement()
-
-    def roi_complete(self) -> None:
-        """The second corner is placed: leave Place mode, give the box its depth, preview or encode ahead."""
-        if not self.placing:
-            return
-        self.placing = False
-        interaction = self.app_logic().GetInteractionNode()
-        if interaction.GetCurrentInteractionMode() == interaction.Place:
-            interaction.SetCurrentInteractionMode(interaction.ViewTransform)
-        roi = self.roi()
-        placement, self.placement = self.placement, None
-        if placement is not None:
-            placement.stop()
-        try:
-            volume, _segmentation, _sid = self.inputs()
-            if roi is None or roi.GetNumberOfControlPoints() == 0:
-                return
-            # drawn on one slice: the product gives it the structure's depth (not Slicer's padding)
-            placed = geometry.placed_box(roi, volume, placement.first if placement is not None else None)
-            if placed is not None:
-                self.set_box(placed[1])
-        except MedSegError as e:
-            self.set_status(str(e), error=True)
-            return
-        self.auto_due = None
-        if self.auto_update:
-            self.preview(auto=True)
-        else:
-            self.prefetch()
-
-    def stop_roi_placement(self) -> None:
-        if self.placement is not None:
-            self.placement.stop()
-        self.placement = None
-
-    def hide_roi(self) -> None:
-        roi = self.roi()
-        if roi is not None and roi.GetDisplayNode() is not None:
-            roi.GetDisplayNode().SetVisibility(False)
 
     # ---- runs ---------------------------------------------------------------------------------------------
     def _prepare(self, seed=None, roi=None, seed_source=None):
@@ -655,172 +428,6 @@ class EditingSession:
         """World (RAS) position of the centre of flagged slice ``k`` (where the view jumps)."""
         volume, _s, _sid = self.inputs()
         return review.slice_centre_world(volume, self.flagged_axis, int(k))
-
-    # ---- the views: drag a box, fix a slice, keys ------------------------------------------------------------
-    def view_event(self, event: ViewEvent, now: Optional[float] = None) -> bool:
-        """One view event (see :class:`ViewEvent`); True when the session used it (the effect then stops Slicer's
-        own handling: no window/level drag under a box drag). A left drag without modifiers draws a box on that
-        slice: a new box for the segment (its depth by the structure-depth rule, :func:`.geometry.full_depth_box`)
-        and its preview, or - on a slice of an applied result, inside its box - a fix of that slice
-        (:meth:`fix_slice`). Keys: :data:`VIEW_KEYS`."""
-        now = self.clock() if now is None else now
-        if event.kind == "key":
-            action = VIEW_KEYS.get(event.key) if not event.modifiers else None
-            if action is None:
-                if event.key == "Escape":
-                    self.drag = None         # the Segment Editor leaves the effect on Escape: the drag ends
-                return False
-            if action == "apply":
-                self.apply()
-            elif action == "cancel":
-                self.cancel()
-            elif action == "next_segment":
-                self.next_segment()
-            elif action == "next_flagged":
-                self.next_flagged(event.view)
-            return True
-        if event.button != "left" or self._placing_markups():
-            return False                     # Draw ROI (or another markup) places points with the same button
-        if event.kind == "press":
-            if event.modifiers:
-                return False
-            self.drag = dict(view=event.view, start=tuple(event.xy), end=tuple(event.xy))
-            return True
-        if self.drag is None or event.view != self.drag["view"]:
-            return False
-        if event.kind == "move":
-            self.drag["end"] = tuple(event.xy)
-            return True
-        if event.kind == "release":
-            drag, self.drag = self.drag, None
-            drag["end"] = tuple(event.xy)
-            (x0, y0), (x1, y1) = drag["start"], drag["end"]
-            if abs(x1 - x0) < MIN_DRAG_PIXELS or abs(y1 - y0) < MIN_DRAG_PIXELS:
-                return False                 # a click: Slicer's own handling
-            self.box_drawn(drag["view"], drag["start"], drag["end"], now)
-            return True
-        return False
-
-    def _placing_markups(self) -> bool:
-        if self.placing:
-            return True
-        app = self.app_logic() if self.app_logic is not None else None
-        interaction = app.GetInteractionNode() if app is not None else None
-        return interaction is not None and interaction.GetCurrentInteractionMode() == interaction.Place
-
-    def box_drawn(self, view: str, xy0, xy1, now: Optional[float] = None) -> bool:
-        """A box dragged in view ``view``: a fix of an applied result on that slice, or the segment's new box."""
-        try:
-            volume, segmentation, segment_id = self.inputs()
-            node = slice_node_for_view(self.scene(), view)
-            if node is None:
-                raise InputError(f"There is no slice view '{view}' in the scene: drag in a Red, Yellow or Green view.")
-            axis, k, box = drawn_box(volume, node, xy0, xy1)
-            if self._fixes(volume, segmentation, segment_id, axis, k):
-                return self.fix_slice(axis, k, box)
-            full = geometry.full_depth_box(box, axis, volume)
-            self.set_box(full)
-        except MedSegError as e:
-            self.set_status(str(e), error=True)
-            return False
-        self.view_axis = axis
-        self.auto_due = None
-        return self.preview(auto=self.phase != IDLE, seed={"axis": axis})
-
-    def _fixes(self, volume, segmentation, segment_id, axis: str, k: int) -> bool:
-        """A drag fixes a slice when the segment holds a result (applied, no preview waiting) and slice ``k`` is
-        inside the segment's box along ``axis``."""
-        roi = self.roi()
-        if roi is None or self.pending() is not None or self.phase != IDLE:
-            return False
-        s0, s1, _ = slicing.project_box(geometry.roi_to_voxel_box(roi, volume), axis)
-        if not s0 <= k <= s1:
-            return False
-        return bool(labelmaps.segment_to_array(segmentation, segment_id, volume).any())
-
-    def fix_slice(self, axis: str, k: int, box: Sequence[int]) -> bool:
-        """Fix in place: slice ``k`` is prompted again with the drawn ``box`` (its embedding is cached: decode only),
-        then the propagation re-runs from it to the end of the segment's box, away from where the run started
-        (the box's middle slice); the preview covers that walk only, so Apply changes nothing else."""
-        volume, _segmentation, _sid = self.inputs()
-        s0, s1, _ = slicing.project_box(geometry.roi_to_voxel_box(self.roi(), volume), axis)
-        start = slicing.middle_slice(s0, s1)
-        direction = "up" if k > start else "down" if k < start else "both"
-
-        def then(result):
-            self._repropagate(axis, k, direction, result)
-
-        ok = self.preview(seed={"axis": axis}, roi=tuple(box), then=then)
-        if ok:
-            self.set_status(f"Slice {k}: prompted again with the new box; then propagating "
-                            f"{'both ways' if direction == 'both' else direction} from it...")
-        return ok
-
-    def _repropagate(self, axis: str, k: int, direction: str, result) -> None:
-        """The fix's second step: the new slice ``k`` (shown as the preview) seeds the propagation."""
-        try:
-            volume, segmentation, segment_id = self.inputs()
-            mask = self.mask_from_result(result)
-            if not slicing.take_slice(mask, axis, k).any():
-                raise InputError(f"The model found nothing in the new box on slice {k}: drag the box around the "
-                                 "structure again.")
-            node = preview.show(self.scene(), self.editor_node(), segmentation, segment_id, mask, volume,
-                                owner=self.owner)
-        except MedSegError as e:
-            self.set_status(str(e), error=True)
-            return
-        self.preview(seed={"axis": axis, "slice": k, "direction": direction}, seed_source=node)
-
-    def next_segment(self, structure=None) -> bool:
-        """The "next segment" key: Apply the preview waiting (if any), add a new segment (a standard structure's
-        name, colour and terminology when ``structure`` - or the picker's :attr:`structure` - is given), select it
-        and wait for its box."""
-        structure = structure if structure is not None else self.structure
-        if self.phase != IDLE:
-            self.set_status("A run is in progress: wait for its preview (or press x to cancel), then go on.", error=True)
-            return False
-        if self.pending() is not None and not self.apply():
-            return False
-        try:
-            _volume, segmentation, _sid = self.inputs()
-            from . import terminology
-
-            found = None
-            if structure is not None:
-                found = terminology.lookup(structure)
-                if found is None:
-                    raise InputError(f"'{structure}' is not in the list of standard structures: pick one of the list.")
-            new_id = segmentation.GetSegmentation().AddEmptySegment("", found.name if found else "")
-            if found is not None:
-                terminology.apply_to_segment(segmentation.GetSegmentation().GetSegment(new_id), found)
-        except MedSegError as e:
-            self.set_status(str(e), error=True)
-            return False
-        self.editor_node().SetSelectedSegmentID(new_id)
-        self.watch_roi(None)
-        self.flagged, self.flagged_mask, self.flagged_at = [], None, -1
-        name = segmentation.GetSegmentation().GetSegment(new_id).GetName()
-        self.set_status(f"New segment '{name}': drag a box around it in a slice view.")
-        return True
-
-    def next_flagged(self, view: str) -> Optional[int]:
-        """The "next flagged slice" key: show the next doubtful slice of the last result in ``view``."""
-        if not self.flagged:
-            self.set_status("No slice to check: the last result has no doubtful slice.")
-            return None
-        node = slice_node_for_view(self.scene(), view)
-        if node is None:
-            return None
-        order = sorted(int(r["slice"]) for r in self.flagged)
-        self.flagged_at = (self.flagged_at + 1) % len(order)
-        k = order[self.flagged_at]
-        try:
-            node.JumpSliceByCentering(*(float(v) for v in self.review_position(k)))
-        except MedSegError as e:
-            self.set_status(str(e), error=True)
-            return None
-        self.set_status(f"Slice {k} ({self.flagged_at + 1} of {len(order)} to check): drag a box on it to fix it.")
-        return k
 
     def activated(self) -> bool:
         """The effect was opened: offer the dependency and weights install now, once per session (not after the
