@@ -307,3 +307,71 @@ def test_the_install_is_offered_when_the_effect_is_first_opened(journey):
     done = make_session(ctx, Segmenter(ctx, device="cpu", worker=False), Clock(),
                         ensure=lambda model: asked.append(model) or True)
     assert done.activated() and asked == ["lite-medsam"]          # installed: nothing asked
+
+
+def test_encoding_before_the_box_follows_the_slice_in_view_and_stops_with_the_effect(journey):
+    """Issue 27 item 4, the session's half (the worker's half: test_worker's encode-before-the-box test): the
+    slice a real slice node shows (its SliceToRAS) is where encoding starts; a view a few slices away keeps the
+    running encoding, a far one restarts it; nothing starts while a job runs; leaving the effect stops it; a
+    finished encoding is dropped at the next tick."""
+    import slicer
+
+    ctx, volume, labels, seg, sid, target = journey
+    started, stopped = [], []
+
+    class Handle:                      # what Segmenter.start_encode_around returns (state read by update())
+        def __init__(self, at):
+            self.at, self.state = at, "running"
+
+        @property
+        def running(self):
+            return self.state == "running"
+
+        def update(self):
+            return self.state
+
+        def stop(self):
+            stopped.append(self.at)
+            self.state = "stopped"
+
+    def encode_around(v, axis, k):
+        started.append((v.GetName(), axis, k))
+        return Handle(k)
+
+    segmenter = Segmenter(ctx, device="cpu", worker=False)
+    clock = Clock()
+    session = make_session(ctx, segmenter, clock, encode_around=encode_around)
+    logic = slicer.vtkMRMLSliceLogic()
+    logic.SetMRMLScene(ctx.scene)
+    logic.SetMRMLApplicationLogic(ctx.app_logic)
+    red = logic.AddSliceNode("Red")
+    red.SetOrientationToAxial()
+
+    def show(k):
+        ras = geometry.apply(geometry.volume_ijk_to_world(volume), np.array([[10.0, 10.0, float(k)]]))[0]
+        red.JumpSliceByOffsetting(*ras)
+
+    show(12)
+    assert session.view_at(red) and started == [(volume.GetName(), "axial", 12)]
+    assert session.needs_polling                        # the effect's timer reads its end
+    show(14)
+    assert not session.view_at(red) and len(started) == 1          # 2 slices away: the running one goes on
+    show(20)
+    assert session.view_at(red) and started[-1] == (volume.GetName(), "axial", 20)
+    session.around.state = "done"
+    session.poll(clock.now)
+    assert session.around is None and not session.needs_polling
+    # a job runs (the panel's, here): the view does not start an encoding behind it
+    segmenter.runner.start(Request("sleep", {"seconds": 30.0, "steps": 300}, local={"in_process": True}),
+                           label="nap")
+    try:
+        show(2)
+        assert not session.view_at(red) and len(started) == 2
+    finally:
+        segmenter.runner.cancel()
+        assert segmenter.runner.wait(60) is not None    # the panel's poll reads its end
+    assert not session.busy
+    assert session.view_at(red) and started[-1][2] == 2
+    session.stop_encoding()                             # leaving the effect
+    assert stopped == [2] and session.around is None
+    session.close()

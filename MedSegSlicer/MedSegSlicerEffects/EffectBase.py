@@ -69,6 +69,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             self.effectName, scene=lambda: slicer.mrmlScene, editor_node=self.scriptedEffect.parameterSetNode,
             runner=lambda: self.logic.segmenter.runner, prepare=self.prepareRun,
             encode=self.prefetchRun if self.encodesAhead else None,
+            encode_around=self.encodeAround if self.encodesAhead else None,
             mask_from_result=self.maskFromResult, model_name=self.modelName, ensure=ensure,
             installed=lambda: deps.install_plan().empty,
             confirm=lambda question: slicer.util.confirmOkCancelDisplay(question, windowTitle="MedSegSlicer"),
@@ -114,7 +115,8 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
     def activate(self):
         self.shortcutSet().enable()        # only the shown effect's keys exist for Qt: never ambiguous
         # first opening: offer the install now, after the panel is shown (not after the first box)
-        qt.QTimer.singleShot(0, lambda: (self.session.activated(), self.draw()))
+        qt.QTimer.singleShot(0, lambda: (self.session.activated(), self.session.view_at(self.sliceNodeForView("Red")),
+                                         self.draw()))
 
     def deactivate(self):
         # Leaving the effect (or the Segment Editor) keeps a running job and the preview: the timer goes on
@@ -122,6 +124,7 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         # user comes back.
         self.shortcutSet().disable()
         self.session.drag = None           # Escape (the Segment Editor's "leave the effect" key) ends a drag
+        self.session.stop_encoding()       # encoding before the box stops with the effect (its slices stay cached)
 
     # ---- the views: events forwarded to the session --------------------------------------------------------------
     #: True for effects whose box is dragged in the slice views (MedSAM box).
@@ -136,6 +139,8 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
 
         if not self.drawsInViews or viewWidget.className() != "qMRMLSliceWidget":
             return False
+        if eventId == vtk.vtkCommand.MouseMoveEvent and self.session.drag is None:
+            self.session.view_at(viewWidget.sliceLogic().GetSliceNode())   # encode around the slice in view
         kind = {vtk.vtkCommand.LeftButtonPressEvent: "press", vtk.vtkCommand.MouseMoveEvent: "move",
                 vtk.vtkCommand.LeftButtonReleaseEvent: "release", vtk.vtkCommand.KeyPressEvent: "key"}.get(eventId)
         if kind is None:
@@ -295,6 +300,10 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
 
     def prefetchRun(self, prepared):
         """Subclasses: the request that encodes ahead for a prepared run (None: nothing to prefetch)."""
+        return None
+
+    def encodeAround(self, volume, axis, k):
+        """Subclasses that encode ahead: start encoding before the box around slice ``k`` (the handle), or None."""
         return None
 
     #: True for effects whose prefetchRun encodes ahead (MedSAM): the session never prepares a run for the others.

@@ -358,5 +358,10 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
     def prefetchRun(self, prepared):
         return self.logic.segmenter.prepare_encode(prepared)
 
+    def encodeAround(self, volume, axis, k):
+        # the model and intensity of the box runs that follow, so that their slices come from the cache
+        return self.logic.segmenter.start_encode_around(volume, axis, k, model=self.modelName(),
+                                                        intensity=self.intensityValue(self.intensityCombo))
+
     def maskFromResult(self, result):
         return (result.labels == 1).astype("uint8")

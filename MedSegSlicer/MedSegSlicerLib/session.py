@@ -40,6 +40,8 @@ log = logging.getLogger("MedSegSlicer")
 
 IDLE, ENCODING, PREVIEWING = "idle", "encoding", "previewing"
 
+#: Encoding before the box restarts around the slice in view once the view is this many slices from its centre.
+AROUND_STEP = 4
 #: The progressive preview is redrawn at most this often (seconds).
 PARTIAL_INTERVAL = 0.5
 #: Runs estimated longer than this on a CPU are confirmed first (with the estimate).
@@ -104,8 +106,13 @@ class EditingSession(SegmentBox, ViewInteraction):
     def __init__(self, owner: str, *, scene, editor_node, runner, prepare, mask_from_result,
                  encode=None, model_name=lambda: "", ensure=None, installed=None, confirm=None, on_cpu=None,
                  app_logic=None, defer=None, wake=None, apply_target=None, confirm_visible=None,
-                 review_segment=None, clock=time.monotonic) -> None:
+                 review_segment=None, clock=time.monotonic, encode_around=None) -> None:
         self.owner = owner
+        #: encoding before the box: ``encode_around(volume, axis, k)`` starts it in the worker and returns its
+        #: handle (``update()``, ``stop()``, ``running``; :class:`.segmenter.EncodeAround`), None for effects without
+        self.encode_around = encode_around
+        self.around = None                # the running encoding before the box
+        self.around_at: Optional[Tuple[str, str, int]] = None    # (volume ID, axis, centre slice) it started at
         self.scene, self.editor_node, self.runner = scene, editor_node, runner
         self.prepare, self.encode, self.mask_from_result = prepare, encode, mask_from_result
         self.model_name = model_name
@@ -157,7 +164,8 @@ class EditingSession(SegmentBox, ViewInteraction):
     @property
     def needs_polling(self) -> bool:
         """The effect's timer must tick: a job of ours runs or an auto-update is due."""
-        return self.phase != IDLE or self.queued is not None or self.auto_due is not None
+        return self.phase != IDLE or self.queued is not None or self.auto_due is not None or \
+            (self.around is not None and self.around.running)
 
     def pending(self):
         """The preview waiting for Apply (:func:`.preview.current`), or None."""
@@ -283,6 +291,8 @@ class EditingSession(SegmentBox, ViewInteraction):
     def poll(self, now: float) -> Drawn:
         """One tick: read what the job sent (never blocks), show finished slices, finish an ended run, start a due
         auto-update or a queued preview. Returns what to draw."""
+        if self.around is not None and self.around.update() != "running":
+            self.around = None            # done, pre-empted by a run, stopped or failed: what it encoded is cached
         if self.phase == IDLE:
             if self.queued is not None and not self.busy:
                 queued, self.queued = self.queued, None
@@ -446,9 +456,55 @@ class EditingSession(SegmentBox, ViewInteraction):
             self.set_status("Dependencies not installed: they are offered again on the first box.", error=True)
         return ok
 
+    # ---- encoding before the box ---------------------------------------------------------------------------
+    def view_shown(self, volume, axis: str, k: int) -> bool:
+        """The effect is active and a slice view shows ``volume`` at slice ``k`` along ``axis``: encode the slices
+        around it, nearest first, in the worker's background (issue 27 item 4), so that the first box there is
+        usually encoded already. Any run pre-empts it between two slices (it never delays one). Nothing when the
+        effect does not encode, one of our jobs or the panel's runs, the dependencies are missing, or an encoding
+        around a slice less than :data:`AROUND_STEP` slices away is running. True when one was started."""
+        if self.encode_around is None or volume is None or self.phase != IDLE or self.busy or not self.installed():
+            return False
+        here = (volume.GetID(), axis, int(k))
+        if self.around is not None and self.around.running and self.around_at is not None and \
+                self.around_at[:2] == here[:2] and abs(self.around_at[2] - here[2]) < AROUND_STEP:
+            return False
+        try:
+            self.around = self.encode_around(volume, axis, int(k))
+        except MedSegError as e:
+            log.info("MedSegSlicer: no encoding before the box: %s", e)
+            self.around = None
+        self.around_at = here if self.around is not None else None
+        if self.around is not None:
+            self.wake()
+        return self.around is not None
+
+    def view_at(self, slice_node) -> bool:
+        """A slice view was shown or the pointer moved in it: :meth:`view_shown` for the editor's source volume at
+        the slice that view shows (the slice node's real SliceToRAS). False when there is no volume or the view
+        is oblique to it."""
+        params = self.editor_node()
+        volume = params.GetSourceVolumeNode() if params else None
+        if volume is None or slice_node is None or self.encode_around is None:
+            return False
+        try:
+            axis = geometry.axis_for_slice_node(volume, slice_node)
+            k = geometry.slice_index_for_view(volume, slice_node, axis)
+        except MedSegError:
+            return False
+        return self.view_shown(volume, axis, k)
+
+    def stop_encoding(self) -> None:
+        """Leaving the effect: the encoding before the box stops (what it encoded stays cached)."""
+        if self.around is not None:
+            self.around.stop()
+            self.around = None
+        self.around_at = None
+
     # ---- end ----------------------------------------------------------------------------------------------
     def close(self) -> None:
-        """The effect's cleanup: no placement, no observer left on the scene's ROI nodes."""
+        """The effect's cleanup: no placement, no observer left on the scene's ROI nodes, no encoding."""
+        self.stop_encoding()
         self.placing = False
         self.stop_roi_placement()
         self.watch_roi(None)
