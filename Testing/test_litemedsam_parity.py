@@ -5,7 +5,8 @@ both encoder runtimes. The OpenVINO runtime is gated on torch (issue 27): embedd
 slice's mask into the next box, so one pixel flipped by float rounding can move a few more). Measured 2026-12-07:
 every case identical but the 77-slice spinal cord case (sct_t1w_cord), where exactly one voxel differs (slice 16, 22
 slices into the downward walk from slice 38; OpenVINO 80 voxels there, torch and the official 79), Dice 0.99991;
-the embeddings of that slice and its neighbours differ by 2.9e-6 - 4.5e-6 (max abs), the same with an export of
+the embeddings of that slice and its neighbours differ by 2.9e-6 - 4.5e-6 (max abs) and the voxel's probability is
+0.4999954 through torch, 0.5000016 through OpenVINO (on the threshold); the same voxel with an export of
 the plain (unfolded) module, with the fp32 precision hint set explicitly: an fp32 rounding difference on a
 boundary pixel, not a defect of the export, so the gate is the honest 0.9999, not 1.0000."""
 import numpy as np
