@@ -2,8 +2,13 @@
 Testing/Data/litemedsam_reference): 2-D per case Dice >= 0.99, 3-D per case Dice >= 0.98, multi-object - through
 both encoder runtimes. The OpenVINO runtime is gated on torch (issue 27): embeddings within 1e-4, the very same
 2-D masks as torch, and 3-D masks at Dice >= 0.9999 to torch's and to the reference (a 3-D walk carries each
-slice's mask into the next box, so one pixel flipped by float rounding can move a few more: measured, one voxel-level
-difference on the 77-slice spinal cord case, Dice 0.99991; every other case identical)."""
+slice's mask into the next box, so one pixel flipped by float rounding can move a few more). Measured 2026-12-07:
+every case identical but the 77-slice spinal cord case (sct_t1w_cord), where exactly one voxel differs (slice 16, 22
+slices into the downward walk from slice 38; OpenVINO 80 voxels there, torch and the official 79), Dice 0.99991;
+the embeddings of that slice and its neighbours differ by 2.9e-6 - 4.5e-6 (max abs) and the voxel's probability is
+0.4999954 through torch, 0.5000016 through OpenVINO (on the threshold); the same voxel with an export of
+the plain (unfolded) module, with the fp32 precision hint set explicitly: an fp32 rounding difference on a
+boundary pixel, not a defect of the export, so the gate is the honest 0.9999, not 1.0000."""
 import numpy as np
 import pytest
 
@@ -97,6 +102,13 @@ def test_3d_reference_parity(engines, litemedsam_3d_cases, runtime):
         to_torch, to_ref = dice(labels[name], base[name]), dice(labels[name], d["ref_mask"])
         print(f"3-D OpenVINO {name:28s} Dice to torch {to_torch:.6f}, to the reference {to_ref:.6f}")
         assert to_torch >= 0.9999 and to_ref >= 0.9999, f"{name}: Dice {to_torch:.6f} to torch, {to_ref:.6f} to ref"
+    # the embeddings where the one voxel flips (see the module docstring) are within 1e-4 of torch's
+    vol = litemedsam_3d_cases["sct_t1w_cord"]["volume_u8"]
+    tp, op = engines("torch").predictor, engines(runtime).predictor
+    worst = max(float((a - b).abs().max()) for z in (15, 16, 17)
+                for a, b in zip(tp.embeddings([vol[z]]), op.embeddings([vol[z]])))
+    print(f"3-D embeddings (sct_t1w_cord slices 15-17), OpenVINO vs torch: max |diff| {worst:.2e}")
+    assert worst < 1e-4
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
