@@ -33,6 +33,7 @@ from . import editing, geometry, labelmaps, preview, review, segments
 from .effect_state import EffectState
 from .errors import InputError, MedSegError
 from .jobs import poll_step
+from .session_around import EncodingAround
 from .session_box import SegmentBox
 from .session_views import ViewInteraction
 
@@ -40,8 +41,6 @@ log = logging.getLogger("MedSegSlicer")
 
 IDLE, ENCODING, PREVIEWING = "idle", "encoding", "previewing"
 
-#: Encoding before the box restarts around the slice in view once the view is this many slices from its centre.
-AROUND_STEP = 4
 #: The progressive preview is redrawn at most this often (seconds).
 PARTIAL_INTERVAL = 0.5
 #: Runs estimated longer than this on a CPU are confirmed first (with the estimate).
@@ -87,7 +86,7 @@ class Queued:
     seed: Optional[Dict[str, Any]] = None
 
 
-class EditingSession(SegmentBox, ViewInteraction):
+class EditingSession(SegmentBox, ViewInteraction, EncodingAround):
     """See the module docstring. The providers are called when needed (the scene, its runner and the editor's
     parameter node may change under the effect):
 
@@ -455,51 +454,6 @@ class EditingSession(SegmentBox, ViewInteraction):
         if not ok:
             self.set_status("Dependencies not installed: they are offered again on the first box.", error=True)
         return ok
-
-    # ---- encoding before the box ---------------------------------------------------------------------------
-    def view_shown(self, volume, axis: str, k: int) -> bool:
-        """The effect is active and a slice view shows ``volume`` at slice ``k`` along ``axis``: encode the slices
-        around it, nearest first, in the worker's background (issue 27 item 4), so that the first box there is
-        usually encoded already. Any run pre-empts it between two slices (it never delays one). Nothing when the
-        effect does not encode, one of our jobs or the panel's runs, the dependencies are missing, or an encoding
-        around a slice less than :data:`AROUND_STEP` slices away is running. True when one was started."""
-        if self.encode_around is None or volume is None or self.phase != IDLE or self.busy or not self.installed():
-            return False
-        here = (volume.GetID(), axis, int(k))
-        if self.around is not None and self.around.running and self.around_at is not None and \
-                self.around_at[:2] == here[:2] and abs(self.around_at[2] - here[2]) < AROUND_STEP:
-            return False
-        try:
-            self.around = self.encode_around(volume, axis, int(k))
-        except MedSegError as e:
-            log.info("MedSegSlicer: no encoding before the box: %s", e)
-            self.around = None
-        self.around_at = here if self.around is not None else None
-        if self.around is not None:
-            self.wake()
-        return self.around is not None
-
-    def view_at(self, slice_node) -> bool:
-        """A slice view was shown or the pointer moved in it: :meth:`view_shown` for the editor's source volume at
-        the slice that view shows (the slice node's real SliceToRAS). False when there is no volume or the view
-        is oblique to it."""
-        params = self.editor_node()
-        volume = params.GetSourceVolumeNode() if params else None
-        if volume is None or slice_node is None or self.encode_around is None:
-            return False
-        try:
-            axis = geometry.axis_for_slice_node(volume, slice_node)
-            k = geometry.slice_index_for_view(volume, slice_node, axis)
-        except MedSegError:
-            return False
-        return self.view_shown(volume, axis, k)
-
-    def stop_encoding(self) -> None:
-        """Leaving the effect: the encoding before the box stops (what it encoded stays cached)."""
-        if self.around is not None:
-            self.around.stop()
-            self.around = None
-        self.around_at = None
 
     # ---- end ----------------------------------------------------------------------------------------------
     def close(self) -> None:
