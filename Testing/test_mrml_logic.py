@@ -128,7 +128,7 @@ def test_the_device_has_one_home_and_on_cpu_follows_pick_devices_rule(slicer_sce
     with pytest.raises(MedSegError, match="Unknown device 'tpu': use auto, cpu, cuda, mps."):
         logic.setDevice("tpu")
     assert logic.device == segmenter.device == "cuda"
-    facts = types.SimpleNamespace(info={})
+    facts = types.SimpleNamespace(info={}, reset=lambda: None)     # a device change resets the worker's models
     monkeypatch.setattr(worker_client, "shared_client", lambda: facts)
     assert logic.onCpu() is None                               # the worker has not reported torch yet
     facts.info = {"cuda": False, "mps": True}

@@ -416,3 +416,14 @@ def run_blocking(work: Work, *, label: str = "run", guard: Optional[NodeGuard] =
         job.error = exc
         job.trace = traceback.format_exc()
     return _outcome(job)
+
+
+def raise_unless_ok(outcome: JobOutcome) -> None:
+    """Re-raise the error of a failed/cancelled/discarded run (batch use)."""
+    if outcome.ok:
+        return
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.status == "cancelled":
+        raise CancelledError(outcome.message)
+    raise InputError(outcome.message)

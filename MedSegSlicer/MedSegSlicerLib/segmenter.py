@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,11 +28,14 @@ from medseg_backend.worker.handlers import EngineCache, Handlers
 from medseg_backend.worker.protocol import Request
 
 from . import examples as ex
-from . import editing, geometry, labelmaps, segments, terminology
+from . import editing, geometry, labelmaps, segments
 from .errors import InputError, MedSegWarning
 
 from . import model_server
-from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, run_blocking
+from .jobs import JobOutcome, JobRunner, NodeGuard, execute_local, raise_unless_ok, run_blocking
+from .encode_around import EncodeAround
+from .prepared import Pending, PreparedRun
+from .segmenter_batch import BatchRuns
 
 __all__ = ["Segmenter", "RunSettings", "PreparedRun", "Pending", "EncodeAround", "EngineCache", "volume_key",
            "raise_unless_ok"]
@@ -88,27 +91,6 @@ class RunSettings:
         return changed
 
 
-@dataclass
-class PreparedRun:
-    """A run ready to start: its checked spec (:mod:`medseg_backend.runspec`; None for weights jobs), the request
-    made from it (``spec.to_message()`` plus the arrays), the guard of its input nodes, messages and what the
-    effects need to show and apply it (``info``)."""
-    label: str
-    request: Request
-    guard: NodeGuard
-    spec: Any = None
-    messages: List[str] = field(default_factory=list)
-    info: Dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Pending:
-    """A run started without waiting (the module panel's buttons): :meth:`Segmenter.finish` turns its outcome into
-    the run's value on the GUI thread (e.g. writes the segments) once the poll loop has it."""
-    label: str
-    finish: Callable[[JobOutcome], Any]
-
-
 def volume_key(volume_node, array: np.ndarray) -> str:
     """Content key of a volume for the worker's volume cache, cheap enough for every run: the node's content stamp
     (image and scalar objects, their modified time, grid, geometry), the array's shape and type, and a sparse sample
@@ -122,51 +104,7 @@ def volume_key(volume_node, array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-class EncodeAround:
-    """Encoding before the box, running in the worker (:meth:`Segmenter.start_encode_around`). :meth:`update`
-    reads its events (call it from the poll loop); ``state``: ``running``, ``done`` (``result``: encoded, cached,
-    order), ``preempted`` (a run came first: it stops between two slices), ``stopped`` or ``failed``
-    (``message``)."""
-
-    def __init__(self, segmenter: "Segmenter", client, jid: int, axis: str, centre: int) -> None:
-        self._segmenter, self._client, self.id = segmenter, client, int(jid)
-        self.axis, self.centre = axis, centre
-        self.state, self.fraction, self.message = "running", 0.0, ""
-        self.result: Dict[str, Any] = {}
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-    def update(self) -> str:
-        if not self.running:
-            return self.state
-        if not self._segmenter.runner.running:   # a run in flight reads the worker's messages itself
-            for msg in self._client.poll():
-                if msg.get("event") == "died":
-                    self.state, self.message = "failed", str(msg.get("message") or "")
-        for msg in self._client.watched(self.id):
-            event = msg.get("event")
-            if event == "progress":
-                self.fraction, self.message = float(msg.get("fraction", 0.0)), str(msg.get("message", ""))
-            elif event == "done":
-                self.state, self.result, self.fraction = "done", dict(msg.get("result") or {}), 1.0
-            elif event == "cancelled":
-                self.state = "preempted" if msg.get("preempted") else "stopped"
-            elif event == "error":
-                self.state, self.message = "failed", str(msg.get("message") or "")
-        if not self.running:
-            self._client.unwatch(self.id)
-        return self.state
-
-    def stop(self) -> None:
-        if self.update() == "running":
-            self._client.cancel(self.id)
-            self._client.unwatch(self.id)     # its late 'cancelled' event is nobody's
-            self.state = "stopped"
-
-
-class Segmenter:
+class Segmenter(BatchRuns):
     """Prepares and starts model runs, and writes batch results: one per scene (the Logic and the effects share
     it). The run in flight is its :attr:`runner` (a :class:`~.jobs.JobRunner`: ``running``, ``label``, ``poll``,
     ``partials``, ``cancel``), which the effects' editing sessions (:mod:`.session`) and the panel poll directly."""
@@ -459,158 +397,3 @@ class Segmenter:
                                 guard=prepared.guard, progress=progress, cancel=cancel)
         self.runner.start(request, label=prepared.label, guard=prepared.guard)
         return self.runner.wait(progress=progress, cancel=cancel)
-
-    # ------------------------------------------------------------------------------------------------------
-    # Weights (checked where torch lives: the worker)
-    # ------------------------------------------------------------------------------------------------------
-    def start_pending(self, prepared: PreparedRun, finish: Callable[[JobOutcome], Any]) -> Pending:
-        """Non-blocking: start ``prepared`` and return the :class:`Pending` whose ``finish(outcome)`` gives its
-        value; poll :attr:`runner` until the outcome comes (the module panel's QTimer), then call ``finish``."""
-        self.start(prepared)
-        return Pending(prepared.label, finish)
-
-    @staticmethod
-    def _weights_job(op: str, label: str, value: Callable[[Any], Any], **params):
-        prepared = PreparedRun(label=label, request=Request(op, params), guard=None)
-
-        def finish(outcome: JobOutcome):
-            raise_unless_ok(outcome)
-            return value(outcome.result)
-
-        return prepared, finish
-
-    def _verify_job(self, name: Optional[str]):
-        return self._weights_job("weights_verify", "Verify weights", lambda r: list(r.results or []), name=name)
-
-    def _import_job(self, name: str, path: str, accept_licence: bool):
-        return self._weights_job("weights_import", f"Import {name} weights", lambda r: str(r.path), name=name,
-                                 path=str(path), accept_licence=bool(accept_licence))
-
-    def verify_weights(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
-        """Hash and layout check of installed weights, in the worker (torch never loads in Slicer's process).
-        Blocking (batch use); :meth:`start_verify_weights` for the panel."""
-        prepared, finish = self._verify_job(name)
-        return finish(self.run(prepared))
-
-    def start_verify_weights(self, name: Optional[str] = None) -> Pending:
-        """:meth:`verify_weights` without waiting: its :class:`Pending` gives the list of results."""
-        return self.start_pending(*self._verify_job(name))
-
-    def import_weights(self, name: str, path: str, accept_licence: bool = False) -> str:
-        """Check a local weights file and install it into the cache, in the worker. Blocking (batch use);
-        :meth:`start_import_weights` for the panel."""
-        prepared, finish = self._import_job(name, path, accept_licence)
-        return finish(self.run(prepared))
-
-    def start_import_weights(self, name: str, path: str, accept_licence: bool = False) -> Pending:
-        """:meth:`import_weights` without waiting: its :class:`Pending` gives the installed path."""
-        return self.start_pending(*self._import_job(name, path, accept_licence))
-
-    # ------------------------------------------------------------------------------------------------------
-    # Batch helpers: run + write segments
-    # ------------------------------------------------------------------------------------------------------
-    def _write_results(self, segmentation_node, volume_node, default_name: str, items, mode: str, slab=None):
-        """Write all result masks into ``segmentation_node`` (created here if None) - all or none: a failed write
-        leaves no new node and no segment changed; existing segments change inside the run's ``slab`` only."""
-        created = segmentation_node is None
-        if created:
-            segmentation_node = self.ctx.add_segmentation(default_name, volume_node)
-        try:
-            ids = labelmaps.write_masks(segmentation_node, volume_node, items, mode=mode, slab=slab)
-        except Exception:
-            if created:
-                self.ctx.remove_node(segmentation_node)
-            raise
-        return segmentation_node, ids
-
-    def segment_with_medsam(self, volume_node, rois, segmentation_node=None, *, names: Optional[Sequence[str]] = None,
-                            segment_ids: Optional[Sequence[Optional[str]]] = None, mode: str = "replace",
-                            structures: Optional[Sequence[str]] = None, progress=None, cancel=None, **options):
-        """Run MedSAM and write one segment per ROI. Returns ``(segmentation_node, segment_ids, outcome)``.
-
-        ``structures``: one standard structure per ROI (names of :mod:`.terminology`, e.g. ``"left kidney"``):
-        new segments get its name, colour and terminology codes. All-or-nothing: names / structures / segment IDs /
-        targets are checked before the run, and the scene changes only when the run succeeded and every segment
-        could be written (else the error is raised, nothing changed)."""
-        prepared, finish = self._medsam_job(volume_node, rois, segmentation_node, names=names,
-                                            segment_ids=segment_ids, mode=mode, structures=structures, **options)
-        return finish(self.run(prepared, progress=progress, cancel=cancel))
-
-    def start_segment_with_medsam(self, volume_node, rois, segmentation_node=None, **options) -> Pending:
-        """:meth:`segment_with_medsam` without waiting (the panel's "Segment them"): the same checks before the
-        run; its :class:`Pending` writes the segments and gives ``(segmentation_node, segment_ids, outcome)``."""
-        return self.start_pending(*self._medsam_job(volume_node, rois, segmentation_node, **options))
-
-    def _medsam_job(self, volume_node, rois, segmentation_node=None, *, names=None, segment_ids=None,
-                    mode: str = "replace", structures=None, **options):
-        """Checks and prepares a MedSAM batch run: ``(prepared, finish)``, ``finish(outcome)`` writes it."""
-        if mode not in ("replace", "add"):
-            raise InputError(f"Unknown write mode '{mode}': use replace or add.")
-        if structures is not None:
-            names = [self.structure(n) for n in structures]
-        if segmentation_node is not None:
-            segments.check_write_targets(segmentation_node, list(segment_ids or []))
-        prepared = self.prepare_medsam(volume_node, rois, segmentation_node=segmentation_node, **options)
-        n = len(prepared.info["boxes"])
-        names = list(names) if names else list(prepared.info["names"])
-        targets = list(segment_ids) if segment_ids else [None] * n
-        if len(names) != n or len(targets) != n:
-            raise InputError(f"{n} boxes but {len(names)} names / {len(targets)} segment IDs: give one per ROI.")
-        if any(t is not None for t in targets) and segmentation_node is None:
-            raise InputError("Segment IDs were given without their segmentation: pass segmentation_node too.")
-
-        def finish(outcome: JobOutcome):
-            raise_unless_ok(outcome)
-            labels = outcome.result.labels
-            items = [(labels == obj, targets[obj - 1], names[obj - 1]) for obj in range(1, n + 1)]
-            seg, written = self._write_results(segmentation_node, volume_node, f"{volume_node.GetName()} MedSAM",
-                                               items, mode, slab=prepared.info["slabs"])
-            outcome.result.messages = prepared.messages + list(outcome.result.messages)
-            return seg, written, outcome
-
-        return prepared, finish
-
-    @staticmethod
-    def structure(name):
-        """The standard structure (:mod:`.terminology`) of ``name``; InputError naming the list otherwise."""
-        if isinstance(name, terminology.Structure):
-            return name
-        found = terminology.lookup(name)
-        if found is None:
-            raise InputError(f"'{name}' is not in the list of standard structures: use one of "
-                             f"{', '.join(terminology.names())}, or give segment names instead.")
-        return found
-
-    def segment_with_universeg(self, volume_node, examples, segmentation_node=None, *, name: str = "UniverSeg",
-                               segment_id: Optional[str] = None, mode: str = "replace", progress=None,
-                               cancel=None, **options):
-        """Run UniverSeg and write the mask into a new (or the given) segment - all or nothing, as
-        :meth:`segment_with_medsam`. Returns ``(segmentation_node, segment_id, outcome)``."""
-        if mode not in ("replace", "add"):
-            raise InputError(f"Unknown write mode '{mode}': use replace or add.")
-        if segment_id is not None and segmentation_node is None:
-            raise InputError("A segment ID was given without its segmentation: pass segmentation_node too.")
-        if segmentation_node is not None:
-            segments.check_write_targets(segmentation_node, [segment_id])
-        prepared = self.prepare_universeg(volume_node, examples, segmentation_node=segmentation_node, **options)
-        outcome = self.run(prepared, progress=progress, cancel=cancel)
-        raise_unless_ok(outcome)
-        items = [(outcome.result.mask, segment_id, None if segment_id else name)]
-        segmentation_node, (sid,) = self._write_results(segmentation_node, volume_node,
-                                                        f"{volume_node.GetName()} UniverSeg", items, mode,
-                                                        slab=prepared.info.get("slab"))
-        outcome.result.messages = prepared.messages + list(outcome.result.messages)
-        return segmentation_node, sid, outcome
-
-
-def raise_unless_ok(outcome: JobOutcome) -> None:
-    """Re-raise the error of a failed/cancelled/discarded run (batch use)."""
-    if outcome.ok:
-        return
-    if outcome.error is not None:
-        raise outcome.error
-    from .errors import CancelledError
-
-    if outcome.status == "cancelled":
-        raise CancelledError(outcome.message)
-    raise InputError(outcome.message)
