@@ -94,7 +94,7 @@ def run_case(spec: Dict, outdir: str, engines: Engines, version: str) -> Dict:
 
 
 def _run(spec: Dict, outdir: str, engines: Engines, version: str, t0: float) -> Dict:
-    from ..cli.medsam import default_slice_report_path
+    from ..textforms import default_slice_report_path
     from ..confidence import report_text
     from ..io import label_image, read_image, write_images
 

@@ -158,7 +158,7 @@ def _weights(model: str, weights: Optional[str], cache: Dict) -> Tuple[str, str]
 
 
 def _check_row(row: Dict[str, str], base: str, outdir: str, fmt: str, line: int, wcache: Dict) -> CaseSpec:
-    from ..cli.common import parse_box, quiet_check
+    from ..textforms import parse_box, quiet_check
     from ..runspec import check_choice
     from ..slicing import axis_name, bbox3d, check_box
 
@@ -232,7 +232,7 @@ def _check_row(row: Dict[str, str], base: str, outdir: str, fmt: str, line: int,
         if bool(row.get("examples")) == bool(row.get("library")):
             raise InputError("a universeg row needs examples (IMG:LABEL;...) or library, exactly one of them")
         if row.get("examples"):
-            from ..cli.universeg import split_pair
+            from ..textforms import split_pair
 
             for pair in (p for p in row["examples"].split(";") if p.strip()):
                 a, b = split_pair(pair.strip())

@@ -5,13 +5,13 @@ backend; :mod:`medseg_backend.cli` (the ``medseg`` entry point) imports them, ne
 """
 from __future__ import annotations
 
-import math
 import sys
 import warnings
 from contextlib import contextmanager
 from typing import Iterator, Optional, Tuple
 
 from ..errors import InputError, MedSegWarning
+from ..textforms import parse_box, quiet_check  # noqa: F401  (shared with batch manifests)
 
 
 class ProgressPrinter:
@@ -59,25 +59,6 @@ def choices_metavar(values) -> str:
     return "{" + ",".join(values) + "}"
 
 
-def parse_box(text: str, ndim: Optional[int] = None) -> Tuple[int, ...]:
-    """'X0,Y0,X1,Y1' (2-D) or 'X0,Y0,Z0,X1,Y1,Z1' (3-D) -> ints (checked against the image by
-    :func:`medseg_backend.slicing.check_box`). ``ndim=None``: either form (the run spec checks the count)."""
-    parts = [p.strip() for p in str(text).split(",")]
-    n = 4 if ndim == 2 else 6
-    if ndim is not None and len(parts) != n:
-        form = "X0,Y0,X1,Y1" if n == 4 else "X0,Y0,Z0,X1,Y1,Z1"
-        raise InputError(f"Box '{text}' has {len(parts)} numbers: give {form} (voxel indices, inclusive).")
-    try:
-        numbers = [float(p) for p in parts]
-    except ValueError:
-        raise InputError(f"Box '{text}' is not a list of numbers: give integers like 10,20,80,90.") from None
-    bad = [p for p, v in zip(parts, numbers) if not math.isfinite(v)]
-    if bad:  # inf, nan, 1e400 (float() gives inf; int() of it would raise OverflowError)
-        raise InputError(f"Box '{text}' holds {bad[0]}, which is not a finite number: give voxel indices like "
-                         "10,20,80,90.")
-    return tuple(int(round(v)) for v in numbers)
-
-
 #: At most this many distinct warnings are printed after a command step (a hostile file may raise many).
 MAX_WARNINGS_SHOWN = 20
 
@@ -119,8 +100,3 @@ def show_warnings(caught) -> None:
         sys.stderr.write(f"warning: {left} more warning(s) not shown\n")
 
 
-def quiet_check(fn, *a, **kw):
-    """Run a validation whose warnings (box clipped, ...) the real run repeats: errors now, warnings once."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MedSegWarning)
-        return fn(*a, **kw)

@@ -19,6 +19,7 @@ from ..runspec import DEFAULT_STOP_AFTER, BoxRun
 from ..slicing import axis_index, bbox3d, middle_slice, project_box
 from .common import ProgressPrinter, parse_box, quiet_check as _quiet_check
 from .common import choices_metavar as _choices
+from ..textforms import default_slice_report_path  # noqa: F401  (shared with batch manifests)
 
 INTENSITY_HELP = ("intensity preset: auto (default), raw (8-bit as is), ct-abdomen (40/400), ct-lung, ct-brain, "
                   "ct-mediastinum, mr (0.5/99.5 percentiles of voxels > 0) or window:L,W")
@@ -205,13 +206,6 @@ def _cmd_medsam(args) -> int:
     print(f"wrote {args.output}: {voxels} voxels labelled, {n_run} slice(s), {dt:.1f} s "
           f"({engine.model_name}, {engine.device.type}, {engine.precision}, {engine.runtime})")
     return 0
-
-
-def default_slice_report_path(output: str) -> str:
-    """``<output stem>.slices.csv`` beside the label map."""
-    out = Path(output)
-    stem = out.name[: -len(".nii.gz")] if out.name.lower().endswith(".nii.gz") else out.stem
-    return str(out.with_name(stem + ".slices.csv"))
 
 
 def slice_report_path(args) -> Optional[str]:

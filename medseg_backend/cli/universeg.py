@@ -17,6 +17,7 @@ from ..choices import AXES, DEFAULT_AXIS, DEVICES, PRECISIONS
 from ..errors import InputError, MedSegWarning
 from ..runspec import DEFAULT_SUPPORT_SIZE, ExampleRef, ExamplesRun
 from .common import choices_metavar as _choices
+from ..textforms import split_pair  # noqa: F401  (shared with batch manifests)
 
 INTENSITY_HELP = ("intensity preset for examples and target: auto, raw, ct-abdomen, ct-lung, ct-brain, "
                   "ct-mediastinum, mr or window:L,W (default: the library's preset, else auto)")
@@ -28,24 +29,6 @@ def register(subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ helpers --
-def split_pair(text: str) -> Tuple[str, str]:
-    """'IMG:LABEL' -> (IMG, LABEL). Paths may contain ':' (Windows drives): the split is chosen where both
-    sides exist; otherwise at the last ':'."""
-    positions = [i for i, ch in enumerate(text) if ch == ":"]
-    if not positions:
-        raise InputError(f"--examples '{text}' is not IMAGE:LABEL: give the example image and its label file "
-                         "separated by ':'.")
-    for i in positions:
-        a, b = text[:i], text[i + 1:]
-        if a and b and os.path.exists(a) and os.path.exists(b):
-            return a, b
-    i = positions[-1]
-    a, b = text[:i], text[i + 1:]
-    if not a or not b:
-        raise InputError(f"--examples '{text}' is not IMAGE:LABEL: give both files, separated by ':'.")
-    return a, b
-
-
 def _grey_target(img):
     from ..io import to_grey
 
