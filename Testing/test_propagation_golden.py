@@ -64,6 +64,7 @@ def test_each_mode_gives_what_it_gave_before(golden, maker, run, case):
     got = run(case)
     want = {k.split("/", 1)[1]: v for k, v in golden.items() if k.startswith(case["name"] + "/")}
     name = case["name"]
+    _check_stopped(case, json.loads(str(got["summary"])))
     if str(golden["made_with"]) == maker.made_with():
         np.testing.assert_array_equal(got["labels"], want["labels"], err_msg=name)
         assert str(got["probs_sha256"]) == str(want["probs_sha256"]), f"{name}: probabilities differ"
@@ -77,6 +78,22 @@ def test_each_mode_gives_what_it_gave_before(golden, maker, run, case):
         g, w = _summary(got), _summary(want)
         assert [(r["object"], r["slice"], r["source"]) for r in g["records"]] == \
             [(r["object"], r["slice"], r["source"]) for r in w["records"]], name
+
+
+def _check_stopped(case, summary) -> None:
+    """Why each side stopped agrees with the summary: where ``adaptive`` saw the object end, a side the direction
+    leaves out, ``stop``'s empty slices, else the end of the box."""
+    from medseg_backend.medsam.walk import EMPTY_SLICES, END_OF_BOX, NOT_WALKED, OBJECT_ENDED
+
+    for p in summary["per_box"]:
+        for side in ("up", "down"):
+            if p["ended_at"][side] is not None:
+                want = {OBJECT_ENDED}
+            elif case.get("direction", "both") not in ("both", side):
+                want = {NOT_WALKED}
+            else:
+                want = {END_OF_BOX, EMPTY_SLICES} if case["propagation"] == "stop" else {END_OF_BOX}
+            assert p["stopped"][side] in want, (case["name"], side, p["stopped"])
 
 
 def _summary(arrays) -> dict:
