@@ -4,8 +4,10 @@
 :class:`~medseg_backend.runspec.BoxRun` (the keyword form :meth:`MedSAMEngine.segment_volume` builds one), checks
 only what needs the image (the boxes against its shape via :mod:`medseg_backend.slicing`, seed masks), windows only the slab of slices the boxes cover
 (with the whole volume's numbers: :class:`~medseg_backend.intensity.VolumeSlab`), cuts it into slices along the
-chosen axis and runs each box through :func:`.propagation.propagate` on its :class:`.predictor.MedSAMPredictor`
-(model, transform, embedding cache), so a second box on the same volume re-encodes nothing.
+chosen axis and walks each box through its slices with :func:`.propagation.propagate` (a generator: the engine
+writes each slice's result, shows the previews, counts progress and acts on a cancel) on its
+:class:`.predictor.MedSAMPredictor` (model, transform, embedding cache), so a second box on the same volume
+re-encodes nothing.
 
 Every 3-D run returns one :class:`~medseg_backend.confidence.SliceRecord` per object and slice written (area,
 confidence, review flag; see :mod:`medseg_backend.confidence`), from the same decoder pass (no extra cost).
@@ -25,10 +27,11 @@ from ..choices import AXES, DEFAULT_AXIS, DEFAULT_DIRECTION, DEFAULT_PROPAGATION
 from ..confidence import SliceRecord
 from ..errors import InputError, MedSegWarning
 from ..intensity import IntensityRule, VolumeSlab, apply_intensity, cut_slab, resolve_preset
-from ..progress import CancelToken, ProgressCallback, report
+from ..progress import CancelToken, ProgressCallback, check, report
 from ..runspec import DEFAULT_STOP_AFTER, BoxRun, Seed
 from .predictor import MedSAMPredictor
-from .propagation import centre_first, propagate
+from .propagation import centre_first, mode_for, propagate
+from .walk import SliceResult, WalkEnd
 
 
 @dataclass
@@ -212,10 +215,23 @@ class MedSAMEngine:
             report(progress, done[0] / max(total_slices, 1), f"box {obj}: slice {first + k}")
 
         report(progress, 0.0, f"MedSAM ({self.model_name}, {self.precision}) on {len(checked)} box(es)")
+        mode = mode_for(spec.propagation, spec.stop_after)
         for obj, ((s0, s1, b2d), seed) in enumerate(zip(local, seeds), start=1):
-            info = propagate(self.predictor, work, labels_work, probs_work, obj, s0, s1, b2d, spec.propagation,
-                             spec.stop_after, cancel, lambda k, mask, o=obj: tick(o, k, mask), seed=seed, direction=direction)
-            per_box.append(_shifted(info, first))
+            records = {}
+            for step in propagate(self.predictor, work, s0, s1, b2d, mode, obj=obj, seed=seed, direction=direction,
+                                  cancel=cancel):
+                if isinstance(step, WalkEnd):
+                    if step.cancelled:
+                        check(cancel)
+                    per_box.append(_shifted(dict(step.summary, stopped=step.stopped,
+                                                 records=[records[k] for k in sorted(records)]), first))
+                    break
+                if isinstance(step, SliceResult):
+                    labels_work[step.slice][step.mask] = obj
+                    np.maximum(probs_work[step.slice], step.probability, out=probs_work[step.slice])
+                    records[step.slice] = step.record
+                if step.show:
+                    tick(obj, step.slice, step.mask)
         # Full-size results, zero outside the slab (np.zeros: pages never written take no memory).
         labels = np.zeros(shape, dtype=np.uint8)
         probs = np.zeros(shape, dtype=np.float32)
@@ -284,7 +300,7 @@ AXES_BY_INDEX = {index: name for name, index in AXES.items()}
 
 
 def _shifted(info: Dict, first: int) -> Dict:
-    """A :func:`propagate` summary of a slab starting at slice ``first``, in the volume's slice numbers."""
+    """A walk's summary (with its records) on a slab starting at slice ``first``, in the volume's slice numbers."""
     out = dict(info, z_middle=info["z_middle"] + first, z_start=info["z_start"] + first,
                ended_at={side: None if k is None else k + first for side, k in info["ended_at"].items()})
     for r in out["records"]:

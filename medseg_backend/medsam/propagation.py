@@ -1,4 +1,5 @@
-"""Slice-to-slice propagation of one box through a volume (MedSAM's 3-D procedure), in five modes.
+"""Slice-to-slice propagation of one box through a volume (MedSAM's 3-D procedure): the five modes, each a small
+:class:`~.walk.Mode` object, and :func:`propagate`, the walk of one box as a generator (:mod:`.walk`).
 
 Every mode starts at the middle slice of the box (``adaptive``: possibly another slice of its middle third) and
 walks up, then down from there:
@@ -12,8 +13,9 @@ walks up, then down from there:
   run-time signals; elsewhere, from a corrected slice and in one direction only, ``official``'s. Its thresholds
   (``GUARD_*``) were chosen on a tuning part of the labelled data and checked once on a held-back part
   (``benchmarks/PROPAGATION.md``: never more than 0.002 below ``official`` there, +0.015 on average).
-* ``adaptive`` (opt-in; it lost to ``official`` on held-out tumour MR, see ``choices.DEFAULT_PROPAGATION``): the walk starts where the model is surest of the user's box, with three rules on top of
-  the carried box; each rule uses a signal the model or the image gives, none a threshold fitted per case:
+* ``adaptive`` (opt-in; it lost to ``official`` on held-out tumour MR, see ``choices.DEFAULT_PROPAGATION``): the
+  walk starts where the model is surest of the user's box, with three rules on top of the carried box; each rule
+  uses a signal the model or the image gives, none a threshold fitted per case:
 
   - *a sure start*: the user's box is decoded on each slice of the middle third of the box's slices (the middle
     slice +- a sixth of the box's depth, see :func:`start_window`) and the walk starts from the one the model is
@@ -31,21 +33,23 @@ walks up, then down from there:
     :data:`GONE_PROFILE_BELOW` in that range whatever its size (it jumped onto another tissue); that slice is not
     written.
 
-Encoder inputs do not depend on the prompt, so slices are encoded in batches ahead of the propagation front
-(:meth:`MedSAMPredictor.embeddings`); decoding is sequential (each box depends on the last mask).
+:data:`MODES` maps each name of ``choices.PROPAGATIONS`` to its class; :func:`mode_for` makes one.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..choices import DIRECTIONS
-from ..confidence import SliceRecord, combine, intensity_range, mask_iou, profile_match
+from ..choices import PROPAGATIONS
+from ..confidence import SliceRecord, combine, mask_iou, profile_match
+from ..errors import InputError
 from ..progress import CancelToken, check
 from ..slicing import bbox2d, middle_slice, start_window
 from .predictor import MedSAMPredictor, SliceView
 from .transforms import CARRY_MARGIN, LITE_SIZE
+from .walk import (EMPTY_SLICES, OBJECT_ENDED, SIDES, Mode, Preview, Side, SliceResult, Start, Step, WalkEnd,
+                   WalkJob)
 
 #: Adaptive propagation: the user's box is tried too on slices where the carried box's confidence is below this.
 ROI_BELOW = 0.7
@@ -91,152 +95,165 @@ def centre_first(first: int, last: int) -> List[int]:
     return order
 
 
-def propagate(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, probs: np.ndarray, obj: int,
-              s0: int, s1: int, box2d: Tuple[int, int, int, int], mode: str, stop_after: int,
-              cancel: Optional[CancelToken], tick: Callable[[int, np.ndarray], None],
-              seed: Optional[Tuple[int, np.ndarray]] = None, direction: str = "both") -> Dict:
-    """Run object ``obj`` through slices ``s0..s1`` of ``work`` (a slice view, slices first) from its 2-D box
-    (x0, y0, x1, y1); writes ``obj`` into ``labels`` (later objects overwrite) and the max probability into
-    ``probs``; ``tick(k, mask)`` is called as each slice is done (the first one, the middle slice, is encoded on its
-    own so that it is ready after one encoder pass; with ``adaptive`` it is provisional until the start is chosen,
-    and ``tick`` is called again for it with its final mask if that differs). Returns the run's summary with one
-    :class:`SliceRecord` per slice written (key ``records``).
+def propagate(predictor: MedSAMPredictor, work: np.ndarray, s0: int, s1: int, box2d: Tuple[int, int, int, int],
+              mode: Mode, *, obj: int = 1, seed: Optional[Tuple[int, np.ndarray]] = None, direction: str = "both",
+              cancel: Optional[CancelToken] = None) -> Iterator[Step]:
+    """Walk object ``obj`` through slices ``s0..s1`` of ``work`` (a slice view, slices first) from its 2-D box
+    (x0, y0, x1, y1) under ``mode`` (:func:`mode_for`): a generator of :class:`~.walk.SliceResult` (one per slice
+    written), :class:`~.walk.Preview` (masks to show before their result is final) and, last, one
+    :class:`~.walk.WalkEnd` (why each side stopped, the run's summary). It writes nothing: the caller labels each
+    result, keeps the larger probability, shows what is marked to show and counts progress. The middle slice is
+    encoded on its own, so that it is ready after one encoder pass.
 
-    ``seed`` = (slice k, 2-D mask): a slice the user corrected. It is kept exactly as given (confidence 1) and the
-    walk starts from it instead of the middle slice: its mask gives the box of slice k + 1 (up) and k - 1 (down),
-    by the mode's rule. ``direction``: ``up`` (k + 1 .. s1), ``down`` (k - 1 .. s0) or ``both``."""
-    depth, h, w = work.shape
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    if mode == "guarded":
-        if seed is not None or direction != "both":  # from a corrected slice / one way: the official walk
-            return propagate(predictor, work, labels, probs, obj, s0, s1, box2d, "official", stop_after, cancel,
-                             tick, seed, direction)
-        return _guarded(predictor, work, labels, probs, obj, s0, s1, box2d, stop_after, cancel, tick)
-    masks: Dict[int, np.ndarray] = {}
-    views: Dict[int, SliceView] = {}
-    records: Dict[int, SliceRecord] = {}
-    roi_box = predictor.box_to_model(box2d, h, w)
-    encoded: Dict[int, object] = {}  # embeddings computed ahead of the walk (the adaptive start's candidates)
-    shown: Dict[int, np.ndarray] = {}  # masks already passed to tick (adaptive: the provisional middle slice)
-    start_view: Optional[SliceView] = None  # adaptive: the start slice's ROI decode, made while choosing it
-    if seed is None:
-        mid = middle_slice(s0, s1)
-        if mode == "adaptive":
-            def show(k: int, view: SliceView) -> None:
-                shown[k] = predictor.upsample(view.low, h, w, want_logits=False)[1] > 0.5
-                tick(k, shown[k])
-
-            mid, encoded, start_view = _sure_start(predictor, work, s0, s1, roi_box, cancel, show)
-        first_up = mid
-    else:
-        mid, seed_mask = int(seed[0]), np.asarray(seed[1]) > 0
-        labels[mid][seed_mask] = obj
-        np.maximum(probs[mid], seed_mask.astype(np.float32), out=probs[mid])
-        masks[mid] = seed_mask
-        area = int(np.count_nonzero(seed_mask))
-        records[mid] = SliceRecord(object=obj, slice=mid, area=area, confidence=1.0 if area else 0.0,
-                                   flagged=area == 0, source="user", iou=1.0, stability=1.0, agreement=1.0,
-                                   neighbour=1.0)
-        first_up = mid + 1
-    up = list(range(first_up, min(s1 + 1, depth))) if direction in ("both", "up") else []
-    down = list(range(mid - 1, max(-1, s0 - 1), -1)) if direction in ("both", "down") else []
-    sources = {"middle": 0, "previous": 0, "fallback": 0, "roi": 0}
-    ends: Dict[str, Optional[int]] = {"up": None, "down": None}
-    # The object's intensity range: under the user's corrected slice, or (set below) under the start slice's mask.
-    rng = intensity_range(work[mid], masks[mid]) if seed is not None else None
-    first_chunk = True
-    for order, step, side in ((up, -1, "up"), (down, +1, "down")):
-        empty_run = 0
-        for chunk in _chunks(order, predictor.batch_size, first_alone=first_chunk and seed is None):
-            first_chunk = False
-            check(cancel)
-            todo = [k for k in chunk if k not in encoded]
-            if todo:
-                encoded.update(zip(todo, predictor.embeddings([work[k] for k in todo], cancel)))
-            stop = False
-            for k in chunk:
-                emb = encoded.pop(k)
-                is_mid = k == mid and seed is None
-                prev = masks.get(k + step)
-                if is_mid and start_view is not None:  # decoded (ROI box, no neighbour) while choosing the start
-                    view, prob = start_view, predictor.upsample(start_view.low, h, w, want_logits=False)[1]
-                else:
-                    view, prob = _choose(predictor, emb, work[k], mode, is_mid, prev, views.get(k + step), obj,
-                                         roi_box, h, w, rng)
-                mask = prob > 0.5
-                if is_mid:
-                    rng = intensity_range(work[k], mask)
-                profile = profile_match(work[k], mask, rng)
-                area = int(np.count_nonzero(mask))
-                sources[view.source] += 1
-                prev_area = records[k + step].area if prev is not None else None
-                if mode == "adaptive" and not is_mid and (area == 0 or _left_object(profile, area, prev_area, rng)):
-                    ends[side] = k
-                    stop = True
-                    break
-                labels[k][mask] = obj
-                np.maximum(probs[k], prob, out=probs[k])
-                masks[k] = mask
-                views[k] = view
-                records[k] = view.record(obj, k, area, profile)
-                if k not in shown or not np.array_equal(shown.pop(k), mask):
-                    tick(k, mask)
-                if mode == "stop":
-                    empty_run = 0 if area else empty_run + 1
-                    if empty_run >= stop_after:
-                        stop = True
-                        break
-            if stop:
-                break
-    recs = [records[k] for k in sorted(records)]
-    return {"z_middle": middle_slice(s0, s1), "z_start": mid, "slices_run": len(masks) - (seed is not None),
-            **sources, "ended_at": ends, "records": recs}
+    ``seed`` = (slice k, 2-D mask): a slice the user corrected. It is kept exactly as given (confidence 1, the first
+    result) and the walk starts from it instead of the middle slice: its mask gives the box of slice k + 1 (up) and
+    k - 1 (down), by the mode's rule. ``direction``: ``up`` (k + 1 .. s1), ``down`` (k - 1 .. s0) or ``both``.
+    ``cancel`` is checked between encoder batches; once it is set the walk ends, its sides ``cancelled``."""
+    return mode.walk(WalkJob(predictor, work, s0, s1, tuple(box2d), obj, seed, direction, cancel))
 
 
-def _guarded(predictor: MedSAMPredictor, work: np.ndarray, labels: np.ndarray, probs: np.ndarray, obj: int,
-             s0: int, s1: int, box2d: Tuple[int, int, int, int], stop_after: int, cancel: Optional[CancelToken],
-             tick: Callable[[int, np.ndarray], None]) -> Dict:
-    """``guarded``: the ``official`` walk (shown as it goes), then the ``adaptive`` walk on the same embeddings
-    (decodes only), and on each side of the middle slice the ``adaptive`` masks replace the official ones only
-    where :func:`take_adaptive` says so from both walks' records (run-time signals, never the image's label)."""
-    lo, hi = max(0, s0), min(work.shape[0] - 1, s1)
-    view = work[lo: hi + 1]
-    runs = {}
-    for m in ("official", "adaptive"):
-        lab = np.zeros(view.shape, dtype=np.uint8)
-        prob = np.zeros(view.shape, dtype=np.float32)
-        show = (lambda k, mask: tick(k + lo, mask)) if m == "official" else (lambda k, mask: None)
-        info = propagate(predictor, view, lab, prob, obj, s0 - lo, s1 - lo, box2d, m, stop_after, cancel, show)
-        runs[m] = (lab, prob, {r.slice: r for r in info["records"]}, info)
-    mid = middle_slice(s0, s1) - lo
-    (lab_o, prob_o, rec_o, info_o), (lab_a, prob_a, rec_a, info_a) = runs["official"], runs["adaptive"]
-    chosen = {}
-    records = dict(rec_o)
-    for side, ks in (("up", [k for k in rec_o if k > mid]), ("down", [k for k in rec_o if k < mid])):
-        both = [k for k in ks if k in rec_a]
-        same = float(np.mean([mask_iou(lab_o[k] == obj, lab_a[k] == obj) for k in both])) if both else 0.0
-        take = bool(ks) and take_adaptive([rec_o[k] for k in ks], [rec_a[k] for k in both], same)
-        chosen[side] = "adaptive" if take else "official"
-        if not take:
-            continue
-        for k in ks:
-            lab_o[k], prob_o[k] = lab_a[k], prob_a[k]
-            records.pop(k)
-            if k in rec_a:
-                records[k] = rec_a[k]
-            tick(k + lo, lab_o[k] == obj)
-    for k, r in records.items():
-        r.slice = k + lo
-    for k in range(view.shape[0]):
-        labels[k + lo][lab_o[k] == obj] = obj
-        np.maximum(probs[k + lo], prob_o[k], out=probs[k + lo])
-    recs = [records[k] for k in sorted(records)]
-    ends = {side: (info_a["ended_at"][side] + lo if chosen[side] == "adaptive" and
-                   info_a["ended_at"][side] is not None else None) for side in ("up", "down")}
-    return {"z_middle": middle_slice(s0, s1), "z_start": middle_slice(s0, s1), "slices_run": len(recs),
-            **{k: info_o[k] for k in ("middle", "previous", "fallback", "roi")}, "ended_at": ends,
-            "chosen": chosen, "records": recs}
+class Official(Mode):
+    """The published rule: the previous slice's mask box (+3 px); the user's box where that mask is empty."""
+    name = "official"
+    #: the source of the user's box decoded on a slice whose previous mask is empty
+    fallback = "fallback"
+
+    def carried(self, job: WalkJob, prev_mask: np.ndarray) -> Optional[np.ndarray]:
+        """The box carried from the previous slice's (non-empty) mask, model-input space; None if none."""
+        return job.predictor.transform.box_from_mask(prev_mask, job.obj, job.height, job.width)
+
+    def refine(self, job: WalkJob, emb, image: np.ndarray, view: SliceView, prev_view: Optional[SliceView],
+               rng) -> Tuple[SliceView, np.ndarray]:
+        """The carried box's decode as this mode keeps it (here: as it is) and its probabilities."""
+        return view, job.probability(view)
+
+    def decode(self, job, emb, k, is_start, prev_mask, prev_view, rng):
+        p = job.predictor
+        box = None
+        if not is_start and prev_mask is not None and prev_mask.any():
+            box = self.carried(job, prev_mask)
+        if box is None:
+            view = p.decode_view(emb, job.roi_box, "middle" if is_start else self.fallback, prev_view,
+                                 job.height, job.width)
+            return view, job.probability(view)
+        view = p.decode_view(emb, box, "previous", prev_view, job.height, job.width)
+        return self.refine(job, emb, job.work[k], view, prev_view, rng)
+
+
+class Roi(Mode):
+    """The user's box on every slice."""
+    name = "roi"
+
+    def decode(self, job, emb, k, is_start, prev_mask, prev_view, rng):
+        view = job.predictor.decode_view(emb, job.roi_box, "middle" if is_start else "roi", prev_view,
+                                         job.height, job.width)
+        return view, job.probability(view)
+
+
+class Stop(Official):
+    """``official``, ending a side after ``stop_after`` empty slices in a row."""
+    name = "stop"
+
+    def __init__(self, stop_after: int = 2) -> None:
+        self.stop_after = stop_after
+
+    def ends_after(self, side: Side) -> Optional[str]:
+        return EMPTY_SLICES if side.empty_run >= self.stop_after else None
+
+
+class Adaptive(Official):
+    """The sure start, the carried box kept in the user's box and grown where the mask is flush with it, the
+    user's box where the carried one is doubtful, the end of the object (see the module docstring)."""
+    name = "adaptive"
+    fallback = "roi"
+
+    def start(self, job: WalkJob) -> Iterator[Preview]:
+        return (yield from _sure_start(job))
+
+    def carried(self, job, prev_mask):
+        box = super().carried(job, prev_mask)
+        return None if box is None else _adapt_box(box, job.roi_box, job.predictor.img_size)
+
+    def refine(self, job, emb, image, view, prev_view, rng):
+        roi_box = job.roi_box
+        view = _grow(job.predictor, emb, view, roi_box, prev_view, job.height, job.width)
+        prob = job.probability(view)
+        if view.confidence < ROI_BELOW:
+            # The carried box looks doubtful here: try the user's box; keep its mask if the model is surer of it and
+            # it has not slid further off the object's intensities.
+            alt = job.predictor.decode_view(emb, roi_box, "roi", prev_view, job.height, job.width)
+            alt_prob = job.probability(alt)
+            if alt.confidence > view.confidence and (
+                    profile_match(image, alt_prob > 0.5, rng) >= profile_match(image, prob > 0.5, rng)):
+                return alt, alt_prob
+        return view, prob
+
+    def ends_before(self, is_start, area, profile, prev_area, rng):
+        if not is_start and (area == 0 or _left_object(profile, area, prev_area, rng)):
+            return OBJECT_ENDED
+        return None
+
+
+class Guarded(Mode):
+    """The ``official`` walk (shown as it goes), then the ``adaptive`` walk on the same embeddings (decodes only),
+    and on each side of the middle slice ``adaptive``'s masks instead of ``official``'s only where
+    :func:`take_adaptive` says so from both walks' records (run-time signals, never the image's label). From a
+    corrected slice, or in one direction only: the ``official`` walk."""
+    name = "guarded"
+
+    def walk(self, job: WalkJob) -> Iterator[Step]:
+        if job.seed is not None or job.direction != "both":
+            yield from Official().walk(job)
+            return
+        runs = {}
+        for mode in (Official(), Adaptive()):
+            results: Dict[int, SliceResult] = {}
+            for step in mode.walk(job):
+                if isinstance(step, SliceResult):
+                    results[step.slice] = step
+                if isinstance(step, WalkEnd):
+                    if step.cancelled:
+                        yield step
+                        return
+                    runs[mode.name] = (results, step)
+                elif mode.name == "official" and step.show:
+                    yield Preview(step.slice, step.mask)
+        (res_o, end_o), (res_a, end_a) = runs["official"], runs["adaptive"]
+        mid = job.middle
+        final = dict(res_o)
+        chosen = {}
+        for side, ks in (("up", sorted(k for k in res_o if k > mid)), ("down", sorted(k for k in res_o if k < mid))):
+            both = [k for k in ks if k in res_a]
+            same = float(np.mean([mask_iou(res_o[k].mask, res_a[k].mask) for k in both])) if both else 0.0
+            take = bool(ks) and take_adaptive([res_o[k].record for k in ks], [res_a[k].record for k in both], same)
+            chosen[side] = "adaptive" if take else "official"
+            for k in ks if take else ():
+                if k in res_a:
+                    final[k] = SliceResult(k, res_a[k].mask, res_a[k].probability, res_a[k].record, res_a[k].box,
+                                           show=False)
+                    yield Preview(k, res_a[k].mask)
+                else:  # adaptive ended before this slice: the preview's mask there goes
+                    del final[k]
+                    yield Preview(k, np.zeros_like(res_o[k].mask))
+        for k in sorted(final):
+            r = final[k]
+            yield SliceResult(k, r.mask, r.probability, r.record, r.box, show=False)
+        ends = {side: end_a.summary["ended_at"][side] if chosen[side] == "adaptive" else None for side in SIDES}
+        yield WalkEnd({side: (end_a if chosen[side] == "adaptive" else end_o).stopped[side] for side in SIDES},
+                      {"z_middle": mid, "z_start": mid, "slices_run": len(final),
+                       **{k: end_o.summary[k] for k in ("middle", "previous", "fallback", "roi")}, "ended_at": ends,
+                       "chosen": chosen})
+
+
+#: The propagation modes by name (the names are ``choices.PROPAGATIONS``).
+MODES = {m.name: m for m in (Official, Adaptive, Roi, Stop, Guarded)}
+
+
+def mode_for(name: str, stop_after: int = 2) -> Mode:
+    """The mode object for a ``propagation`` choice (``stop_after``: ``stop``'s number of empty slices)."""
+    if name not in MODES:
+        raise InputError(f"Unknown propagation '{name}': use {', '.join(PROPAGATIONS)}.")
+    return Stop(stop_after) if name == "stop" else MODES[name]()
 
 
 def take_adaptive(official: List[SliceRecord], adaptive: List[SliceRecord], same: float) -> bool:
@@ -268,33 +285,32 @@ def take_adaptive(official: List[SliceRecord], adaptive: List[SliceRecord], same
         GUARD_MARGIN
 
 
-def _sure_start(predictor: MedSAMPredictor, work: np.ndarray, s0: int, s1: int, roi_box: np.ndarray,
-                cancel: Optional[CancelToken],
-                show: Callable[[int, SliceView], None]) -> Tuple[int, Dict[int, object], SliceView]:
-    """``adaptive``'s start slice, the embeddings of the :func:`start_window` slices and the start slice's view
-    (the walk reuses both instead of encoding and decoding them again). The
+def _sure_start(job: WalkJob) -> Iterator[Preview]:
+    """``adaptive``'s :class:`~.walk.Start`: its slice, the embeddings of the :func:`start_window` slices and the
+    start slice's view (the walk reuses both instead of encoding and decoding them again). The
     user's box is decoded on each window slice; the start is the slice whose mask the model is surest of *and*
     that agrees with the masks of the box on the adjacent window slices: the slice confidence of
     :mod:`medseg_backend.confidence` with its neighbour term = the mean IoU with those masks (a mask that jumps to
     another structure on one slice does not win). The middle slice stays the start unless another one scores at
     least :data:`START_GAIN` higher (the nearest to the middle wins a tie).
 
-    The middle slice is encoded on its own first and passed to ``show`` at once (a progressive preview is not held
-    up by the rest of the window's encoding); it is final when the walk starts there, and is shown again, as the
-    walk decodes it, when the walk starts elsewhere (if the walk ends before reaching it, the complete result has
-    nothing there and replaces the preview)."""
-    window = start_window(s0, s1)
-    h, w = work.shape[1:]
-    mid = middle_slice(s0, s1)
-    check(cancel)
-    embs = {mid: predictor.embeddings([work[mid]], cancel)[0]}
-    views = {mid: predictor.decode_view(embs[mid], roi_box, "middle", None, h, w)}
-    show(mid, views[mid])
+    The middle slice is encoded on its own first and yielded as a :class:`~.walk.Preview` at once (a progressive
+    preview is not held up by the rest of the window's encoding); it is final when the walk starts there, and is
+    shown again, as the walk decodes it, when the walk starts elsewhere (if the walk ends before reaching it, the
+    complete result has nothing there and replaces the preview)."""
+    p, work, h, w = job.predictor, job.work, job.height, job.width
+    roi_box = job.roi_box
+    window = start_window(job.first, job.last)
+    mid = job.middle
+    check(job.cancel)
+    embs = {mid: p.embeddings([work[mid]], job.cancel)[0]}
+    views = {mid: p.decode_view(embs[mid], roi_box, "middle", None, h, w)}
+    yield Preview(mid, job.probability(views[mid]) > 0.5)
     rest = [k for k in window if k != mid]
     if not rest:
-        return mid, embs, views[mid]
-    embs.update(zip(rest, predictor.embeddings([work[k] for k in rest], cancel)))
-    views.update({k: predictor.decode_view(embs[k], roi_box, "middle", None, h, w) for k in rest})
+        return Start(mid, embs, views[mid])
+    embs.update(zip(rest, p.embeddings([work[k] for k in rest], job.cancel)))
+    views.update({k: p.decode_view(embs[k], roi_box, "middle", None, h, w) for k in rest})
 
     def score(k: int) -> float:
         v = views[k]
@@ -306,7 +322,7 @@ def _sure_start(predictor: MedSAMPredictor, work: np.ndarray, s0: int, s1: int, 
     scores = {k: score(k) for k in window}
     best = max(window, key=lambda k: (scores[k], -abs(k - mid)))
     start = best if scores[best] >= scores[mid] + START_GAIN else mid
-    return start, embs, views[start]
+    return Start(start, embs, views[start])
 
 
 def _left_object(profile: float, area: int, prev_area: Optional[int], rng) -> bool:
@@ -317,46 +333,6 @@ def _left_object(profile: float, area: int, prev_area: Optional[int], rng) -> bo
         return False
     shrinking = prev_area is not None and area <= prev_area
     return profile < GONE_PROFILE_BELOW or (profile < END_PROFILE_BELOW and shrinking)
-
-
-def _chunks(order: List[int], size: int, first_alone: bool) -> List[List[int]]:
-    """Encoder batches along a walk; with ``first_alone`` the first slice is a batch of its own (the user sees it
-    after one encoder pass instead of a whole batch)."""
-    head = order[:1] if first_alone else []
-    rest = order[len(head):]
-    return ([head] if head else []) + [rest[i: i + size] for i in range(0, len(rest), size)]
-
-
-def _choose(predictor: MedSAMPredictor, emb, image: np.ndarray, mode: str, is_mid: bool, prev: Optional[np.ndarray],
-            prev_view: Optional[SliceView], obj: int, roi_box: np.ndarray, h: int, w: int,
-            rng: Optional[Tuple[float, float]]) -> Tuple[SliceView, np.ndarray]:
-    """The slice's decoded mask under ``mode`` with its confidence signals, and its probabilities at (h, w)."""
-    def prob_of(v: SliceView) -> np.ndarray:
-        return predictor.upsample(v.low, h, w, want_logits=False)[1]
-
-    carried = None
-    if mode != "roi" and not is_mid and prev is not None and prev.any():
-        carried = predictor.transform.box_from_mask(prev, obj, h, w)
-        if carried is not None and mode == "adaptive":
-            carried = _adapt_box(carried, roi_box, predictor.img_size)
-    if carried is None:
-        source = "middle" if is_mid else ("roi" if mode in ("roi", "adaptive") else "fallback")
-        view = predictor.decode_view(emb, roi_box, source, prev_view, h, w)
-        return view, prob_of(view)
-    view = predictor.decode_view(emb, carried, "previous", prev_view, h, w)
-    if mode != "adaptive":
-        return view, prob_of(view)
-    view = _grow(predictor, emb, view, roi_box, prev_view, h, w)
-    prob = prob_of(view)
-    if view.confidence < ROI_BELOW:
-        # The carried box looks doubtful here: try the user's box; keep its mask if the model is surer of it and it
-        # has not slid further off the object's intensities.
-        alt = predictor.decode_view(emb, roi_box, "roi", prev_view, h, w)
-        alt_prob = prob_of(alt)
-        if alt.confidence > view.confidence and (
-                profile_match(image, alt_prob > 0.5, rng) >= profile_match(image, prob > 0.5, rng)):
-            return alt, alt_prob
-    return view, prob
 
 
 def _roi_limits(roi_box: np.ndarray, img_size: int) -> Tuple[np.ndarray, np.ndarray]:
