@@ -139,7 +139,8 @@ CLIENT_RUN = textwrap.dedent("""
 
 def test_torch_is_never_imported_into_the_client_process(data_dir):
     lite_installed()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "MedSegSlicer")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "MedSegSlicer"),
+                                                       str(REPO / "MedSegSlicer" / "Testing" / "Python")]))
     proc = subprocess.run([sys.executable, "-c", CLIENT_RUN, str(data_dir / "totalseg_ct_sm")], env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
