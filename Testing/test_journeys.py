@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 
-import SimpleITK
 from medseg_backend import slicing
 from medseg_backend.metrics import dice
 from MedSegSlicerLib import editing, geometry, labelmaps
@@ -20,7 +19,7 @@ from MedSegSlicerLib.session import IDLE, EditingSession
 from MedSegSlicerLib.session_box import MedSAMOptions, medsam_runs
 from MedSegSlicerLib.session_views import ViewEvent
 
-from test_mrml_roi_placement import drawn_rectangle, new_roi, place_like_the_widget
+from test_mrml_roi_placement import ct_1mm, drawn_rectangle, new_roi, place_like_the_widget  # noqa: F401  (ct_1mm: the 1 mm CT fixture)
 
 OWNER = "MedSAM box"
 INTENSITY = "window:40,400"
@@ -146,29 +145,6 @@ def ct_3mm(ct_sample):
     return ctx, volume, labels
 
 
-@pytest.fixture
-def ct_1mm(slicer_scene, data_dir, tmp_path):
-    return resampled(slicer_scene, data_dir, tmp_path)
-
-
-def resampled(ctx, data_dir, tmp_path):
-    """The 42-slice CT (3 mm) resampled to 1 mm slices, with its labels on the same grid."""
-    d = data_dir / "totalseg_ct"
-    out = {}
-    for name, interp in (("ct", SimpleITK.sitkLinear), ("labels_fast", SimpleITK.sitkNearestNeighbor)):
-        img = SimpleITK.ReadImage(str(d / f"{name}.nii.gz"))
-        sx, sy, sz = img.GetSpacing()
-        size = (img.GetSize()[0], img.GetSize()[1], int(round(img.GetSize()[2] * sz)))
-        res = SimpleITK.Resample(img, size, SimpleITK.Transform(), interp, img.GetOrigin(), (sx, sy, 1.0),
-                                 img.GetDirection(), 0, img.GetPixelID())
-        path = tmp_path / f"{name}_1mm.nrrd"
-        SimpleITK.WriteImage(res, str(path))
-        out[name] = path
-    volume = ctx.load_volume(str(out["ct"]), "ct 1mm")
-    label_node = ctx.load_volume(str(out["labels_fast"]), "labels", labelmap=True)
-    labels = geometry.volume_to_array(label_node).array
-    ctx.scene.RemoveNode(label_node)
-    return ctx, volume, labels
 
 
 def one_organ_then_fix(ctx, volume, labels, capsys, tag):
