@@ -134,6 +134,19 @@ def test_a_server_that_cannot_be_reached_fails_the_run_with_one_line_and_writes_
     np.testing.assert_array_equal(labelmaps.segment_to_array(seg, sid, volume), before)
 
 
+def test_encoding_before_the_box_is_not_asked_of_a_model_server(ct_sample):
+    """Moving the pointer in a slice view starts encoding before the box on the local worker only: with a model server
+    the effect's call returns None and sends nothing (the server's session encodes when the box comes)."""
+    ctx, volume, labels = ct_sample
+    client = ServiceClient(f"http://127.0.0.1:{_closed_port()}", "some-token", timeout=5)
+    core = Segmenter(ctx, device="cpu", worker=client)
+    try:
+        assert core.start_encode_around(volume, "axial", 5) is None and core.encoding is None
+        assert client._commands.empty() and client._thread is None      # nothing queued, no transfer started
+    finally:
+        client.shutdown()
+
+
 def test_where_models_run_switches_between_runs_and_refuses_a_bad_server_whole(slicer_scene):
     core = Segmenter(slicer_scene, device="cpu")          # worker=True: where the panel says
     try:

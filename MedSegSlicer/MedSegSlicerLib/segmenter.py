@@ -265,21 +265,23 @@ class Segmenter(BatchRuns):
         cache. Returns at once (the volume is sent to the worker now if it does not hold it yet); the returned
         handle (also :attr:`encoding`) is stopped by :meth:`stop_encode`; a new call stops the previous one.
         ``model``, ``weights`` and ``intensity`` must be those of the box runs that follow (``intensity`` None: the
-        volume's window/level, as :meth:`prepare_medsam`). None when runs are in-process (no worker)."""
+        volume's window/level, as :meth:`prepare_medsam`). None when runs are in-process (no worker) or go to a model
+        server."""
         self.stop_encode()
         geometry.check_scalar_volume(volume_node)
         spec = EncodeRun(model=model, weights=weights, device=self.device, precision=self.precision,
                          intensity=resolve_intensity(volume_node, intensity), axis=axis, centre=int(slice_index),
                          background=True)
         client = self.worker
-        if client is None:
-            return None
-        data = geometry.volume_to_array(volume_node)
-        depth = slicing.to_slices(data.array, spec.axis).shape[0]
+        if client is None or not hasattr(client, "watch"):
+            return None            # in-process runs, or a model server (its sessions encode when a box comes)
+        # no copy: the local worker's client writes the array into its shared file inside submit()
+        array = geometry.image_to_array(volume_node.GetImageData(), copy=False)
+        depth = slicing.to_slices(array, spec.axis).shape[0]
         if spec.centre >= depth:
             raise InputError(f"Slice {spec.centre} is outside '{volume_node.GetName()}' (0..{depth - 1} along "
                              f"{spec.axis}): encode around a slice of the volume.")
-        jid = client.submit(*spec.to_message(), {"volume": data.array}, {"volume": volume_key(volume_node, data.array)})
+        jid = client.submit(*spec.to_message(), {"volume": array}, {"volume": volume_key(volume_node, array)})
         client.watch(jid)
         client.release(jid)            # its only array is the keyed volume, which the worker keeps
         self.encoding = EncodeAround(self, client, jid, axis, int(slice_index))
