@@ -77,7 +77,12 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
             defer=lambda fn: qt.QTimer.singleShot(0, fn), wake=self.onSessionWake,
             apply_target=lambda: editing.ScriptedEffectTarget(self.scriptedEffect),
             confirm_visible=lambda: self.scriptedEffect.confirmCurrentSegmentVisible() != 0,
-            review_segment=self.reviewSegment)
+            review_segment=self.reviewSegment, **self.sessionOptions())
+
+    def sessionOptions(self):
+        """The effect's own session options (:class:`MedSegSlicerLib.session.EditingSession`: ``strokes``,
+        ``examples``, ``boxes``)."""
+        return {}
 
     def onSessionWake(self):
         """The box moved: describe it, and tick until the session has started what is due."""
@@ -124,6 +129,9 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
         # user comes back.
         self.shortcutSet().disable()
         self.session.drag = None           # Escape (the Segment Editor's "leave the effect" key) ends a drag
+        if getattr(self, "dragView", None) is not None:    # the effect removes its actors (addActor2D's contract)
+            self.scriptedEffect.removeActor2D(self.dragView, self.dragActor)
+            self.dragView = None
         self.session.stop_encoding()       # encoding before the box stops with the effect (its slices stay cached)
 
     # ---- the views: events forwarded to the session --------------------------------------------------------------
@@ -152,10 +160,53 @@ class MedSegEffectBase(AbstractScriptedSegmentEditorEffect):
                           tuple(callerInteractor.GetEventPosition()), "left", modifiers,
                           (callerInteractor.GetKeySym() or "") if kind == "key" else "")
         used = self.session.view_event(event, time.monotonic())
+        if used:
+            self.drawDrag(viewWidget)
         if used and kind in ("release", "key"):
             self.updateGUIFromMRML()           # the selected segment, its box and the buttons may have changed
             self.draw()
         return used
+
+    def drawDrag(self, viewWidget):
+        """Draw what is being dragged (``session.drag_shape()``): the box's rectangle or the brush's path, as a 2-D
+        line in the view's XY (SLICER_API.md row V3: ``addActor2D``, as Slicer's Draw effect draws its line)."""
+        import vtk
+
+        shape = self.session.drag_shape()
+        actor = getattr(self, "dragActor", None)
+        if actor is None:
+            self.dragPoints = vtk.vtkPoints()
+            self.dragLines = vtk.vtkCellArray()
+            poly = vtk.vtkPolyData()
+            poly.SetPoints(self.dragPoints)
+            poly.SetLines(self.dragLines)
+            mapper = vtk.vtkPolyDataMapper2D()
+            mapper.SetInputData(poly)
+            actor = self.dragActor = vtk.vtkActor2D()
+            actor.SetMapper(mapper)
+            actor.GetProperty().SetLineWidth(2)
+            self.dragPoly, self.dragView = poly, None
+        if self.dragView is not viewWidget:
+            if self.dragView is not None:
+                self.scriptedEffect.removeActor2D(self.dragView, actor)
+            self.scriptedEffect.addActor2D(viewWidget, actor)
+            self.dragView = viewWidget
+        self.dragPoints.Reset()
+        self.dragLines.Reset()
+        if shape is not None:
+            _view, mode, points = shape
+            if mode == "box":
+                (x0, y0), (x1, y1) = points
+                points = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+            actor.GetProperty().SetColor(*{"box": (1, 1, 0), "paint": (0, 1, 0), "erase": (1, 0.3, 0.3)}[mode])
+            for x, y in points:
+                self.dragPoints.InsertNextPoint(x, y, 0)
+            self.dragLines.InsertNextCell(len(points))
+            for i in range(len(points)):
+                self.dragLines.InsertCellPoint(i)
+        self.dragPoints.Modified()
+        self.dragPoly.Modified()
+        viewWidget.sliceView().scheduleRender()
 
     # ---- shared widgets ----------------------------------------------------------------------------------------
     @property

@@ -20,15 +20,24 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
     effectName = "UniverSeg examples"
     iconFile = "UniverSeg.png"
 
+    drawsInViews = True        # Ctrl-drag paints, Ctrl+Shift-drag erases, keys p / Enter / x in the view
+
     def __init__(self, scriptedEffect):
+        from MedSegSlicerLib.session_examples import ExampleSlices
+
+        self.exampleTracker = ExampleSlices()          # the slices the user painted or corrected: the examples
         MedSegEffectBase.__init__(self, scriptedEffect)  # sets scriptedEffect.name = effectName (never translated)
         scriptedEffect.title = _("UniverSeg examples")
 
     def helpText(self):
         return _("<html>Segment a structure from examples, without training (UniverSeg).<p>"
-                 "Examples: the <b>labelled slices of this segment</b> (paint the structure on 3 or more slices, "
-                 "spread over it, and get the rest; after an Apply, type the slices to use in <i>Use only "
-                 "slices</i>), <b>other segments</b> that show the same structure (each with its volume), or an "
+                 "In the slice view: <b>Ctrl-drag</b> paints the structure on a slice, <b>Ctrl+Shift-drag</b> erases; "
+                 "paint 3 or more slices spread over it, press <b>p</b> to segment the rest from them, <b>Enter</b> "
+                 "applies, <b>x</b> cancels. Correct a slice (here or with Paint / Erase) and press p again: the "
+                 "slices you painted or corrected are the examples (never the ones the model filled in), no slice "
+                 "numbers to type.<p>"
+                 "Examples: the <b>labelled slices of this segment</b> (as above; <i>Use only slices</i> overrides "
+                 "the choice), <b>other segments</b> that show the same structure (each with its volume), or an "
                  "<b>example library</b>. Without a box the run covers the labelled slices plus a margin; "
                  "<b>Draw ROI</b> or <b>Fit to examples</b> sets it explicitly. <b>Preview</b> (Ctrl+Shift+P), then "
                  "<b>Apply</b> (Ctrl+Shift+Return, undoable; only the box's slices change) or <b>Cancel</b>.<p>The "
@@ -195,9 +204,12 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
         self.updateMRMLFromGUI()
 
     def fitRoiBox(self, volume, segmentation, segment_id):
-        labelled = examples.from_labelled_slices(volume, segmentation, segment_id, self.axis(volume),
-                                                 slices=self.exampleSlices())
-        return examples.default_roi_box(labelled, self.axis(volume))
+        axis = self.axis(volume)
+        chosen = self.exampleSlices()
+        if chosen is None:       # the slices the user painted or corrected, as a run uses them
+            chosen = self.exampleTracker.slices(volume, segmentation, segment_id, axis) or None
+        labelled = examples.from_labelled_slices(volume, segmentation, segment_id, axis, slices=chosen)
+        return examples.default_roi_box(labelled, axis)
 
     # ---- examples ------------------------------------------------------------------------------------------
     def refreshSegmentList(self):
@@ -229,31 +241,23 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
                 out.append((node_id, sid))
         return out
 
-    def collectExamples(self, volume, segmentation, segment_id, axis, include_library=True):
-        arrays, keep = [], None
-        if self.labelledSlicesCheckBox.checked:
-            keep = examples.from_labelled_slices(volume, segmentation, segment_id, axis, slices=self.exampleSlices())
-            arrays.append(keep)
-        by_node = {}
-        for node_id, sid in self.checkedSegments():
-            by_node.setdefault(node_id, []).append(sid)
-        for node_id, ids in by_node.items():
-            node = slicer.mrmlScene.GetNodeByID(node_id)
-            if node is None:
-                raise InputError("A ticked example segmentation was deleted: press Refresh list.")
-            try:
-                example_volume = examples.source_volume_for(node, None)
-            except InputError:
-                example_volume = self.exampleVolumeSelector.currentNode()
-                if example_volume is None:
-                    raise
-            arrays.extend(examples.from_segments(node, ids, example_volume, axis,
-                                                 exclude=(segmentation, segment_id)))
-        library = []
-        if include_library and self.useLibraryCheckBox.checked:
-            library = examples.from_library(self.libraryPath.currentPath)[0]
-        examples.require_examples(arrays + library)
-        return arrays + library, keep
+    def options(self, volume):
+        """The panel's choices (:class:`MedSegSlicerLib.session_examples.UniverSegOptions`)."""
+        from MedSegSlicerLib.session_examples import UniverSegOptions
+
+        return UniverSegOptions(
+            axis=self.axis(volume), intensity=self.intensityValue(self.intensityCombo),
+            labelled_slices=bool(self.labelledSlicesCheckBox.checked), example_slices=self.exampleSlices(),
+            segments=self.checkedSegments(), segments_volume=self.exampleVolumeSelector.currentNode(),
+            library=self.libraryPath.currentPath if self.useLibraryCheckBox.checked else None,
+            support_size=int(self.supportSizeSpin.value), ensemble=int(self.ensembleSpin.value),
+            tta=bool(self.ttaCheckBox.checked))
+
+    def collectExamples(self, volume, segmentation, segment_id, include_library=True):
+        from MedSegSlicerLib.session_examples import collect_examples
+
+        return collect_examples(slicer.mrmlScene, volume, segmentation, segment_id, self.options(volume),
+                                self.exampleTracker, include_library=include_library)
 
     def onExport(self):
         # Writing a library goes through the backend (torch, SimpleITK, pynrrd): offer the install first, and say what
@@ -265,7 +269,7 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
                 return
             volume, segmentation, segment_id = self.inputs()
             axis = self.axis(volume)
-            found, _keep = self.collectExamples(volume, segmentation, segment_id, axis, include_library=False)
+            found, _keep = self.collectExamples(volume, segmentation, segment_id, include_library=False)
             folder = qt.QFileDialog.getExistingDirectory(None, "Export examples to an (empty) library folder")
             if not folder:
                 return
@@ -288,16 +292,14 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
     def modelName(self):
         return "universeg-v1"
 
+    def sessionOptions(self):
+        return dict(strokes="segment", examples=self.exampleTracker, boxes=False)
+
     def prepareRun(self, volume, segmentation, segment_id, roi, seed=None):
-        axis = self.axis(volume)
-        found, keep = self.collectExamples(volume, segmentation, segment_id, axis)
-        if roi is None and keep is not None:
-            roi = examples.default_roi_box(keep, axis)     # the labelled slices plus a margin, not the whole volume
-        return self.logic.segmenter.prepare_universeg(
-            volume, found, roi=roi, support_size=int(self.supportSizeSpin.value),
-            ensemble=int(self.ensembleSpin.value), tta=bool(self.ttaCheckBox.checked),
-            intensity=self.intensityValue(self.intensityCombo), axis=axis, keep_labelled=keep,
-            segmentation_node=segmentation)
+        from MedSegSlicerLib.session_examples import universeg_runs
+
+        return universeg_runs(lambda: self.logic.segmenter, self.options, self.exampleTracker)(
+            volume, segmentation, segment_id, roi, seed)
 
     def maskFromResult(self, result):
         return (result.mask > 0).astype("uint8")

@@ -29,7 +29,7 @@ import numpy as np
 
 from medseg_backend import slicing
 
-from . import editing, geometry, labelmaps, preview, review, segments
+from . import brush, editing, geometry, labelmaps, preview, review, segments
 from .effect_state import EffectState
 from .errors import InputError, MedSegError
 from .jobs import poll_step
@@ -105,8 +105,17 @@ class EditingSession(SegmentBox, ViewInteraction, EncodingAround):
     def __init__(self, owner: str, *, scene, editor_node, runner, prepare, mask_from_result,
                  encode=None, model_name=lambda: "", ensure=None, installed=None, confirm=None, on_cpu=None,
                  app_logic=None, defer=None, wake=None, apply_target=None, confirm_visible=None,
-                 review_segment=None, clock=time.monotonic, encode_around=None) -> None:
+                 review_segment=None, clock=time.monotonic, encode_around=None, strokes: str = "propagate",
+                 examples=None, boxes: bool = True) -> None:
         self.owner = owner
+        #: what a paint / erase stroke does: ``propagate`` (MedSAM: the slice seeds a re-propagation) or ``segment``
+        #: (UniverSeg: written at once; the slice becomes an example)
+        self.strokes = strokes
+        self.brush_mm = brush.DEFAULT_DIAMETER_MM
+        #: the slices the user painted or corrected (UniverSeg's examples), :class:`.session_examples.ExampleSlices`
+        self.examples = examples
+        #: a plain left-drag in a slice view draws the box (MedSAM); False leaves it to Slicer (UniverSeg)
+        self.boxes = boxes
         #: encoding before the box: ``encode_around(volume, axis, k)`` starts it in the worker and returns its
         #: handle (``update()``, ``stop()``, ``running``; :class:`.segmenter.EncodeAround`), None for effects without
         self.encode_around = encode_around
@@ -420,6 +429,8 @@ class EditingSession(SegmentBox, ViewInteraction, EncodingAround):
             return False
         self.drop_preview()
         self.hide_roi()
+        if self.examples is not None:
+            self.examples.applied(volume, segmentation, segment_id)
         per_voxel = geometry.voxel_volume_ml(volume)
         self.set_status(f"Applied: the segment is {report.voxels_after * per_voxel:.1f} mL (was "
                         f"{report.voxels_before * per_voxel:.1f} mL); Undo in the Segment Editor restores it.")

@@ -10,15 +10,20 @@ import numpy as np
 
 from medseg_backend import slicing
 
-from . import geometry, labelmaps, preview
+from . import brush, editing, geometry, labelmaps, preview
 from .errors import InputError, MedSegError
 
 #: Keys in a slice view while the effect is active (keysyms as VTK's interactor gives them; SLICER_API.md row K2:
 #: none of them is a key of the Segment Editor or of the slice views in 5.6 - 5.12; Escape is the Segment Editor's
 #: "leave the effect" key, so it ends a drag but cannot cancel a run).
-VIEW_KEYS = {"Return": "apply", "KP_Enter": "apply", "x": "cancel", "n": "next_segment", "j": "next_flagged"}
+VIEW_KEYS = {"Return": "apply", "KP_Enter": "apply", "x": "cancel", "n": "next_segment", "j": "next_flagged",
+             "p": "run"}
 #: A press and release closer than this (pixels, each way) is a click, not a box.
 MIN_DRAG_PIXELS = 4
+#: Left-drags with modifiers (SLICER_API.md row V3): Ctrl paints on the slice, Ctrl+Shift erases. A plain left-drag
+#: draws the box. (Slicer's own left-drags: Shift pans, Ctrl blends the layers, Ctrl+Alt rotates, Alt+Shift pans
+#: during placement: while the effect is active, Ctrl and Ctrl+Shift are the effect's.)
+STROKE_MODIFIERS = {frozenset({"ctrl"}): "paint", frozenset({"ctrl", "shift"}): "erase"}
 
 
 @dataclass
@@ -91,22 +96,32 @@ class ViewInteraction:
                 self.next_segment()
             elif action == "next_flagged":
                 self.next_flagged(event.view)
+            elif action == "run":
+                self.preview()
             return True
         if event.button != "left" or self._placing_markups():
             return False                     # Draw ROI (or another markup) places points with the same button
         if event.kind == "press":
-            if event.modifiers:
-                return False
-            self.drag = dict(view=event.view, start=tuple(event.xy), end=tuple(event.xy))
+            mode = STROKE_MODIFIERS.get(frozenset(event.modifiers)) if event.modifiers else "box"
+            if mode is None or (mode == "box" and not self.boxes):
+                return False                 # Slicer's own (pan, blend, rotate)
+            self.drag = dict(view=event.view, start=tuple(event.xy), end=tuple(event.xy), mode=mode,
+                             points=[tuple(event.xy)])
             return True
         if self.drag is None or event.view != self.drag["view"]:
             return False
         if event.kind == "move":
             self.drag["end"] = tuple(event.xy)
+            if self.drag["mode"] != "box" and len(self.drag["points"]) < brush.MAX_STROKE_POINTS:
+                self.drag["points"].append(tuple(event.xy))
             return True
         if event.kind == "release":
             drag, self.drag = self.drag, None
             drag["end"] = tuple(event.xy)
+            if drag["mode"] != "box":
+                drag["points"].append(tuple(event.xy))
+                self.stroke_done(drag["view"], drag["mode"], drag["points"])
+                return True
             (x0, y0), (x1, y1) = drag["start"], drag["end"]
             if abs(x1 - x0) < MIN_DRAG_PIXELS or abs(y1 - y0) < MIN_DRAG_PIXELS:
                 return False                 # a click: Slicer's own handling
@@ -172,17 +187,86 @@ class ViewInteraction:
     def _repropagate(self, axis: str, k: int, direction: str, result) -> None:
         """The fix's second step: the new slice ``k`` (shown as the preview) seeds the propagation."""
         try:
-            volume, segmentation, segment_id = self.inputs()
             mask = self.mask_from_result(result)
             if not slicing.take_slice(mask, axis, k).any():
                 raise InputError(f"The model found nothing in the new box on slice {k}: drag the box around the "
                                  "structure again.")
-            node = preview.show(self.scene(), self.editor_node(), segmentation, segment_id, mask, volume,
-                                owner=self.owner)
+            self._propagate_edited(mask, axis, k, direction)
         except MedSegError as e:
             self.set_status(str(e), error=True)
-            return
-        self.preview(seed={"axis": axis, "slice": k, "direction": direction}, seed_source=node)
+
+    def _propagate_edited(self, mask, axis: str, k: int, direction: str) -> bool:
+        """Slice ``k`` of ``mask`` (edited: re-prompted or painted) is shown as the preview and seeds the propagation
+        towards ``direction`` (the walk's preview replaces it; Apply writes the walk's slab only)."""
+        volume, segmentation, segment_id = self.inputs()
+        node = preview.show(self.scene(), self.editor_node(), segmentation, segment_id, mask, volume,
+                            owner=self.owner)
+        return self.preview(seed={"axis": axis, "slice": k, "direction": direction}, seed_source=node)
+
+    # ---- paint and erase: Ctrl-drag, Ctrl+Shift-drag --------------------------------------------------------
+    def drag_shape(self):
+        """What the effect draws while a drag is under way: ``("box", [corner, corner])`` or ``("paint" / "erase",
+        [points...])`` in the view's XY, with the view's name; None when nothing is dragged."""
+        if self.drag is None:
+            return None
+        if self.drag["mode"] == "box":
+            return self.drag["view"], "box", [self.drag["start"], self.drag["end"]]
+        return self.drag["view"], self.drag["mode"], list(self.drag["points"])
+
+    def stroke_done(self, view: str, mode: str, points) -> bool:
+        """A paint (``mode`` ``paint``) or erase stroke dragged in ``view``. MedSAM (:attr:`strokes` ``propagate``):
+        the slice, as the segment holds it plus (minus) the stroke, seeds the propagation to the end of the box
+        away from where the run started, as a fix does. UniverSeg (``segment``): the stroke is written into the
+        segment at once (undoable) and the slice becomes an example of the next run."""
+        try:
+            if self.running_ours or self.busy:
+                raise InputError("A run is in progress: wait for its preview (or press x to cancel), then paint.")
+            if self.pending() is not None:
+                raise InputError("A preview is waiting: Apply it (Enter) or drop it (x) first, then paint.")
+            volume, segmentation, segment_id = self.inputs()
+            node = slice_node_for_view(self.scene(), view)
+            if node is None:
+                raise InputError(f"There is no slice view '{view}' in the scene: paint in a Red, Yellow or Green view.")
+            axis, k, plane = brush.stroke_plane(volume, node, points, self.brush_mm)
+            if self.strokes == "segment":
+                return self._paint_segment(volume, axis, k, plane, mode)
+            return self._paint_and_propagate(volume, segmentation, segment_id, axis, k, plane, mode)
+        except MedSegError as e:
+            self.set_status(str(e), error=True)
+            return False
+
+    def _paint_segment(self, volume, axis: str, k: int, plane, mode: str) -> bool:
+        mask = np.zeros(geometry.volume_shape(volume), np.uint8)
+        slicing.take_slice(mask, axis, k)[plane] = 1
+        slab = slicing.bbox3d(mask)
+        target = self.apply_target() if self.apply_target else None
+        report = editing.apply_result(target, mask, volume, mode="add" if mode == "paint" else "remove", slab=slab)
+        what = "Painted" if mode == "paint" else "Erased"
+        self.set_status(f"{what} on {axis} slice {k} ({abs(report.voxels_after - report.voxels_before)} voxels): "
+                        "press p to segment the rest from the slices you painted.")
+        return True
+
+    def _paint_and_propagate(self, volume, segmentation, segment_id, axis: str, k: int, plane, mode: str) -> bool:
+        roi = self.roi()
+        if roi is None:
+            raise InputError("Paint corrects a slice of a box's result: drag a box around the structure first.")
+        s0, s1, _ = slicing.project_box(geometry.roi_to_voxel_box(roi, volume), axis)
+        if not s0 <= k <= s1:
+            raise InputError(f"Slice {k} is outside the segment's box ({axis} slices {s0}-{s1}): paint inside it, "
+                             "or drag a new box.")
+        mask = (labelmaps.segment_to_array(segmentation, segment_id, volume) > 0).astype(np.uint8)
+        edited = slicing.take_slice(mask, axis, k)
+        edited[plane] = 1 if mode == "paint" else 0
+        if not edited.any():
+            raise InputError(f"Slice {k} is empty after the stroke: nothing to propagate from. Paint the structure "
+                             "there, or use the Erase effect to clear slices.")
+        start = slicing.middle_slice(s0, s1)
+        direction = "up" if k > start else "down" if k < start else "both"
+        ok = self._propagate_edited(mask, axis, k, direction)
+        if ok:
+            self.set_status(f"Slice {k} {'painted' if mode == 'paint' else 'erased'}; propagating "
+                            f"{'both ways' if direction == 'both' else direction} from it...")
+        return ok
 
     def next_segment(self, structure=None) -> bool:
         """The "next segment" key: Apply the preview waiting (if any), add a new segment (a standard structure's
