@@ -276,6 +276,22 @@ def test_four_organs_3mm(ct_3mm, capsys):
     report("four-organs (3 mm)", user.actions, score, capsys)
     assert user.actions <= TARGETS["four-organs"] and score >= float(np.mean(today)) - 1e-9, (scores, today)
 
+    # run all boxes: one job, every segment's box, written under one undo state
+    applied = [user.segment(sid) for sid in ids]
+    user.editor.SetSelectedSegmentID(ids[1])
+    assert user.session.run_all()
+    user.wait()
+    assert "All boxes run" in user.session.status and user.editor.GetSelectedSegmentID() == ids[1]
+    rerun = [user.segment(sid) for sid in ids]
+    agree = [dice(a, b) for a, b in zip(applied, rerun)]
+    with capsys.disabled():
+        print(f"  run all boxes: Dice to the label {np.mean([dice(r, labels == v) for r, v in zip(rerun, ORGANS.values())]):.3f}, "
+              f"agreement with the one-by-one results {', '.join(f'{a:.3f}' for a in agree)}")
+    assert min(agree) > 0.95, agree
+    user.target_logic.Undo()                                   # one Undo restores all four
+    for sid, before in zip(ids, applied):
+        np.testing.assert_array_equal(user.segment(sid), before)
+
 
 def universeg_liver(ctx, volume, labels, universeg_state, capsys, tag):
     """universeg-liver: the liver painted on 3 slices (the painting strokes are not counted), then p (run from the

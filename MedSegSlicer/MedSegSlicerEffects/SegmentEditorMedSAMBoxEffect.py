@@ -106,6 +106,11 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         propagateRow.addWidget(self.propagateButton)
         propagateRow.addWidget(self.directionCombo)
         self.scriptedEffect.addLabeledOptionsWidget(_("Correct:"), propagateRow)
+        self.runAllButton = qt.QPushButton(_("Run all boxes"))
+        self.runAllButton.setToolTip(_("Run the box of every segment that has one, in one job (progress and Cancel as "
+                                       "for a preview); each segment gets its box's result, within its box; one "
+                                       "Undo restores them all."))
+        self.scriptedEffect.addOptionsWidget(self.runAllButton)
 
         self.intensityCombo = self.addIntensityCombo(_("How intensities are mapped to the model's 0-255 input."))
         self.scriptedEffect.addLabeledOptionsWidget(_("Intensity:"), self.intensityCombo)
@@ -162,6 +167,7 @@ class SegmentEditorMedSAMBoxEffect(MedSegEffectBase):
         self.lastHereButton.connect("clicked()", lambda: self.setRangeFromView(last=True))
         self.thisSliceButton.connect("clicked()", lambda: self.setRangeFromView(first=True, last=True))
         self.propagateButton.connect("clicked()", self.onPropagateFromSlice)
+        self.runAllButton.connect("clicked()", lambda: (self.session.run_all(), self.draw()))
         self.addShortcut("propagate", self.onPropagateFromSlice)
         for combo in (self.modelCombo, self.propagationCombo, self.viewCombo):
             combo.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)

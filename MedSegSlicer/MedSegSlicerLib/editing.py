@@ -132,12 +132,13 @@ class ScriptedEffectTarget:
 
 def apply_result(target, mask: np.ndarray, volume_node, *, mode: str = "set",
                  slab: Optional[Sequence[int]] = None, allow_hidden: bool = False,
-                 allow_empty: bool = False) -> ApplyReport:
+                 allow_empty: bool = False, save_undo: bool = True) -> ApplyReport:
     """Write ``mask`` (K, J, I on ``volume_node``'s grid) into the target's selected segment; undoable.
 
     ``slab``: the voxel box the run covered (``None``: the whole volume); the segment outside it is never
     modified. ``mode``: set (replace within the slab), add, remove. An empty result in ``set`` mode is refused
-    (it would only erase the segment) unless ``allow_empty``. Raises :class:`InputError` before any change.
+    (it would only erase the segment) unless ``allow_empty``. ``save_undo=False``: no undo state of its own (the
+    caller saved one before a group of writes that one Undo restores). Raises :class:`InputError` before any change.
     """
     if mode not in MODES:
         raise InputError(f"Unknown modification mode '{mode}': use set, add or remove.")
@@ -168,7 +169,8 @@ def apply_result(target, mask: np.ndarray, volume_node, *, mode: str = "set",
     extent = None
     if slab is not None:
         extent = modifier_extent(slab, volume_node, segmentation_node, modifier)
-    target.save_state_for_undo()
+    if save_undo:
+        target.save_state_for_undo()
     if mode == "set" and slab is not None:
         # The editor's Set replaces the whole segment (on a shared labelmap layer it clears it first), whatever
         # the extent: so "set within the slab" is done as Remove(slab) + Add(result), both through the editor,

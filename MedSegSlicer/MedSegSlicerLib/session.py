@@ -81,9 +81,11 @@ class _Run:
 
 @dataclass
 class Queued:
-    """A preview waiting for the job in front of it to stop."""
+    """A preview waiting for the job in front of it to stop (``call``: another run of the session, e.g.
+    :meth:`~.session_box.SegmentBox.run_all`, instead of the preview)."""
     auto: bool = False
     seed: Optional[Dict[str, Any]] = None
+    call: Optional[Callable[[], Any]] = None
 
 
 class EditingSession(SegmentBox, ViewInteraction, EncodingAround):
@@ -232,15 +234,17 @@ class EditingSession(SegmentBox, ViewInteraction, EncodingAround):
         return True
 
     def preview(self, *, auto: bool = False, seed: Optional[Dict[str, Any]] = None, roi=None, seed_source=None,
-                then=None) -> bool:
+                then=None, prepared=None) -> bool:
         """Start the preview run (True when started or queued). ``auto``: a moved box (never a question);
         ``seed``: ``{"slice": k, "direction": ...}`` re-propagates from the segment's slice ``k`` (of
         ``seed_source``, a segmentation node, instead of the segment when given); ``roi``: a voxel box instead of
-        the segment's box; ``then(result)``: called instead of showing the result (a fix's next step)."""
+        the segment's box; ``then(result)``: called instead of showing the result (a fix's next step);
+        ``prepared()``: ``(volume, segmentation, segment_id, prepared run)`` instead of the segment's box run."""
         if self.phase == ENCODING or (self.phase == PREVIEWING and auto):
             # stop the encoding ahead (what is encoded stays cached) or the outdated preview, then preview
             self.runner().cancel()
-            self.queued = Queued(auto=auto, seed=seed)
+            call = None if prepared is None else (lambda: self.preview(then=then, prepared=prepared))
+            self.queued = Queued(auto=auto, seed=seed, call=call)
             self.set_status("Starting the preview...")
             return True
         if self.busy:
@@ -250,7 +254,8 @@ class EditingSession(SegmentBox, ViewInteraction, EncodingAround):
             if self.ensure is not None and not self.ensure(self.model_name()):
                 self.set_status("Dependencies not installed: nothing was run.", error=True)
                 return False
-            volume, segmentation, segment_id, prepared = self._prepare(seed, roi, seed_source)
+            volume, segmentation, segment_id, prepared = (self._prepare(seed, roi, seed_source) if prepared is None
+                                                          else prepared())
             from .segmenter import Segmenter
 
             seconds = Segmenter.estimate_seconds(prepared, self.on_cpu())
@@ -303,8 +308,7 @@ class EditingSession(SegmentBox, ViewInteraction, EncodingAround):
             self.around = None            # done, pre-empted by a run, stopped or failed: what it encoded is cached
         if self.phase == IDLE:
             if self.queued is not None and not self.busy:
-                queued, self.queued = self.queued, None
-                self.preview(auto=queued.auto, seed=queued.seed)
+                self._start_queued()
             elif self.auto_due is not None and now >= self.auto_due and not self.busy:
                 self.auto_due = None
                 if self.roi() is not None:
@@ -365,7 +369,13 @@ class EditingSession(SegmentBox, ViewInteraction, EncodingAround):
                 else:
                     self.set_status(outcome.message, error=True)
         if self.queued is not None and not self.busy:
-            queued, self.queued = self.queued, None
+            self._start_queued()
+
+    def _start_queued(self) -> None:
+        queued, self.queued = self.queued, None
+        if queued.call is not None:
+            queued.call()
+        else:
             self.preview(auto=queued.auto, seed=queued.seed)
 
     def _show_result(self, outcome, run: _Run) -> None:

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from medseg_backend.choices import DEFAULT_AXIS, DEFAULT_MODEL, DEFAULT_PROPAGATION
 
-from . import geometry
-from .errors import MedSegError
+from . import editing, geometry, segments
+from .errors import InputError, MedSegError
 
 
 @dataclass
@@ -24,7 +26,7 @@ class MedSAMOptions:
 
 def medsam_runs(segmenter: Callable[[], Any], options: Callable[[Any], MedSAMOptions]):
     """The MedSAM box effect's ``prepare(volume, segmentation, segment_id, roi, seed)``: a run of the segment's box
-    (an ROI node or a voxel box) with the effect's options (``options(volume)``); ``seed``: ``axis`` slices as the
+    (an ROI node or a voxel box; a list of them: one object each, :meth:`SegmentBox.run_all`) with the effect's options (``options(volume)``); ``seed``: ``axis`` slices as the
     view the box was drawn in, ``slice`` + ``direction`` re-propagate from the segment's slice there
     (:meth:`.segmenter.Segmenter.prepare_medsam`)."""
 
@@ -32,7 +34,7 @@ def medsam_runs(segmenter: Callable[[], Any], options: Callable[[Any], MedSAMOpt
         o = options(volume)
         seed = seed or {}
         return segmenter().prepare_medsam(
-            volume, [roi], model=o.model, intensity=o.intensity, propagation=o.propagation,
+            volume, list(roi) if isinstance(roi, list) else [roi], model=o.model, intensity=o.intensity, propagation=o.propagation,
             axis=seed.get("axis") or o.axis, slice_range=None if seed else o.slice_range,
             segmentation_node=segmentation, segment_id=segment_id, seed_slice=seed.get("slice"),
             direction=seed.get("direction", "both"))
@@ -183,6 +185,68 @@ class SegmentBox:
         if self.placement is not None:
             self.placement.stop()
         self.placement = None
+
+    # ---- run all boxes -------------------------------------------------------------------------------------
+    def segment_boxes(self, segmentation) -> List[Tuple[str, Any]]:
+        """``(segment ID, ROI)`` of every segment of ``segmentation`` that has a box, in the segment list's order."""
+        state = self.state()
+        found = []
+        for sid in segments.segment_ids(segmentation):
+            roi = state.reference(f"ROI.{sid}")
+            if roi is not None and self.scene().IsNodePresent(roi):
+                found.append((sid, roi))
+        return found
+
+    def run_all(self) -> bool:
+        """Run every segment's box in one job (one object per box: progress and cancel as for a preview); when it
+        is complete, each segment gets its box's result, within its box only, under one undo state."""
+        try:
+            if self.pending() is not None:
+                raise InputError("A preview is waiting: Apply it (Enter) or drop it (x) first, then run all boxes.")
+            volume, segmentation, _sid = self.inputs()
+            boxes = self.segment_boxes(segmentation)
+            if not boxes:
+                raise InputError("No segment has a box yet: drag a box around each structure first.")
+        except MedSegError as e:
+            self.set_status(str(e), error=True)
+            return False
+        ids = [sid for sid, _roi in boxes]
+        holder = {}
+
+        def prepared():
+            run = self.prepare(volume, segmentation, ids[0], [roi for _sid, roi in boxes], None)
+            holder["slabs"] = run.info.get("slabs")
+            return volume, segmentation, ids[0], run
+
+        return self.preview(prepared=prepared, then=lambda result: self._apply_all(ids, holder["slabs"], result))
+
+    def _apply_all(self, ids, slabs, result) -> None:
+        """The end of :meth:`run_all`: each box's object into its segment (within the box), one undo state."""
+        self.drop_preview()                   # the progressive preview of the run (its first box)
+        try:
+            volume, segmentation, selected = self.inputs()
+            labels = np.asarray(result.labels)
+            written, empty = [], []
+            first = True
+            for i, (sid, slab) in enumerate(zip(ids, slabs)):
+                mask = (labels == i + 1).astype(np.uint8)
+                if not mask.any():
+                    empty.append(segmentation.GetSegmentation().GetSegment(sid).GetName())
+                    continue
+                self.editor_node().SetSelectedSegmentID(sid)
+                editing.apply_result(self.apply_target(), mask, volume, slab=slab, save_undo=first)
+                first = False
+                written.append(segmentation.GetSegmentation().GetSegment(sid).GetName())
+        except MedSegError as e:
+            self.set_status(str(e), error=True)
+            return
+        finally:
+            if self.editor_node() is not None:
+                self.editor_node().SetSelectedSegmentID(selected)
+        status = f"All boxes run: {', '.join(written) or 'nothing'} written; one Undo restores them."
+        if empty:
+            status += f" Nothing found in the box of {', '.join(empty)} (unchanged)."
+        self.set_status(status)
 
     def hide_roi(self) -> None:
         roi = self.roi()
