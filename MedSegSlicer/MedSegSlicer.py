@@ -411,7 +411,7 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
     def runTest(self):
         for test in (self.test_UndoRestores, self.test_CancelLeavesUntouched, self.test_UniverSegPlumbing,
                      self.test_MedSAMBox, self.test_SubrangeRerunKeepsRest, self.test_CorrectAndRepropagate,
-                     self.test_WorkerCrashLeavesUntouched):
+                     self.test_WorkerCrashLeavesUntouched, self.test_ViewJourney):
             self.setUp()
             try:
                 test()
@@ -506,3 +506,16 @@ class MedSegSlicerTest(ScriptedLoadableModuleTest):
         result = scenarios.scenario_worker_crash_leaves_untouched(ctx, sampleDir,
                                                                   segmenter=MedSegSlicerLogic.shared().segmenter)
         self.delayDisplay(f"Worker crash: {result['message']}")
+
+    def test_ViewJourney(self):
+        """Issue 26's one-organ journey through the real views: drag a box in the Red view, Enter."""
+        self._needsBackend()
+        from medseg_backend import weights
+        scenarios = self._scenarios()
+        if not weights.status("lite-medsam")["installed"]:
+            self.skipTest("LiteMedSAM weights are not installed (MedSeg panel > download lite-medsam)")
+        _ctx, sampleDir = self._context()
+        result = scenarios.app_journey_one_organ(sampleDir)
+        self.assertGreater(result["dice"], 0.8)
+        self.delayDisplay(f"journey one-organ (application): {result['actions']} actions, Dice {result['dice']:.3f}, "
+                          f"{result['seconds']:.1f} s")

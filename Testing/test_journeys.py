@@ -251,11 +251,20 @@ def test_one_organ_and_fix_slice_1mm(ct_1mm, capsys):
 
 
 def test_four_organs_3mm(ct_3mm, capsys):
-    """drag, n, drag, n, drag, n, drag, Enter: four segments, each previewed then applied by the next key."""
+    four_organs(*ct_3mm, capsys, "3 mm")
+
+
+@pytest.mark.slow
+def test_four_organs_1mm(ct_1mm, capsys):
+    four_organs(*ct_1mm, capsys, "1 mm")
+
+
+def four_organs(ctx, volume, labels, capsys, tag):
+    """drag, n, drag, n, drag, n, drag, Enter: four segments, each previewed then applied by the next key; then
+    "run all boxes"."""
     from medseg_backend import weights
 
     assert weights.status("lite-medsam")["installed"]
-    ctx, volume, labels = ct_3mm
     segmenter = Segmenter(ctx, device="cpu", worker=False)
     user = Radiologist(ctx, volume, segmenter)
     ids, todays = [], []
@@ -273,7 +282,7 @@ def test_four_organs_3mm(ct_3mm, capsys):
     scores = [dice(user.segment(sid), labels == value) for sid, value in zip(ids, ORGANS.values())]
     today = [dice(t, labels == value) for t, value in zip(todays, ORGANS.values())]
     score = float(np.mean(scores))
-    report("four-organs (3 mm)", user.actions, score, capsys)
+    report(f"four-organs ({tag})", user.actions, score, capsys)
     assert user.actions <= TARGETS["four-organs"] and score >= float(np.mean(today)) - 1e-9, (scores, today)
 
     # run all boxes: one job, every segment's box, written under one undo state

@@ -284,7 +284,7 @@ def test_every_slicer_api_the_module_calls_has_a_row_in_slicer_api_md():
                                r"SetPlaceModePersistence|InvokeCustomModifiedEvent|optionsFrame)\(", text))
     missing = sorted(name for name in used if name not in doc)
     assert not missing, f"not in SLICER_API.md: {missing}"
-    for row in ("P1", "K1", "R1", "R2", "R3", "E2", "V1", "U1", "A1"):
+    for row in ("P1", "K1", "R1", "R2", "R3", "E2", "V1", "U1", "A1", "V2", "V3", "K2", "T1"):
         line = next((l for l in doc.splitlines() if l.startswith(f"| {row} |")), None)
         assert line is not None, row
         assert line.count("|") >= 9 and re.search(r":\d+", line), f"row {row} lacks a source line"

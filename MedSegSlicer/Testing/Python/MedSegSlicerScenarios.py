@@ -361,3 +361,59 @@ ALL = {
     "subrange_rerun_keeps_rest": scenario_subrange_rerun_keeps_rest,
     "cancel_leaves_untouched": scenario_cancel_leaves_untouched,
 }
+
+
+def app_journey_one_organ(sample_dir: str, *, structure: str = "kidney_left", timeout: float = 600.0) -> dict:
+    """Issue 26's one-organ journey in the running application (the self-test's ``test_ViewJourney``; it needs the
+    real Segment Editor, its slice widgets and their interactors, so it cannot run headless): the MedSAM box effect
+    is active, a left-drag around the structure in the Red view (``slicer.util.clickAndDrag``: the interactor's real
+    press / move / release events, which the editor forwards to the effect's ``processInteractionEvents``), then
+    Enter pressed in the view. Returns the actions, the Dice to the label and the seconds."""
+    import time
+
+    import slicer
+    import vtk
+
+    from MedSegSlicerLib import geometry, labelmaps
+    from MedSegSlicerLib.scene import SceneContext
+
+    ctx = SceneContext.from_slicer()
+    sample = load_sample(ctx, sample_dir)
+    truth = sample.mask(structure) > 0
+    segmentation = ctx.add_segmentation("journey", sample.volume)
+    segment_id = segmentation.GetSegmentation().AddEmptySegment("", structure)
+    slicer.util.selectModule("SegmentEditor")
+    editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+    editor.setSegmentationNode(segmentation)
+    editor.setSourceVolumeNode(sample.volume)
+    editor.setCurrentSegmentID(segment_id)
+    editor.setActiveEffectByName("MedSAM box")
+    effect = editor.activeEffect().self()
+    slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView)
+    widget = slicer.app.layoutManager().sliceWidget("Red")
+    slicer.util.setSliceViewerLayers(background=sample.volume, fit=True)
+    node = widget.mrmlSliceNode()
+    k = int(np.argmax(truth.sum(axis=(1, 2))))
+    rows, cols = np.nonzero(truth[k])
+    corners = np.array([[cols.min() - 0.5, rows.min() - 0.5, k], [cols.max() + 0.5, rows.max() + 0.5, k]], float)
+    ras = geometry.apply(geometry.volume_ijk_to_world(sample.volume), corners)
+    node.JumpSliceByOffsetting(*ras[0])
+    slicer.app.processEvents()
+    ras_to_xy = np.linalg.inv(geometry.matrix_to_numpy(node.GetXYToRAS()))
+    xy = [tuple(int(round(v)) for v in geometry.apply(ras_to_xy, p[None, :])[0][:2]) for p in ras]
+    t0 = time.monotonic()
+    slicer.util.clickAndDrag(widget, button="Left", start=xy[0], end=xy[1], steps=10)     # action 1
+    while effect.session.running_ours or effect.session.queued is not None:
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"no preview after {timeout:.0f} s: {effect.session.status}")
+        slicer.app.processEvents()
+        time.sleep(0.05)
+    assert effect.session.pending() is not None, effect.session.status
+    interactor = widget.interactorStyle().GetInteractor()
+    interactor.SetKeySym("Return")                                                        # action 2
+    interactor.InvokeEvent(vtk.vtkCommand.KeyPressEvent)
+    slicer.app.processEvents()
+    result = labelmaps.segment_to_array(segmentation, segment_id, sample.volume) > 0
+    assert effect.session.pending() is None and result.any(), effect.session.status
+    inter = float(np.logical_and(result, truth).sum())
+    return dict(actions=2, dice=2 * inter / float(result.sum() + truth.sum()), seconds=time.monotonic() - t0)
