@@ -102,7 +102,9 @@ class EditingSession(SegmentBox, ViewInteraction, EncodingAround):
       current event (Qt: ``QTimer.singleShot(0, fn)``); ``wake()`` is called when the box moved (the effect
       starts its timer: something is due); ``apply_target()`` (:mod:`.editing`'s target: the running effect, or the
       editor logic headless), ``confirm_visible()`` -> bool (the segment is hidden: write anyway?),
-      ``review_segment()`` -> bool (also write the doubtful slices on Apply): what Apply uses."""
+      ``review_segment()`` -> bool (also write the doubtful slices on Apply): what Apply uses;
+    * ``strokes`` (``propagate`` / ``segment``), ``examples`` (an :class:`.session_examples.ExampleSlices`, told of
+      each Apply) and ``boxes`` (a plain drag draws the box): what the effect's strokes and drags do."""
 
     def __init__(self, owner: str, *, scene, editor_node, runner, prepare, mask_from_result,
                  encode=None, model_name=lambda: "", ensure=None, installed=None, confirm=None, on_cpu=None,
