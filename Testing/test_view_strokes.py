@@ -144,3 +144,18 @@ def test_example_slices_are_the_painted_ones_then_the_used_ones_plus_the_correct
     assert tracker.slices(volume, seg, sid, "axial") == [4, 6, 8, 12]
     assert tracker.slices(volume, seg, sid, "coronal") == sorted(          # another axis: its labelled slices
         int(k) for k in slicing.labelled_slices(labelmaps.segment_to_array(seg, sid, volume), "coronal"))
+
+
+def test_run_all_boxes_refuses_before_any_work(view):
+    """Run all boxes: no box yet, or a hidden segment among those with a box: one line, nothing started or written."""
+    ctx, volume, labels, node = view
+    session, seg, sid, logic = session_for(ctx, volume)
+    assert not session.run_all() and "No segment has a box yet" in session.status
+    session.set_box((30, 30, 8, 80, 80, 12))
+    second = seg.GetSegmentation().AddEmptySegment("", "Segment_2")
+    ctx.segment_editor_node.SetSelectedSegmentID(second)
+    session.set_box((20, 20, 4, 60, 60, 10))
+    assert [s for s, _roi in session.segment_boxes(seg)] == [sid, second]
+    seg.GetDisplayNode().SetSegmentVisibility(second, False)
+    assert not session.run_all() and "Segment 'Segment_2' is hidden" in session.status
+    assert not session.busy and session.phase == "idle"

@@ -207,6 +207,8 @@ class SegmentBox:
             boxes = self.segment_boxes(segmentation)
             if not boxes:
                 raise InputError("No segment has a box yet: drag a box around each structure first.")
+            for sid, _roi in boxes:
+                segments.check_segment_writable(segmentation, sid)
         except MedSegError as e:
             self.set_status(str(e), error=True)
             return False
@@ -228,6 +230,8 @@ class SegmentBox:
             labels = np.asarray(result.labels)
             written, empty = [], []
             first = True
+            for sid in ids:           # every segment checked before the first write: all of them or none
+                segments.check_segment_writable(segmentation, sid)
             for i, (sid, slab) in enumerate(zip(ids, slabs)):
                 mask = (labels == i + 1).astype(np.uint8)
                 if not mask.any():
