@@ -159,3 +159,16 @@ def test_run_all_boxes_refuses_before_any_work(view):
     seg.GetDisplayNode().SetSegmentVisibility(second, False)
     assert not session.run_all() and "Segment 'Segment_2' is hidden" in session.status
     assert not session.busy and session.phase == "idle"
+
+
+def test_typed_example_slices_are_read_once_with_one_line_errors():
+    from medseg_backend.textforms import MAX_SLICE_LIST, parse_slice_list
+
+    assert parse_slice_list("") is None and parse_slice_list("  ") is None
+    assert parse_slice_list("20, 8;14 8") == [8, 14, 20]
+    with pytest.raises(InputError, match="must list slice numbers, e.g. 8, 14, 20"):
+        parse_slice_list("8, x")
+    with pytest.raises(InputError, match="negative slice number"):
+        parse_slice_list("-1, 4")
+    with pytest.raises(InputError, match=f"at most {MAX_SLICE_LIST}"):
+        parse_slice_list(",".join(["1"] * (MAX_SLICE_LIST + 1)))

@@ -1,13 +1,14 @@
 """Text forms shared by the command line (:mod:`medseg_backend.cli`) and the batch manifest
 (:mod:`medseg_backend.batch.manifest`): a box written as text, an ``IMAGE:LABEL`` pair, the slice report's default
-path beside a label map, and a check whose warnings the real run repeats. Both read them from here, once."""
+path beside a label map, a list of slice numbers (the UniverSeg effect's *Use only slices*), and a check whose
+warnings the real run repeats. They read them from here, once."""
 from __future__ import annotations
 
 import math
 import os
 import warnings
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from .errors import InputError, MedSegWarning
 
@@ -61,3 +62,23 @@ def default_slice_report_path(output: str) -> str:
     out = Path(output)
     stem = out.name[: -len(".nii.gz")] if out.name.lower().endswith(".nii.gz") else out.stem
     return str(out.with_name(stem + ".slices.csv"))
+
+
+#: At most this many slice numbers in one list (a slice list longer than any volume is a typing accident).
+MAX_SLICE_LIST = 4096
+
+
+def parse_slice_list(text: str, what: str = "'Use only slices'") -> Optional[List[int]]:
+    """Slice numbers typed as ``8, 14, 20`` (commas, semicolons or spaces; each once, sorted); None when empty."""
+    parts = [p for p in str(text or "").replace(";", ",").replace(" ", ",").split(",") if p.strip()]
+    if not parts:
+        return None
+    if len(parts) > MAX_SLICE_LIST:
+        raise InputError(f"{what} lists {len(parts)} numbers: list at most {MAX_SLICE_LIST} slices.")
+    try:
+        slices = sorted({int(p) for p in parts})
+    except ValueError:
+        raise InputError(f"{what} must list slice numbers, e.g. 8, 14, 20.") from None
+    if slices[0] < 0:
+        raise InputError(f"{what} has a negative slice number ({slices[0]}): slices count from 0.")
+    return slices

@@ -5,7 +5,7 @@ import slicer
 
 from MedSegSlicerEffects.EffectBase import VIEWS, MedSegEffectBase
 from MedSegSlicerLib import deps, examples, preview, segments
-from MedSegSlicerLib.errors import InputError, MedSegError
+from MedSegSlicerLib.errors import MedSegError
 
 try:  # Slicer's translation function (slicer.i18n, Slicer >= 5.4); plain strings where it is missing
     from slicer.i18n import tr as _
@@ -179,14 +179,10 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
 
     # ---- view terms and the box ------------------------------------------------------------------------------
     def exampleSlices(self):
-        """The slices typed in 'Use only slices' (None: every labelled slice)."""
-        text = self.exampleSlicesEdit.text.replace(";", ",").strip()
-        if not text:
-            return None
-        try:
-            return sorted({int(v) for v in text.replace(" ", ",").split(",") if v.strip()})
-        except ValueError:
-            raise InputError(_("'Use only slices' must list slice numbers, e.g. 8, 14, 20.")) from None
+        """The slices typed in 'Use only slices' (None: the slices painted or corrected)."""
+        from medseg_backend.textforms import parse_slice_list
+
+        return parse_slice_list(self.exampleSlicesEdit.text)
 
     def onAddCurrentSlice(self):
         from MedSegSlicerLib import geometry
