@@ -172,3 +172,29 @@ def test_typed_example_slices_are_read_once_with_one_line_errors():
         parse_slice_list("-1, 4")
     with pytest.raises(InputError, match=f"at most {MAX_SLICE_LIST}"):
         parse_slice_list(",".join(["1"] * (MAX_SLICE_LIST + 1)))
+
+
+def test_example_candidates_and_fit_box_follow_the_painted_slices(view):
+    """The UniverSeg panel's lists and *Fit to examples*, Qt-free: other segments are offered (not the target, not a
+    preview), and the fitted box covers the painted slices plus the margin a run without a box uses."""
+    from MedSegSlicerLib import examples as ex
+    from MedSegSlicerLib.session_examples import UniverSegOptions, example_candidates, fit_box
+
+    ctx, volume, labels, node = view
+    session, seg, sid, logic = session_for(ctx, volume)
+    other = seg.GetSegmentation().AddEmptySegment("", "Other")
+    mask = np.zeros(labels.shape, np.uint8)
+    mask[10, 40:60, 40:60] = 1
+    preview.show(ctx.scene, ctx.segment_editor_node, seg, sid, mask, volume, owner="test")
+    assert [(n, s) for n, s, _text in example_candidates(ctx.scene, seg, sid)] == [(seg.GetID(), other)]
+    preview.drop(ctx.scene, ctx.segment_editor_node, owner="test")
+    target = editing.EditorLogicTarget(logic)
+    for k in (6, 12):
+        m = np.zeros(labels.shape, np.uint8)
+        m[k, 40:50, 40:50] = 1
+        editing.apply_result(target, m, volume, mode="add", slab=slicing.bbox3d(m))
+    tracker = ExampleSlices()
+    box = fit_box(volume, seg, sid, UniverSegOptions(), tracker)
+    expected = ex.default_roi_box(ex.from_labelled_slices(volume, seg, sid, "axial", slices=[6, 12]), "axial")
+    assert box == expected and box[2] < 6 and box[5] > 12
+    assert fit_box(volume, seg, sid, UniverSegOptions(example_slices=[6]), tracker)[5] < 12

@@ -4,7 +4,7 @@ import qt
 import slicer
 
 from MedSegSlicerEffects.EffectBase import VIEWS, MedSegEffectBase
-from MedSegSlicerLib import deps, examples, preview, segments
+from MedSegSlicerLib import deps
 from MedSegSlicerLib.errors import MedSegError
 
 try:  # Slicer's translation function (slicer.i18n, Slicer >= 5.4); plain strings where it is missing
@@ -200,33 +200,24 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
         self.updateMRMLFromGUI()
 
     def fitRoiBox(self, volume, segmentation, segment_id):
-        axis = self.axis(volume)
-        chosen = self.exampleSlices()
-        if chosen is None:       # the slices the user painted or corrected, as a run uses them
-            chosen = self.exampleTracker.slices(volume, segmentation, segment_id, axis) or None
-        labelled = examples.from_labelled_slices(volume, segmentation, segment_id, axis, slices=chosen)
-        return examples.default_roi_box(labelled, axis)
+        from MedSegSlicerLib.session_examples import fit_box
+
+        return fit_box(volume, segmentation, segment_id, self.options(volume), self.exampleTracker)
 
     # ---- examples ------------------------------------------------------------------------------------------
     def refreshSegmentList(self):
+        from MedSegSlicerLib.session_examples import example_candidates
+
         checked = set(self.checkedSegments())
         self.segmentList.clear()
         params = self.scriptedEffect.parameterSetNode()
         target = (params.GetSegmentationNode(), params.GetSelectedSegmentID()) if params else (None, None)
-        nodes = slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
-        for node in nodes:
-            if preview.is_preview(node):
-                continue
-            for sid in segments.segment_ids(node):
-                if target[0] is node and target[1] == sid:
-                    continue
-                name = node.GetSegmentation().GetSegment(sid).GetName()
-                item = qt.QListWidgetItem(f"{node.GetName()} / {name}")
-                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-                key = f"{node.GetID()}|{sid}"
-                item.setData(ITEM_ROLE, key)
-                item.setCheckState(qt.Qt.Checked if (node.GetID(), sid) in checked else qt.Qt.Unchecked)
-                self.segmentList.addItem(item)
+        for node_id, sid, text in example_candidates(slicer.mrmlScene, *target):
+            item = qt.QListWidgetItem(text)
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setData(ITEM_ROLE, f"{node_id}|{sid}")
+            item.setCheckState(qt.Qt.Checked if (node_id, sid) in checked else qt.Qt.Unchecked)
+            self.segmentList.addItem(item)
 
     def checkedSegments(self):
         out = []

@@ -18,7 +18,7 @@ from medseg_backend import slicing
 from medseg_backend.choices import DEFAULT_AXIS
 
 from . import examples as ex
-from . import labelmaps
+from . import labelmaps, preview, segments
 from .errors import InputError
 
 #: Segments whose state after their last Apply is remembered (the oldest is forgotten: its next run uses every
@@ -84,6 +84,21 @@ class UniverSegOptions:
     tta: bool = False
 
 
+def example_candidates(scene, segmentation=None, segment_id: Optional[str] = None) -> List[Tuple[str, str, str]]:
+    """The segments a user may tick as examples: ``(segmentation node ID, segment ID, "<node> / <segment>")`` for
+    every segment of the scene's segmentations except the target segment itself and the previews."""
+    out = []
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
+        if preview.is_preview(node):
+            continue
+        for sid in segments.segment_ids(node):
+            if node is segmentation and sid == segment_id:
+                continue
+            out.append((node.GetID(), sid, f"{node.GetName()} / {node.GetSegmentation().GetSegment(sid).GetName()}"))
+    return out
+
+
 def collect_examples(scene, volume, segmentation, segment_id: str, o: UniverSegOptions,
                      tracker: Optional[ExampleSlices] = None, include_library: bool = True):
     """``(examples, keep)``: every example the options name, and the target segment's own example slices (kept
@@ -116,6 +131,15 @@ def collect_examples(scene, volume, segmentation, segment_id: str, o: UniverSegO
         found.extend(ex.from_library(o.library)[0])
     ex.require_examples(found)
     return found, keep
+
+
+def fit_box(volume, segmentation, segment_id: str, o: UniverSegOptions, tracker: Optional[ExampleSlices] = None):
+    """*Fit to examples*: the box a run without one covers (the example slices plus a margin)."""
+    chosen = o.example_slices
+    if chosen is None and tracker is not None:
+        chosen = tracker.slices(volume, segmentation, segment_id, o.axis) or None
+    labelled = ex.from_labelled_slices(volume, segmentation, segment_id, o.axis, slices=chosen)
+    return ex.default_roi_box(labelled, o.axis)
 
 
 def universeg_runs(segmenter: Callable[[], Any], options: Callable[[Any], UniverSegOptions],
