@@ -178,7 +178,7 @@ def test_preview_without_a_box_is_refused_before_any_work(journey):
     segmenter = Segmenter(ctx, device="cpu", worker=False)
     session = make_session(ctx, segmenter, Clock())
     assert not session.preview()
-    assert session.error and session.status.startswith("No ROI selected") and session.phase == IDLE
+    assert session.error and session.status.startswith("This segment has no box yet: drag a box") and session.phase == IDLE
     assert not segmenter.runner.running
 
 

@@ -198,3 +198,4 @@ def test_example_candidates_and_fit_box_follow_the_painted_slices(view):
     expected = ex.default_roi_box(ex.from_labelled_slices(volume, seg, sid, "axial", slices=[6, 12]), "axial")
     assert box == expected and box[2] < 6 and box[5] > 12
     assert fit_box(volume, seg, sid, UniverSegOptions(example_slices=[6]), tracker)[5] < 12
+

@@ -214,6 +214,9 @@ class EditingSession(SegmentBox, ViewInteraction, EncodingAround):
     # ---- runs ---------------------------------------------------------------------------------------------
     def _prepare(self, seed=None, roi=None, seed_source=None):
         volume, segmentation, segment_id = self.inputs()
+        if self.boxes and roi is None and self.roi() is None:
+            raise InputError("This segment has no box yet: drag a box around the structure in a slice view (or use "
+                             "Draw ROI), then preview.")
         prepared = self.prepare(volume, seed_source or segmentation, segment_id if seed_source is None else
                                 seed_source.GetSegmentation().GetNthSegmentID(0), roi or self.roi(), seed)
         return volume, segmentation, segment_id, prepared
