@@ -49,9 +49,10 @@ class SegmentEditorUniverSegEffect(MedSegEffectBase):
         self.labelledSlicesCheckBox.setToolTip(_("Use the slices of the selected segment that contain voxels as "
                                                  "examples; they are kept exactly as drawn."))
         self.exampleSlicesEdit = qt.QLineEdit()
-        self.exampleSlicesEdit.setPlaceholderText(_("all labelled slices"))
-        self.exampleSlicesEdit.setToolTip(_("Use only these slices as examples (e.g. 8, 14, 20): the ones you drew "
-                                            "or corrected. Slice numbers as the chosen view counts them."))
+        self.exampleSlicesEdit.setPlaceholderText(_("the slices you painted or corrected"))
+        self.exampleSlicesEdit.setToolTip(_("Use only these slices as examples (e.g. 8, 14, 20). Empty: the slices "
+                                            "you painted, plus those you corrected after an Apply. Slice numbers as "
+                                            "the chosen view counts them."))
         self.addSliceButton = qt.QPushButton(_("Add current slice"))
         self.addSliceButton.setToolTip(_("Add the slice shown in the chosen view to the example slices."))
         exRow = qt.QHBoxLayout()
