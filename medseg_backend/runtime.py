@@ -131,7 +131,8 @@ def weights_digest(module, weights_path: Optional[str]) -> str:
     return h.hexdigest()
 
 
-def export_key(name: str, digest: str, module, shape: Sequence[int]) -> str:
+def export_key(name: str, digest: str, module, shape: Sequence) -> str:
+    """The cache folder's name; ``shape``: the input's shape, or one shape per input for several."""
     import torch
 
     parts = (EXPORT_FORMAT, digest, openvino_version(), torch.__version__, _code_hash(module), tuple(shape))
@@ -226,7 +227,8 @@ def openvino_model(module, examples: Sequence, *, name: str, shapes: Optional[Se
     """``module`` (eval mode, plain torch ops, ``module(*examples)`` -> one tensor) compiled by OpenVINO for the
     CPU, exported once per weights, code and ``shapes`` (one per input, -1 for a dynamic dimension; default: the
     examples' shapes) and kept in :func:`openvino_cache_dir`; None (after one warning line) when it cannot be
-    exported."""
+    exported. The export is checked at the examples' sizes only: a module with a dynamic dimension must have a
+    test at other sizes of it (the trace freezes any size the code reads as a Python number)."""
     examples = tuple(examples)
     shapes = [list(s) for s in shapes] if shapes is not None else [list(e.shape) for e in examples]
     try:
