@@ -179,10 +179,10 @@ def test_processes_starting_together_export_once(small_sam, own_cache, monkeypat
     calls = []
     real = rt._export
 
-    def slow_export(module, example):
+    def slow_export(*args):
         calls.append(1)
         threading.Event().wait(0.5)    # the other one arrives while this one exports
-        return real(module, example)
+        return real(*args)
 
     monkeypatch.setattr(rt, "_export", slow_export)
     results = []

@@ -1,7 +1,7 @@
 """MedSAM 3-D benchmark: the plain official-style loop against the product path, same volume and box.
 
 Run: ``.venv-test/bin/python benchmarks/bench_medsam3d.py [--models lite,vit_b] [--slices N] [--runtimes
-torch,openvino] [--repeats R] [--encoder-repeats R] [--threads 1,2]``.
+torch,openvino] [--repeats R] [--encoder-repeats R] [--threads 1,2 [--threads-only]]``.
 
 Each measurement runs in its own subprocess (so peak RSS is its own) with the same thread count:
 
@@ -17,6 +17,10 @@ Each measurement runs in its own subprocess (so peak RSS is its own) with the sa
 * **encoder** (``--encoder-repeats``): in one process, the torch and the OpenVINO encoder (fp32, and OpenVINO's
   bf16 hint where the CPU has bf16) called in turn on the same slice, at each ``--threads`` count: medians and
   the ratio to torch, and the largest embedding difference to torch.
+* **threads** (``--threads`` without ``--encoder-repeats``; ``--threads-only`` skips the table above): the product
+  path at each thread count (``MEDSEG_NUM_THREADS``, which sets torch's threads and OpenVINO's
+  ``INFERENCE_NUM_THREADS``) on each runtime, every run in its own process, the runs alternating over
+  ``--repeats`` rounds: medians, the speed-up over the first thread count and over torch at the same count.
 
 ViT-B uses random weights in the official layout (the real checkpoint is not available offline): timings
 do not depend on the values; the parity column compares the product masks with the plain loop's.
@@ -285,7 +289,9 @@ def main() -> None:
     ap.add_argument("--kind")
     ap.add_argument("--runtime", default="auto")
     ap.add_argument("--mask-out")
-    ap.add_argument("--threads", default="", help="also time the product path at these thread counts, e.g. 1,2")
+    ap.add_argument("--threads", default="", help="also time the product path at these thread counts, e.g. 1,2 "
+                    "(--repeats rounds)")
+    ap.add_argument("--threads-only", action="store_true", help="with --threads: only the thread table")
     args = ap.parse_args()
     if args.worker:
         worker(args)
@@ -293,10 +299,11 @@ def main() -> None:
     from medseg_backend.metrics import dice
 
     runtimes = args.runtimes.split(",")
-    print("| model | path | threads | slices | s/slice (median) | runs | speed-up over plain | over product torch | "
-          "re-prompt ms/slice | re-encoded | peak RSS MB | Dice vs plain | Dice vs product torch | precision |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for kind in args.models.split(","):
+    if not args.threads_only:
+        print("| model | path | threads | slices | s/slice (median) | runs | speed-up over plain | over product torch | "
+              "re-prompt ms/slice | re-encoded | peak RSS MB | Dice vs plain | Dice vs product torch | precision |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind in ([] if args.threads_only else args.models.split(",")):
         plain = None if args.no_plain else _run(kind, "plain", args)
         runs = {r: [] for r in runtimes}
         for _ in range(args.repeats):
@@ -333,17 +340,28 @@ def main() -> None:
                     r["kind"], r["threads"], r["runtime"], r["median"], r["best"], r["ratio"], r["rel_diff"],
                     r["repeats"]))
     elif args.threads:
-        # Scaling with cores: the product path at each thread count, each in its own process.
-        print("\n| model | runtime | threads | product s/slice | speed-up over 1 thread |")
-        print("|---|---|---|---|---|")
+        # Scaling with cores: the product path at each thread count and runtime, each run in its own process; the
+        # runs alternate (thread counts inside runtimes inside --repeats rounds), medians.
+        counts = [int(t) for t in args.threads.split(",")]
+        print("\n| model | runtime | threads | product s/slice (median) | runs | speed-up over %d thread(s) | "
+              "speed-up over torch | Dice vs torch |" % counts[0])
+        print("|---|---|---|---|---|---|---|---|")
         for kind in args.models.split(","):
+            got = {(r, n): [] for r in runtimes for n in counts}
+            for _ in range(args.repeats):
+                for r in runtimes:
+                    for n in counts:
+                        got[r, n].append(_run(kind, "product", args, r,
+                                              env=dict(os.environ, MEDSEG_NUM_THREADS=str(n))))
+            med = {k: float(np.median([q["seconds"] / q["slices"] for q in v])) for k, v in got.items()}
             for r in runtimes:
-                base = None
-                for n in (int(t) for t in args.threads.split(",")):
-                    out = _run(kind, "product", args, r, env=dict(os.environ, MEDSEG_NUM_THREADS=str(n)))
-                    per = out["seconds"] / out["slices"]
-                    base = base or per
-                    print("| %s | %s | %d | %.3f | %.2fx |" % (kind, out["runtime"], out["threads"], per, base / per))
+                for n in counts:
+                    q = got[r, n][-1]
+                    ref = got.get(("torch", n))
+                    print("| %s | %s | %d | %.3f | %d | %.2fx | %s | %s |" % (
+                        kind, q["runtime"], q["threads"], med[r, n], len(got[r, n]), med[r, counts[0]] / med[r, n],
+                        "%.2fx" % (med["torch", n] / med[r, n]) if ref else "-",
+                        "%.4f" % dice(ref[-1]["mask"], q["mask"]) if ref else "-"))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
-"""Encoder runtimes: torch (the module itself) or OpenVINO's CPU runtime, same numbers within float rounding.
+"""Model runtimes: torch (the module itself) or OpenVINO's CPU runtime, same numbers within float rounding.
 
 ``auto`` runs an encoder through OpenVINO on the CPU when the ``openvino`` package can be imported (it is optional:
 ``pip install openvino``) and through torch otherwise; on CUDA / MPS it is always torch (:func:`resolve_runtime`).
 The environment variable ``MEDSEG_RUNTIME`` (``torch`` or ``openvino``) decides what ``auto`` means, e.g. for the
 Slicer worker.
 
-OpenVINO needs the encoder exported once (a TorchScript trace of our own module, BatchNorms folded, converted
-by ``openvino.convert_model``): :func:`openvino_encoder` keeps the exported model (OpenVINO IR, ``model.xml`` +
-``model.bin``) in ``<weights cache>/openvino/<key>/`` (``MEDSEG_OPENVINO_CACHE`` overrides the folder), where the
-key is made of the weights' sha256, the OpenVINO and torch versions, a hash of the model code and the input
-shape - a new weights file, OpenVINO release or model code is a new export, never a stale one. An export is
+OpenVINO needs the module exported once (a TorchScript trace of our own module, BatchNorms folded, converted
+by ``openvino.convert_model``): :func:`openvino_model` (:func:`openvino_encoder` for the MedSAM image encoders)
+keeps the exported model (OpenVINO IR, ``model.xml`` + ``model.bin``) in ``<weights cache>/openvino/<key>/``
+(``MEDSEG_OPENVINO_CACHE`` overrides the folder), where the key is made of the weights' sha256, the OpenVINO and
+torch versions, a hash of the model code and the input shapes - a new weights file, OpenVINO release or model code
+is a new export, never a stale one. A module may take several inputs, and an input dimension given as -1 in
+``shapes`` stays dynamic in the export (one export serves every size of it, e.g. UniverSeg's number of support
+items, :class:`~medseg_backend.models.universeg_fast.QueryGraph`). An export is
 checked against the torch module on its example input before it is kept; it is written to a private folder
 and renamed into place under an inter-process lock (:class:`~medseg_backend.locking.FileLock`), so processes
 that start together export once and never read half a file. A failed export (or a cache that cannot be read
@@ -35,8 +38,8 @@ import numpy as np
 from .choices import RUNTIMES
 from .errors import InputError, MedSegWarning, WeightsError, clip_text
 
-__all__ = ["RUNTIMES", "openvino_version", "resolve_runtime", "OpenVINOModule", "openvino_encoder", "export_key",
-           "openvino_cache_dir"]
+__all__ = ["RUNTIMES", "openvino_version", "resolve_runtime", "OpenVINOModule", "openvino_encoder", "openvino_model",
+           "export_key", "openvino_cache_dir"]
 
 #: Bump when the export procedure itself changes (the model code is hashed separately).
 EXPORT_FORMAT = 1
@@ -128,7 +131,8 @@ def weights_digest(module, weights_path: Optional[str]) -> str:
     return h.hexdigest()
 
 
-def export_key(name: str, digest: str, module, shape: Sequence[int]) -> str:
+def export_key(name: str, digest: str, module, shape: Sequence) -> str:
+    """The cache folder's name; ``shape``: the input's shape, or one shape per input for several."""
     import torch
 
     parts = (EXPORT_FORMAT, digest, openvino_version(), torch.__version__, _code_hash(module), tuple(shape))
@@ -137,8 +141,9 @@ def export_key(name: str, digest: str, module, shape: Sequence[int]) -> str:
 
 
 class OpenVINOModule:
-    """A compiled OpenVINO model called like the torch module it came from: a float32 (N, ...) tensor in, a
-    tensor out. The model is exported for batch 1; a batch runs slice by slice (same cost per slice)."""
+    """A compiled OpenVINO model called like the torch module it came from: float32 tensors in, the first output
+    as a tensor out. With one input the model is exported for batch 1 and a batch (N, ...) runs item by item (same
+    cost per item); with several inputs they are passed as they are (the shapes the export allows)."""
 
     def __init__(self, compiled, precision: str, threads: int) -> None:
         self.compiled = compiled
@@ -147,15 +152,18 @@ class OpenVINOModule:
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
 
-    def __call__(self, x):
+    def __call__(self, *xs):
         import torch
 
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        outs = []
+        arrs = [x.detach().to("cpu", torch.float32).contiguous().numpy() for x in xs]
         with self._lock:
-            for i in range(arr.shape[0]):
-                res = self._request.infer({0: arr[i:i + 1]})
-                outs.append(np.array(res[0], dtype=np.float32, copy=True))  # the request reuses its buffer
+            if len(arrs) > 1:
+                res = self._request.infer(dict(enumerate(arrs)))
+                return torch.from_numpy(np.array(res[0], dtype=np.float32, copy=True))  # the request reuses it
+            outs = []
+            for i in range(arrs[0].shape[0]):
+                res = self._request.infer({0: arrs[0][i:i + 1]})
+                outs.append(np.array(res[0], dtype=np.float32, copy=True))
         return torch.from_numpy(np.concatenate(outs, axis=0))
 
 
@@ -167,25 +175,25 @@ def _compile(model, precision: str, threads: int) -> OpenVINOModule:
     return OpenVINOModule(ov.Core().compile_model(model, "CPU", config), precision, threads)
 
 
-def _export(module, example):
+def _export(module, examples: tuple, shapes: list):
     """TorchScript trace (one forward pass; ``convert_model`` on the module would trace and check several
-    times) converted to an OpenVINO model with the example's static shape."""
+    times) converted to an OpenVINO model with the input ``shapes`` (-1: dynamic)."""
     import openvino as ov
     import torch
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.10+ says jit.trace is deprecated
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: the shape is fixed
-        traced = torch.jit.trace(module, example, check_trace=False)
-    return ov.convert_model(traced, example_input=example, input=[list(example.shape)])
+        traced = torch.jit.trace(module, examples, check_trace=False)
+    return ov.convert_model(traced, example_input=examples, input=shapes)
 
 
-def _check_export(model, module, example, threads: int) -> float:
+def _check_export(model, module, examples: tuple, threads: int) -> float:
     import torch
 
     with torch.no_grad():
-        ref = module(example).float()
-    got = _compile(model, "fp32", threads)(example)
+        ref = module(*examples).float()
+    got = _compile(model, "fp32", threads)(*examples)
     return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
@@ -208,20 +216,35 @@ def _save(model, root: Path, key: str) -> None:
 
 def openvino_encoder(module, example, *, name: str, weights_path: Optional[str] = None, precision: str = "fp32",
                      threads: int = 1, what: str = "encoder") -> Optional[OpenVINOModule]:
-    """``module`` (eval mode, plain torch ops) compiled by OpenVINO for the CPU, exported once per weights and
-    kept in :func:`openvino_cache_dir`; None (after one warning line) when it cannot be exported."""
+    """An image encoder (one (1, C, H, W) input, static shape) through :func:`openvino_model`."""
+    return openvino_model(module, (example,), name=name, weights_path=weights_path, precision=precision,
+                          threads=threads, what=what, stacklevel=4)
+
+
+def openvino_model(module, examples: Sequence, *, name: str, shapes: Optional[Sequence[Sequence[int]]] = None,
+                   weights_path: Optional[str] = None, precision: str = "fp32", threads: int = 1,
+                   what: str = "network", stacklevel: int = 3) -> Optional[OpenVINOModule]:
+    """``module`` (eval mode, plain torch ops, ``module(*examples)`` -> one tensor) compiled by OpenVINO for the
+    CPU, exported once per weights, code and ``shapes`` (one per input, -1 for a dynamic dimension; default: the
+    examples' shapes) and kept in :func:`openvino_cache_dir`; None (after one warning line) when it cannot be
+    exported. The export is checked at the examples' sizes only: a module with a dynamic dimension must have a
+    test at other sizes of it (the trace freezes any size the code reads as a Python number)."""
+    examples = tuple(examples)
+    shapes = [list(s) for s in shapes] if shapes is not None else [list(e.shape) for e in examples]
     try:
-        return _load_or_export(module, example, name, weights_path, precision, threads)
+        return _load_or_export(module, examples, shapes, name, what, weights_path, precision, threads, stacklevel)
     except Exception as e:  # any failure of the export, the cache or OpenVINO: stay on torch
         warnings.warn(f"OpenVINO could not run the {name} {what} ({type(e).__name__}: {clip_text(str(e), 120)}); "
-                      "it runs on torch instead (--runtime torch hides this message).", MedSegWarning, stacklevel=3)
+                      "it runs on torch instead (--runtime torch hides this message).", MedSegWarning,
+                      stacklevel=stacklevel)
         return None
 
 
-def _load_or_export(module, example, name, weights_path, precision, threads) -> OpenVINOModule:
+def _load_or_export(module, examples, shapes, name, what, weights_path, precision, threads,
+                    stacklevel: int) -> OpenVINOModule:
     from .locking import FileLock
 
-    key = export_key(name, weights_digest(module, weights_path), module, example.shape)
+    key = export_key(name, weights_digest(module, weights_path), module, shapes[0] if len(shapes) == 1 else shapes)
     root = openvino_cache_dir()
     xml = root / key / "model.xml"
     done = _cached(xml, precision, threads)
@@ -229,17 +252,17 @@ def _load_or_export(module, example, name, weights_path, precision, threads) -> 
         return done
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(root / f"{key}.lock", what=f"exporting the {name} encoder for OpenVINO").acquire()
+        lock = FileLock(root / f"{key}.lock", what=f"exporting the {name} {what} for OpenVINO").acquire()
     except (OSError, WeightsError) as e:  # a read-only cache: export in memory, again at each start
         warnings.warn(f"The OpenVINO export of {name} cannot be kept in {root} ({clip_text(str(e), 80)}): it is "
                       "made again at each start; set MEDSEG_OPENVINO_CACHE to a writable folder.", MedSegWarning,
-                      stacklevel=4)
-        return _compile(_checked_export(module, example, threads), precision, threads)
+                      stacklevel=stacklevel + 1)
+        return _compile(_checked_export(module, examples, shapes, threads), precision, threads)
     try:
         done = _cached(xml, precision, threads)  # another process may have exported it while this one waited
         if done is not None:
             return done
-        model = _checked_export(module, example, threads)
+        model = _checked_export(module, examples, shapes, threads)
         _save(model, root, key)
     finally:
         lock.release()
@@ -258,9 +281,9 @@ def _cached(xml: Path, precision: str, threads: int) -> Optional[OpenVINOModule]
         return None
 
 
-def _checked_export(module, example, threads: int):
-    model = _export(module, example)
-    err = _check_export(model, module, example, threads)
+def _checked_export(module, examples: tuple, shapes: list, threads: int):
+    model = _export(module, examples, shapes)
+    err = _check_export(model, module, examples, threads)
     if not err <= EXPORT_TOLERANCE:
         raise RuntimeError(f"the export differs from torch by {err:.1e} (relative), more than {EXPORT_TOLERANCE:g}")
     return model

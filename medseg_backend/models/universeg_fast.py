@@ -23,6 +23,9 @@ fast formulation, ``forward_reference`` the plain one. The savings:
   - On CUDA the float32 paths run with TF32 disabled (:func:`strict_fp32`).
 
 Per query at S=64 and 128 x 128 the plain formulation costs ~660 GFLOP, the fast one ~130 GFLOP.
+
+:class:`QueryGraph` is the per-query work as one traceable module (support size a dynamic dimension) for a graph
+export; through OpenVINO it reaches the same masks but is no faster (BENCHMARKS.md), so the product runs torch.
 """
 from __future__ import annotations
 
@@ -76,6 +79,7 @@ class SupportCache:
     shape: tuple
     dtype: torch.dtype
     weights: list  # per block: _SplitWeights, prepared once per support set
+    reuse_buffer: bool = True  # False: no in-place work buffer (a graph export traces plain adds)
     _scratch: Optional[torch.Tensor] = None
 
     def scratch(self, n: int) -> torch.Tensor:
@@ -167,14 +171,14 @@ class UniverSegFast(UniverSeg):
             return torch.cat([self._predict_one(target_image[b:b + 1], cache)
                               for b in range(target_image.shape[0])], 0)
 
-    def _predict_one(self, target: torch.Tensor, cache: SupportCache) -> torch.Tensor:
+    def _predict_one(self, target: torch.Tensor, cache: SupportCache, chunk: Optional[int] = None) -> torch.Tensor:
         ws = cache.weights
         n_enc = len(self.enc_blocks)
         dtype = cache.dtype
         dev = cache.level0.device
         cl = torch.channels_last
         target = target.to(dev, torch.float32)
-        n, chunk = cache.size, max(1, self.chunk_size)
+        n, chunk = cache.size, max(1, chunk or self.chunk_size)
 
         # ---- encoder block 0: per item only an add, LeakyReLU, pooling and a running sum remain
         sw = ws[0]
@@ -184,11 +188,12 @@ class UniverSegFast(UniverSeg):
         h, w = cache.shape
         c = q_term.shape[1]
         skip_sum = torch.zeros((1, c, h, w), device=dev, dtype=torch.float32)
-        scratch = cache.scratch(min(chunk, n))       # reused across chunks and queries (no page faults)
+        scratch = cache.scratch(min(chunk, n)) if cache.reuse_buffer else None  # reused: no page faults
         support = []                                 # the support side stays a list of chunks: no copies
         for a in range(0, n, chunk):
             e = min(a + chunk, n)
-            sup = torch.add(cache.level0[a:e], q_term, out=scratch[:e - a])
+            sup = ((cache.level0 if e - a == n else cache.level0[a:e]) + q_term if scratch is None
+                   else torch.add(cache.level0[a:e], q_term, out=scratch[:e - a]))
             F.leaky_relu_(sup, NEG_SLOPE)
             skip_sum += _item_sum(sup)
             support.append(F.max_pool2d(sup, 2))
@@ -217,6 +222,25 @@ class UniverSegFast(UniverSeg):
         inter = F.conv2d(query, sw.w_q, sw.b, padding=1) + F.conv2d(s_mean, sw.w_v.float(), None, padding=1)
         query = lrelu(F.conv2d(inter, sw.w_t, sw.b_t, padding=1))
         return self.out_conv(query).contiguous()
+
+
+class QueryGraph(torch.nn.Module):
+    """The per-query work of :meth:`UniverSegFast.predict_with_support` as one traceable module (for a graph
+    export such as :func:`medseg_backend.runtime.openvino_model`): ``forward(query (1,1,H,W), level0 (S,64,H,W),
+    cross0_mean (1,64,H,W))`` -> logits (1,1,H,W), float32, the support set's :class:`SupportCache` fields as
+    inputs. All S items form one chunk and no work buffer is reused, so the graph has no loop over S and S can
+    stay a dynamic dimension of the export (one export for every support size at a given H x W)."""
+
+    def __init__(self, net: "UniverSegFast") -> None:
+        super().__init__()
+        self.net = net
+        self._weights = [_SplitWeights.of(b, torch.float32) for b in (*net.enc_blocks, *net.dec_blocks)]
+
+    def forward(self, query: torch.Tensor, level0: torch.Tensor, cross0_mean: torch.Tensor) -> torch.Tensor:
+        n = level0.shape[0]
+        cache = SupportCache(level0=level0, cross0_mean=cross0_mean, size=n, shape=tuple(query.shape[-2:]),
+                             dtype=torch.float32, weights=self._weights, reuse_buffer=False)
+        return self.net._predict_one(query, cache, chunk=n)
 
 
 def _block_fast(sw: _SplitWeights, query: torch.Tensor, support: List[torch.Tensor],

@@ -259,9 +259,17 @@ WORKER_NICENESS = 5
 
 
 def worker_threads(cores: int) -> int:
-    """Torch threads for the model worker beside Slicer: every core on 1-2 core machines (the worker is niced, so
-    Slicer's UI still gets the CPU when it needs it), one core left for Slicer from 3 cores up (measured scaling:
-    benchmarks/bench_medsam3d.py --threads)."""
+    """Threads for the model worker beside Slicer (torch's, and OpenVINO's ``INFERENCE_NUM_THREADS``, which the
+    predictor sets from the same count): every core on 1-2 core machines (the worker is niced, so Slicer's UI still
+    gets the CPU when it needs it), one core left for Slicer from 3 cores up.
+
+    Set by ``benchmarks/bench_medsam3d.py --models lite --slices 8 --threads 1,2 --threads-only --repeats 3`` on the
+    2-core CI machine (BENCHMARKS.md, "Cores"; 2026-12-07): on the quiet machine LiteMedSAM's product path took
+    1.59 -> 0.96 s per slice from 1 to 2 threads through torch (1.66x) and 1.24 -> 0.67 s through OpenVINO (1.84x),
+    so both cores. With other jobs holding the second core (load average 3-4) a second thread lost instead (torch
+    1.95 -> 2.34 s, OpenVINO 1.40 -> 2.19 s): a machine busy with other work, not Slicer waiting for a result, so it
+    does not set the default. 4 and more cores were not measured (no such machine lent); leaving one core to
+    Slicer there is a choice, not a measurement."""
     cores = max(1, int(cores))
     return cores if cores <= 2 else cores - 1
 
