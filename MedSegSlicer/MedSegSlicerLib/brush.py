@@ -38,17 +38,9 @@ def stroke_plane(volume, slice_node, xys: Sequence[Tuple[float, float]],
     xys = list(xys)
     if len(xys) > MAX_STROKE_POINTS:
         xys = xys[:MAX_STROKE_POINTS - 1] + [xys[-1]]
-    xy_to_ras = geometry.matrix_to_numpy(slice_node.GetXYToRAS())
-    points = np.array([[float(x), float(y), 0.0] for x, y in xys], dtype=float)
-    ijk = geometry.apply(np.linalg.inv(geometry.volume_ijk_to_world(volume)), geometry.apply(xy_to_ras, points))
-    axis = geometry.axis_for_slice_node(volume, slice_node)
+    axis, k, ijk = geometry.view_points_to_ijk(volume, slice_node, xys, "The stroke is")
     ax = slicing.axis_index(axis)
-    a = slicing.BOX_INDEX[ax]
     size = geometry.box_shape_xyz(geometry.volume_shape(volume))
-    k = int(np.floor(ijk[0][a] + 0.5))
-    if not 0 <= k < size[a]:
-        raise InputError(f"The stroke is outside the volume (slice {k} of 0-{size[a] - 1} along {axis}): paint on a "
-                         "slice that shows the volume.")
     cols, rows = slicing.PLANE_COORDS[ax]
     spacing = geometry.voxel_spacing(volume)
     scale = np.array([spacing[cols], spacing[rows]], dtype=float)      # mm per voxel, in-plane

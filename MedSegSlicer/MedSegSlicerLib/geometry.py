@@ -440,6 +440,23 @@ def slice_index_for_view(volume_node, slice_node, axis: str) -> int:
     return int(min(max(int(round(ijk[a])), 0), size - 1))
 
 
+def view_points_to_ijk(volume_node, slice_node, xys, what: str = "The box was drawn"):
+    """Points of a slice view (its XY, pixels) in the volume's voxel coordinates, through the slice node's own
+    XYToRAS and the volume's RAS -> IJK: ``(axis, k, ijk)`` with the voxel axis the view slices along and the slice
+    ``k`` under the first point; :class:`InputError` (``what`` ...) when that slice is outside the volume."""
+    xy_to_ras = matrix_to_numpy(slice_node.GetXYToRAS())
+    points = np.array([[float(x), float(y), 0.0] for x, y in xys], dtype=float)
+    ijk = apply(np.linalg.inv(volume_ijk_to_world(volume_node)), apply(xy_to_ras, points))
+    axis = axis_for_slice_node(volume_node, slice_node)
+    a = slicing.BOX_INDEX[slicing.axis_index(axis)]
+    size = box_shape_xyz(volume_shape(volume_node))[a]
+    k = int(np.floor(ijk[0][a] + 0.5))
+    if not 0 <= k < size:
+        raise InputError(f"{what} outside the volume (slice {k} of 0-{size - 1} along {axis}): use a slice that "
+                         "shows the volume.")
+    return axis, k, ijk
+
+
 def voxel_volume_ml(volume_node) -> float:
     """Volume of one voxel of ``volume_node`` in millilitres."""
     return abs(float(np.linalg.det(volume_ijk_to_node(volume_node)[:3, :3]))) / 1000.0

@@ -52,16 +52,8 @@ def drawn_box(volume, slice_node, xy0, xy1) -> Tuple[str, int, Tuple[int, ...]]:
     """A rectangle dragged in a slice view from ``xy0`` to ``xy1`` (the view's XY, pixels) as ``(axis, k, box)``: the
     voxel axis the view slices along, the slice under the pointer, and the voxels of that slice whose centres lie
     inside the rectangle (the slice node's own XY -> RAS transform, then the volume's RAS -> IJK)."""
-    xy_to_ras = geometry.matrix_to_numpy(slice_node.GetXYToRAS())
-    corners = np.array([[xy0[0], xy0[1], 0.0], [xy1[0], xy1[1], 0.0]], dtype=float)
-    ijk = geometry.apply(np.linalg.inv(geometry.volume_ijk_to_world(volume)), geometry.apply(xy_to_ras, corners))
-    axis = geometry.axis_for_slice_node(volume, slice_node)
+    axis, k, ijk = geometry.view_points_to_ijk(volume, slice_node, [xy0, xy1], "The box was drawn")
     a = slicing.BOX_INDEX[slicing.axis_index(axis)]
-    size = geometry.box_shape_xyz(geometry.volume_shape(volume))
-    k = int(np.floor(ijk[0][a] + 0.5))
-    if not 0 <= k < size[a]:
-        raise InputError(f"The box was drawn outside the volume (slice {k} of 0-{size[a] - 1} along {axis}): drag on "
-                         "a slice that shows the volume.")
     lo = np.ceil(ijk.min(axis=0) - 1e-6).astype(int)
     hi = np.floor(ijk.max(axis=0) + 1e-6).astype(int)
     box = [int(v) for v in lo] + [int(v) for v in hi]
