@@ -54,10 +54,12 @@ class ExampleSlices:
 
     def applied(self, volume, segmentation, segment_id: str) -> None:
         """The segment was written by an Apply: what it holds now is the baseline changes are found against."""
-        for key in [key for key in self._state if key[:2] == (segmentation.GetID(), segment_id)]:
-            _, used = self._state[key]
-            label = labelmaps.segment_to_array(segmentation, segment_id, volume) > 0
-            self._remember(key, label, used)
+        keys = [key for key in self._state if key[:2] == (segmentation.GetID(), segment_id)]
+        if not keys:
+            return
+        label = labelmaps.segment_to_array(segmentation, segment_id, volume) > 0     # read once, for every axis
+        for key in keys:
+            self._remember(key, label, self._state[key][1])
 
     def _remember(self, key, baseline, used) -> None:
         self._state.pop(key, None)
